@@ -1,0 +1,1 @@
+"""VoyageSmart Cron: scheduled maintenance for VoyageSmart."""

@@ -1,0 +1,73 @@
+"""Failure alerts: an email to the admins and a JSON POST to `WEBHOOK_URL`.
+
+An alert that cannot be sent is logged and swallowed: it must never hide or change the
+job's own status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from app.config import Settings
+from app.mail import Mailer
+
+if TYPE_CHECKING:
+    from app.runner import RunOutcome
+
+log = logging.getLogger("app.alerts")
+
+
+def _payload(outcome: RunOutcome) -> dict[str, Any]:
+    return {
+        "event": "cron_job_failed",
+        "service": "voyagesmart-cron",
+        "task": outcome.task,
+        "run_id": str(outcome.run_id),
+        "status": outcome.status,
+        "message": outcome.message,
+        "attempts": outcome.attempts,
+        "slot": outcome.slot.isoformat() if outcome.slot else None,
+        "trigger": outcome.trigger,
+        "duration_ms": outcome.duration_ms,
+    }
+
+
+def _email(settings: Settings, outcome: RunOutcome) -> None:
+    if not settings.admin_emails:
+        return
+    mailer = Mailer(settings)
+    lines = [f"{key}: {value}" for key, value in _payload(outcome).items()]
+    text = (
+        f"The cron job {outcome.task} failed after {outcome.attempts} attempt(s).\n\n"
+        + "\n".join(lines)
+        + "\n\nSee the run log (cron_job_log) or the dashboard for details.\n"
+    )
+    message = mailer.build(
+        settings.admin_emails, f"[voyagesmart-cron] {outcome.task} failed", text
+    )
+    mailer.send(message)
+
+
+def _webhook(settings: Settings, outcome: RunOutcome) -> None:
+    if not settings.webhook_url:
+        return
+    response = httpx.post(
+        settings.webhook_url, json=_payload(outcome), timeout=settings.webhook_timeout
+    )
+    response.raise_for_status()
+
+
+def send_failure_alerts(settings: Settings, outcome: RunOutcome) -> dict[str, str]:
+    """Send every configured alert; return what happened to each, never raise."""
+    results: dict[str, str] = {}
+    for name, sender in (("email", _email), ("webhook", _webhook)):
+        try:
+            sender(settings, outcome)
+            results[name] = "sent"
+        except Exception as exc:  # an alert channel failing must not mask the job status
+            log.warning("alert via %s failed: %s", name, type(exc).__name__)
+            results[name] = f"failed: {type(exc).__name__}"
+    return results

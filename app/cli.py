@@ -1,0 +1,137 @@
+"""`voyagesmart-cron` (also `python -m app`): the same runner from a terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import sys
+from types import FrameType
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import Engine
+
+from app import registry
+from app.config import get_settings
+from app.db import engine_for
+
+cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
+                  add_completion=False)
+schedule_cli = typer.Typer(help="Deployment files generated from the job registry.",
+                           no_args_is_help=True)
+cli.add_typer(schedule_cli, name="schedule")
+
+
+def _engine() -> Engine:
+    return engine_for(get_settings().database_url)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    get_settings()  # fail fast, with the variable named, before uvicorn starts
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False)
+
+
+@cli.command()
+def migrate(
+    service_only: Annotated[bool, typer.Option(
+        "--service-only",
+        help="Create or upgrade only the service's own tables (for an existing VoyageSmart "
+        "database, whose tables must not be altered).")] = False,
+) -> None:
+    """Apply the database migrations."""
+    from app.migrate import upgrade
+
+    upgrade(_engine(), service_only=service_only)
+    typer.echo("migrations applied" + (" (service tables only)" if service_only else ""))
+
+
+@cli.command("list")
+def list_jobs() -> None:
+    """Jobs, schedules, next fire time and last status."""
+    from app.health import read_facts
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        facts, _ = read_facts(_engine(), registry.JOBS)
+    except Exception as exc:  # the listing is still useful without a database
+        typer.echo(f"(run log unavailable: {type(exc).__name__})", err=True)
+        facts = {}
+    header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
+    typer.echo(header)
+    for spec in registry.JOBS.values():
+        fact = facts.get(spec.name)
+        last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
+            fact and fact.last_run) else "never run"
+        nxt = registry.next_fire(spec.schedule, now)
+        typer.echo(f"{spec.name:<22} {spec.schedule:<12} {'yes' if spec.critical else 'no':<5} "
+                   f"{nxt:%Y-%m-%d %H:%M} {last}")
+
+
+@cli.command()
+def run(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. promo-cleanup.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+) -> None:
+    """Run one job now (a manual run: not tied to a slot, never overlapping)."""
+    from app.runner import DatabaseUnavailable, Runner, UnknownTask
+
+    def _terminate(signum: int, _frame: FrameType | None) -> None:
+        # Turn SIGTERM into SystemExit so the runner closes the log row and the lease.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    settings = get_settings()
+    runner = Runner(settings, _engine())
+    try:
+        outcome = runner.run(task, trigger="cli", dry_run=dry_run)
+    except UnknownTask:
+        typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
+        raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        typer.echo(f"database unreachable ({exc}); nothing was run", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(outcome.as_json(), indent=2, default=str))
+    if outcome.http_status >= 400:
+        raise typer.Exit(1)
+
+
+@cli.command("seed-demo")
+def seed_demo() -> None:
+    """Load a small, realistic VoyageSmart dataset (embedded development database)."""
+    from app.demo import seed
+
+    counts = seed(_engine(), now=dt.datetime.now(dt.UTC))
+    typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@schedule_cli.command("export")
+def schedule_export(
+    fmt: Annotated[str, typer.Option("--format", help="vercel | crontab | github")] = "vercel",
+    write: Annotated[bool, typer.Option("--write", help="Write the file in place.")] = False,
+) -> None:
+    """Print (or write) a scheduler's configuration generated from the registry."""
+    from app import deploy
+
+    try:
+        text = deploy.render(fmt)
+    except KeyError:
+        typer.echo(f"unknown format {fmt!r}; use vercel, crontab or github", err=True)
+        raise typer.Exit(2) from None
+    if write:
+        path = deploy.write(fmt)
+        typer.echo(f"wrote {path}")
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,95 @@
+"""The FastAPI application.  Vercel finds the top-level `app` here with zero config."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import registry
+from app.config import Settings, get_settings
+from app.db import engine_for
+from app.registry import JobSpec
+from app.routes import cron, health
+from app.runner import Runner, RunObserver
+
+log = logging.getLogger("app")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], dt.datetime] = _utcnow,
+    jobs: dict[str, JobSpec] | None = None,
+    observers: list[RunObserver] | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    docs = not settings.is_production
+    app = FastAPI(
+        title="VoyageSmart Cron",
+        version="0.1.0",
+        description="Scheduled maintenance jobs for VoyageSmart, behind a bearer secret.",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or engine_for(settings.database_url)
+    app.state.clock = clock
+    app.state.jobs = jobs if jobs is not None else registry.JOBS
+    app.state.observers = observers or []
+    app.state.runner_factory = lambda: Runner(
+        settings, app.state.engine, clock=clock, jobs=app.state.jobs,
+        observers=app.state.observers,
+    )
+
+    @app.middleware("http")
+    async def no_store(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback here; never sent to the client.
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    app.include_router(cron.router)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> dict[str, Any]:
+        return {"service": "voyagesmart-cron", "health": "/health",
+                "tasks": sorted(app.state.jobs)}
+
+    return app
+
+
+# Vercel (and `uvicorn app.main:app`) import this.  Bad settings stop the import with one
+# line naming the variable (ConfigError is a SystemExit), not a traceback.
+app = create_app()

@@ -1,0 +1,95 @@
+"""Tables the service owns: run log, leases, sent notifications, audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, UTCDateTime, UUIDType
+
+
+class CronJobLog(Base):
+    """One row per run, written before the job starts and closed whatever happens."""
+
+    __tablename__ = "cron_job_log"
+    __table_args__ = (
+        sa.Index("ix_cron_job_log_job_started", "job_name", "started_at"),
+        sa.Index("ix_cron_job_log_job_slot", "job_name", "slot"),
+        sa.Index("ix_cron_job_log_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(UUIDType, unique=True)
+    job_name: Mapped[str] = mapped_column(sa.String(64))
+    slot: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    trigger: Mapped[str] = mapped_column(sa.String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    records_processed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    error_details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    dry_run: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.ended_at is None:
+            return None
+        return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+
+class CronJobLease(Base):
+    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead."""
+
+    __tablename__ = "cron_job_lease"
+
+    task: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    holder: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class CronNotification(Base):
+    """Every notification the service sends, keyed so that no one is emailed twice."""
+
+    __tablename__ = "cron_notification"
+    __table_args__ = (sa.Index("ix_cron_notification_kind_status", "kind", "status"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    dedupe_key: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
+    recipient: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class CronAuditLog(Base):
+    """Every cron call and every failed authentication; never the presented token."""
+
+    __tablename__ = "cron_audit_log"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    client_ip: Mapped[str | None] = mapped_column(sa.String(64))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+    method: Mapped[str] = mapped_column(sa.String(8))
+    path: Mapped[str] = mapped_column(sa.String(512))
+    task: Mapped[str | None] = mapped_column(sa.String(64))
+    outcome: Mapped[str] = mapped_column(sa.String(32))
+    status_code: Mapped[int] = mapped_column(sa.Integer)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)

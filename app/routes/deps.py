@@ -1,0 +1,84 @@
+"""Dependencies shared by the routes: settings, engine, runner, bearer authentication."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.runner import Runner
+
+MAX_AUTH_HEADER = 1024
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_runner(request: Request) -> Runner:
+    runner: Runner = request.app.state.runner_factory()
+    return runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
+
+
+class AuthError(HTTPException):
+    def __init__(self, reason: str, status_code: int = 401) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="voyagesmart-cron"'}
+        super().__init__(status_code=status_code, detail=reason, headers=headers)
+
+
+def presented_token(request: Request) -> str:
+    """The bearer token of the request, or an AuthError saying what is wrong with it."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise AuthError("missing Authorization header (expected 'Bearer <CRON_SECRET>')")
+    if len(header) > MAX_AUTH_HEADER:
+        raise AuthError("Authorization header too long", status_code=400)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization header must use the Bearer scheme")
+    return token.strip()
+
+
+def secret_matches(settings: Settings, token: str) -> bool:
+    """Constant-time comparison against the current and, during rotation, previous secret."""
+    candidates = [s for s in (settings.cron_secret, settings.cron_secret_previous) if s]
+    presented = token.encode()
+    matched = False
+    for secret in candidates:
+        # Evaluate every candidate so timing does not say which one matched.
+        matched |= hmac.compare_digest(presented, secret.get_secret_value().encode())
+    return matched
+
+
+def require_cron_secret(request: Request, settings: SettingsDep) -> None:
+    if "secret" in request.query_params or "token" in request.query_params:
+        raise AuthError("the secret is never accepted in the query string; "
+                        "send 'Authorization: Bearer <CRON_SECRET>'")
+    token = presented_token(request)
+    if not settings.cron_secret:
+        raise AuthError("CRON_SECRET is not configured on this service")
+    if not secret_matches(settings, token):
+        raise AuthError("invalid credentials")
+
+
+def has_cron_secret(request: Request, settings: Settings) -> bool:
+    """True when the request carries a valid bearer secret (used for optional details)."""
+    try:
+        token = presented_token(request)
+    except HTTPException:
+        return False
+    return bool(settings.cron_secret) and secret_matches(settings, token)

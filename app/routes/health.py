@@ -1,0 +1,56 @@
+"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from app import health
+from app.db import ping
+from app.routes.deps import EngineDep, SettingsDep, has_cron_secret
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Service health: database probe, overdue and stuck jobs")
+def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
+    now = request.app.state.clock()
+    jobs = request.app.state.jobs
+    detailed = has_cron_secret(request, settings)
+    body: dict[str, Any] = {"checked_at": now.isoformat()}
+    try:
+        ping(engine)
+        facts, baseline = health.read_facts(engine, jobs)
+    except sa_exc.SQLAlchemyError as exc:
+        body.update(status="unhealthy", database="unreachable",
+                    issues=["database unreachable"])
+        if detailed:
+            body["database_error"] = type(exc).__name__
+        return JSONResponse(body, status_code=503)
+    results, issues = health.evaluate(jobs, facts, now, baseline)
+    body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
+    if not settings.enable_cron_jobs:
+        body["warnings"] = ["cron jobs are disabled (ENABLE_CRON_JOBS=false)"]
+    if detailed:
+        body["jobs"] = {
+            item.name: {
+                "critical": item.critical,
+                "overdue": item.overdue,
+                "stuck": item.stuck,
+                "last_success": _iso(item.facts.last_success),
+                "last_run": _iso(item.facts.last_run),
+                "last_status": item.facts.last_status,
+                "last_message": item.facts.last_message,
+                "due_by": _iso(item.due_by),
+                "next_fire": _iso(item.next_fire),
+            }
+            for item in results
+        }
+    return JSONResponse(body, status_code=503 if issues else 200)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

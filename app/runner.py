@@ -1,0 +1,434 @@
+"""What every run goes through, whatever triggered it.
+
+1. Resolve the slot: a scheduled call belongs to the latest fire time at or before now; a
+   manual, forced or dry run belongs to no slot.
+2. Claim the task's lease with a conditional UPDATE; the row count says who won, across
+   every process and instance sharing the database.  A lease whose holder died expires
+   after the task's max runtime, and the dead run's `running` row is closed as abandoned.
+3. Under the lease, a slot that already has a successful run is answered as a duplicate.
+4. Write the `running` log row, run the job with retries of transient errors (exponential
+   backoff with full jitter, stopped before the time budget runs out), each attempt
+   recorded on the row.
+5. Close the row (also when the job raises or the process is interrupted), release the
+   lease, and alert the admins when the run failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import sqlalchemy as sa
+import tenacity
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+
+from app import registry
+from app.alerts import send_failure_alerts
+from app.config import Settings
+from app.db import table_of
+from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
+from app.models import CronJobLease, CronJobLog
+from app.registry import JobSpec
+
+log = logging.getLogger("app.runner")
+
+lease_t = table_of(CronJobLease)
+log_t = table_of(CronJobLog)
+
+SCHEDULED_TRIGGERS = frozenset({"vercel", "github-actions", "crontab", "http"})
+MANUAL_TRIGGERS = frozenset({"cli", "dashboard", "test"})
+TRIGGERS = SCHEDULED_TRIGGERS | MANUAL_TRIGGERS
+DONE_STATUSES = ("success", "warning")
+
+# Status of an outcome -> HTTP status a scheduler can act on.
+HTTP_STATUS = {
+    "success": 200,
+    "warning": 200,
+    "duplicate": 200,
+    "running": 409,
+    "disabled": 503,
+    "unavailable": 503,
+    "error": 500,
+}
+
+
+class UnknownTask(LookupError):
+    pass
+
+
+class DatabaseUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class RunOutcome:
+    task: str
+    run_id: uuid.UUID | None
+    status: str
+    trigger: str
+    slot: dt.datetime | None = None
+    dry_run: bool = False
+    records_processed: int = 0
+    duration_ms: int = 0
+    message: str = ""
+    attempts: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.status, 500)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "run_id": str(self.run_id) if self.run_id else None,
+            "status": self.status,
+            "trigger": self.trigger,
+            "slot": self.slot.isoformat() if self.slot else None,
+            "dry_run": self.dry_run,
+            "records_processed": self.records_processed,
+            "duration_ms": self.duration_ms,
+            "attempts": self.attempts,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class RunObserver(Protocol):
+    """Hooks for monitoring (Sentry check-ins, metrics); must not raise."""
+
+    def run_started(self, spec: JobSpec, ctx: JobContext) -> None: ...
+
+    def run_finished(self, spec: JobSpec, outcome: RunOutcome) -> None: ...
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network, rate-limit, 5xx and disconnect failures: the same work may succeed later."""
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError | httpx.TransportError):
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, smtplib.SMTPServerDisconnected | smtplib.SMTPConnectError):
+        return True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    try:
+        import stripe
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    if isinstance(exc, stripe.StripeError):
+        return (exc.http_status or 0) >= 500
+    return False
+
+
+def _error_summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        observers: Sequence[RunObserver] = (),
+        jobs: dict[str, JobSpec] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.sleep = sleep
+        self.observers = list(observers)
+        self.jobs = jobs if jobs is not None else registry.JOBS
+
+    # --- public -------------------------------------------------------------------------
+    def run(
+        self,
+        task: str,
+        *,
+        trigger: str = "cli",
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> RunOutcome:
+        spec = self.jobs.get(task)
+        if spec is None:
+            raise UnknownTask(task)
+        now = self.clock()
+        scheduled = trigger in SCHEDULED_TRIGGERS and not force and not dry_run
+        slot = registry.previous_fire(spec.schedule, now) if scheduled else None
+        if not self.settings.enable_cron_jobs:
+            return RunOutcome(task, None, "disabled", trigger, slot, dry_run,
+                              message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+        try:
+            return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            # Raised only from the bookkeeping around the job: the job's own database
+            # errors are retried and recorded inside _execute.
+            log.error("database unavailable for %s: %s", task, type(exc).__name__)
+            raise DatabaseUnavailable(str(type(exc).__name__)) from exc
+
+    # --- the run ------------------------------------------------------------------------
+    def _run(self, spec: JobSpec, now: dt.datetime, slot: dt.datetime | None, trigger: str,
+             *, dry_run: bool, force: bool) -> RunOutcome:
+        run_id = uuid.uuid4()
+        if not dry_run:
+            if slot is not None:
+                done = self._done_run(spec.name, slot)
+                if done is not None:
+                    return self._duplicate(spec, trigger, slot, done)
+            if not self._claim(spec, run_id, now):
+                return self._busy(spec, trigger, slot)
+            try:
+                self._abandon_dead_runs(spec, run_id, now, holds_lease=True)
+                if slot is not None:
+                    done = self._done_run(spec.name, slot)
+                    if done is not None:
+                        return self._duplicate(spec, trigger, slot, done)
+            except BaseException:
+                self._release(spec.name, run_id)
+                raise
+        else:
+            self._abandon_dead_runs(spec, run_id, now, holds_lease=False)
+        try:
+            return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run, force=force)
+        finally:
+            if not dry_run:
+                self._release(spec.name, run_id)
+
+    def _execute(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+                 slot: dt.datetime | None, trigger: str, *, dry_run: bool, force: bool
+                 ) -> RunOutcome:
+        started = time.monotonic()
+        deadline = now + spec.max_runtime
+        with self.engine.begin() as conn:
+            conn.execute(log_t.insert().values(
+                run_id=run_id, job_name=spec.name, slot=slot, trigger=trigger,
+                started_at=now, status="running", records_processed=0, attempts=0,
+                dry_run=dry_run, message="running",
+            ))
+        outcome = RunOutcome(spec.name, run_id, "error", trigger, slot, dry_run)
+        attempt_errors: list[dict[str, Any]] = []
+        base_ctx = JobContext(
+            settings=self.settings, engine=self.engine, now=now, run_id=run_id,
+            task=spec.name, slot=slot, dry_run=dry_run, force=force, trigger=trigger,
+            deadline=deadline, log=logging.getLogger(f"app.jobs.{spec.name}"),
+        )
+        self._notify("run_started", spec, base_ctx)
+        closed = False
+        try:
+            result = self._attempts(spec, base_ctx, attempt_errors, started)
+            outcome.status = result.status
+            outcome.records_processed = result.records_processed
+            outcome.message = result.message or "done"
+            outcome.details = result.details
+        except JobAborted as exc:
+            outcome.status = "warning"
+            outcome.message = str(exc) or "stopped cleanly"
+        except Exception as exc:
+            outcome.status = "error"
+            outcome.message = f"failed after {len(attempt_errors)} attempt(s): " + (
+                _error_summary(exc))
+            log.error("run %s of %s failed", run_id, spec.name, exc_info=exc)
+        except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM): close the row, re-raise
+            outcome.status = "error"
+            outcome.message = f"interrupted: {type(exc).__name__}"
+            outcome.attempts = max(len(attempt_errors), 1)
+            outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            self._close(outcome, attempt_errors)
+            closed = True
+            raise
+        finally:
+            if not closed:
+                outcome.attempts = max(len(attempt_errors), 1)
+                outcome.duration_ms = int((time.monotonic() - started) * 1000)
+                self._close(outcome, attempt_errors)
+        if outcome.status == "error":
+            outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+        self._notify("run_finished", spec, outcome)
+        log.info(
+            "run finished",
+            extra={"task": spec.name, "run_id": str(run_id), "status": outcome.status,
+                   "duration_ms": outcome.duration_ms, "records": outcome.records_processed},
+        )
+        return outcome
+
+    def _attempts(self, spec: JobSpec, base_ctx: JobContext,
+                  attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
+        budget = spec.max_runtime.total_seconds()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(spec.retry.attempts)
+            | tenacity.stop_before_delay(budget),
+            wait=tenacity.wait_random_exponential(
+                multiplier=spec.retry.base_delay, max=spec.retry.max_delay
+            ),
+            retry=tenacity.retry_if_exception(is_transient),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            number = attempt.retry_state.attempt_number
+            ctx = _with_attempt(base_ctx, number)
+            self._record_attempt(base_ctx.run_id, number, attempt_errors)
+            with attempt:
+                try:
+                    return spec.func(ctx)
+                except Exception as exc:
+                    attempt_errors.append({
+                        "attempt": number,
+                        "error": _error_summary(exc),
+                        "transient": is_transient(exc),
+                        "at_ms": int((time.monotonic() - started) * 1000),
+                    })
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def _record_attempt(self, run_id: uuid.UUID, number: int,
+                        attempt_errors: list[dict[str, Any]]) -> None:
+        # Committed at once so an operator watching the log sees each attempt live.
+        with self.engine.begin() as conn:
+            conn.execute(
+                log_t.update().where(log_t.c.run_id == run_id).values(
+                    attempts=number,
+                    error_details={"attempts": attempt_errors} if attempt_errors else None,
+                    message=f"running (attempt {number})",
+                )
+            )
+
+    def _close(self, outcome: RunOutcome, attempt_errors: list[dict[str, Any]]) -> None:
+        ended = self.clock()
+        error_details: dict[str, Any] | None = None
+        if attempt_errors:
+            error_details = {"attempts": attempt_errors}
+        if outcome.status == "error" and outcome.run_id is not None:
+            error_details = {**(error_details or {}), "error": outcome.message}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    log_t.update().where(log_t.c.run_id == outcome.run_id).values(
+                        status=outcome.status, ended_at=ended, message=outcome.message,
+                        records_processed=outcome.records_processed,
+                        attempts=outcome.attempts, error_details=error_details,
+                        details=outcome.details or None,
+                    )
+                )
+        except sa_exc.SQLAlchemyError:
+            # The row stays `running`; the next run closes it as abandoned.
+            log.error("could not close log row %s:\n%s", outcome.run_id,
+                      traceback.format_exc(limit=3))
+
+    def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime) -> bool:
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self.engine.begin() as conn:
+            conn.execute(insert(lease_t).values(task=spec.name).on_conflict_do_nothing())
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                lease_t.update()
+                .where(lease_t.c.task == spec.name)
+                .where(sa.or_(lease_t.c.holder.is_(None), lease_t.c.expires_at <= now))
+                .values(holder=run_id, acquired_at=now, expires_at=now + spec.max_runtime)
+            )
+            return result.rowcount == 1
+
+    def _release(self, task: str, run_id: uuid.UUID) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    lease_t.update()
+                    .where(lease_t.c.task == task, lease_t.c.holder == run_id)
+                    .values(holder=None, expires_at=None)
+                )
+        except sa_exc.SQLAlchemyError:
+            log.error("could not release lease of %s; it expires on its own", task)
+
+    def _abandon_dead_runs(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+                           *, holds_lease: bool) -> None:
+        """Close `running` rows whose process died.
+
+        Holding the lease proves every other real run of the task is dead (its lease
+        expired).  Dry runs take no lease, so only those past max runtime are known dead.
+        """
+        stale_dry = sa.and_(log_t.c.dry_run.is_(True),
+                            log_t.c.started_at <= now - spec.max_runtime)
+        condition = log_t.c.dry_run.is_(False) if holds_lease else sa.false()
+        with self.engine.begin() as conn:
+            conn.execute(
+                log_t.update()
+                .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
+                       log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
+                .values(status="abandoned", ended_at=now,
+                        message="abandoned: the process running it stopped before it "
+                        "finished (lease expired)")
+            )
+
+    def _done_run(self, task: str, slot: dt.datetime) -> tuple[uuid.UUID, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(log_t.c.run_id, log_t.c.status)
+                .where(log_t.c.job_name == task, log_t.c.slot == slot,
+                       log_t.c.status.in_(DONE_STATUSES), log_t.c.dry_run.is_(False))
+                .order_by(log_t.c.started_at)
+                .limit(1)
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def _duplicate(self, spec: JobSpec, trigger: str, slot: dt.datetime,
+                   done: tuple[uuid.UUID, str]) -> RunOutcome:
+        return RunOutcome(
+            spec.name, done[0], "duplicate", trigger, slot,
+            message=f"slot {slot.isoformat()} already ran (run {done[0]}, {done[1]}); "
+            "nothing done",
+        )
+
+    def _busy(self, spec: JobSpec, trigger: str, slot: dt.datetime | None) -> RunOutcome:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(log_t.c.run_id, log_t.c.slot)
+                .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
+                       log_t.c.dry_run.is_(False))
+                .order_by(log_t.c.started_at.desc())
+                .limit(1)
+            ).first()
+        running_id = row[0] if row else None
+        if slot is not None and row is not None and row[1] == slot:
+            return RunOutcome(spec.name, running_id, "duplicate", trigger, slot,
+                              message=f"slot {slot.isoformat()} is being run now by run "
+                              f"{running_id}; nothing done")
+        return RunOutcome(spec.name, running_id, "running", trigger, slot,
+                          message=f"{spec.name} is already running (run {running_id})")
+
+    def _notify(self, hook: str, spec: JobSpec, arg: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(spec, arg)
+            except Exception:  # monitoring must never break a run
+                log.warning("observer %s.%s failed", type(observer).__name__, hook,
+                            exc_info=True)
+
+
+def _with_attempt(ctx: JobContext, number: int) -> JobContext:
+    from dataclasses import replace
+
+    return replace(ctx, attempt=number)

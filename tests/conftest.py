@@ -1,0 +1,190 @@
+"""Fixtures shared by the suite.
+
+Every test that takes `engine` runs twice: on SQLite (the embedded default) and on the
+local PostgreSQL.  With CI=true an unreachable PostgreSQL fails the run instead of
+skipping.  Each test gets an empty, fully migrated database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+
+os.environ.setdefault("APP_ENV", "test")
+
+from app.config import Settings
+from app.db import Base, make_engine
+from app.migrate import upgrade
+
+SECRET = "test-secret-0123456789-abcdefghijklmnop"
+PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+PG_ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pg_url(dbname: str) -> str:
+    return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+
+
+def _pg_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def create_pg_database(prefix: str = "vsc_test") -> str:
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A migrated PostgreSQL database for this test session (dropped at the end)."""
+    problem = _pg_reachable()
+    if problem is not None:
+        message = f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {problem}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)", pytrace=False)
+        pytest.skip(message)
+    name = create_pg_database()
+    engine = make_engine(pg_url(name))
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _truncate_all(engine: Engine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of an empty, migrated database: SQLite file per test, or the session's PG db."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "test.db"
+        shutil.copyfile(template, target)
+        yield f"sqlite:///{target}"
+        return
+    name: str = request.getfixturevalue("pg_database")
+    url = pg_url(name)
+    engine = make_engine(url)
+    _truncate_all(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def dialect(engine: Engine) -> str:
+    return engine.dialect.name
+
+
+def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "app_env": "test",
+        "database_url": db_url,
+        "cron_secret": SECRET,
+        "data_dir": tmp_path / "data",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return make_settings(db_url, tmp_path)
+
+
+class FixedClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> dt.datetime:
+        self.now += dt.timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(dt.datetime(2026, 11, 28, 3, 0, 30, tzinfo=dt.UTC))
+
+
+@pytest.fixture
+def make_client(engine: Engine, settings: Settings, clock: FixedClock
+                ) -> Iterator[Callable[..., TestClient]]:
+    from app.main import create_app
+
+    clients: list[TestClient] = []
+
+    def factory(**kwargs: Any) -> TestClient:
+        app_settings = kwargs.pop("settings", settings)
+        app = create_app(app_settings, engine=engine, clock=kwargs.pop("clock", clock), **kwargs)
+        client = TestClient(app, raise_server_exceptions=False)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def auth(secret: str = SECRET) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(sql), params))
