@@ -188,3 +188,7 @@ def auth(secret: str = SECRET) -> dict[str, str]:
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(sa.text(sql), params))
+
+
+# Real local servers (aiosmtpd sink, HTTP capture) available to every test module.
+from tests.servers import http_capture, smtp_sink  # noqa: E402,F401
