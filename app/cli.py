@@ -13,6 +13,7 @@ import typer
 from sqlalchemy.engine import Engine
 
 from app import registry
+from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
 from app.db import engine_for
 
@@ -21,6 +22,8 @@ cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_
 schedule_cli = typer.Typer(help="Deployment files generated from the job registry.",
                            no_args_is_help=True)
 cli.add_typer(schedule_cli, name="schedule")
+cli.add_typer(analytics_cli, name="analytics")
+cli.add_typer(report_cli, name="report")
 
 
 def _engine() -> Engine:
@@ -80,6 +83,8 @@ def list_jobs() -> None:
 def run(
     task: Annotated[str, typer.Argument(help="Task name, e.g. promo-cleanup.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
 ) -> None:
     """Run one job now (a manual run: not tied to a slot, never overlapping)."""
     from app.runner import DatabaseUnavailable, Runner, UnknownTask
@@ -90,9 +95,12 @@ def run(
 
     signal.signal(signal.SIGTERM, _terminate)
     settings = get_settings()
-    runner = Runner(settings, _engine())
+    from app.monitoring import observers_for
+
+    # Sentry check-ins for hand-run jobs too, so the monitor sees every real run.
+    runner = Runner(settings, _engine(), observers=observers_for(settings))
     try:
-        outcome = runner.run(task, trigger="cli", dry_run=dry_run)
+        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force)
     except UnknownTask:
         typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
         raise typer.Exit(2) from None

@@ -7,15 +7,26 @@ name.  Validation fails fast with one line that names the offending variable.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import zoneinfo
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "your-secret-here"}
+# VoyageSmart's subscription tiers, cheapest first (the order defines up/downgrades).
+BILLING_TIERS = ("free", "premium", "ai")
 
 
 class ConfigError(SystemExit):
@@ -66,9 +77,201 @@ class Settings(BaseSettings):
     stripe_secret_key: SecretStr | None = None
     stripe_api_base: str | None = None
 
+    # --- billing ------------------------------------------------------------------------
+    # Requests/s this service allows itself on the Stripe account; unset = 80 for a live
+    # key, 20 for a test key (Stripe allows 100 and 25; the rest is left to VoyageSmart).
+    stripe_rate_limit: float | None = Field(default=None, gt=0, le=100)
+    stripe_timeout: float = Field(default=20.0, gt=0)
+    # SDK retries of connection errors, 409 and 5xx (the SDK never retries 429 itself).
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    # Our own retries of a 429, with backoff, before that subscription counts as failed.
+    stripe_rate_limit_retries: int = Field(default=5, ge=0, le=20)
+    stripe_concurrency: int = Field(default=8, ge=1, le=64)
+    stripe_sync_strategy: Literal["auto", "list", "retrieve"] = "auto"
+    # Stripe price, plan or product id -> tier: "price_123:premium,prod_456:ai".
+    stripe_tier_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Canceled subscriptions stay checked this long after their cancellation.
+    subscription_sync_lookback_days: int = Field(default=30, ge=0)
+    # Monthly price per paid tier, in the plan's currency: "premium:4.99:EUR,ai:9.99:EUR".
+    tier_prices: Annotated[dict[str, tuple[Decimal, str]], NoDecode] = Field(
+        default_factory=lambda: {"premium": (Decimal("4.99"), "EUR"),
+                                 "ai": (Decimal("9.99"), "EUR")})
+    report_retention_months: int = Field(default=24, ge=1)
+
+    @property
+    def stripe_requests_per_second(self) -> float:
+        if self.stripe_rate_limit is not None:
+            return self.stripe_rate_limit
+        key = self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else ""
+        return 80.0 if "_live_" in key else 20.0
+
+    @field_validator("stripe_rate_limit", mode="before")
+    @classmethod
+    def _blank_rate(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("stripe_tier_map", mode="before")
+    @classmethod
+    def _tier_map(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        mapping: dict[str, str] = {}
+        for item in _split_csv(value):
+            key, sep, tier = item.rpartition(":")
+            if not sep or not key.strip() or tier.strip() not in BILLING_TIERS:
+                raise ValueError(f"{item!r} is not <stripe id>:<tier> with a tier among "
+                                 f"{', '.join(BILLING_TIERS)}")
+            mapping[key.strip()] = tier.strip()
+        return mapping
+
+    @field_validator("tier_prices", mode="before")
+    @classmethod
+    def _tier_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        prices: dict[str, tuple[Decimal, str]] = {}
+        for item in _split_csv(value):
+            parts = [p.strip() for p in item.split(":")]
+            try:
+                tier, amount, currency = parts
+                price = Decimal(amount)
+            except (ValueError, ArithmeticError):
+                raise ValueError(f"{item!r} is not <tier>:<amount>:<currency>") from None
+            if tier not in BILLING_TIERS or price < 0 or len(currency) != 3:
+                raise ValueError(f"{item!r} is not <tier>:<amount>:<3-letter currency>")
+            prices[tier] = (price, currency.upper())
+        return prices
+
     # --- jobs ---------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     promo_retention_days: int = Field(default=90, ge=0)
+
+    # --- notifications ----------------------------------------------------------------
+    # Links in user emails point here (trip pages, notification settings).
+    app_base_url: str = "https://voyagesmart.app"
+    # List-Unsubscribe target; default: APP_BASE_URL/settings/notifications.
+    unsubscribe_url: str | None = None
+    reminder_days_ahead: int = Field(default=7, ge=1, le=365)
+    inactivity_days: int = Field(default=90, ge=1, le=3650)
+    # Per message: attempts on a transient SMTP failure (4xx, disconnect, timeout), each
+    # on a fresh connection, waiting exponentially from MAIL_RETRY_WAIT seconds.
+    mail_max_attempts: int = Field(default=4, ge=1, le=20)
+    mail_retry_wait: float = Field(default=1.0, ge=0, le=60)
+    # Wait for PostgreSQL's WAL flush on every email's claim (see app/notifications.py).
+    mail_durable_claims: bool = False
+
+    @field_validator("app_base_url", "unsubscribe_url")
+    @classmethod
+    def _public_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value.strip() == "" and info.field_name == "unsubscribe_url":
+            return None
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    # --- database maintenance ---------------------------------------------------------
+    # Seconds a maintenance statement waits for a lock before the run gives up (so it
+    # never queues application traffic behind it), and the longest one statement may run.
+    maintenance_lock_timeout: float = Field(default=5.0, gt=0, le=3600)
+    maintenance_statement_timeout: float = Field(default=1800.0, gt=0, le=86400)
+    # A table is vacuumed when its dead tuples reach both the count and the fraction of
+    # live tuples; analyzed when its modifications since the last analyze do.
+    maintenance_vacuum_min_dead: int = Field(default=1000, ge=0)
+    maintenance_vacuum_dead_fraction: float = Field(default=0.1, ge=0, le=10)
+    maintenance_analyze_mod_fraction: float = Field(default=0.1, ge=0, le=10)
+    maintenance_vacuum_all: bool = False
+    # An index larger than this whose estimated bloat reaches the fraction is rebuilt.
+    maintenance_reindex_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    maintenance_reindex_bloat_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # off | concurrently | blocking (a plain REINDEX DATABASE locks writes: maintenance
+    # windows only).
+    maintenance_reindex_database: Literal["off", "concurrently", "blocking"] = "off"
+
+    # --- storage ----------------------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_root: Path | None = None  # default: DATA_DIR/storage
+    storage_buckets: CsvList = Field(
+        default_factory=lambda: ["avatars", "trip-media", "documents", "receipts"]
+    )
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    storage_temp_prefix: str = "tmp/"
+    storage_temp_max_age_hours: float = Field(default=24.0, gt=0)
+    storage_orphan_min_age_days: float = Field(default=30.0, gt=0)
+    storage_media_min_age_days: float = Field(default=180.0, gt=0)
+    storage_recompress_min_bytes: int = Field(default=1024 * 1024, ge=1)
+    storage_recompress_min_saving: float = Field(default=0.2, gt=0, lt=1)
+    storage_recompress_quality: int = Field(default=80, ge=1, le=95)
+    storage_delete_brake_fraction: float = Field(default=0.1, gt=0, le=1)
+
+    # --- operators ----------------------------------------------------------------------
+    # Bearer token for GET /metrics; without it the cron secret is accepted there.
+    metrics_token: SecretStr | None = None
+    # HTTP Basic credentials of /dashboard; the dashboard does not exist unless both are set.
+    dashboard_user: str | None = None
+    dashboard_password: SecretStr | None = None
+    # Comma-separated CIDRs allowed to call /api/cron/*; empty = every address.
+    cron_ip_allowlist: CsvList = Field(default_factory=list)
+    # Comma-separated CIDRs of proxies whose X-Forwarded-For is believed.
+    trusted_proxies: CsvList = Field(default_factory=list)
+    # Authenticated cron calls per client address per window (a leaked secret cannot
+    # hammer the database), and failed authentications per address per window.
+    cron_rate_limit: int = Field(default=30, ge=1)
+    cron_rate_window_seconds: int = Field(default=60, ge=1, le=86400)
+    auth_failure_limit: int = Field(default=10, ge=1)
+    auth_failure_window_seconds: int = Field(default=900, ge=1, le=86400)
+    audit_retention_days: int = Field(default=90, ge=1)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("cron_ip_allowlist", "trusted_proxies", mode="before")
+    @classmethod
+    def _cidr_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("cron_ip_allowlist", "trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("metrics_token", "dashboard_password")
+    @classmethod
+    def _blank_operator_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip() == "":
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _dashboard_credentials(self) -> Settings:
+        user = (self.dashboard_user or "").strip() or None
+        self.dashboard_user = user
+        if (user is None) != (self.dashboard_password is None):
+            raise ValueError("DASHBOARD_USER and DASHBOARD_PASSWORD must be set together")
+        if self.is_production:
+            for name in ("dashboard_password", "metrics_token"):
+                secret: SecretStr | None = getattr(self, name)
+                if secret is not None and len(secret.get_secret_value()) < 16:
+                    raise ValueError(f"{name.upper()} must be at least 16 characters "
+                                     "in production")
+        return self
+
+    @property
+    def dashboard_enabled(self) -> bool:
+        return self.dashboard_user is not None and self.dashboard_password is not None
 
     @property
     def is_production(self) -> bool:
@@ -81,6 +284,54 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def storage_root(self) -> Path:
+        return self.storage_local_root or self.data_dir / "storage"
+
+    @field_validator("storage_buckets", mode="before")
+    @classmethod
+    def _storage_buckets_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("storage_buckets")
+    @classmethod
+    def _storage_bucket_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            # One path segment: the name is a directory on the local backend.
+            if "/" in name or "\\" in name or name in {".", ".."}:
+                raise ValueError(f"{name!r} is not a bucket name")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == "":
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("s3_secret_access_key")
+    @classmethod
+    def _s3_blank_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip() == "":
+            return None
+        return value
+
+    @field_validator("storage_temp_prefix")
+    @classmethod
+    def _temp_prefix(cls, value: str) -> str:
+        # An empty prefix would make every object a temporary upload.
+        if not value.strip("/"):
+            raise ValueError("must name a folder, e.g. tmp/")
+        return value.lstrip("/")
+
+    @model_validator(mode="after")
+    def _s3_credentials(self) -> Settings:
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            raise ValueError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together")
+        return self
 
     @field_validator("admin_emails", mode="before")
     @classmethod

@@ -87,6 +87,9 @@ def seed(engine: Engine, *, now: dt.datetime, rng: random.Random | None = None) 
             )
             trips.append(trip)
             session.add(trip)
+            # No ORM relationships tell the unit of work that children come after their
+            # trip, and SQLite enforces the foreign keys: write the trip first.
+            session.flush()
             session.add(TripParticipant(trip_id=trip.id, user_id=owner.id, role="owner",
                                         invitation_status="accepted", share_ratio=Decimal("0.5"),
                                         created_at=trip.created_at))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app.registry import JOBS
+from app.registry import JOBS, JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = {
@@ -18,8 +18,32 @@ PATHS = {
     "crontab": ROOT / "deploy" / "crontab",
     "github": ROOT / ".github" / "workflows" / "cron-jobs.yml",
 }
-# Vercel functions may run 300 s on Hobby; curl waits a little longer than the job budget.
-CURL_MAX_TIME = 330
+# curl waits a little longer than the job's own budget, so the service (which stops the
+# job at its max runtime) answers before curl gives up; curl retries a timeout or a 5xx
+# this many times (a retry of a slot that already succeeded is answered as a duplicate).
+CURL_MARGIN_SECONDS = 30
+CURL_RETRIES = 2
+CURL_RETRY_DELAY = 10
+# GitHub Actions kills a job after at most 6 hours.
+GITHUB_MAX_MINUTES = 360
+
+
+def curl_max_time(spec: JobSpec) -> int:
+    return int(spec.max_runtime.total_seconds()) + CURL_MARGIN_SECONDS
+
+
+def _curl_worst_case(spec: JobSpec) -> int:
+    """Seconds one task's curl can take: every try times out, with the delays between."""
+    return (CURL_RETRIES + 1) * curl_max_time(spec) + CURL_RETRIES * CURL_RETRY_DELAY
+
+
+def github_timeout_minutes() -> int:
+    # The scheduled step calls every task sharing a schedule one after the other.
+    worst = max(
+        sum(_curl_worst_case(JOBS[name]) for name in names)
+        for names in _by_schedule().values()
+    )
+    return min(GITHUB_MAX_MINUTES, -(-worst // 60) + 5)
 
 
 def vercel() -> str:
@@ -46,7 +70,8 @@ def crontab() -> str:
     for spec in JOBS.values():
         command = (
             "curl --silent --show-error --fail-with-body --max-time "
-            f"{CURL_MAX_TIME} --retry 2 --retry-delay 10 -X POST "
+            f"{curl_max_time(spec)} --retry {CURL_RETRIES} --retry-delay {CURL_RETRY_DELAY} "
+            "-X POST "
             "-H @/etc/voyagesmart-cron/auth-header -H 'X-Cron-Source: crontab' "
             f"\"$(cat /etc/voyagesmart-cron/url)/api/cron/{spec.name}\""
         )
@@ -94,7 +119,7 @@ concurrency:
 jobs:
   call:
     runs-on: ubuntu-latest
-    timeout-minutes: 10
+    timeout-minutes: {github_timeout_minutes()}
     steps:
       - name: Call the cron endpoint
         env:
@@ -119,9 +144,13 @@ jobs:
           printf 'Authorization: Bearer %s\\n' "$CRON_SECRET" > "$RUNNER_TEMP/auth"
           status=0
           for task in $tasks; do
+            case "$task" in
+{_max_time_arms()}
+              *) echo "unknown task '$task'" >&2; status=1; continue ;;
+            esac
             echo "::group::$task"
-            curl --silent --show-error --fail-with-body --max-time {CURL_MAX_TIME} \\
-              --retry 2 --retry-delay 10 -X POST \\
+            curl --silent --show-error --fail-with-body --max-time "$max_time" \\
+              --retry {CURL_RETRIES} --retry-delay {CURL_RETRY_DELAY} -X POST \\
               -H @"$RUNNER_TEMP/auth" -H 'X-Cron-Source: github-actions' \\
               "$BASE_URL/api/cron/$task$query" || status=1
             echo
@@ -145,6 +174,12 @@ def _case_arms() -> str:
     return "\n".join(
         f"              '{schedule}') tasks=\"{' '.join(names)}\" ;;"
         for schedule, names in _by_schedule().items()
+    )
+
+
+def _max_time_arms() -> str:
+    return "\n".join(
+        f"              {spec.name}) max_time={curl_max_time(spec)} ;;" for spec in JOBS.values()
     )
 
 

@@ -74,12 +74,12 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             sa.select(log_t.c.job_name, sa.func.max(log_t.c.started_at))
             .where(log_t.c.job_name.in_(names), log_t.c.status.in_(("success", "warning")), real)
             .group_by(log_t.c.job_name)
-        ).tuples().all())
+        ).all())
         running = dict(conn.execute(
             sa.select(log_t.c.job_name, sa.func.min(log_t.c.started_at))
             .where(log_t.c.job_name.in_(names), log_t.c.status == "running")
             .group_by(log_t.c.job_name)
-        ).tuples().all())
+        ).all())
         latest = (
             sa.select(log_t.c.job_name, sa.func.max(log_t.c.id).label("id"))
             .where(log_t.c.job_name.in_(names), real)

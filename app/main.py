@@ -16,8 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import registry
 from app.config import Settings, get_settings
 from app.db import engine_for
+from app.defenses import Defenses, guard_cron, security_headers
+from app.logs import configure_logging
+from app.metrics import build_registry
+from app.monitoring import observers_for
 from app.registry import JobSpec
-from app.routes import cron, health
+from app.routes import cron, dashboard, health
+from app.routes import metrics as metrics_routes
 from app.runner import Runner, RunObserver
 
 log = logging.getLogger("app")
@@ -36,6 +41,7 @@ def create_app(
     observers: list[RunObserver] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
     docs = not settings.is_production
     app = FastAPI(
         title="VoyageSmart Cron",
@@ -50,7 +56,9 @@ def create_app(
     app.state.engine = engine or engine_for(settings.database_url)
     app.state.clock = clock
     app.state.jobs = jobs if jobs is not None else registry.JOBS
-    app.state.observers = observers or []
+    app.state.observers = [*observers_for(settings), *(observers or [])]
+    app.state.defenses = Defenses(settings, app.state.engine, clock)
+    app.state.metrics_registry = build_registry(app.state.engine, lambda: app.state.jobs, clock)
     app.state.runner_factory = lambda: Runner(
         settings, app.state.engine, clock=clock, jobs=app.state.jobs,
         observers=app.state.observers,
@@ -62,6 +70,10 @@ def create_app(
         response = await call_next(request)
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    # Added last = runs first: headers wrap every answer, including the guard's refusals.
+    app.middleware("http")(guard_cron)
+    app.middleware("http")(security_headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -81,6 +93,9 @@ def create_app(
 
     app.include_router(cron.router)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
+    if settings.dashboard_enabled:
+        app.include_router(dashboard.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, Any]:

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 from cronsim import CronSim
 
-from app.jobs import promo_cleanup
+from app.jobs import (
+    analytics,
+    db_maintenance,
+    promo_cleanup,
+    storage_cleanup,
+    subscription_report,
+    subscription_sync,
+    trip_reminders,
+    user_engagement,
+)
 from app.jobs.context import JobContext, JobResult
 
 JobFunc = Callable[[JobContext], JobResult]
@@ -66,6 +75,82 @@ JOBS: dict[str, JobSpec] = {
             critical=True,
             grace=_DAILY_GRACE,
             max_runtime=dt.timedelta(minutes=5),
+        ),
+        JobSpec(
+            name="subscription-sync",
+            schedule="0 2 * * *",
+            func=subscription_sync.run,
+            description="Reconcile local subscriptions with Stripe: status, tier, billing "
+            "period, cancellation and trial; history for every change.",
+            critical=True,
+            grace=_DAILY_GRACE,
+            # Listing pages 100 subscriptions per call; the one-by-one path at 20 req/s
+            # (test key) checks about 10,000 in this budget, and stops cleanly if not.
+            max_runtime=dt.timedelta(minutes=10),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+        ),
+        JobSpec(
+            name="analytics",
+            schedule="0 3 * * 1",
+            func=analytics.run,
+            description="Weekly engagement, subscription conversion and usage by tier for "
+            "the last ISO week; one row per week.",
+            grace=_WEEKLY_GRACE,
+            max_runtime=dt.timedelta(minutes=10),
+        ),
+        JobSpec(
+            name="subscription-report",
+            schedule="0 4 1 * *",
+            func=subscription_report.run,
+            description="Previous month's subscriptions and MRR by tier, emailed once to "
+            "ADMIN_EMAILS with a CSV; old reports archived.",
+            grace=_MONTHLY_GRACE,
+            max_runtime=dt.timedelta(minutes=10),
+        ),
+        JobSpec(
+            name="db-maintenance",
+            schedule="0 1 * * 0",
+            func=db_maintenance.run,
+            description="Vacuum and analyze tables with many dead tuples, rebuild invalid or "
+            "bloated indexes, reset query statistics.",
+            critical=True,
+            grace=_WEEKLY_GRACE,
+            # A long VACUUM must not let the lease expire under it.
+            max_runtime=dt.timedelta(hours=1),
+            retry=RetryPolicy(attempts=2, base_delay=5.0),
+        ),
+        JobSpec(
+            name="storage-cleanup",
+            schedule="0 2 * * 0",
+            func=storage_cleanup.run,
+            description="Delete stale temporary uploads and orphaned files, recompress old "
+            "media.",
+            grace=_WEEKLY_GRACE,
+            max_runtime=dt.timedelta(hours=1),
+            retry=RetryPolicy(attempts=2, base_delay=5.0),
+        ),
+        JobSpec(
+            name="trip-reminders",
+            schedule="0 8 * * *",
+            func=trip_reminders.run,
+            description="Email the owner and accepted participants of trips starting in "
+            "REMINDER_DAYS_AHEAD days, once each.",
+            critical=True,
+            grace=_DAILY_GRACE,
+            # About 10,000 emails over one SMTP connection fit well inside; a run that
+            # reaches 90% of it stops claiming and leaves the rest pending for the next.
+            max_runtime=dt.timedelta(minutes=15),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+        ),
+        JobSpec(
+            name="user-engagement",
+            schedule="0 5 1 * *",
+            func=user_engagement.run,
+            description="Email users inactive for INACTIVITY_DAYS once per inactivity "
+            "period; store the month's engagement metrics.",
+            grace=_MONTHLY_GRACE,
+            max_runtime=dt.timedelta(minutes=30),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
         ),
     ]
 }

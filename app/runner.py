@@ -38,6 +38,7 @@ from app.alerts import send_failure_alerts
 from app.config import Settings
 from app.db import table_of
 from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
+from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
 from app.registry import JobSpec
 
@@ -136,8 +137,14 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _error_summary(exc: BaseException) -> str:
+_REDACT = Redactor()
+
+
+def _error_summary(exc: BaseException, redact: Redactor = _REDACT) -> str:
+    """First line of the error, with secrets and email addresses taken out: it is stored
+    in the run log and returned in the HTTP answer."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = redact(text, hide_emails=True)
     return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
 
 
@@ -162,6 +169,7 @@ class Runner:
         self.sleep = sleep
         self.observers = list(observers)
         self.jobs = jobs if jobs is not None else registry.JOBS
+        self._redact = Redactor(secrets_of(settings))
 
     # --- public -------------------------------------------------------------------------
     def run(
@@ -198,24 +206,29 @@ class Runner:
                 done = self._done_run(spec.name, slot)
                 if done is not None:
                     return self._duplicate(spec, trigger, slot, done)
+            # Claiming also closes the rows of runs whose holder died (same transaction).
             if not self._claim(spec, run_id, now):
                 return self._busy(spec, trigger, slot)
             try:
-                self._abandon_dead_runs(spec, run_id, now, holds_lease=True)
                 if slot is not None:
+                    # The slot may have finished between the first check and the claim.
                     done = self._done_run(spec.name, slot)
                     if done is not None:
+                        self._release(spec.name, run_id)
                         return self._duplicate(spec, trigger, slot, done)
             except BaseException:
                 self._release(spec.name, run_id)
                 raise
         else:
-            self._abandon_dead_runs(spec, run_id, now, holds_lease=False)
+            with self.engine.begin() as conn:
+                self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
         try:
+            # A real run's lease is released in the transaction that closes its log row.
             return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run, force=force)
-        finally:
+        except BaseException:
             if not dry_run:
                 self._release(spec.name, run_id)
+            raise
 
     def _execute(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
                  slot: dt.datetime | None, trigger: str, *, dry_run: bool, force: bool
@@ -225,8 +238,8 @@ class Runner:
         with self.engine.begin() as conn:
             conn.execute(log_t.insert().values(
                 run_id=run_id, job_name=spec.name, slot=slot, trigger=trigger,
-                started_at=now, status="running", records_processed=0, attempts=0,
-                dry_run=dry_run, message="running",
+                started_at=now, status="running", records_processed=0, attempts=1,
+                dry_run=dry_run, message="running (attempt 1)",
             ))
         outcome = RunOutcome(spec.name, run_id, "error", trigger, slot, dry_run)
         attempt_errors: list[dict[str, Any]] = []
@@ -237,8 +250,10 @@ class Runner:
         )
         self._notify("run_started", spec, base_ctx)
         closed = False
+        succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
             result = self._attempts(spec, base_ctx, attempt_errors, started)
+            succeeded = 1
             outcome.status = result.status
             outcome.records_processed = result.records_processed
             outcome.message = result.message or "done"
@@ -249,7 +264,7 @@ class Runner:
         except Exception as exc:
             outcome.status = "error"
             outcome.message = f"failed after {len(attempt_errors)} attempt(s): " + (
-                _error_summary(exc))
+                _error_summary(exc, self._redact))
             log.error("run %s of %s failed", run_id, spec.name, exc_info=exc)
         except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM): close the row, re-raise
             outcome.status = "error"
@@ -261,7 +276,7 @@ class Runner:
             raise
         finally:
             if not closed:
-                outcome.attempts = max(len(attempt_errors), 1)
+                outcome.attempts = max(len(attempt_errors) + succeeded, 1)
                 outcome.duration_ms = int((time.monotonic() - started) * 1000)
                 self._close(outcome, attempt_errors)
         if outcome.status == "error":
@@ -297,7 +312,7 @@ class Runner:
                 except Exception as exc:
                     attempt_errors.append({
                         "attempt": number,
-                        "error": _error_summary(exc),
+                        "error": _error_summary(exc, self._redact),
                         "transient": is_transient(exc),
                         "at_ms": int((time.monotonic() - started) * 1000),
                     })
@@ -307,7 +322,10 @@ class Runner:
     # --- bookkeeping --------------------------------------------------------------------
     def _record_attempt(self, run_id: uuid.UUID, number: int,
                         attempt_errors: list[dict[str, Any]]) -> None:
-        # Committed at once so an operator watching the log sees each attempt live.
+        # Committed at once so an operator watching the log sees each attempt live.  The
+        # first attempt was written with the row itself.
+        if number == 1:
+            return
         with self.engine.begin() as conn:
             conn.execute(
                 log_t.update().where(log_t.c.run_id == run_id).values(
@@ -334,37 +352,49 @@ class Runner:
                         details=outcome.details or None,
                     )
                 )
+                if not outcome.dry_run and outcome.run_id is not None:
+                    conn.execute(self._release_stmt(outcome.task, outcome.run_id))
         except sa_exc.SQLAlchemyError:
             # The row stays `running`; the next run closes it as abandoned.
             log.error("could not close log row %s:\n%s", outcome.run_id,
                       traceback.format_exc(limit=3))
+            if not outcome.dry_run and outcome.run_id is not None:
+                self._release(outcome.task, outcome.run_id)
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime) -> bool:
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        # One transaction: ensure the row, claim it, close the dead holder's rows.  On
+        # PostgreSQL a concurrent claimer waits on the row lock and then sees the new holder.
         with self.engine.begin() as conn:
             conn.execute(insert(lease_t).values(task=spec.name).on_conflict_do_nothing())
-        with self.engine.begin() as conn:
             result = conn.execute(
                 lease_t.update()
                 .where(lease_t.c.task == spec.name)
                 .where(sa.or_(lease_t.c.holder.is_(None), lease_t.c.expires_at <= now))
                 .values(holder=run_id, acquired_at=now, expires_at=now + spec.max_runtime)
             )
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=True)
+            return True
+
+    @staticmethod
+    def _release_stmt(task: str, run_id: uuid.UUID) -> sa.Update:
+        return (
+            lease_t.update()
+            .where(lease_t.c.task == task, lease_t.c.holder == run_id)
+            .values(holder=None, expires_at=None)
+        )
 
     def _release(self, task: str, run_id: uuid.UUID) -> None:
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    lease_t.update()
-                    .where(lease_t.c.task == task, lease_t.c.holder == run_id)
-                    .values(holder=None, expires_at=None)
-                )
+                conn.execute(self._release_stmt(task, run_id))
         except sa_exc.SQLAlchemyError:
             log.error("could not release lease of %s; it expires on its own", task)
 
-    def _abandon_dead_runs(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
-                           *, holds_lease: bool) -> None:
+    def _abandon_dead_runs(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
+                           now: dt.datetime, *, holds_lease: bool) -> None:
         """Close `running` rows whose process died.
 
         Holding the lease proves every other real run of the task is dead (its lease
@@ -373,15 +403,14 @@ class Runner:
         stale_dry = sa.and_(log_t.c.dry_run.is_(True),
                             log_t.c.started_at <= now - spec.max_runtime)
         condition = log_t.c.dry_run.is_(False) if holds_lease else sa.false()
-        with self.engine.begin() as conn:
-            conn.execute(
-                log_t.update()
-                .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
-                       log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
-                .values(status="abandoned", ended_at=now,
-                        message="abandoned: the process running it stopped before it "
-                        "finished (lease expired)")
-            )
+        conn.execute(
+            log_t.update()
+            .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
+                   log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
+            .values(status="abandoned", ended_at=now,
+                    message="abandoned: the process running it stopped before it "
+                    "finished (lease expired)")
+        )
 
     def _done_run(self, task: str, slot: dt.datetime) -> tuple[uuid.UUID, str] | None:
         with self.engine.connect() as conn:
@@ -412,6 +441,11 @@ class Runner:
                 .limit(1)
             ).first()
         running_id = row[0] if row else None
+        if slot is not None and row is None:
+            # The holder finished between our failed claim and this read.
+            done = self._done_run(spec.name, slot)
+            if done is not None:
+                return self._duplicate(spec, trigger, slot, done)
         if slot is not None and row is not None and row[1] == slot:
             return RunOutcome(spec.name, running_id, "duplicate", trigger, slot,
                               message=f"slot {slot.isoformat()} is being run now by run "

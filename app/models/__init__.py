@@ -1,5 +1,8 @@
 """All tables.  Importing this package registers every table on `Base.metadata`."""
 
+from app.models.billing import CronMonthlyReport, CronWeeklyAnalytics
+from app.models.notifications import CronEngagementMetrics
+from app.models.operators import CronRateLimit
 from app.models.service import CronAuditLog, CronJobLease, CronJobLog, CronNotification
 from app.models.voyagesmart import (
     VOYAGESMART_TABLES,
@@ -18,9 +21,13 @@ from app.models.voyagesmart import (
 __all__ = [
     "VOYAGESMART_TABLES",
     "CronAuditLog",
+    "CronEngagementMetrics",
     "CronJobLease",
     "CronJobLog",
+    "CronMonthlyReport",
     "CronNotification",
+    "CronRateLimit",
+    "CronWeeklyAnalytics",
     "Document",
     "Expense",
     "PromoCode",

@@ -57,10 +57,17 @@ class CronJobLease(Base):
 
 
 class CronNotification(Base):
-    """Every notification the service sends, keyed so that no one is emailed twice."""
+    """Every notification the service sends, keyed so that no one is emailed twice.
+
+    `status` moves pending -> sending -> sent | failed | unconfirmed (or pending ->
+    expired); app/notifications.py owns the transitions and documents them.
+    """
 
     __tablename__ = "cron_notification"
-    __table_args__ = (sa.Index("ix_cron_notification_kind_status", "kind", "status"),)
+    __table_args__ = (
+        sa.Index("ix_cron_notification_kind_status", "kind", "status"),
+        sa.Index("ix_cron_notification_kind_reference", "kind", "reference_date"),
+    )
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
                                     primary_key=True, autoincrement=True)
@@ -75,6 +82,10 @@ class CronNotification(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # What the message is about (trip start date, campaign month) and what it says.
+    trip_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    reference_date: Mapped[dt.date | None] = mapped_column(sa.Date)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class CronAuditLog(Base):

@@ -115,6 +115,13 @@ class Trip(Base):
 
 class TripParticipant(Base):
     __tablename__ = "trip_participants"
+    # Created by the voyagesmart branch (vs_0002) on fresh databases only; trip-reminders
+    # finds a day's travellers through it.
+    __table_args__ = (
+        sa.Index("ix_trip_participants_accepted_trip", "trip_id", "user_id",
+                 postgresql_where=sa.text("invitation_status = 'accepted'"),
+                 sqlite_where=sa.text("invitation_status = 'accepted'")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     trip_id: Mapped[uuid.UUID] = mapped_column(

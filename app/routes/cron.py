@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from app.routes.deps import RunnerDep, require_cron_secret
+from app.routes.responses import CRON_QUERY, CRON_RESPONSES
 from app.runner import DatabaseUnavailable, UnknownTask
 
 ALLOWED_PARAMS = frozenset({"dry_run", "force"})
@@ -56,17 +57,20 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
                              "message": "database unreachable; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     request.state.run_id = outcome.run_id
+    request.state.run_status = outcome.status
     request.state.task = task
     return JSONResponse(outcome.as_json(), status_code=outcome.http_status)
 
 
-@router.get("/{task}", summary="Run a cron task (Vercel Cron sends GET)")
+@router.get("/{task}", summary="Run a cron task (Vercel Cron sends GET)",
+            responses=CRON_RESPONSES, openapi_extra=CRON_QUERY)
 @router.get("/{task}/", include_in_schema=False)
 def run_task_get(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     return _run(task, request, runner)
 
 
-@router.post("/{task}", summary="Run a cron task (crontab + curl, GitHub Actions)")
+@router.post("/{task}", summary="Run a cron task (crontab + curl, GitHub Actions)",
+             responses=CRON_RESPONSES, openapi_extra=CRON_QUERY)
 @router.post("/{task}/", include_in_schema=False)
 def run_task_post(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     return _run(task, request, runner)

@@ -11,11 +11,13 @@ from sqlalchemy import exc as sa_exc
 from app import health
 from app.db import ping
 from app.routes.deps import EngineDep, SettingsDep, has_cron_secret
+from app.routes.responses import HEALTH_RESPONSES
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Service health: database probe, overdue and stuck jobs")
+@router.get("/health", summary="Service health: database probe, overdue and stuck jobs",
+            responses=HEALTH_RESPONSES)
 def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
     now = request.app.state.clock()
     jobs = request.app.state.jobs

@@ -1,0 +1,239 @@
+"""subscription-report: last month's subscriptions, emailed once to the admins, kept.
+
+1. Compute the previous calendar month (UTC) and the month before it, per paid tier, in
+   one pass each: active at month end (live, not trialing, not past due), trialing, past
+   due, new, canceled, MRR (active x the tier's price from `TIER_PRICES`, in its
+   currency); then totals, net change (new - canceled) and churn (canceled over those
+   live at the month's start), and the change against the month before.
+2. Store it, one row per month.  A month whose report was already sent is left alone
+   unless the run is forced.
+3. Email it to `ADMIN_EMAILS` (HTML and text bodies from jinja2 templates, the figures as
+   a CSV attachment), then mark the row sent.  Without recipients the report is stored
+   and the run ends as `warning`.
+4. Archive reports older than `REPORT_RETENTION_MONTHS`: flagged, never deleted.
+
+A dry run computes and reports what it would store and send, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from app.config import Settings
+from app.db import table_of
+from app.jobs.context import JobContext, JobResult
+from app.mail import Mailer
+from app.models import CronMonthlyReport
+from app.subscription_facts import (
+    PAID_TIERS,
+    count_if,
+    delinquent,
+    ended_between,
+    is_paid,
+    live_at,
+    ratio,
+    started,
+    subs,
+    trialing_at,
+)
+
+reports = table_of(CronMonthlyReport)
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_COUNTS = ("active", "trialing", "past_due", "new", "canceled")
+
+
+def month_label(day: dt.date) -> str:
+    return f"{day:%Y-%m}"
+
+
+def month_start(label: str) -> dt.date:
+    return dt.datetime.strptime(label, "%Y-%m").date()
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 + months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def previous_month(now: dt.datetime) -> dt.date:
+    return _add_months(now.astimezone(dt.UTC).date().replace(day=1), -1)
+
+
+def _at(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def month_figures(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
+    """Per-tier counts and MRR of the month starting `first`, and its totals."""
+    start, end = _at(first), _at(_add_months(first, 1))
+    live_end, trial_end = live_at(end), trialing_at(end)
+    rows = conn.execute(
+        sa.select(
+            subs.c.tier,
+            count_if(sa.and_(live_end, ~trial_end, ~delinquent())).label("active"),
+            count_if(sa.and_(live_end, trial_end)).label("trialing"),
+            count_if(sa.and_(live_end, ~trial_end, delinquent())).label("past_due"),
+            count_if(sa.and_(subs.c.created_at >= start, started())).label("new"),
+            count_if(ended_between(start, end)).label("canceled"),
+            count_if(live_at(start)).label("live_at_start"),
+        )
+        .where(is_paid(), subs.c.created_at < end)
+        .group_by(subs.c.tier)
+    ).all()
+    found = {row.tier: row for row in rows}
+    tiers: dict[str, dict[str, Any]] = {}
+    mrr: dict[str, Decimal] = {}
+    live_at_start = 0
+    for tier in PAID_TIERS:
+        row = found.get(tier)
+        counts = {name: int(getattr(row, name)) if row else 0 for name in _COUNTS}
+        live_at_start += int(row.live_at_start) if row else 0
+        price, currency = settings.tier_prices.get(tier, (Decimal(0), "EUR"))
+        amount = price * counts["active"]
+        mrr[currency] = mrr.get(currency, Decimal(0)) + amount
+        tiers[tier] = {**counts, "mrr": f"{amount:.2f}", "currency": currency,
+                       "price": f"{price:.2f}"}
+    totals: dict[str, Any] = {name: sum(t[name] for t in tiers.values()) for name in _COUNTS}
+    totals["net_change"] = totals["new"] - totals["canceled"]
+    totals["live_at_start"] = live_at_start
+    totals["churn_rate"] = ratio(totals["canceled"], live_at_start)
+    totals["mrr"] = {cur: f"{amount:.2f}" for cur, amount in sorted(mrr.items())}
+    return {"month": month_label(first), "tiers": tiers, "totals": totals}
+
+
+def build_report(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
+    current = month_figures(conn, first, settings)
+    previous = month_figures(conn, _add_months(first, -1), settings)
+    change: dict[str, Any] = {
+        name: current["totals"][name] - previous["totals"][name]
+        for name in (*_COUNTS, "net_change")
+    }
+    change["mrr"] = {
+        cur: f"{Decimal(current['totals']['mrr'].get(cur, '0')) - Decimal(prev):.2f}"
+        for cur, prev in {**{c: "0" for c in current["totals"]["mrr"]},
+                          **previous["totals"]["mrr"]}.items()
+    }
+    return {**current, "previous": previous, "change": change}
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["month", "tier", "metric", "value", "previous_month_value"])
+    previous = report["previous"]
+    for tier, figures in report["tiers"].items():
+        for name in (*_COUNTS, "mrr"):
+            writer.writerow([report["month"], tier, name, figures[name],
+                             previous["tiers"][tier][name]])
+    totals, before = report["totals"], previous["totals"]
+    for name in (*_COUNTS, "net_change", "churn_rate"):
+        writer.writerow([report["month"], "all", name, totals[name], before[name]])
+    for currency, amount in totals["mrr"].items():
+        writer.writerow([report["month"], "all", f"mrr_{currency}", amount,
+                         before["mrr"].get(currency, "0.00")])
+    return out.getvalue()
+
+
+def _message(settings: Settings, report: dict[str, Any], csv_text: str) -> Any:
+    context = {"report": report, "tiers": list(report["tiers"].items())}
+    text = _TEMPLATES.get_template("subscription_report.txt").render(context)
+    html = _TEMPLATES.get_template("subscription_report.html").render(context)
+    mrr = ", ".join(f"{a} {c}" for c, a in report["totals"]["mrr"].items())
+    message = Mailer(settings).build(
+        settings.admin_emails,
+        f"VoyageSmart subscriptions {report['month']}: {report['totals']['active']} active, "
+        f"MRR {mrr}",
+        text, html)
+    message.add_attachment(csv_text.encode(), maintype="text", subtype="csv",
+                           filename=f"subscription-report-{report['month']}.csv")
+    return message
+
+
+def _store(conn: Connection, values: dict[str, Any]) -> None:
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(reports).values(**values)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[reports.c.month],
+        set_={k: stmt.excluded[k] for k in ("data", "csv", "updated_at", "run_id")},
+    ))
+
+
+def run(ctx: JobContext) -> JobResult:
+    settings = ctx.settings
+    first = previous_month(ctx.now)
+    label = month_label(first)
+    cutoff = _add_months(ctx.now.astimezone(dt.UTC).date().replace(day=1),
+                         -settings.report_retention_months)
+    with ctx.engine.connect() as conn:
+        report = build_report(conn, first, settings)
+        existing = conn.execute(sa.select(reports.c.sent_at).where(reports.c.month == label)
+                                ).first()
+        to_archive = int(conn.scalar(sa.select(sa.func.count()).select_from(reports).where(
+            reports.c.archived.is_(False), reports.c.month_start < cutoff)) or 0)
+    already_sent = existing is not None and existing.sent_at is not None
+    send = bool(settings.admin_emails) and (not already_sent or ctx.force)
+    csv_text = report_csv(report)
+    details: dict[str, Any] = {"month": label, "report": report, "archived": to_archive,
+                               "already_sent": already_sent, "sent_to": []}
+    totals = report["totals"]
+    summary = (f"{label}: {totals['active']} active, MRR "
+               + (", ".join(f"{a} {c}" for c, a in totals["mrr"].items()) or "0")
+               + f", {totals['new']} new, {totals['canceled']} canceled")
+
+    if ctx.dry_run:
+        action = "would send" if send else "would not send"
+        return JobResult(0, f"{summary}; {action}; would archive {to_archive}",
+                         details=details)
+
+    if not already_sent or ctx.force:
+        with ctx.engine.begin() as conn:
+            _store(conn, {"month": label, "month_start": first, "data": report,
+                          "csv": csv_text, "created_at": ctx.now, "updated_at": ctx.now,
+                          "run_id": ctx.run_id, "archived": False})
+    if send:
+        # At least once: a crash between the send and the mark sends it again next run.
+        Mailer(settings).send(_message(settings, report, csv_text))
+        with ctx.engine.begin() as conn:
+            conn.execute(reports.update().where(reports.c.month == label).values(
+                sent_at=ctx.now, sent_to=", ".join(settings.admin_emails)))
+        details["sent_to"] = settings.admin_emails
+    with ctx.engine.begin() as conn:
+        archived = conn.execute(
+            reports.update()
+            .where(reports.c.archived.is_(False), reports.c.month_start < cutoff)
+            .values(archived=True, archived_at=ctx.now)
+        ).rowcount
+    details["archived"] = archived
+    if send:
+        outcome = f"sent to {len(settings.admin_emails)} admin(s)"
+    elif already_sent:
+        outcome = "already sent, not sent again"
+    else:
+        outcome = "stored, not sent: ADMIN_EMAILS is empty"
+    return JobResult(records_processed=int(send) + archived,
+                     message=f"{summary}; {outcome}; archived {archived}",
+                     status="warning" if not send and not already_sent else "success",
+                     details=details)
+
+
+def read_report(conn: Connection, label: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(reports).where(reports.c.month == label)).mappings().first()
+    return dict(row) if row else None

@@ -1,0 +1,216 @@
+"""user-engagement: one re-engagement email per inactivity period, and monthly metrics.
+
+Steps:
+
+1. Inactive users: last seen (`last_login`, or `created_at` for a user who never logged
+   in) more than `INACTIVITY_DAYS` before the run, and no trip activity since then
+   (owning a trip created or updated, joining a trip, adding media, a document or an
+   expense).
+2. Plan one `user_engagement` notification per inactive user who did not opt out, keyed
+   by the user and the moment they were last seen: the same sleeping user has the same
+   key every month and is emailed once; after a new login, a new inactivity period gets
+   a new key.
+3. Expire pending emails of users who came back before they could be sent; resolve
+   `sending` rows left by a dead run as `unconfirmed` (at-most-once, as trip-reminders:
+   see app/notifications.py).
+4. Send the pending emails over one SMTP connection.
+5. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
+   sent and failed this month, opted-out inactive users, and users emailed by the
+   previous campaign who logged in after that email.  Rerunning in the same month
+   rewrites the row from the database, so it stays exact.
+
+The month is the run's slot (else its start) in `CRON_TIMEZONE`.  A dry run reports who
+would be emailed and the metrics it would write, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from app import notifications as notify
+from app.db import table_of
+from app.jobs.context import JobContext, JobResult
+from app.mail import resolve_language, wants_email
+from app.models import (
+    CronEngagementMetrics,
+    Document,
+    Expense,
+    Trip,
+    TripMedia,
+    TripParticipant,
+    User,
+)
+
+KIND = "user_engagement"
+TEMPLATE = "user_engagement"
+
+users = table_of(User)
+trips = table_of(Trip)
+participants = table_of(TripParticipant)
+media = table_of(TripMedia)
+documents = table_of(Document)
+expenses = table_of(Expense)
+metrics = table_of(CronEngagementMetrics)
+notes = notify.notifications
+
+
+def campaign_month(ctx: JobContext) -> dt.date:
+    moment = ctx.slot or ctx.now
+    return moment.astimezone(zoneinfo.ZoneInfo(ctx.settings.cron_timezone)).date().replace(
+        day=1)
+
+
+def last_seen() -> sa.ColumnElement[dt.datetime]:
+    return sa.func.coalesce(users.c.last_login, users.c.created_at)
+
+
+def _trip_activity_since(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
+    uid = users.c.id
+    return sa.or_(
+        sa.exists().where(trips.c.owner_id == uid,
+                          sa.or_(trips.c.created_at >= cutoff, trips.c.updated_at >= cutoff)),
+        sa.exists().where(participants.c.user_id == uid, participants.c.created_at >= cutoff),
+        sa.exists().where(media.c.user_id == uid, media.c.created_at >= cutoff),
+        sa.exists().where(documents.c.user_id == uid,
+                          sa.or_(documents.c.created_at >= cutoff,
+                                 documents.c.updated_at >= cutoff)),
+        sa.exists().where(expenses.c.paid_by == uid,
+                          sa.or_(expenses.c.created_at >= cutoff,
+                                 expenses.c.updated_at >= cutoff)),
+    )
+
+
+def inactive_condition(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(last_seen() < cutoff, ~_trip_activity_since(cutoff))
+
+
+def inactive_users_query(cutoff: dt.datetime) -> sa.Select[Any]:
+    return (
+        sa.select(users.c.id, users.c.email, users.c.full_name, users.c.preferences,
+                  last_seen().label("last_seen"))
+        .where(inactive_condition(cutoff))
+        .order_by(users.c.id)
+    )
+
+
+def dedupe_key(user_id: Any, seen: dt.datetime) -> str:
+    return f"{KIND}:{user_id}:{seen.astimezone(dt.UTC).isoformat()}"
+
+
+def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date,
+             counts: dict[str, int]) -> Iterator[notify.Planned]:
+    with ctx.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+            inactive_users_query(cutoff))
+        for row in result:
+            counts["inactive"] += 1
+            if not wants_email(row.preferences):
+                counts["opted_out"] += 1
+                continue
+            yield notify.Planned(
+                key=dedupe_key(row.id, row.last_seen),
+                user_id=row.id,
+                recipient=row.email,
+                language=resolve_language(row.preferences, TEMPLATE),
+                reference_date=month,
+                payload={
+                    "recipient_name": (row.full_name or "").strip()
+                    or row.email.split("@", 1)[0],
+                    "app_url": ctx.settings.app_base_url,
+                    "inactive_days": (ctx.now - row.last_seen).days,
+                },
+            )
+
+
+def _came_back(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
+    """A pending email whose user is no longer inactive (or no longer exists)."""
+    return ~sa.exists().where(users.c.id == notes.c.user_id, inactive_condition(cutoff))
+
+
+def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int]) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
+        per_status: dict[str, int] = dict(conn.execute(
+            sa.select(notes.c.status, sa.func.count())
+            .where(notes.c.kind == KIND, notes.c.reference_date == month)
+            .group_by(notes.c.status)
+        ).all())
+        previous = conn.execute(
+            sa.select(sa.func.max(notes.c.reference_date))
+            .where(notes.c.kind == KIND, notes.c.reference_date < month,
+                   notes.c.status.in_(notify.DELIVERED))
+        ).scalar()
+        returned = 0
+        if previous is not None:
+            returned = int(conn.execute(
+                sa.select(sa.func.count(sa.distinct(notes.c.user_id)))
+                .select_from(notes.join(users, users.c.id == notes.c.user_id))
+                .where(notes.c.kind == KIND, notes.c.reference_date == previous,
+                       notes.c.status.in_(notify.DELIVERED),
+                       users.c.last_login > notes.c.sent_at)
+            ).scalar_one())
+    return {
+        "month": month,
+        "active_users": total - counts["inactive"],
+        "inactive_users": counts["inactive"],
+        "emails_sent": sum(int(per_status.get(s, 0)) for s in notify.DELIVERED),
+        "emails_failed": int(per_status.get("failed", 0)),
+        "opted_out": counts["opted_out"],
+        "returned_users": returned,
+        "previous_campaign": previous.isoformat() if previous else None,
+    }
+
+
+def _store(ctx: JobContext, values: dict[str, Any]) -> None:
+    row = {k: v for k, v in values.items() if k != "previous_campaign"}
+    row.update(inactivity_days=ctx.settings.inactivity_days, computed_at=ctx.now,
+               run_id=ctx.run_id)
+    insert = pg_insert if ctx.engine.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(metrics).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["month"],
+        set_={k: stmt.excluded[k] for k in row if k != "month"},
+    )
+    with ctx.engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def run(ctx: JobContext) -> JobResult:
+    month = campaign_month(ctx)
+    cutoff = (ctx.slot or ctx.now) - dt.timedelta(days=ctx.settings.inactivity_days)
+    tally = notify.Tally()
+    counts = {"inactive": 0, "opted_out": 0}
+
+    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts), tally)
+    notify.expire(ctx, KIND, _came_back(cutoff), tally)
+    notify.resolve_unknown(ctx, KIND, tally)
+    notify.deliver(ctx, KIND, TEMPLATE, tally)
+    values = _metrics(ctx, month, counts)
+    if not ctx.dry_run:
+        _store(ctx, values)
+
+    details: dict[str, Any] = {
+        **tally.as_dict(),
+        "metrics": {**values, "month": month.isoformat()},
+        "inactivity_days": ctx.settings.inactivity_days,
+    }
+    if ctx.dry_run:
+        return JobResult(
+            records_processed=tally.new + tally.resumed, details=details,
+            message=f"{counts['inactive']} inactive users; would email "
+            f"{tally.new + tally.resumed}, {tally.already_sent} already emailed this "
+            f"inactivity period, {counts['opted_out']} opted out")
+    message = (f"{counts['inactive']} inactive users: {tally.sent} emailed, "
+               f"{tally.already_sent} already emailed this inactivity period, "
+               f"{counts['opted_out']} opted out, {tally.failed} failed; "
+               f"{values['returned_users']} came back since the last campaign")
+    return JobResult(records_processed=tally.sent, message=message, details=details,
+                     status="warning" if notify.outcome_status(tally) == "warning"
+                     else "success")

@@ -1,0 +1,83 @@
+"""What the public routes answer, declared for the OpenAPI schema (checked by schemathesis).
+
+The routes build their JSON by hand (`RunOutcome.as_json`, the health body); these models
+only describe it, so the schema and the answers cannot drift without a test noticing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorBody(BaseModel):
+    error: str
+    reasons: list[str] | None = None
+
+
+class RunBody(BaseModel):
+    """A run's outcome (200 done or duplicate, 409 running, 500 failed, 503 disabled)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    run_id: str | None
+    status: str
+    trigger: str
+    slot: str | None
+    dry_run: bool
+    records_processed: int
+    duration_ms: int
+    attempts: int
+    message: str
+    details: dict[str, Any]
+
+
+class UnavailableBody(BaseModel):
+    """503 when nothing could run: jobs disabled, or the database unreachable."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    status: str
+    message: str
+
+
+class HealthBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    checked_at: str
+    database: str
+    issues: list[str]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+CRON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": RunBody, "description": "done, or a duplicate of a slot already done"},
+    400: _error("bad query parameter or malformed Authorization header"),
+    401: _error("missing or wrong bearer secret"),
+    403: _error("the client address is not in CRON_IP_ALLOWLIST"),
+    404: _error("unknown task"),
+    409: {"model": RunBody, "description": "the same task is running now"},
+    429: _error("rate limited; see Retry-After"),
+    500: {"model": RunBody, "description": "the job failed after its retries"},
+    503: {"model": UnavailableBody, "description": "jobs disabled or database unreachable"},
+}
+
+_FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}
+CRON_QUERY: dict[str, Any] = {"parameters": [
+    {"name": "dry_run", "in": "query", "required": False, "schema": _FLAG,
+     "description": "report what would change without changing it"},
+    {"name": "force", "in": "query", "required": False, "schema": _FLAG,
+     "description": "run outside the schedule's slot (a manual run)"},
+]}
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": HealthBody, "description": "healthy"},
+    503: {"model": HealthBody, "description": "unhealthy: the issues are listed"},
+}

@@ -1,0 +1,275 @@
+"""trip-reminders at scale on PostgreSQL: send throughput vs bare smtplib, selection query.
+
+    .venv/bin/python -m bench.notifications                  # both parts
+    .venv/bin/python -m bench.notifications --part send      # 10,000 emails only
+    .venv/bin/python -m bench.notifications --part select    # 1M trips / 3M participants
+
+send:
+1. `vsc_bench_notif_send`: 5,000 trips starting in 7 days, each with its owner and one
+   accepted participant (10,000 recipients, distinct users), pending and declined
+   invitations beside them.
+2. An aiosmtpd sink in its own process (`aiosmtpd.handlers.Sink`, accepts and discards).
+3. Baseline: the same 10,000 messages, rendered beforehand, sent by a bare smtplib loop
+   over one connection (`sendmail` of the ready bytes).
+4. Job: `python -m app run trip-reminders` in a child process (selection, planning rows,
+   rendering, claims and the SMTP session all included); its peak RSS is its own.
+5. Baseline again; the ratio uses the mean of both baselines.
+
+select:
+1. `vsc_bench_notif_select`: 500,000 users, 1,000,000 trips starting over 13 months,
+   3,000,000 participants (owner, accepted, pending in turn), VACUUM ANALYZE.
+2. Time the recipient query of one day (all rows fetched through a server-side cursor),
+   with the vs_0002 partial index and without it; print the plan.
+
+Databases are dropped afterwards.  The machine may be shared: figures vary run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import smtplib
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.db import make_engine
+from app.jobs.trip_reminders import TEMPLATE, recipients_query
+from app.mail import Mailer, wire_bytes
+from bench.generate import (
+    analyze,
+    bench_database,
+    trip_id,
+    trip_participants,
+    trips,
+    user_id,
+    users,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime.now(dt.UTC)
+TARGET = NOW.date() + dt.timedelta(days=7)
+SECRET = "bench-secret-0123456789-abcdefghijklmnop"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
+         "-c", "aiosmtpd.handlers.Sink"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            smtplib.SMTP("127.0.0.1", port, timeout=1).quit()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("SMTP sink did not start")
+
+
+# --- send -----------------------------------------------------------------------------------
+
+
+def _seed_send(engine: Engine, trips_n: int) -> None:
+    with engine.begin() as conn:
+        users(conn, trips_n * 3, now=NOW, inactive_fraction=0.0)
+        conn.execute(sa.text(f"""
+            INSERT INTO trips (id, name, description, start_date, end_date, destination,
+                preferences, is_private, budget_total, owner_id, created_at, updated_at)
+            SELECT {trip_id('g')}, 'Trip ' || g, 'Bench trip', :day, :day + 6,
+                   (ARRAY['Lisbon', 'Kyoto', 'Oslo', 'Hanoi', 'Lima'])[1 + g % 5],
+                   '{{}}'::jsonb, false, 1000, {user_id('g')}, :now, :now
+            FROM generate_series(1, CAST(:n AS int)) AS g
+        """), {"day": TARGET, "now": NOW, "n": trips_n})
+        # Every user wants email here, so all 10,000 are sent.
+        conn.execute(sa.text("UPDATE users SET preferences = '{\"language\": \"en\"}'"))
+        # Per trip: user n+g accepted, user 2n+g declined, an invitation still pending.
+        conn.execute(sa.text(f"""
+            INSERT INTO trip_participants (id, trip_id, user_id, role, invited_email,
+                invitation_status, created_at)
+            SELECT gen_random_uuid(), {trip_id('g')},
+                   CASE k WHEN 0 THEN {user_id(':n + g')} WHEN 1 THEN {user_id('2 * :n + g')}
+                   END,
+                   'participant', 'guest' || g || '-' || k || '@bench.voyagesmart.app',
+                   (ARRAY['accepted', 'declined', 'pending'])[k + 1], :now
+            FROM generate_series(1, CAST(:n AS int)) AS g, generate_series(0, 2) AS k
+        """), {"n": trips_n, "now": NOW})
+
+
+def _messages(settings: Settings, engine: Engine) -> list[tuple[str, str, bytes]]:
+    """The job's messages, rendered the way the job renders them, as ready bytes."""
+    mailer = Mailer(settings)
+    out = []
+    with engine.connect() as conn:
+        for row in conn.execute(recipients_query(TARGET)):
+            payload = {
+                "recipient_name": row.full_name, "days_ahead": 7,
+                "trip": {"name": row.name, "destination": row.destination,
+                         "start_date": row.start_date.isoformat(),
+                         "end_date": row.end_date.isoformat(),
+                         "participants": int(row.travellers),
+                         "url": f"{settings.app_base_url}/trips/{row.trip_id}"},
+            }
+            message = mailer.compose(TEMPLATE, row.email, "en", payload, key=str(uuid.uuid4()))
+            out.append(("no-reply@voyagesmart.app", row.email, wire_bytes(message)))
+    return out
+
+
+def _baseline_send_message(port: int, messages: list[tuple[str, str, bytes]]) -> float:
+    """smtplib's message API over the same messages: serialization included."""
+    import email
+    import email.policy
+
+    parsed = [email.message_from_bytes(m[2], policy=email.policy.compat32)
+              for m in messages]
+    started = time.perf_counter()
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    for message in parsed:
+        smtp.send_message(message)
+    smtp.quit()
+    return time.perf_counter() - started
+
+
+def _baseline(port: int, messages: list[tuple[str, str, bytes]]) -> float:
+    started = time.perf_counter()
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    for sender, rcpt, data in messages:
+        smtp.sendmail(sender, [rcpt], data)
+    smtp.quit()
+    return time.perf_counter() - started
+
+
+def _job(url: str, port: int, tmp: Path) -> tuple[float, dict[str, Any], int]:
+    env = {**os.environ, "APP_ENV": "test", "DATABASE_URL": url, "CRON_SECRET": SECRET,
+           "DATA_DIR": str(tmp), "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
+           "SMTP_SECURITY": "none", "CRON_TIMEZONE": "UTC", "LOG_LEVEL": "WARNING"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "app", "run", "trip-reminders"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    import json
+
+    text = done.stdout[done.stdout.find("{"):]
+    outcome: dict[str, Any] = json.loads(text) if text else {"error": done.stderr[-2000:]}
+    return elapsed, outcome, max(peak_kb, before)
+
+
+def bench_send(trips_n: int) -> None:
+    sink, port = _start_sink()
+    try:
+        with bench_database("notif_send") as url:
+            engine = make_engine(url)
+            _seed_send(engine, trips_n)
+            settings = Settings(_env_file=None, app_env="test", database_url=url,  # type: ignore[call-arg]
+                                cron_secret=SECRET)
+            messages = _messages(settings, engine)
+            print(f"recipients: {len(messages)}; message size "
+                  f"{statistics.mean(len(m[2]) for m in messages):.0f} bytes")
+            base1 = _baseline(port, messages)
+            tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "vsc-bench-notif"
+            elapsed, outcome, peak_kb = _job(url, port, tmp)
+            base2 = _baseline(port, messages)
+            base_msg = _baseline_send_message(port, messages)
+            engine.dispose()
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    base = (base1 + base2) / 2
+    n = len(messages)
+    print(f"baseline smtplib loop: {base1:.2f} s, {base2:.2f} s "
+          f"({n / base:.0f} msg/s, mean)")
+    print(f"job (child process, whole run): {elapsed:.2f} s ({n / elapsed:.0f} msg/s); "
+          f"status {outcome.get('status')}, sent {outcome.get('records_processed')}; "
+          f"job's own duration {outcome.get('duration_ms')} ms")
+    print(f"throughput ratio job/baseline: {base / elapsed:.2f} (target >= 0.70)")
+    print(f"baseline smtplib send_message loop (serializes each message): {base_msg:.2f} s "
+          f"({n / base_msg:.0f} msg/s); ratio job/that: {base_msg / elapsed:.2f}")
+    print(f"peak RSS of the job process: {peak_kb / 1024:.0f} MB (target < 200 MB)")
+
+
+# --- select ---------------------------------------------------------------------------------
+
+
+def _time_query(engine: Engine, day: dt.date, repeats: int = 3) -> tuple[list[float], int]:
+    times, n = [], 0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                recipients_query(day))
+            n = sum(1 for _ in result)
+        times.append(time.perf_counter() - started)
+    return times, n
+
+
+def bench_select(trips_n: int, participants_per_trip: int, users_n: int) -> None:
+    with bench_database("notif_select") as url:
+        engine = make_engine(url)
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            users(conn, users_n, now=NOW)
+            trips(conn, trips_n, users_n, now=NOW)
+            trip_participants(conn, trips_n, users_n, participants_per_trip, now=NOW)
+        analyze(url)
+        with engine.connect() as conn:
+            counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+                      for t in ("users", "trips", "trip_participants")}
+        print(f"generated {counts} in {time.perf_counter() - started:.0f} s")
+        compiled = recipients_query(TARGET).compile(engine, compile_kwargs={
+            "literal_binds": True})
+        with engine.connect() as conn:
+            plan = conn.execute(sa.text(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}")).all()
+        print("\n".join("  " + r[0] for r in plan))
+        with_index, n = _time_query(engine, TARGET)
+        print(f"selection of {TARGET} ({n} recipients), with ix_trip_participants_accepted_"
+              f"trip: " + ", ".join(f"{t * 1000:.0f} ms" for t in with_index))
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP INDEX ix_trip_participants_accepted_trip"))
+        conn_analyze = url
+        analyze(conn_analyze)
+        without, n2 = _time_query(engine, TARGET)
+        print("same query without it (ix_trip_participants_trip_id only): "
+              + ", ".join(f"{t * 1000:.0f} ms" for t in without))
+        assert n == n2
+        print(f"best with index: {min(with_index) * 1000:.0f} ms (target < 2000 ms)")
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--part", choices=("send", "select", "both"), default="both")
+    parser.add_argument("--emails", type=int, default=10_000)
+    parser.add_argument("--trips", type=int, default=1_000_000)
+    parser.add_argument("--participants-per-trip", type=int, default=3)
+    parser.add_argument("--users", type=int, default=500_000)
+    args = parser.parse_args()
+    if args.part in ("send", "both"):
+        bench_send(args.emails // 2)
+    if args.part in ("select", "both"):
+        bench_select(args.trips, args.participants_per_trip, args.users)
+
+
+if __name__ == "__main__":
+    main()

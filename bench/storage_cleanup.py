@@ -1,0 +1,220 @@
+"""storage-cleanup orphan scan at scale: where the time goes, and peak memory.
+
+A `trip-media` bucket of OBJECTS files (90% referenced, 7.5% old orphans, 2.5% stale temp
+uploads) against ~REFS referencing rows on PostgreSQL (users' avatars, trip media,
+documents, receipts from bench/generate.py).  Each variant runs in its own process so its
+peak RSS is its own:
+
+- `baseline`: the obvious way — fetchall() every URL into a set of full strings, then walk
+  the bucket and classify (no deletes);
+- `job`: the real job through the runner (streamed hashed reference set, paginated listing,
+  spooled candidates, batched deletes), forced past nothing: deletes are 10% of the bucket.
+
+    .venv/bin/python -m bench.storage_cleanup                     # local, 200,000 objects
+    .venv/bin/python -m bench.storage_cleanup --backend s3 --objects 10000   # moto_server
+
+Prints one line per variant and the ratios job / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.generate import bench_database, documents, expenses, trip_media, trips, users
+
+BUCKET = "trip-media"
+MEDIA_PER_TRIP = 7
+
+
+def _keys(objects: int) -> tuple[list[str], list[str], list[str]]:
+    referenced_n = int(objects * 0.9)
+    orphan_n = int(objects * 0.075)
+    temp_n = objects - referenced_n - orphan_n
+    referenced = [f"{1 + i // MEDIA_PER_TRIP}/{1 + i % MEDIA_PER_TRIP}.jpg"
+                  for i in range(referenced_n)]
+    orphans = [f"orphans/{i}.jpg" for i in range(orphan_n)]
+    temp = [f"tmp/{i}.bin" for i in range(temp_n)]
+    return referenced, orphans, temp
+
+
+def _fill_database(url: str, refs: int, now: dt.datetime) -> int:
+    from app.db import make_engine
+
+    # ~70% trip media, 20% documents, 10% receipts, plus avatars on a third of the users.
+    trips_n = max(1, int(refs * 0.7) // MEDIA_PER_TRIP)
+    users_n = max(1, refs // 10)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        users(conn, users_n, now=now)
+        trips(conn, trips_n, users_n, now=now)
+        total = trip_media(conn, trips_n, MEDIA_PER_TRIP, users_n, now=now)
+        total += documents(conn, trips_n, 2, users_n, now=now)
+        expenses(conn, trips_n, 2, users_n, now=now)
+        total += trips_n  # expenses: half of 2 per trip carry a receipt
+        total += users_n // 3
+    engine.dispose()
+    return total
+
+
+def _fill_local(root: Path, objects: int) -> None:
+    referenced, orphans, temp = _keys(objects)
+    base = root / BUCKET
+    body = b"\xff\xd8 bench object \xff\xd9"
+    for key in (*referenced, *orphans, *temp):
+        path = base / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
+
+def _fill_s3(settings: Any, objects: int) -> None:
+    from app.storage import S3Storage
+
+    client = S3Storage.from_settings(settings).client
+    client.create_bucket(Bucket=BUCKET)
+    referenced, orphans, temp = _keys(objects)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=b"x" * 16),
+                      (*referenced, *orphans, *temp)))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    from app.config import Settings
+    from app.db import make_engine
+
+    settings = Settings(_env_file=None, app_env="test", database_url=url,  # type: ignore[call-arg]
+                        storage_buckets=BUCKET, storage_delete_brake_fraction=0.2,
+                        storage_recompress_min_bytes=10**12, **overrides)
+    engine = make_engine(url)
+    started = time.monotonic()
+    if name == "baseline":
+        out = _baseline(settings, engine, now)
+    else:
+        from app.runner import Runner
+
+        outcome = Runner(settings, engine, clock=lambda: now).run(
+            "storage-cleanup", trigger="cli")
+        assert outcome.status == "success", outcome.message
+        bucket = outcome.details["buckets"][0]
+        out = {"timings": outcome.details["timings"], "scanned": bucket["scanned"],
+               "deleted": bucket["temp_deleted"] + bucket["orphans_deleted"],
+               "reference_rows": outcome.details["reference_rows"]}
+    out["total_s"] = round(time.monotonic() - started, 2)
+    out["peak_rss_mb"] = round(_peak_mb(), 1)
+    engine.dispose()
+    return out
+
+
+def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from app.jobs.storage_cleanup import _reference_query, parse_reference
+    from app.storage import storage_from_settings
+
+    started = time.monotonic()
+    with engine.connect() as conn:
+        urls = conn.execute(_reference_query()).scalars().all()
+    refs = {parse_reference(u) for u in urls}
+    reference_s = time.monotonic() - started
+    started = time.monotonic()
+    storage = storage_from_settings(settings)
+    orphan_before = now - dt.timedelta(days=settings.storage_orphan_min_age_days)
+    to_delete = []
+    scanned = 0
+    for obj in storage.list(BUCKET):
+        scanned += 1
+        if obj.key.startswith("tmp/") or (
+                (BUCKET, obj.key) not in refs and obj.last_modified < orphan_before):
+            to_delete.append(obj.key)
+    del sa
+    return {"timings": {"reference_set_s": round(reference_s, 3),
+                        "listing_s": round(time.monotonic() - started, 3)},
+            "scanned": scanned, "would_delete": len(to_delete), "reference_rows": len(urls)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=200_000)
+    parser.add_argument("--refs", type=int, default=500_000)
+    parser.add_argument("--backend", choices=["local", "s3"], default="local")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", help=argparse.SUPPRESS)
+    parser.add_argument("--now", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.variant:  # child process: run one variant, print JSON
+        result = _variant(args.variant, args.url, json.loads(args.overrides),
+                          dt.datetime.fromisoformat(args.now))
+        print(json.dumps(result))
+        return
+
+    # Everything is "old": the run happens 400 days after the data was made.
+    made = dt.datetime.now(dt.UTC)
+    now = made + dt.timedelta(days=400)
+    workdir = Path(tempfile.mkdtemp(prefix="vsc-bench-storage-"))
+    moto: subprocess.Popen[bytes] | None = None
+    try:
+        with bench_database("storage") as url:
+            started = time.monotonic()
+            rows = _fill_database(url, args.refs, made)
+            print(f"database: {rows} referencing rows in {time.monotonic() - started:.1f}s")
+            started = time.monotonic()
+            if args.backend == "local":
+                overrides: dict[str, Any] = {"storage_backend": "local",
+                                             "storage_local_root": str(workdir)}
+                _fill_local(workdir, args.objects)
+            else:
+                from tests.servers import free_port
+
+                port = free_port()
+                moto = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(2)
+                overrides = {"storage_backend": "s3", "s3_endpoint_url": f"http://127.0.0.1:{port}",
+                             "s3_access_key_id": "bench", "s3_secret_access_key": "bench"}
+                from app.config import Settings
+
+                _fill_s3(Settings(_env_file=None, app_env="test", **overrides),  # type: ignore[call-arg]
+                         args.objects)
+            print(f"bucket ({args.backend}): {args.objects} objects in "
+                  f"{time.monotonic() - started:.1f}s")
+            results = {}
+            for variant in ("baseline", "job"):
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.storage_cleanup", "--variant", variant,
+                     "--url", url, "--overrides", json.dumps(overrides), "--now",
+                     now.isoformat()],
+                    check=True, capture_output=True, text=True,
+                    env={**os.environ, "APP_ENV": "test"})
+                results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{variant:9s} {json.dumps(results[variant])}")
+            base, job = results["baseline"], results["job"]
+            print(f"ratio job/baseline: time {job['total_s'] / base['total_s']:.2f} "
+                  f"(job includes {job['deleted']} deletes), peak RSS "
+                  f"{job['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
+    finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""A real fake Stripe for tests: `localstripe` in a subprocess, and a fault proxy before it.
+
+localstripe is stateful (customers, products, plans, subscriptions, cancellation) but
+cannot answer 429, 500 or hang; the proxy forwards every request to it and injects those
+faults on the requests a test names, so the SDK is exercised end to end, never patched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, free_port
+
+_HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+
+class LocalStripe:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> LocalStripe:
+        self.proc = subprocess.Popen(
+            # --from-scratch: localstripe otherwise reloads the state every instance on
+            # the machine dumps to one shared pickle file, and dies on a torn one.
+            [sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"localstripe exited with {self.proc.returncode}")
+            try:
+                httpx.get(self.url + "/v1/plans", timeout=1.0,
+                          headers={"Authorization": "Bearer sk_test_ready"})
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("localstripe did not start in time")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@dataclass
+class Fault:
+    pattern: re.Pattern[str]
+    status: int | None = None  # answer this status instead of forwarding
+    delay: float = 0.0  # hang this long before forwarding (the client times out first)
+    times: int | None = None  # None: every matching request
+    retry_after: str | None = None
+
+
+class FaultProxy:
+    """Forwards to `upstream`; requests matching a fault get it instead."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.client = httpx.Client(base_url=upstream, timeout=30.0)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._match(self.command, self.path)
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
+                if fault is not None and fault.status is not None:
+                    kind = "rate_limit_error" if fault.status == 429 else "api_error"
+                    payload = json.dumps({"error": {
+                        "type": kind, "message": f"injected {fault.status}"}}).encode()
+                    headers = {"content-type": "application/json"}
+                    if fault.retry_after is not None:
+                        headers["retry-after"] = fault.retry_after
+                    self._reply(fault.status, headers, payload)
+                    return
+                upstream = proxy.client.request(
+                    self.command, self.path, content=body,
+                    headers={k: v for k, v in self.headers.items()
+                             if k.lower() not in _HOP_HEADERS})
+                self._reply(upstream.status_code,
+                            {"content-type": upstream.headers.get("content-type",
+                                                                  "application/json")},
+                            upstream.content)
+
+            def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def inject(self, path_regex: str, *, status: int | None = None, delay: float = 0.0,
+               times: int | None = None, retry_after: str | None = None) -> None:
+        with self.lock:
+            self.faults.append(Fault(re.compile(path_regex), status, delay, times,
+                                     retry_after))
+
+    def _match(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            self.requests.append((method, path))
+            for fault in self.faults:
+                if fault.pattern.search(path) and (fault.times is None or fault.times > 0):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def count(self, path_regex: str) -> int:
+        pattern = re.compile(path_regex)
+        with self.lock:
+            return sum(1 for _, path in self.requests if pattern.search(path))
+
+    def start(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.client.close()
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[LocalStripe]:
+    server = LocalStripe().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stripe_proxy(localstripe: LocalStripe) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(localstripe.url).start()
+    yield proxy
+    proxy.stop()

@@ -1,0 +1,164 @@
+"""user-engagement: the exact inactive set, one email per inactivity period, monthly metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from app.models import Expense, TripMedia, TripParticipant, User
+from app.runner import Runner
+from tests.conftest import FixedClock, make_settings, rows
+from tests.notification_data import recipients, trip, user
+from tests.servers import SmtpSink
+
+# The 1 December 05:00 slot; 90 days of inactivity means last seen before 2 September.
+SLOT = dt.datetime(2026, 12, 1, 5, 0, 0, tzinfo=dt.UTC)
+NOW = SLOT + dt.timedelta(seconds=40)
+
+
+def ago(days: float) -> dt.datetime:
+    return SLOT - dt.timedelta(days=days)
+
+
+def _seed(engine: Engine) -> dict[str, User]:
+    people = {
+        "active": user("active@example.com", last_login=ago(10), created=ago(400)),
+        "sleeper": user("sleeper@example.com", name="Sam Sleeper", last_login=ago(120),
+                        created=ago(400)),
+        "sleeper_it": user("dormiglione@example.com", name="Dora", last_login=ago(200),
+                           prefs={"language": "it"}, created=ago(400)),
+        "never_old": user("never-old@example.com", created=ago(150)),
+        "never_new": user("never-new@example.com", created=ago(20)),
+        "trip_owner": user("owner@example.com", last_login=ago(120), created=ago(400)),
+        "joined": user("joined@example.com", last_login=ago(120), created=ago(400)),
+        "spender": user("spender@example.com", last_login=ago(120), created=ago(400)),
+        "photographer": user("photo@example.com", last_login=ago(100), created=ago(400)),
+        "old_activity": user("old-activity@example.com", last_login=ago(300),
+                             created=ago(400)),
+        "opted_out": user("optout@example.com", last_login=ago(150),
+                          prefs={"email_notifications": False}, created=ago(400)),
+        "boundary": user("boundary@example.com", last_login=ago(89.9), created=ago(400)),
+    }
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        s.add_all(people.values())
+        s.flush()
+        recent = trip("Recent", people["trip_owner"], dt.date(2027, 3, 1), created=ago(200))
+        recent.updated_at = ago(5)
+        ancient = trip("Ancient", people["old_activity"], dt.date(2026, 5, 1),
+                       created=ago(250))
+        s.add_all([recent, ancient])
+        s.flush()
+        s.add_all([
+            TripParticipant(trip_id=recent.id, user_id=people["joined"].id,
+                            invitation_status="accepted", created_at=ago(30)),
+            Expense(trip_id=ancient.id, amount=Decimal("12.00"), currency="EUR",
+                    paid_by=people["spender"].id, created_at=ago(10), updated_at=ago(10)),
+            TripMedia(trip_id=ancient.id, user_id=people["photographer"].id, type="image",
+                      url="https://x.example/storage/v1/object/public/trip-media/a.jpg",
+                      created_at=ago(3)),
+        ])
+    return people
+
+
+INACTIVE = {"sleeper@example.com", "dormiglione@example.com", "never-old@example.com",
+            "old-activity@example.com", "optout@example.com"}
+EMAILED = INACTIVE - {"optout@example.com"}
+
+
+def _run(engine: Engine, db_url: str, tmp_path: Path, sink: SmtpSink, at: dt.datetime,
+         **kwargs: bool) -> object:
+    settings = make_settings(db_url, tmp_path, **sink.settings)
+    return Runner(settings, engine, clock=FixedClock(at)).run(
+        "user-engagement", trigger="vercel", **kwargs)
+
+
+def _metrics(engine: Engine) -> list[tuple[object, ...]]:
+    return [(str(r[0])[:10], *r[1:]) for r in rows(
+        engine, "SELECT month, active_users, inactive_users, emails_sent, emails_failed, "
+                "opted_out, returned_users FROM cron_engagement_metrics ORDER BY month")]
+
+
+def test_exactly_the_inactive_users_get_one_email(engine: Engine, db_url: str,
+                                                  tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    _seed(engine)
+    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+
+    assert outcome.status == "success", outcome.message  # type: ignore[attr-defined]
+    got = recipients(smtp_sink)
+    assert set(got) == EMAILED and set(got.values()) == {1}
+    subjects = {str(m["To"]): str(m["Subject"]) for m in smtp_sink.messages()}
+    assert subjects["dormiglione@example.com"] == "Ci manchi su VoyageSmart, Dora"
+    assert subjects["sleeper@example.com"] == "We miss you on VoyageSmart, Sam Sleeper"
+    assert _metrics(engine) == [("2026-12-01", 7, 5, 4, 0, 1, 0)]
+
+
+def test_a_second_run_in_the_same_period_sends_nothing(engine: Engine, db_url: str,
+                                                       tmp_path: Path,
+                                                       smtp_sink: SmtpSink) -> None:
+    _seed(engine)
+    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
+    again = Runner(settings, engine, clock=FixedClock(NOW + dt.timedelta(hours=1))).run(
+        "user-engagement", trigger="cli")
+
+    assert again.records_processed == 0
+    assert "4 already emailed this inactivity period" in again.message
+    assert sum(recipients(smtp_sink).values()) == 4
+    assert _metrics(engine) == [("2026-12-01", 7, 5, 4, 0, 1, 0)]
+
+
+def test_sleeping_users_are_not_emailed_every_month_and_returns_are_counted(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    people = _seed(engine)
+    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    with Session(engine) as s, s.begin():  # Sam reads the email and comes back
+        s.get(User, people["sleeper"].id).last_login = dt.datetime(  # type: ignore[union-attr]
+            2026, 12, 10, tzinfo=dt.UTC)
+
+    january = _run(engine, db_url, tmp_path, smtp_sink,
+                   dt.datetime(2027, 1, 1, 5, 0, 30, tzinfo=dt.UTC))
+    # Only the user who crossed 90 days during December; December's sleepers not again.
+    assert january.records_processed == 1  # type: ignore[attr-defined]
+    got = recipients(smtp_sink)
+    assert set(got) == EMAILED | {"boundary@example.com"} and set(got.values()) == {1}
+    assert _metrics(engine)[1][0] == "2027-01-01"
+    assert _metrics(engine)[1][6] == 1  # Sam came back after the December email
+
+    # Sam falls asleep again: a new inactivity period, a new email (and only to Sam).
+    april = _run(engine, db_url, tmp_path, smtp_sink,
+                 dt.datetime(2027, 4, 1, 5, 0, 30, tzinfo=dt.UTC))
+    # By April everyone's activity is older than 90 days: the six newly asleep get their
+    # first email, Sam a second one, the users still asleep since December nothing.
+    assert april.records_processed == 7  # type: ignore[attr-defined]
+    got = recipients(smtp_sink)
+    assert got["sleeper@example.com"] == 2
+    assert {k for k, v in got.items() if v == 2} == {"sleeper@example.com"}
+
+
+def test_dry_run_counts_without_sending_or_storing(engine: Engine, db_url: str,
+                                                   tmp_path: Path,
+                                                   smtp_sink: SmtpSink) -> None:
+    _seed(engine)
+    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW, dry_run=True)
+
+    assert outcome.message.startswith("5 inactive users; would email 4")  # type: ignore[attr-defined]
+    assert smtp_sink.messages() == []
+    assert _metrics(engine) == []
+    assert rows(engine, "SELECT count(*) FROM cron_notification") == [(0,)]
+
+
+def test_unknown_language_falls_back_to_english(engine: Engine, db_url: str, tmp_path: Path,
+                                                smtp_sink: SmtpSink) -> None:
+    with Session(engine) as s, s.begin():
+        s.add(User(id=uuid.uuid4(), email="kim@example.com", full_name="Kim",
+                   preferences={"language": "ko"}, created_at=ago(300),
+                   last_login=ago(200)))
+    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    [message] = smtp_sink.messages()
+    assert message["Subject"] == "We miss you on VoyageSmart, Kim"
+    assert message["List-Unsubscribe"] is not None
