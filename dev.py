@@ -59,8 +59,9 @@ def serve(args: list[str]) -> int:
     cli = [str(PYTHON), "-m", "app"]
     subprocess.run([*cli, "migrate"], check=True, cwd=ROOT)
     subprocess.run([*cli, "seed-demo"], check=True, cwd=ROOT)
+    port = args[args.index("--port") + 1] if "--port" in args[:-1] else "8000"
     print("try: curl -H \"Authorization: Bearer $(grep ^CRON_SECRET= .env | cut -d= -f2)\" "
-          "http://127.0.0.1:8000/api/cron/promo-cleanup", flush=True)
+          f"http://127.0.0.1:{port}/api/cron/promo-cleanup", flush=True)
     return subprocess.call([*cli, "serve", *args], cwd=ROOT)
 
 

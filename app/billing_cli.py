@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.engine import Connection
 
 from app.config import get_settings
 from app.db import engine_for
@@ -20,6 +22,22 @@ def _print(value: dict[str, Any]) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
+def _stored(label: str, parse: Callable[[str], object], shape: str, kind: str,
+            read: Callable[[Connection, str], dict[str, Any] | None]) -> dict[str, Any]:
+    """The row `read` finds for `label`; exit 2 when `parse` refuses it, 1 when absent."""
+    try:
+        parse(label)
+    except ValueError:
+        typer.echo(f"{label!r} is not {shape}", err=True)
+        raise typer.Exit(2) from None
+    with engine_for(get_settings().database_url).connect() as conn:
+        row = read(conn, label)
+    if row is None:
+        typer.echo(f"no {kind} stored for {label}", err=True)
+        raise typer.Exit(1)
+    return row
+
+
 @analytics_cli.command("show")
 def analytics_show(
     week: Annotated[str, typer.Option("--week", help="ISO week, e.g. 2026-W47.")],
@@ -27,17 +45,7 @@ def analytics_show(
     """The stored figures of one ISO week."""
     from app.jobs.analytics import read_week, week_start
 
-    try:
-        week_start(week)
-    except ValueError:
-        typer.echo(f"{week!r} is not an ISO week like 2026-W47", err=True)
-        raise typer.Exit(2) from None
-    with engine_for(get_settings().database_url).connect() as conn:
-        row = read_week(conn, week)
-    if row is None:
-        typer.echo(f"no analytics stored for {week}", err=True)
-        raise typer.Exit(1)
-    _print(row)
+    _print(_stored(week, week_start, "an ISO week like 2026-W47", "analytics", read_week))
 
 
 @report_cli.command("show")
@@ -48,16 +56,7 @@ def report_show(
     """One month's subscription report, archived or not."""
     from app.jobs.subscription_report import month_start, read_report
 
-    try:
-        month_start(month)
-    except ValueError:
-        typer.echo(f"{month!r} is not a month like 2026-10", err=True)
-        raise typer.Exit(2) from None
-    with engine_for(get_settings().database_url).connect() as conn:
-        row = read_report(conn, month)
-    if row is None:
-        typer.echo(f"no report stored for {month}", err=True)
-        raise typer.Exit(1)
+    row = _stored(month, month_start, "a month like 2026-10", "report", read_report)
     if csv:
         typer.echo(row["csv"], nl=False)
         return

@@ -291,6 +291,8 @@ async def guard_cron(request: Request,
         response.status_code, f"http_{response.status_code}")
     if not authenticated and response.status_code in (400, 401):
         outcome = "auth_failed"
+    elif getattr(state, "previous_secret", False):
+        outcome = f"{outcome}+old_secret"
     await run_in_threadpool(defenses.audit, request, outcome=outcome,
                             status_code=response.status_code, task=task,
                             run_id=getattr(state, "run_id", None))

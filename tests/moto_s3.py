@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,51 +10,25 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import free_port
+from tests.servers import SubprocessServer
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
 
 
-class MotoS3:
+class MotoS3(SubprocessServer):
+    name = "moto_server"
+    probe = "/moto-api/"
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__({"MOTO_ALLOW_NONEXISTENT_REGION": "true"})
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> MotoS3:
+    def argv(self) -> list[str]:
         binary = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen(
-            [str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
-            try:
-                httpx.get(self.url + "/moto-api/", timeout=1.0)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start in time")
+        return [str(binary), "-H", "127.0.0.1", "-p", str(self.port)]
 
     def reset(self) -> None:
         httpx.post(self.url + "/moto-api/reset", timeout=10.0)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import httpx
 import pytest
@@ -149,12 +149,25 @@ def http_capture() -> Iterator[HttpCapture]:
     server.stop()
 
 
-class UvicornProcess:
-    """`python -m uvicorn app.main:app` in a subprocess, configured by environment."""
+class SubprocessServer:
+    """A server in a subprocess on a free port, ready once an HTTP GET of `probe` answers.
 
-    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path = ROOT) -> None:
+    Subclasses give the command line (`argv`); `start` fails fast with the exit code if the
+    process dies before it answers.
+    """
+
+    name = "server"
+    probe = "/"
+    probe_headers: ClassVar[dict[str, str]] = {}
+    start_timeout = 30.0
+    # Only for a quiet server: nobody reads the pipe while it runs, so a chatty one (moto
+    # logs every request) would fill it and block.
+    capture_output = False
+
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None,
+                 cwd: Path | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -162,24 +175,28 @@ class UvicornProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> UvicornProcess:
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None) -> Self:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-            env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            self.argv(), env=self.env, cwd=self.cwd,
+            stdout=subprocess.PIPE if self.capture_output else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self.capture_output else subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout or self.start_timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"uvicorn exited with {self.proc.returncode}:\n{out}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}"
+                                   + (f":\n{out}" if self.capture_output else ""))
             try:
-                httpx.get(self.url + "/", timeout=1.0)
+                httpx.get(self.url + self.probe, headers=self.probe_headers, timeout=1.0)
                 return self
             except httpx.TransportError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("uvicorn did not start in time")
+        raise RuntimeError(f"{self.name} did not start in time")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind, as when a machine dies."""
@@ -196,3 +213,17 @@ class UvicornProcess:
                 self.kill()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class UvicornProcess(SubprocessServer):
+    """`python -m uvicorn app.main:app` in a subprocess, configured by environment."""
+
+    name = "uvicorn"
+    capture_output = True
+
+    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path = ROOT) -> None:
+        super().__init__(env, port, cwd)
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]

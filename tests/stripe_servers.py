@@ -9,60 +9,36 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, SubprocessServer
 
 _HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
 
-class LocalStripe:
+class LocalStripe(SubprocessServer):
+    name = "localstripe"
+    probe = "/v1/plans"
+    probe_headers: ClassVar[dict[str, str]] = {"Authorization": "Bearer sk_test_ready"}
+    start_timeout = 20.0
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cwd=ROOT)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> LocalStripe:
-        self.proc = subprocess.Popen(
-            # --from-scratch: localstripe otherwise reloads the state every instance on
-            # the machine dumps to one shared pickle file, and dies on a torn one.
-            [sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"localstripe exited with {self.proc.returncode}")
-            try:
-                httpx.get(self.url + "/v1/plans", timeout=1.0,
-                          headers={"Authorization": "Bearer sk_test_ready"})
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("localstripe did not start in time")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def argv(self) -> list[str]:
+        # --from-scratch: localstripe otherwise reloads the state every instance on the
+        # machine dumps to one shared pickle file, and dies on a torn one.
+        return [sys.executable, "-m", "localstripe", "--port", str(self.port),
+                "--from-scratch"]
 
 
 @dataclass

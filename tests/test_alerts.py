@@ -15,7 +15,7 @@ from app.db import table_of
 from app.jobs.context import JobContext, JobResult, TransientError
 from app.models import CronJobLog
 from app.registry import JobSpec, RetryPolicy
-from app.runner import Runner
+from app.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, auth
 from tests.servers import HttpCapture, SmtpSink, free_port
 
@@ -117,15 +117,21 @@ def test_webhook_answering_500_is_reported_not_raised(
     assert len(http_capture.requests) == 1
 
 
-def test_transient_error_then_success_ends_success_with_attempts_logged(
-    settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
-) -> None:
+def _run_flaky(settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
+               failures: int) -> tuple[RunOutcome, list[float]]:
+    """Run a job failing transiently `failures` times, alerting by mail to `smtp_sink`."""
     sleeps: list[float] = []
     alerting = settings.model_copy(update={**smtp_sink.settings,
                                            "admin_emails": ["ops@example.com"]})
     runner = Runner(alerting, engine, clock=clock, sleep=sleeps.append,
-                    jobs=_job("flaky", _flaky(failures=2)))
-    outcome = runner.run("flaky", trigger="cli")
+                    jobs=_job("flaky", _flaky(failures)))
+    return runner.run("flaky", trigger="cli"), sleeps
+
+
+def test_transient_error_then_success_ends_success_with_attempts_logged(
+    settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
+) -> None:
+    outcome, sleeps = _run_flaky(settings, engine, clock, smtp_sink, failures=2)
 
     assert outcome.status == "success"
     assert (outcome.attempts, outcome.records_processed) == (3, 7)
@@ -142,12 +148,7 @@ def test_transient_error_then_success_ends_success_with_attempts_logged(
 def test_transient_error_that_persists_fails_after_every_attempt(
     settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
 ) -> None:
-    sleeps: list[float] = []
-    alerting = settings.model_copy(update={**smtp_sink.settings,
-                                           "admin_emails": ["ops@example.com"]})
-    runner = Runner(alerting, engine, clock=clock, sleep=sleeps.append,
-                    jobs=_job("flaky", _flaky(failures=99)))
-    outcome = runner.run("flaky", trigger="cli")
+    outcome, _ = _run_flaky(settings, engine, clock, smtp_sink, failures=99)
 
     assert outcome.status == "error"
     assert outcome.http_status == 500

@@ -196,3 +196,16 @@ def test_prune_keeps_recent_windows(engine: Engine, db_url: str, tmp_path: Path,
     assert defenses.hit("k", 5, 60) is None
     assert defenses.prune(clock.now) == (0, 0)
     assert defenses.prune(clock.now + dt.timedelta(hours=2)) == (0, 1)
+
+
+def test_calls_with_the_previous_secret_are_marked_in_the_audit_log(
+    client_from: Callable[..., TestClient], engine: Engine
+) -> None:
+    new_secret = "n" * 40
+    client = client_from(SCHEDULER, cron_secret=new_secret, cron_secret_previous=SECRET)
+    old = client.post("/api/cron/promo-cleanup?force=true", headers=auth())
+    new = client.post("/api/cron/promo-cleanup?force=true", headers=auth(new_secret))
+    assert (old.status_code, new.status_code) == (200, 200)
+    outcomes = [row.outcome for row in audit(engine)]
+    assert outcomes == ["success+old_secret", "success"]
+    assert all(SECRET not in str(tuple(row)) for row in audit(engine))

@@ -81,11 +81,11 @@ def _at(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
-def month_figures(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
-    """Per-tier counts and MRR of the month starting `first`, and its totals."""
-    start, end = _at(first), _at(_add_months(first, 1))
+def _figures_statement() -> sa.Select[Any]:
+    start = sa.bindparam("start", type_=subs.c.created_at.type)
+    end = sa.bindparam("end", type_=subs.c.created_at.type)
     live_end, trial_end = live_at(end), trialing_at(end)
-    rows = conn.execute(
+    return (
         sa.select(
             subs.c.tier,
             count_if(sa.and_(live_end, ~trial_end, ~delinquent())).label("active"),
@@ -97,7 +97,17 @@ def month_figures(conn: Connection, first: dt.date, settings: Settings) -> dict[
         )
         .where(is_paid(), subs.c.created_at < end)
         .group_by(subs.c.tier)
-    ).all()
+    )
+
+
+# Built once: constructing this expression costs about 1.5 ms a month, every run.
+_FIGURES = _figures_statement()
+
+
+def month_figures(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
+    """Per-tier counts and MRR of the month starting `first`, and its totals."""
+    rows = conn.execute(
+        _FIGURES, {"start": _at(first), "end": _at(_add_months(first, 1))}).all()
     found = {row.tier: row for row in rows}
     tiers: dict[str, dict[str, Any]] = {}
     mrr: dict[str, Decimal] = {}
@@ -184,11 +194,16 @@ def run(ctx: JobContext) -> JobResult:
                          -settings.report_retention_months)
     with ctx.engine.connect() as conn:
         report = build_report(conn, first, settings)
-        existing = conn.execute(sa.select(reports.c.sent_at).where(reports.c.month == label)
-                                ).first()
-        to_archive = int(conn.scalar(sa.select(sa.func.count()).select_from(reports).where(
-            reports.c.archived.is_(False), reports.c.month_start < cutoff)) or 0)
-    already_sent = existing is not None and existing.sent_at is not None
+        # One round trip for both: when this month was sent, and how many to archive.
+        state = conn.execute(sa.select(
+            sa.select(reports.c.sent_at).where(reports.c.month == label)
+            .scalar_subquery().label("sent_at"),
+            sa.select(sa.func.count()).select_from(reports)
+            .where(reports.c.archived.is_(False), reports.c.month_start < cutoff)
+            .scalar_subquery().label("to_archive"),
+        )).one()
+    already_sent = state.sent_at is not None
+    to_archive = int(state.to_archive)
     send = bool(settings.admin_emails) and (not already_sent or ctx.force)
     csv_text = report_csv(report)
     details: dict[str, Any] = {"month": label, "report": report, "archived": to_archive,

@@ -73,6 +73,12 @@ def require_cron_secret(request: Request, settings: SettingsDep) -> None:
         raise AuthError("CRON_SECRET is not configured on this service")
     if not secret_matches(settings, token):
         raise AuthError("invalid credentials")
+    if settings.cron_secret_previous is not None and not hmac.compare_digest(
+        token.encode(), settings.cron_secret.get_secret_value().encode()
+    ):
+        # Accepted through the previous secret: the audit log marks the call so an operator
+        # rotating the secret can see which callers still need the new one.
+        request.state.previous_secret = True
 
 
 def has_cron_secret(request: Request, settings: Settings) -> bool:
