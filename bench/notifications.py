@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from app.config import Settings
 from app.db import make_engine
 from app.jobs.trip_reminders import TEMPLATE, recipients_query
-from app.mail import Mailer, wire_bytes
+from app.mail import Mailer
 from bench.generate import (
     analyze,
     bench_database,
@@ -131,7 +131,7 @@ def _messages(settings: Settings, engine: Engine) -> list[tuple[str, str, bytes]
                          "url": f"{settings.app_base_url}/trips/{row.trip_id}"},
             }
             message = mailer.compose(TEMPLATE, row.email, "en", payload, key=str(uuid.uuid4()))
-            out.append(("no-reply@voyagesmart.app", row.email, wire_bytes(message)))
+            out.append((message.sender, message.recipient, message.data))
     return out
 
 

@@ -19,9 +19,9 @@ Steps:
 
 Delivery is at-most-once: a reminder is never sent twice, even across retries, duplicate
 deliveries, racing instances or a crash mid-batch; the only message that can be missing
-after a crash is the one whose end-of-data reply was lost, and it is reported as
-`unconfirmed` rather than resent (a duplicate is the failure users notice and resent
-mail damages sender reputation; the server almost certainly queued that message).
+after a crash is the one in flight (claimed, outcome not yet recorded), and it is
+reported as `unconfirmed` rather than resent (a duplicate is the failure users notice
+and resent mail damages sender reputation).
 A dry run reports who would be emailed and writes nothing.
 """
 
