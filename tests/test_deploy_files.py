@@ -153,3 +153,12 @@ def test_workflow_passes_actionlint() -> None:
         cwd=deploy.ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vercel_entrypoint_exposes_the_app() -> None:
+    # Vercel's zero-config FastAPI detection imports a top-level `app` from app/index.py.
+    import app.index
+    import app.main
+
+    assert app.index.app is app.main.app
+    assert "/api/cron/{task}" in app.index.app.openapi()["paths"]
