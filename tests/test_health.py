@@ -149,12 +149,15 @@ def test_database_down_is_503(settings: Settings, clock: FixedClock) -> None:
 def test_dropped_database_is_503(db_url: str, settings: Settings, clock: FixedClock) -> None:
     name = create_pg_database("vsc_health")
     engine = make_engine(pg_url(name))
-    upgrade(engine)
-    with _down_client(settings, engine, clock) as client:
-        assert client.get("/health").status_code == 200
-        drop_pg_database(name)
-        response = client.get("/health")
-    engine.dispose()
+    try:
+        upgrade(engine)
+        with _down_client(settings, engine, clock) as client:
+            assert client.get("/health").status_code == 200
+            drop_pg_database(name)
+            response = client.get("/health")
+    finally:
+        engine.dispose()
+        drop_pg_database(name)  # no-op when the test got that far
     assert response.status_code == 503
     assert response.json()["issues"] == ["database unreachable"]
 
