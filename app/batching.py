@@ -13,15 +13,21 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
+
+
+def stream_rows(engine: Engine, stmt: sa.Select[Any], batch: int) -> Iterator[Sequence[Row[Any]]]:
+    """Yield `stmt`'s rows `batch` at a time, without loading them all (a server-side
+    cursor on PostgreSQL)."""
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+        yield from result.partitions(batch)
 
 
 def stream_keys(engine: Engine, stmt: sa.Select[Any], batch: int) -> Iterator[list[Any]]:
     """Yield the first column of `stmt`'s rows, `batch` at a time, without loading them all."""
-    with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
-        for part in result.partitions(batch):
-            yield [row[0] for row in part]
+    for part in stream_rows(engine, stmt, batch):
+        yield [row[0] for row in part]
 
 
 def apply_in_batches(

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -112,6 +113,16 @@ def ping(engine: Engine) -> None:
     """Raise if the database does not answer a trivial query."""
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
+
+
+def upsert(dialect: sa.Dialect, table: sa.Table) -> Any:
+    """`INSERT` with `ON CONFLICT` support for the connection's dialect (PostgreSQL or SQLite).
+
+    Both dialects expose the same `on_conflict_do_nothing` / `on_conflict_do_update` API.
+    """
+    if dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite_insert(table)
 
 
 def table_of(model: type[Base]) -> sa.Table:

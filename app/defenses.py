@@ -34,13 +34,11 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.db import table_of
+from app.db import table_of, upsert
 from app.models import CronAuditLog, CronRateLimit
 
 log = logging.getLogger("app.defenses")
@@ -157,9 +155,9 @@ class Defenses:
             return wait
         epoch = int(now.timestamp())
         start = dt.datetime.fromtimestamp(epoch - epoch % window_seconds, dt.UTC)
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         stmt = (
-            insert(limit_t).values(key=key[:160], window_start=start, hits=1)
+            upsert(self.engine.dialect, limit_t)
+            .values(key=key[:160], window_start=start, hits=1)
             .on_conflict_do_update(index_elements=[limit_t.c.key, limit_t.c.window_start],
                                    set_={"hits": limit_t.c.hits + 1})
             .returning(limit_t.c.hits)

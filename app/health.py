@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -98,24 +97,13 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
     for name in names:
         row = last_rows.get(name)
         facts[name] = JobFacts(
-            last_success=_aware(success.get(name)),
-            last_run=_aware(row.started_at) if row else None,
+            last_success=success.get(name),
+            last_run=row.started_at if row else None,
             last_status=row.status if row else None,
             last_message=row.message if row else None,
-            running_since=_aware(running.get(name)),
+            running_since=running.get(name),
         )
-    return facts, _aware(baseline)
-
-
-def _aware(value: Any) -> dt.datetime | None:
-    # Aggregates bypass the column type on SQLite and come back as text.
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
-    return value  # type: ignore[no-any-return]
+    return facts, baseline
 
 
 def evaluate(jobs: dict[str, JobSpec], facts: dict[str, JobFacts], now: dt.datetime,

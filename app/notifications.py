@@ -50,11 +50,9 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from app.db import table_of
+from app.db import table_of, upsert
 from app.jobs.context import JobContext
 from app.mail import Mailer, MailTransport, Outgoing
 from app.models import CronJobLog, CronNotification
@@ -105,10 +103,6 @@ class Tally:
         return out
 
 
-def _insert(engine: Engine) -> Any:
-    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-
-
 def _chunks(items: Iterable[Planned], size: int) -> Iterator[list[Planned]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -121,7 +115,6 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -
     A dry run only looks the keys up.
     """
     engine = ctx.engine
-    insert = _insert(engine)
     batch = min(ctx.settings.batch_size, 1000)
     for chunk in _chunks(planned, batch):
         keys = [item.key for item in chunk]
@@ -151,7 +144,8 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -
         ]
         with engine.begin() as conn:
             inserted = conn.execute(
-                insert(notifications).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                upsert(engine.dialect, notifications)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
                 .returning(notifications.c.id),
                 rows,
             ).all()

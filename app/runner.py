@@ -22,21 +22,19 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 import sqlalchemy as sa
 import tenacity
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from app import registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
-from app.db import table_of
+from app.db import table_of, upsert
 from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
@@ -137,10 +135,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-_REDACT = Redactor()
-
-
-def _error_summary(exc: BaseException, redact: Redactor = _REDACT) -> str:
+def _error_summary(exc: BaseException, redact: Redactor) -> str:
     """First line of the error, with secrets and email addresses taken out: it is stored
     in the run log and returned in the HTTP answer."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -304,7 +299,7 @@ class Runner:
         )
         for attempt in retrying:
             number = attempt.retry_state.attempt_number
-            ctx = _with_attempt(base_ctx, number)
+            ctx = replace(base_ctx, attempt=number)
             self._record_attempt(base_ctx.run_id, number, attempt_errors)
             with attempt:
                 try:
@@ -362,11 +357,12 @@ class Runner:
                 self._release(outcome.task, outcome.run_id)
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime) -> bool:
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         # One transaction: ensure the row, claim it, close the dead holder's rows.  On
         # PostgreSQL a concurrent claimer waits on the row lock and then sees the new holder.
         with self.engine.begin() as conn:
-            conn.execute(insert(lease_t).values(task=spec.name).on_conflict_do_nothing())
+            conn.execute(
+                upsert(conn.dialect, lease_t).values(task=spec.name).on_conflict_do_nothing()
+            )
             result = conn.execute(
                 lease_t.update()
                 .where(lease_t.c.task == spec.name)
@@ -460,9 +456,3 @@ class Runner:
             except Exception:  # monitoring must never break a run
                 log.warning("observer %s.%s failed", type(observer).__name__, hook,
                             exc_info=True)
-
-
-def _with_attempt(ctx: JobContext, number: int) -> JobContext:
-    from dataclasses import replace
-
-    return replace(ctx, attempt=number)

@@ -23,12 +23,10 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from app.config import BILLING_TIERS
-from app.db import table_of
+from app.db import table_of, upsert
 from app.jobs.context import JobContext, JobResult
 from app.models import (
     CronWeeklyAnalytics,
@@ -234,8 +232,7 @@ def compute_week(conn: Connection, monday: dt.date) -> dict[str, Any]:
 
 
 def _upsert(conn: Connection, values: dict[str, Any]) -> None:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(weekly).values(**values)
+    stmt = upsert(conn.dialect, weekly).values(**values)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[weekly.c.iso_week],
         set_={k: stmt.excluded[k] for k in values if k != "iso_week"},

@@ -26,12 +26,10 @@ from typing import Any
 
 import jinja2
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from app.config import Settings
-from app.db import table_of
+from app.db import table_of, upsert
 from app.jobs.context import JobContext, JobResult
 from app.mail import Mailer
 from app.models import CronMonthlyReport
@@ -178,8 +176,7 @@ def _message(settings: Settings, report: dict[str, Any], csv_text: str) -> Any:
 
 
 def _store(conn: Connection, values: dict[str, Any]) -> None:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(reports).values(**values)
+    stmt = upsert(conn.dialect, reports).values(**values)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[reports.c.month],
         set_={k: stmt.excluded[k] for k in ("data", "csv", "updated_at", "run_id")},

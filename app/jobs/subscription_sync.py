@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,7 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy.engine import Row
 
+from app.batching import stream_rows
 from app.db import UTCDateTime, new_uuid, table_of
 from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
 from app.models import Subscription, SubscriptionHistory
@@ -162,11 +163,6 @@ class _Sync:
             .order_by(subs.c.id)
         )
 
-    def _stream(self, stmt: sa.Select[Any]) -> Iterator[Sequence[Row[Any]]]:
-        with self.ctx.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=_CHUNK).execute(stmt)
-            yield from result.partitions(_CHUNK)
-
     def strategy(self) -> str:
         chosen = self.ctx.settings.stripe_sync_strategy
         if chosen != "auto":
@@ -180,14 +176,14 @@ class _Sync:
         if strategy == "list":
             self._run_list()
         else:
-            for chunk in self._stream(self._candidates()):
+            for chunk in stream_rows(self.ctx.engine, self._candidates(), _CHUNK):
                 self._retrieve(chunk)
         self._flush()
 
     def _run_list(self) -> None:
         live: dict[str, Row[Any]] = {}
         leftovers: list[Row[Any]] = []
-        for chunk in self._stream(self._candidates()):
+        for chunk in stream_rows(self.ctx.engine, self._candidates(), _CHUNK):
             for row in chunk:
                 if row.status in TERMINAL_STATUSES:
                     leftovers.append(row)

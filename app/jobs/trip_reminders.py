@@ -30,11 +30,13 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
 
 from app import notifications as notify
+from app.batching import stream_rows
 from app.db import table_of
 from app.jobs.context import JobContext, JobResult
 from app.mail import resolve_language, wants_email
@@ -90,34 +92,32 @@ def dedupe_key(days_ahead: int, trip_id: Any, user_id: Any, start: dt.date) -> s
 def _planned(ctx: JobContext, day: dt.date, opted_out: list[int]) -> Iterator[notify.Planned]:
     settings = ctx.settings
     base = settings.app_base_url
-    with ctx.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=1000).execute(
-            recipients_query(day))
-        for row in result:
-            if not wants_email(row.preferences):
-                opted_out[0] += 1
-                continue
-            name = (row.full_name or "").strip() or row.email.split("@", 1)[0]
-            yield notify.Planned(
-                key=dedupe_key(settings.reminder_days_ahead, row.trip_id, row.user_id, day),
-                user_id=row.user_id,
-                recipient=row.email,
-                language=resolve_language(row.preferences, TEMPLATE),
-                trip_id=row.trip_id,
-                reference_date=day,
-                payload={
-                    "recipient_name": name,
-                    "days_ahead": settings.reminder_days_ahead,
-                    "trip": {
-                        "name": row.name,
-                        "destination": row.destination,
-                        "start_date": row.start_date.isoformat(),
-                        "end_date": row.end_date.isoformat() if row.end_date else None,
-                        "participants": int(row.travellers),
-                        "url": f"{base}/trips/{row.trip_id}",
-                    },
+    rows = chain.from_iterable(stream_rows(ctx.engine, recipients_query(day), 1000))
+    for row in rows:
+        if not wants_email(row.preferences):
+            opted_out[0] += 1
+            continue
+        name = (row.full_name or "").strip() or row.email.split("@", 1)[0]
+        yield notify.Planned(
+            key=dedupe_key(settings.reminder_days_ahead, row.trip_id, row.user_id, day),
+            user_id=row.user_id,
+            recipient=row.email,
+            language=resolve_language(row.preferences, TEMPLATE),
+            trip_id=row.trip_id,
+            reference_date=day,
+            payload={
+                "recipient_name": name,
+                "days_ahead": settings.reminder_days_ahead,
+                "trip": {
+                    "name": row.name,
+                    "destination": row.destination,
+                    "start_date": row.start_date.isoformat(),
+                    "end_date": row.end_date.isoformat() if row.end_date else None,
+                    "participants": int(row.travellers),
+                    "url": f"{base}/trips/{row.trip_id}",
                 },
-            )
+            },
+        )
 
 
 def run(ctx: JobContext) -> JobResult:

@@ -28,14 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app import notifications as notify
-from app.db import table_of
+from app.batching import stream_rows
+from app.db import table_of, upsert
 from app.jobs.context import JobContext, JobResult
 from app.mail import resolve_language, wants_email
 from app.models import (
@@ -106,27 +106,25 @@ def dedupe_key(user_id: Any, seen: dt.datetime) -> str:
 
 def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date,
              counts: dict[str, int]) -> Iterator[notify.Planned]:
-    with ctx.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=1000).execute(
-            inactive_users_query(cutoff))
-        for row in result:
-            counts["inactive"] += 1
-            if not wants_email(row.preferences):
-                counts["opted_out"] += 1
-                continue
-            yield notify.Planned(
-                key=dedupe_key(row.id, row.last_seen),
-                user_id=row.id,
-                recipient=row.email,
-                language=resolve_language(row.preferences, TEMPLATE),
-                reference_date=month,
-                payload={
-                    "recipient_name": (row.full_name or "").strip()
-                    or row.email.split("@", 1)[0],
-                    "app_url": ctx.settings.app_base_url,
-                    "inactive_days": (ctx.now - row.last_seen).days,
-                },
-            )
+    rows = chain.from_iterable(stream_rows(ctx.engine, inactive_users_query(cutoff), 1000))
+    for row in rows:
+        counts["inactive"] += 1
+        if not wants_email(row.preferences):
+            counts["opted_out"] += 1
+            continue
+        yield notify.Planned(
+            key=dedupe_key(row.id, row.last_seen),
+            user_id=row.id,
+            recipient=row.email,
+            language=resolve_language(row.preferences, TEMPLATE),
+            reference_date=month,
+            payload={
+                "recipient_name": (row.full_name or "").strip()
+                or row.email.split("@", 1)[0],
+                "app_url": ctx.settings.app_base_url,
+                "inactive_days": (ctx.now - row.last_seen).days,
+            },
+        )
 
 
 def _came_back(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
@@ -172,8 +170,7 @@ def _store(ctx: JobContext, values: dict[str, Any]) -> None:
     row = {k: v for k, v in values.items() if k != "previous_campaign"}
     row.update(inactivity_days=ctx.settings.inactivity_days, computed_at=ctx.now,
                run_id=ctx.run_id)
-    insert = pg_insert if ctx.engine.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(metrics).values(**row)
+    stmt = upsert(ctx.engine.dialect, metrics).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=["month"],
         set_={k: stmt.excluded[k] for k in row if k != "month"},

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
@@ -53,15 +54,24 @@ def presented_token(request: Request) -> str:
     return token.strip()
 
 
-def secret_matches(settings: Settings, token: str) -> bool:
-    """Constant-time comparison against the current and, during rotation, previous secret."""
-    candidates = [s for s in (settings.cron_secret, settings.cron_secret_previous) if s]
+def matching_secret(token: str, candidates: list[SecretStr | None]) -> int | None:
+    """Index of the candidate equal to `token`, compared in constant time, or None.
+
+    Every candidate is compared, so timing does not say which one matched.
+    """
     presented = token.encode()
-    matched = False
-    for secret in candidates:
-        # Evaluate every candidate so timing does not say which one matched.
-        matched |= hmac.compare_digest(presented, secret.get_secret_value().encode())
-    return matched
+    found: int | None = None
+    for index, secret in enumerate(candidates):
+        if secret is not None and hmac.compare_digest(
+            presented, secret.get_secret_value().encode()
+        ):
+            found = index
+    return found
+
+
+def secret_matches(settings: Settings, token: str) -> bool:
+    """The current secret or, during rotation, the previous one."""
+    return matching_secret(token, [settings.cron_secret, settings.cron_secret_previous]) is not None
 
 
 def require_cron_secret(request: Request, settings: SettingsDep) -> None:
@@ -71,11 +81,10 @@ def require_cron_secret(request: Request, settings: SettingsDep) -> None:
     token = presented_token(request)
     if not settings.cron_secret:
         raise AuthError("CRON_SECRET is not configured on this service")
-    if not secret_matches(settings, token):
+    matched = matching_secret(token, [settings.cron_secret, settings.cron_secret_previous])
+    if matched is None:
         raise AuthError("invalid credentials")
-    if settings.cron_secret_previous is not None and not hmac.compare_digest(
-        token.encode(), settings.cron_secret.get_secret_value().encode()
-    ):
+    if matched == 1:
         # Accepted through the previous secret: the audit log marks the call so an operator
         # rotating the secret can see which callers still need the new one.
         request.state.previous_secret = True

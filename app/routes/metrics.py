@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app.defenses import blocked_response, refuse_failed_auth
-from app.routes.deps import AuthError, SettingsDep, presented_token, secret_matches
+from app.routes.deps import AuthError, SettingsDep, matching_secret, presented_token
 
 router = APIRouter(tags=["monitoring"])
 
@@ -35,11 +33,10 @@ def get_metrics(request: Request, settings: SettingsDep) -> Response:
         return blocked
     try:
         token = presented_token(request)
-        ok = secret_matches(settings, token) if settings.cron_secret else False
-        if settings.metrics_token is not None:
-            ok |= hmac.compare_digest(token.encode(),
-                                      settings.metrics_token.get_secret_value().encode())
-        if not ok:
+        candidates = [settings.metrics_token]
+        if settings.cron_secret:
+            candidates += [settings.cron_secret, settings.cron_secret_previous]
+        if matching_secret(token, candidates) is None:
             raise AuthError("invalid credentials")
     except HTTPException as exc:
         refused = refuse_failed_auth(request)
