@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     # on a fresh connection, waiting exponentially from MAIL_RETRY_WAIT seconds.
     mail_max_attempts: int = Field(default=4, ge=1, le=20)
     mail_retry_wait: float = Field(default=1.0, ge=0, le=60)
-    # Wait for PostgreSQL's WAL flush on every email's claim (see app/notifications.py).
+    # Wait for PostgreSQL's WAL flush on every email's hand-over record (app/handover.py).
     mail_durable_claims: bool = False
 
     @field_validator("app_base_url", "unsubscribe_url")

@@ -10,12 +10,12 @@
 * `SMTPTransport` keeps one connection open for a whole batch and retries transient
   failures (4xx replies, disconnects, timeouts) on a fresh connection with tenacity;
   a permanent 5xx for one recipient is returned as `rejected`, never raised.
-* `deliver()` is the at-most-once primitive used by app/notifications.py: it asks the
-  caller to record the hand-over (`Handover.claim`, which runs on the database while the
-  envelope and the message travel), transmits the whole message, waits for the claim and
-  only then sends the end-of-data mark that makes the server take the message.  Before
-  that mark a failure delivers nothing: the claim is undone and the send is safe to retry;
-  after it, a lost reply is `unconfirmed`.
+* `deliver()` is the at-most-once primitive used by app/notifications.py: it starts the
+  caller's hand-over record (`claim`, app/handover.py, written on the database while the
+  envelope travels), waits for it after the server's `354`, and only then sends the
+  message with the end-of-data mark that makes the server take it.  Before that mark a
+  failure delivers nothing and the send is safe to retry; after it, a lost reply is
+  `unconfirmed`.
 * User emails (`Mailer.compose`) are assembled straight into their wire bytes
   (`Outgoing`): the email package's generator and header folding cost more per message
   than the SMTP exchange itself.
@@ -35,9 +35,8 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
@@ -136,8 +135,8 @@ class Delivery:
 
     sent: the server accepted it (250).  rejected: a permanent refusal (5xx) for this
     recipient.  unconfirmed: the whole message was handed over but the reply was lost, so
-    it was probably delivered and is never sent again.  lost_claim: `Handover.claim`
-    said another run owns the message; the SMTP transaction was abandoned, nothing sent.
+    it was probably delivered and is never sent again.  lost_claim: the hand-over claim
+    was refused (the run is no longer `running`); the SMTP transaction was abandoned.
     """
 
     status: DeliveryStatus
@@ -145,34 +144,45 @@ class Delivery:
     attempts: int = 1
 
 
-class Handover(Protocol):
-    def claim(self) -> Future[bool]:
-        """Start recording (durably) that the message is about to be taken.
+class Claim(Protocol):
+    """A hand-over record being written (app/handover.py)."""
 
-        The transport waits for the answer before the end-of-data mark; False = do not
-        send.  Started early so the database round trip overlaps the SMTP exchange.
-        """
+    def result(self) -> bool:
+        """Wait for the write; True when the message may be handed over."""
 
-    def undo(self) -> None:
-        """After a won claim the message was certainly not taken (a 4xx, or a failure
-        before the end-of-data mark): it may be sent again."""
+
+# Starts recording the hand-over of the message about to go; the claim's result, awaited
+# before the end-of-data mark, says whether it may be sent.
+StartClaim = Callable[[], Claim]
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A single-recipient user email, ready for the wire (`data`: CRLF line ends)."""
+    """A single-recipient user email (`data`: CRLF line ends) and its SMTP DATA form
+    (`wire`: dot-stuffed, ending with the end-of-data mark), made once when composed."""
 
     sender: str
     recipient: str
     subject: str
     message_id: str
     data: bytes
+    wire: bytes = field(repr=False, default=b"")
+
+    @classmethod
+    def of(cls, sender: str, recipient: str, subject: str, message_id: str,
+           data: bytes) -> Outgoing:
+        return cls(sender, recipient, subject, message_id, data,
+                   _LEADING_DOT.sub(b"..", data) + b".\r\n")
 
 
 class MailTransport(Protocol):
+    # True while a message has been handed over (end-of-data sent) and its reply is not yet
+    # read: if the caller is interrupted then, the message may have been taken.
+    in_doubt: bool
+
     def send(self, message: EmailMessage) -> None: ...
 
-    def deliver(self, message: Outgoing, handover: Handover,
+    def deliver(self, message: Outgoing, claim: StartClaim,
                 meanwhile: Callable[[], None] | None = None) -> Delivery:
         """`meanwhile` runs once while the server takes the message (it must not raise)."""
 
@@ -204,18 +214,19 @@ def _part(boundary: str, subtype: str, text: str) -> bytes:
             "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii") + body
 
 
-def _release(claim: Future[bool], handover: Handover) -> None:
-    """Nothing was taken: give back a claim that was won (a failed claim changed nothing)."""
-    try:
-        won = claim.result()
-    except Exception:  # the error that matters is already propagating
-        return
-    if won:
-        handover.undo()
+def _settle(claim: Claim) -> None:
+    """Nothing was taken: still collect the claim, so the next one starts from a clean slate.
+
+    The message may be sent again: it stays below no later cursor (app/handover.py).
+    """
+    with suppress(Exception):  # the error that matters is already propagating
+        claim.result()
 
 
 class _OutboxTransport:
     """Writes each message as `<DATA_DIR>/outbox/<date>-<subject>-<id>.eml`."""
+
+    in_doubt = False  # a file is written whole (os.replace) or not at all
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -236,11 +247,11 @@ class _OutboxTransport:
         self._write(str(message.get("Subject", "")), str(message.get("Message-ID", "")),
                     bytes(message))
 
-    def deliver(self, message: Outgoing, handover: Handover,
+    def deliver(self, message: Outgoing, claim: StartClaim,
                 meanwhile: Callable[[], None] | None = None) -> Delivery:
         if meanwhile is not None:
             meanwhile()
-        if not handover.claim().result():
+        if not claim().result():
             return Delivery("lost_claim")
         self._write(message.subject, message.message_id, message.data)
         return Delivery("sent")
@@ -260,6 +271,8 @@ class SMTPTransport:
         self.retry_wait = retry_wait
         self.sleep = sleep
         self.connections_opened = 0
+        self.in_doubt = False
+        self._retry = self._retrying()  # reused: built once, not once per message
 
     # --- connection ----------------------------------------------------------------------
     def _session(self) -> smtplib.SMTP:
@@ -309,22 +322,21 @@ class SMTPTransport:
                     self._drop()
                     raise
 
-    def deliver(self, message: Outgoing, handover: Handover,
+    def deliver(self, message: Outgoing, claim: StartClaim,
                 meanwhile: Callable[[], None] | None = None) -> Delivery:
-        """Send one single-recipient message at most once, with `handover` as the arbiter.
+        """Send one single-recipient message at most once, with `claim` as the arbiter.
 
         `meanwhile` (the caller composing its next message) runs after the end-of-data
         mark, while the server processes the message, instead of after its reply.
         """
-        data = _LEADING_DOT.sub(b"..", message.data)
         attempts = 0
         pending = [meanwhile] if meanwhile is not None else []
-        for attempt in self._retrying():
+        for attempt in self._retry:
             with attempt:
                 attempts += 1
                 try:
-                    result = self._transaction(data, message.sender, message.recipient,
-                                               handover, pending)
+                    result = self._transaction(message.wire, message.sender,
+                                               message.recipient, claim, pending)
                 except BaseException:
                     # Whatever failed, the session may be mid-transaction: start afresh.
                     self._drop()
@@ -333,42 +345,51 @@ class SMTPTransport:
             pending.pop()()
         return replace(result, attempts=attempts)
 
-    def _transaction(self, data: bytes, sender: str, recipient: str,
-                     handover: Handover, meanwhile: list[Callable[[], None]]) -> Delivery:
+    def _transaction(self, data: bytes, sender: str, recipient: str, start: StartClaim,
+                     meanwhile: list[Callable[[], None]]) -> Delivery:
         smtp = self._session()
-        claim = handover.claim()  # on the database while MAIL, RCPT and DATA go out
+        smtp.putcmd("mail", f"FROM:{smtplib.quoteaddr(sender)}")
         try:
-            refused = self._envelope_and_data(smtp, data, sender, recipient)
+            # Sent while the server reads MAIL; written while the envelope travels.
+            claim = start()
+        except BaseException:
+            self._drop()
+            raise
+        try:
+            refused = self._envelope(smtp, sender, recipient)
             won = claim.result()
         except BaseException:
-            _release(claim, handover)  # no end-of-data mark was sent: nothing was taken
+            _settle(claim)  # no end-of-data mark was sent: nothing was taken
             raise
         if refused is not None:
-            # The caller records it `failed`, from `sending` as from `pending`.
+            # The caller records it `failed`, unless the run lost its right to send.
             return refused if won else Delivery("lost_claim")
         if not won:
             # Dropping the connection before the end-of-data mark abandons the message.
             self._drop()
             return Delivery("lost_claim")
+        self.in_doubt = True
         try:
-            smtp.send(b".\r\n")
+            # The message and its end-of-data mark in one write: one wake-up of the server.
+            smtp.send(data)
             while meanwhile:
                 meanwhile.pop()()
             code, reply = smtp.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
+            self.in_doubt = False
             return Delivery("unconfirmed", f"no reply after the end of data: {exc}"[:300])
+        self.in_doubt = False
         if code == 250:
             return Delivery("sent")
         if 400 <= code < 500:
-            handover.undo()
-            raise smtplib.SMTPDataError(code, reply)
+            raise smtplib.SMTPDataError(code, reply)  # not taken: retried
         return Delivery("rejected", f"{code} {reply.decode(errors='replace')}"[:300])
 
-    def _envelope_and_data(self, smtp: smtplib.SMTP, data: bytes, sender: str,
-                           recipient: str) -> Delivery | None:
-        """Everything but the end-of-data mark; a 5xx for the recipient is returned."""
-        code, reply = smtp.mail(sender)
+    def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> Delivery | None:
+        """The replies to MAIL (already sent), RCPT and DATA, up to the server's 354; a 5xx
+        for the recipient is returned."""
+        code, reply = smtp.getreply()
         if code != 250:
             self._reset(smtp)
             raise smtplib.SMTPSenderRefused(code, reply, sender)  # 5xx: a setup problem
@@ -378,7 +399,6 @@ class SMTPTransport:
         code, reply = smtp.docmd("DATA")
         if code != 354:
             return self._refused(smtp, code, reply)
-        smtp.send(data)
         return None
 
     def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes) -> Delivery:
@@ -409,8 +429,12 @@ class Mailer:
             f"{self.settings.app_base_url}/settings/notifications")
 
     @functools.cached_property
+    def _sender(self) -> str:
+        return parseaddr(self.settings.mail_from)[1]
+
+    @functools.cached_property
     def _domain(self) -> str:
-        address = parseaddr(self.settings.mail_from)[1]
+        address = self._sender
         return address.rsplit("@", 1)[1] if "@" in address else "voyagesmart-cron"
 
     def build(self, to: list[str] | str, subject: str, text: str, html: str | None = None,
@@ -466,8 +490,7 @@ class Mailer:
             _part(boundary, "html", rendered.html),
             f"--{boundary}--\r\n".encode("ascii"),
         ))
-        return Outgoing(sender=parseaddr(self.settings.mail_from)[1], recipient=to,
-                        subject=rendered.subject, message_id=message_id, data=data)
+        return Outgoing.of(self._sender, to, rendered.subject, message_id, data)
 
     def _open_smtp(self) -> smtplib.SMTP:
         s = self.settings

@@ -1,40 +1,33 @@
 """The notification record: plan each email once, send it at most once, never lose track.
 
 Every user email is a `cron_notification` row with a unique `dedupe_key` (for a trip
-reminder: kind, trip, user and trip start date).  The row is inserted before anything is
-sent, and its `status` moves only through conditional UPDATEs, so the database, not a
-Python flag, decides who sends what:
+reminder: kind, trip, user and trip start date), inserted `pending` before anything is sent.
+Its `status` moves only through conditional UPDATEs, so the database, not a Python flag,
+decides who sends what:
 
-    pending --claim--> sending --250--> sent
-                        sending --5xx--> failed        (pending --5xx at RCPT--> failed)
-                        sending --4xx--> pending       (the server said "not taken")
-                        sending --reply lost / run died--> unconfirmed
+    pending --250--> sent        pending --5xx--> failed
+    pending --reply lost, or the run died with it in flight--> unconfirmed
     pending --no longer relevant (trip started, user came back)--> expired
 
-The claim (`pending -> sending`, `WHERE status = 'pending' AND run_id = <this run>`,
-committed) is started when the SMTP transaction starts, runs on the database while the
-envelope and the message travel, and must have committed before the SMTP end-of-data
-mark that makes the server take the message is written (app/mail.py `deliver`).  A
-failure before that mark (a disconnect, a 4xx) gives the claim back (`sending ->
-pending`): nothing was taken.  So:
+1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones.
+2. `resolve_unknown` settles what a dead run left behind (below).
+3. `deliver` claims a batch (`run_id` = this run, on unclaimed pending rows, one
+   conditional UPDATE) and sends it one message at a time, in id order, over one mail
+   connection.  Before each SMTP end-of-data mark the run moves its hand-over cursor to
+   the message (app/handover.py: one in-place write, committed before the server can take
+   the message, refused once the run has been closed as abandoned).  A refusal or a lost
+   reply is written at once; the 250s are written for the whole batch in one statement
+   when it ends (`_settle`).
 
-* a row still `pending` was certainly not delivered: it is sent by the next attempt or run
-  (a crash or a disconnect before the claim commits drops nothing);
-* a row `sending` whose run is gone was claimed by a process that died before recording
-  the outcome: at most one such row per dead run (one message is in flight at a time;
-  plus, at most, the previous message, whose 250 is written with the next claim).  Its
-  message may or may not have been taken, so it is resolved to `unconfirmed`, counted as
-  delivered, never sent again, and reported (the run ends with status `warning`).
+So after a crash, a batch is read off its cursor `C`: its still-`pending` rows below `C`
+had their 250 (`sent`), `C` was in flight (`unconfirmed`: it may or may not have been
+taken), and the rows above `C` were never handed over (released and sent by the next run).
+A process that fails without dying (an exception, SIGTERM) settles its batch itself.
 
-That is **at-most-once**: in the one ambiguous window (claim committed, reply not yet
-recorded) we prefer a possibly-missing reminder, made visible, over a duplicate in a
-user's inbox.  The window is one message of one SMTP transaction per crash; a process
-that fails without dying (an exception) gives back whatever it had not handed over.
-
-Rows are claimed in batches (`run_id` set to this run) so two live runs do not contend for
-the same rows; a claim held by a run that is no longer `running` in `cron_job_log` (the
-runner closes dead runs as abandoned) is taken over.  The per-message claim still checks
-`run_id`, so even a stolen batch never sends twice.
+That is **at-most-once**: in the one ambiguous window (cursor committed, reply not yet
+read) we prefer a possibly-missing reminder, made visible, over a duplicate in a user's
+inbox.  The window is one message of one SMTP transaction per crash, and it is reported:
+an `unconfirmed` row makes the run end as `warning`.
 """
 
 from __future__ import annotations
@@ -43,31 +36,33 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from app.db import table_of, upsert
+from app.db import UTCDateTime, table_of, upsert
+from app.handover import Handover, HandoverLog
 from app.jobs.context import JobContext
-from app.mail import Mailer, MailTransport, Outgoing
+from app.mail import Claim, Mailer, MailTransport, Outgoing
 from app.models import CronJobLog, CronNotification
 
 notifications = table_of(CronNotification)
 job_log = table_of(CronJobLog)
 
-_T = TypeVar("_T")
-
 DELIVERED = ("sent", "unconfirmed")
-# Claims and messages per claim round: small enough that a stolen batch wastes little.
-CLAIM_BATCH = 200
+# Messages per claimed batch: one claim and one settling statement each.
+CLAIM_BATCH = 500
 # A run stops claiming new messages once this share of its time budget is spent, leaving
 # the rest `pending` for the next run instead of being killed mid-batch.
 BUDGET_SHARE = 0.9
+UNCONFIRMED_NOTE = ("outcome unknown: the run stopped while handing the message to the mail "
+                    "server; presumed delivered, not sent again")
 
 
 @dataclass(frozen=True)
@@ -93,7 +88,7 @@ class Tally:
     failed: int = 0
     unconfirmed: int = 0
     expired: int = 0
-    taken_by_other_run: int = 0
+    taken_by_other_run: int = 0  # left when this run was closed as abandoned under it
     left_pending: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -109,55 +104,108 @@ def _chunks(items: Iterable[Planned], size: int) -> Iterator[list[Planned]]:
         yield chunk
 
 
+# --- planning ------------------------------------------------------------------------------
+
+
+def _one_of(dialect: sa.Dialect, column: sa.Column[Any], values: Sequence[Any]
+            ) -> sa.ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL one array parameter instead of one per value
+    (psycopg rewrites every placeholder of a statement in Python)."""
+    if dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(
+            f"{column.name}_values", list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def _statuses(engine: Engine, keys: Sequence[str]) -> list[str]:
+    c = notifications.c
+    with engine.connect() as conn:
+        return list(conn.execute(
+            sa.select(c.status).where(_one_of(engine.dialect, c.dedupe_key, keys))
+        ).scalars())
+
+
+_RECORD_COLUMNS = ("dedupe_key", "user_id", "recipient", "trip_id", "reference_date",
+                   "payload")
+
+
+def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
+               now: dt.datetime) -> set[str]:
+    """The whole chunk as one JSON parameter, unpacked by the server: one statement, no
+    per-value placeholders for psycopg to rewrite."""
+    record = (
+        sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=postgresql.JSONB))
+        .table_valued(*(sa.column(name, notifications.c[name].type)
+                        for name in _RECORD_COLUMNS))
+        .render_derived(name="planned", with_types=True)
+    )
+    stamp = sa.bindparam("now", now, type_=UTCDateTime)
+    source = sa.select(
+        *(record.c[name] for name in _RECORD_COLUMNS),
+        sa.literal(kind), sa.literal("pending"), sa.literal(0), stamp, stamp,
+    )
+    stmt = (
+        postgresql.insert(notifications)
+        .from_select([*_RECORD_COLUMNS, "kind", "status", "attempts", "created_at",
+                      "updated_at"], source)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(notifications.c.dedupe_key)
+    )
+    for row in rows:
+        for name in ("user_id", "trip_id", "reference_date"):
+            if row[name] is not None:
+                row[name] = str(row[name]) if name != "reference_date" else (
+                    row[name].isoformat())
+    return set(conn.execute(stmt, {"rows": rows}).scalars())
+
+
+def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
+                    now: dt.datetime) -> set[str]:
+    values = [{**row, "kind": kind, "status": "pending", "attempts": 0, "created_at": now,
+               "updated_at": now} for row in rows]
+    return set(conn.execute(
+        upsert(conn.dialect, notifications)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(notifications.c.dedupe_key),
+        values,
+    ).scalars())
+
+
 def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -> None:
     """Insert a `pending` row per new key (batched, ON CONFLICT DO NOTHING); count the rest.
 
     A dry run only looks the keys up.
     """
     engine = ctx.engine
-    batch = min(ctx.settings.batch_size, 1000)
-    for chunk in _chunks(planned, batch):
-        keys = [item.key for item in chunk]
-        with engine.connect() as conn:
-            existing = dict(conn.execute(
-                sa.select(notifications.c.dedupe_key, notifications.c.status)
-                .where(notifications.c.dedupe_key.in_(keys))
-            ).all())
-        for status in existing.values():
+    insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_generic
+    for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
+        if ctx.dry_run:
+            known = _statuses(engine, [item.key for item in chunk])
+            tally.new += len(chunk) - len(known)
+        else:
+            rows = [{"dedupe_key": item.key, "user_id": item.user_id,
+                     "recipient": item.recipient, "trip_id": item.trip_id,
+                     "reference_date": item.reference_date,
+                     "payload": {**item.payload, "language": item.language}}
+                    for item in chunk]
+            with engine.begin() as conn:
+                inserted = insert(conn, kind, rows, ctx.now)
+            tally.new += len(inserted)
+            rest = [item.key for item in chunk if item.key not in inserted]
+            known = _statuses(engine, rest) if rest else []
+        for status in known:
             if status in DELIVERED:
                 tally.already_sent += 1
             elif status == "failed":
                 tally.already_failed += 1
-            elif status in ("pending", "sending"):
-                tally.resumed += 1
-        fresh = [item for item in chunk if item.key not in existing]
-        if ctx.dry_run or not fresh:
-            tally.new += len(fresh)
-            continue
-        rows = [
-            {"kind": kind, "dedupe_key": item.key, "user_id": item.user_id,
-             "recipient": item.recipient, "status": "pending", "run_id": None, "attempts": 0,
-             "trip_id": item.trip_id, "reference_date": item.reference_date,
-             "payload": {**item.payload, "language": item.language},
-             "created_at": ctx.now, "updated_at": ctx.now}
-            for item in fresh
-        ]
-        with engine.begin() as conn:
-            inserted = conn.execute(
-                upsert(engine.dialect, notifications)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(notifications.c.id),
-                rows,
-            ).all()
-        tally.new += len(inserted)
-        # A racing run inserted the others a moment ago; it owns them until it finishes.
-        tally.resumed += len(fresh) - len(inserted)
+            elif status == "pending":
+                tally.resumed += 1  # a run stopped early, or a racing run planned it
 
 
 def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tally) -> None:
-    """Pending rows that no longer make sense (`stale`) become `expired`, not sent late."""
+    """Unclaimed pending rows that no longer make sense (`stale`) become `expired`."""
     condition = sa.and_(notifications.c.kind == kind, notifications.c.status == "pending",
-                        stale)
+                        notifications.c.run_id.is_(None), stale)
     if ctx.dry_run:
         with ctx.engine.connect() as conn:
             tally.expired += int(conn.execute(
@@ -172,241 +220,105 @@ def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tal
         ).rowcount
 
 
-def _run_is_live() -> sa.Exists:
-    return sa.exists().where(job_log.c.run_id == notifications.c.run_id,
-                             job_log.c.status == "running")
+# --- settling a batch ----------------------------------------------------------------------
+
+
+@dataclass
+class Settled:
+    sent: int = 0
+    unconfirmed: int = 0
+    released: int = 0
+
+
+def _settle(conn: Connection, run_id: uuid.UUID, *, sent_below: int | None,
+            in_flight: int | None, sent_at: dt.datetime, now: dt.datetime) -> Settled:
+    """Write the outcome of `run_id`'s batch and clear its cursor, in one transaction.
+
+    `sent_below`: its pending rows with a lower id had their 250.  `in_flight`: that row
+    may or may not have been taken.  Its other pending rows were never handed over and are
+    released for any run to claim.
+    """
+    c = notifications.c
+    mine = sa.and_(c.run_id == run_id, c.status == "pending")
+    out = Settled()
+    if sent_below is not None:
+        out.sent = conn.execute(
+            notifications.update().where(mine, c.id < sent_below)
+            .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now)
+        ).rowcount
+    if in_flight is not None:
+        out.unconfirmed = conn.execute(
+            notifications.update().where(mine, c.id == in_flight)
+            .values(status="unconfirmed", attempts=c.attempts + 1, updated_at=now,
+                    error=UNCONFIRMED_NOTE)
+        ).rowcount
+    out.released = conn.execute(
+        notifications.update().where(mine).values(run_id=None, updated_at=now)).rowcount
+    conn.execute(job_log.update().where(job_log.c.run_id == run_id).values(mail_cursor=None))
+    return out
 
 
 def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
-    """`sending` rows of a run that is gone (or of this run's failed attempt): unconfirmed."""
-    condition = sa.and_(
-        notifications.c.kind == kind, notifications.c.status == "sending",
-        sa.or_(notifications.c.run_id == ctx.run_id, notifications.c.run_id.is_(None),
-               ~_run_is_live()),
-    )
+    """Settle the batches that runs no longer running (or this run's failed attempt) left.
+
+    Each is read off its run's hand-over cursor (see the module docstring).  A row whose
+    run left no log row at all is simply released.
+    """
     if ctx.dry_run:
         return
+    c = notifications.c
+    live_elsewhere = sa.exists().where(job_log.c.run_id == c.run_id,
+                                       job_log.c.status == "running",
+                                       job_log.c.run_id != ctx.run_id)
     with ctx.engine.begin() as conn:
-        tally.unconfirmed += conn.execute(
-            notifications.update().where(condition).values(
-                status="unconfirmed", updated_at=ctx.now,
-                error="outcome unknown: the run stopped after handing the message to the "
-                "mail server; presumed delivered, not sent again")
-        ).rowcount
+        runs = list(conn.execute(
+            sa.select(c.run_id).distinct()
+            .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None),
+                   ~live_elsewhere)
+        ).scalars())
+        for run_id in runs:
+            log = conn.execute(
+                sa.select(job_log.c.mail_cursor, job_log.c.started_at)
+                .where(job_log.c.run_id == run_id)
+            ).first()
+            cursor = log.mail_cursor if log is not None else None
+            settled = _settle(conn, run_id, sent_below=cursor, in_flight=cursor,
+                              sent_at=log.started_at if log is not None else ctx.now,
+                              now=ctx.now)
+            if run_id != ctx.run_id:  # this run's own rows are counted by `deliver`
+                tally.unconfirmed += settled.unconfirmed
 
 
-def _claimable(kind: str, run_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        notifications.c.kind == kind, notifications.c.status == "pending",
-        sa.or_(notifications.c.run_id.is_(None), notifications.c.run_id == run_id,
-               ~_run_is_live()),
-    )
+# --- delivering ----------------------------------------------------------------------------
 
 
 def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetime,
-                 after: int, size: int) -> list[sa.Row[Any]]:
-    """Take the next `size` claimable rows with an id above `after`, in one statement.
+                 after: int, size: int) -> tuple[list[sa.Row[Any]], int | None]:
+    """Take up to `size` unclaimed pending rows with an id above `after`.
 
-    Walking forward by id keeps each batch an index range scan instead of a scan over
-    every row already sent; `deliver` sweeps once more from the start at the end.
-    """
-    candidates = (sa.select(notifications.c.id)
-                  .where(_claimable(kind, run_id), notifications.c.id > after)
-                  .order_by(notifications.c.id).limit(size))
-    taken = conn.execute(
-        notifications.update()
-        .where(notifications.c.id.in_(candidates), _claimable(kind, run_id))
-        .values(run_id=run_id, updated_at=now)
-        .returning(notifications.c.id, notifications.c.dedupe_key,
-                   notifications.c.recipient, notifications.c.payload)
-    ).all()
-    return sorted(taken, key=lambda row: int(row.id))
-
-
-def _claim_statement() -> sa.Update:
-    """Built once (it runs once per email): take `cur`, mark `done` (the previous 250) sent.
-
-    Scalar parameters only: an expanding IN list is re-rendered on every execution, and
-    this statement's client-side cost is a good part of an email's.
+    Returns the rows taken, in id order, and the last candidate id (None: nothing left
+    above `after`).  The candidates are read first (an ordered range scan of the pending
+    index), then taken by id with the condition checked again on each row as it is
+    updated, so two runs racing for the same rows get disjoint batches.  Two statements
+    rather than one `UPDATE … WHERE id IN (SELECT … LIMIT)`: PostgreSQL plans that one
+    as a nested loop over the whole pending set when the table's statistics are not yet
+    there (right after planning thousands of rows).
     """
     c = notifications.c
-    cur = sa.bindparam("cur", type_=c.id.type)
-    done = sa.bindparam("done", type_=c.id.type)
-    me = sa.bindparam("me", type_=c.run_id.type)
-    now = sa.bindparam("now", type_=c.updated_at.type)
-    this = c.id == cur
-    return (
+    claimable = sa.and_(c.kind == kind, c.status == "pending",
+                        sa.or_(c.run_id.is_(None), c.run_id == run_id))
+    candidates = list(conn.execute(
+        sa.select(c.id).where(claimable, c.id > after).order_by(c.id).limit(size)
+    ).scalars())
+    if not candidates:
+        return [], None
+    taken = conn.execute(
         notifications.update()
-        .where(c.run_id == me, sa.or_(
-            sa.and_(this, c.status == "pending"),
-            sa.and_(c.id == done, c.status == "sending"),
-        ))
-        .values(status=sa.case((this, "sending"), else_="sent"),
-                attempts=sa.case((this, c.attempts + 1), else_=c.attempts),
-                sent_at=sa.case((this, c.sent_at), else_=now),
-                updated_at=now)
-        .returning(c.id)
-    )
-
-
-_CLAIM = _claim_statement()
-
-
-class _Sender:
-    """Owns this run's transitions; `claim` is the `Handover` app/mail.py calls.
-
-    It holds one autocommit connection, used only from its own worker thread, so that a
-    claim runs on the database while the SMTP envelope and message travel (the transport
-    waits for it before the end-of-data mark).  Each claim is one statement: it takes
-    this message (`pending -> sending`) and marks the 250s received since the previous
-    claim `sent`, so the `sent` writes are set-based and cost no round trip of their own.
-    On PostgreSQL the connection commits asynchronously unless `MAIL_DURABLE_CLAIMS` is
-    set: the commit is visible to every other session at once, and a crash of this
-    process loses nothing, but a crash of the database server itself can lose the last
-    fraction of a second of claims (whose messages could then be sent again).  A
-    synchronous WAL flush per email costs more than the email does.
-    """
-
-    def __init__(self, ctx: JobContext, tally: Tally) -> None:
-        self.engine = ctx.engine
-        self.durable = ctx.settings.mail_durable_claims
-        self.run_id = ctx.run_id
-        self.now = ctx.now
-        self.tally = tally
-        self.row_id = 0
-        # The 250 not yet written (one message at most: each claim writes the previous
-        # one's).  A crash leaves it `sending`, i.e. `unconfirmed`: still never resent.
-        self.confirmed: int | None = None
-        self._conn: Connection | None = None
-        self._async = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claims")
-
-    def _on_worker(self, work: Callable[[Connection], _T]) -> _T:
-        return self._worker.submit(lambda: work(self.conn)).result()
-
-    def __enter__(self) -> _Sender:
-        def connect() -> None:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            if conn.dialect.name == "postgresql" and not self.durable:
-                conn.exec_driver_sql("SET synchronous_commit = off")
-                self._async = True
-            self._conn = conn
-
-        try:
-            self._worker.submit(connect).result()
-        except BaseException:
-            self._worker.shutdown()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        def close() -> None:
-            conn, self._conn = self._conn, None
-            if conn is None:
-                return
-            try:
-                self._flush(conn)
-                if self._async:
-                    conn.exec_driver_sql("RESET synchronous_commit")  # pooled connection
-            finally:
-                conn.close()
-
-        try:
-            self._worker.submit(close).result()
-        finally:
-            self._worker.shutdown()
-
-    @property
-    def conn(self) -> Connection:
-        assert self._conn is not None
-        return self._conn
-
-    def _mine(self, row_id: int, status: str | Sequence[str]) -> sa.ColumnElement[bool]:
-        statuses = [status] if isinstance(status, str) else list(status)
-        return sa.and_(notifications.c.id == row_id,
-                       notifications.c.run_id == self.run_id,
-                       notifications.c.status.in_(statuses))
-
-    def _flush(self, conn: Connection) -> None:
-        if self.confirmed is not None:
-            done, self.confirmed = self.confirmed, None
-            conn.execute(notifications.update().where(self._mine(done, "sending"))
-                         .values(status="sent", sent_at=self.now, updated_at=self.now))
-
-    def flush(self) -> None:
-        self._on_worker(self._flush)
-
-    def confirm(self, row_id: int) -> None:
-        """The server took `row_id` (250): written by the next claim, or now if one waits."""
-        if self.confirmed is not None:
-            self.flush()
-        self.confirmed = row_id
-
-    def claim(self) -> Future[bool]:
-        row_id = self.row_id
-        params = {"cur": row_id, "me": self.run_id, "done": self.confirmed, "now": self.now}
-        self.confirmed = None
-        return self._worker.submit(
-            lambda: row_id in {row[0] for row in self.conn.execute(_CLAIM, params)})
-
-    def undo(self) -> None:
-        row_id = self.row_id
-        self._on_worker(lambda conn: conn.execute(
-            notifications.update().where(self._mine(row_id, "sending"))
-            .values(status="pending", updated_at=self.now)))
-
-    def record(self, status: str, detail: str) -> None:
-        row_id = self.row_id
-
-        def write(conn: Connection) -> None:
-            self._flush(conn)
-            conn.execute(
-                notifications.update().where(self._mine(row_id, ("pending", "sending")))
-                .values(status=status, error=detail or None, updated_at=self.now,
-                        attempts=notifications.c.attempts + (1 if status == "failed" else 0))
-            )
-
-        self._on_worker(write)
-
-
-def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
-            mailer: Mailer | None = None) -> None:
-    """Send every pending row of `kind` this run can claim, over one mail connection."""
-    if ctx.dry_run:
-        return
-    mailer = mailer or Mailer(ctx.settings)
-    started = time.monotonic()
-    budget = ctx.seconds_left(ctx.now)
-    transport: MailTransport
-    composer = _Composer(mailer, template)
-    after, swept = 0, False
-    with mailer.connection() as transport, _Sender(ctx, tally) as sender:
-        while True:
-            if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
-                tally.left_pending += _count_pending(ctx.engine, kind)
-                break
-            with ctx.engine.begin() as conn:
-                rows = _claim_batch(conn, kind, ctx.run_id, ctx.now, after, CLAIM_BATCH)
-            if not rows:
-                if after == 0 or swept:
-                    break
-                # One last sweep from the start: rows that became claimable behind the
-                # walk (a dead run's batch).  Once only, so the loop always ends.
-                after, swept = 0, True
-                continue
-            after = int(rows[-1].id)
-            for row, following in zip(rows, [*rows[1:], None], strict=True):
-                _deliver_one(transport, sender, composer, row, following, tally)
-            sender.flush()
-    # Across the runner's attempts of this run, not only this attempt's share.
-    with ctx.engine.connect() as conn:
-        mine: dict[str, int] = dict(conn.execute(
-            sa.select(notifications.c.status, sa.func.count())
-            .where(notifications.c.kind == kind, notifications.c.run_id == ctx.run_id)
-            .group_by(notifications.c.status)
-        ).all())
-    tally.sent = int(mine.get("sent", 0))
-    tally.failed = int(mine.get("failed", 0))
+        .where(_one_of(conn.dialect, c.id, candidates), claimable)
+        .values(run_id=run_id, updated_at=now)
+        .returning(c.id, c.dedupe_key, c.recipient, c.payload)
+    ).all()
+    return sorted(taken, key=lambda row: int(row.id)), int(candidates[-1])
 
 
 class _Composer:
@@ -436,25 +348,114 @@ class _Composer:
         return self._compose(row)
 
 
-def _deliver_one(transport: MailTransport, sender: _Sender, composer: _Composer,
-                 row: sa.Row[Any], following: sa.Row[Any] | None, tally: Tally) -> None:
-    message = composer.take(row)
-    sender.row_id = row.id
-    result = transport.deliver(
-        message, sender,
-        None if following is None else functools.partial(composer.prepare, following))
-    if result.status == "sent":
-        sender.confirm(row.id)
-        tally.sent += 1
-    elif result.status == "rejected":
-        sender.record("failed", result.detail)
-        tally.failed += 1
-        tally.errors.append(f"{row.recipient}: {result.detail}")
-    elif result.status == "unconfirmed":
-        sender.record("unconfirmed", result.detail)
-        tally.unconfirmed += 1
-    else:
-        tally.taken_by_other_run += 1
+class _Batch:
+    """One claimed batch on its way out: what is known of each message so far."""
+
+    def __init__(self, ctx: JobContext, handover: Handover, tally: Tally) -> None:
+        self.ctx = ctx
+        self.handover = handover
+        self.tally = tally
+        self.last_sent: int | None = None  # the last 250; every pending row below had one
+        self.current = 0
+
+    def claim(self) -> Claim:
+        return self.handover.claim(self.current)
+
+    def record(self, row_id: int, status: str, detail: str) -> None:
+        """A refusal or a lost reply, written before the cursor moves past the row."""
+        c = notifications.c
+        with self.ctx.engine.begin() as conn:
+            conn.execute(
+                notifications.update()
+                .where(c.id == row_id, c.run_id == self.ctx.run_id, c.status == "pending")
+                .values(status=status, error=detail or None, updated_at=self.ctx.now,
+                        attempts=c.attempts + 1)
+            )
+
+    def settle(self, in_flight: int | None = None) -> None:
+        with self.ctx.engine.begin() as conn:
+            _settle(conn, self.ctx.run_id,
+                    sent_below=None if self.last_sent is None else self.last_sent + 1,
+                    in_flight=in_flight, sent_at=self.ctx.now, now=self.ctx.now)
+
+
+def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
+                rows: list[sa.Row[Any]]) -> bool:
+    """Send `rows` in order; False when the run lost the right to send (stop)."""
+    tally = batch.tally
+    for row, following in zip(rows, [*rows[1:], None], strict=True):
+        message = composer.take(row)
+        batch.current = int(row.id)
+        result = transport.deliver(
+            message, batch.claim,
+            None if following is None else functools.partial(composer.prepare, following))
+        if result.status == "sent":
+            batch.last_sent = batch.current
+        elif result.status == "rejected":
+            batch.record(batch.current, "failed", result.detail)
+            tally.errors.append(f"{row.recipient}: {result.detail}")
+        elif result.status == "unconfirmed":
+            batch.record(batch.current, "unconfirmed", result.detail)
+        else:  # lost_claim: the runner closed this run as abandoned; another run takes over
+            tally.taken_by_other_run += len(rows) - rows.index(row)
+            return False
+    return True
+
+
+def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
+            mailer: Mailer | None = None) -> None:
+    """Send every pending row of `kind` this run can claim, over one mail connection."""
+    if ctx.dry_run:
+        return
+    mailer = mailer or Mailer(ctx.settings)
+    started = time.monotonic()
+    budget = ctx.seconds_left(ctx.now)
+    transport: MailTransport
+    composer = _Composer(mailer, template)
+    after, swept = 0, False
+    durable = ctx.settings.mail_durable_claims
+    with mailer.connection() as transport, HandoverLog(ctx.engine, ctx.run_id,
+                                                       durable=durable) as handover:
+        while True:
+            if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
+                tally.left_pending += _count_pending(ctx.engine, kind)
+                break
+            with ctx.engine.begin() as conn:
+                rows, last = _claim_batch(conn, kind, ctx.run_id, ctx.now, after, CLAIM_BATCH)
+            if last is None:
+                if after == 0 or swept:
+                    break
+                # One last sweep from the start: rows released behind the walk (a run that
+                # died meanwhile).  Once only, so the loop always ends.
+                resolve_unknown(ctx, kind, tally)
+                after, swept = 0, True
+                continue
+            after = last
+            if not rows:
+                continue  # a racing run took these candidates
+            batch = _Batch(ctx, handover, tally)
+            try:
+                going_on = _send_batch(transport, batch, composer, rows)
+            except BaseException:
+                # SIGTERM or a failure: a message the server may hold stays unconfirmed,
+                # the rest is released.  If even that write fails, the next run reads the
+                # batch off the cursor.
+                with suppress(Exception):
+                    batch.settle(in_flight=batch.current if transport.in_doubt else None)
+                raise
+            batch.settle()
+            if not going_on:
+                break
+    # Across the runner's attempts of this run, not only this attempt's share.
+    with ctx.engine.connect() as conn:
+        mine: dict[str, int] = dict(conn.execute(
+            sa.select(notifications.c.status, sa.func.count())
+            .where(notifications.c.run_id == ctx.run_id, notifications.c.kind == kind)
+            .group_by(notifications.c.status)
+        ).all())
+    tally.sent = int(mine.get("sent", 0))
+    tally.failed = int(mine.get("failed", 0))
+    tally.unconfirmed += int(mine.get("unconfirmed", 0))
 
 
 def _count_pending(engine: Engine, kind: str) -> int:
@@ -467,5 +468,6 @@ def _count_pending(engine: Engine, kind: str) -> int:
 
 def outcome_status(tally: Tally) -> str:
     """`warning` when a message failed, is unconfirmed, expired or was left for later."""
-    troubled = tally.failed + tally.unconfirmed + tally.expired + tally.left_pending
+    troubled = (tally.failed + tally.unconfirmed + tally.expired + tally.left_pending
+                + tally.taken_by_other_run)
     return "warning" if troubled else "success"

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cronsim import CronSim
 
-from app.jobs import (
-    analytics,
-    db_maintenance,
-    promo_cleanup,
-    storage_cleanup,
-    subscription_report,
-    subscription_sync,
-    trip_reminders,
-    user_engagement,
-)
 from app.jobs.context import JobContext, JobResult
 
 JobFunc = Callable[[JobContext], JobResult]
+
+
+def _job(module: str) -> JobFunc:
+    """`app.jobs.<module>.run`, imported on the first run: a CLI run or a serverless
+    function imports the one job it runs, not all eight (Stripe's SDK, boto3, ...)."""
+
+    def run(ctx: JobContext) -> JobResult:
+        func: JobFunc = importlib.import_module(f"app.jobs.{module}").run
+        return func(ctx)
+
+    run.__qualname__ = f"app.jobs.{module}.run"
+    return run
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="promo-cleanup",
             schedule="0 3 * * *",
-            func=promo_cleanup.run,
+            func=_job("promo_cleanup"),
             description="Deactivate expired or exhausted promo codes, purge old unused ones, "
             "repair redemption counts.",
             critical=True,
@@ -79,7 +82,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="subscription-sync",
             schedule="0 2 * * *",
-            func=subscription_sync.run,
+            func=_job("subscription_sync"),
             description="Reconcile local subscriptions with Stripe: status, tier, billing "
             "period, cancellation and trial; history for every change.",
             critical=True,
@@ -92,7 +95,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="analytics",
             schedule="0 3 * * 1",
-            func=analytics.run,
+            func=_job("analytics"),
             description="Weekly engagement, subscription conversion and usage by tier for "
             "the last ISO week; one row per week.",
             grace=_WEEKLY_GRACE,
@@ -101,7 +104,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="subscription-report",
             schedule="0 4 1 * *",
-            func=subscription_report.run,
+            func=_job("subscription_report"),
             description="Previous month's subscriptions and MRR by tier, emailed once to "
             "ADMIN_EMAILS with a CSV; old reports archived.",
             grace=_MONTHLY_GRACE,
@@ -110,7 +113,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="db-maintenance",
             schedule="0 1 * * 0",
-            func=db_maintenance.run,
+            func=_job("db_maintenance"),
             description="Vacuum and analyze tables with many dead tuples, rebuild invalid or "
             "bloated indexes, reset query statistics.",
             critical=True,
@@ -122,7 +125,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="storage-cleanup",
             schedule="0 2 * * 0",
-            func=storage_cleanup.run,
+            func=_job("storage_cleanup"),
             description="Delete stale temporary uploads and orphaned files, recompress old "
             "media.",
             grace=_WEEKLY_GRACE,
@@ -132,7 +135,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="trip-reminders",
             schedule="0 8 * * *",
-            func=trip_reminders.run,
+            func=_job("trip_reminders"),
             description="Email the owner and accepted participants of trips starting in "
             "REMINDER_DAYS_AHEAD days, once each.",
             critical=True,
@@ -145,7 +148,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="user-engagement",
             schedule="0 5 1 * *",
-            func=user_engagement.run,
+            func=_job("user_engagement"),
             description="Email users inactive for INACTIVITY_DAYS once per inactivity "
             "period; store the month's engagement metrics.",
             grace=_MONTHLY_GRACE,

@@ -12,14 +12,15 @@ Steps:
 3. Plan: one `cron_notification` row per (reminder kind, trip, user, trip start date),
    inserted `pending` before anything is sent; a key that already exists is not planned
    again, whatever its state.
-4. Expire pending reminders whose trip has already started (a run that stopped early
-   days ago); resolve `sending` rows left by a dead run as `unconfirmed`.
-5. Send every pending reminder over one SMTP connection, each claimed right before the
-   server takes it (app/notifications.py).
+4. Settle what a dead run left mid-batch (from its hand-over cursor: sent, in flight or
+   never handed over); expire pending reminders whose trip has already started (a run
+   that stopped early days ago).
+5. Send every pending reminder over one SMTP connection, each recorded as handed over
+   right before the server takes it (app/notifications.py, app/handover.py).
 
 Delivery is at-most-once: a reminder is never sent twice, even across retries, duplicate
 deliveries, racing instances or a crash mid-batch; the only message that can be missing
-after a crash is the one in flight (claimed, outcome not yet recorded), and it is
+after a crash is the one in flight (handed over, reply not yet read), and it is
 reported as `unconfirmed` rather than resent (a duplicate is the failure users notice
 and resent mail damages sender reputation).
 A dry run reports who would be emailed and writes nothing.
@@ -127,8 +128,8 @@ def run(ctx: JobContext) -> JobResult:
     opted_out = [0]
 
     notify.plan(ctx, KIND, _planned(ctx, day, opted_out), tally)
-    notify.expire(ctx, KIND, notifications_started(today), tally)
     notify.resolve_unknown(ctx, KIND, tally)
+    notify.expire(ctx, KIND, notifications_started(today), tally)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
 
     details = {"target_date": day.isoformat(), "opted_out": opted_out[0], **tally.as_dict()}

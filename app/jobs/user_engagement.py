@@ -10,9 +10,9 @@ Steps:
    by the user and the moment they were last seen: the same sleeping user has the same
    key every month and is emailed once; after a new login, a new inactivity period gets
    a new key.
-3. Expire pending emails of users who came back before they could be sent; resolve
-   `sending` rows left by a dead run as `unconfirmed` (at-most-once, as trip-reminders:
-   see app/notifications.py).
+3. Settle what a dead run left mid-batch (at-most-once, as trip-reminders: see
+   app/notifications.py); expire pending emails of users who came back before they
+   could be sent.
 4. Send the pending emails over one SMTP connection.
 5. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
    sent and failed this month, opted-out inactive users, and users emailed by the
@@ -186,8 +186,8 @@ def run(ctx: JobContext) -> JobResult:
     counts = {"inactive": 0, "opted_out": 0}
 
     notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts), tally)
-    notify.expire(ctx, KIND, _came_back(cutoff), tally)
     notify.resolve_unknown(ctx, KIND, tally)
+    notify.expire(ctx, KIND, _came_back(cutoff), tally)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
     values = _metrics(ctx, month, counts)
     if not ctx.dry_run:

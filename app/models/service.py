@@ -37,6 +37,8 @@ class CronJobLog(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     dry_run: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The notification this run is handing to the mail server now (app/handover.py).
+    mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     @property
     def duration_ms(self) -> int | None:
@@ -59,14 +61,18 @@ class CronJobLease(Base):
 class CronNotification(Base):
     """Every notification the service sends, keyed so that no one is emailed twice.
 
-    `status` moves pending -> sending -> sent | failed | unconfirmed (or pending ->
-    expired); app/notifications.py owns the transitions and documents them.
+    `status` moves pending -> sent | failed | unconfirmed | expired; app/notifications.py
+    owns the transitions and documents them.
     """
 
     __tablename__ = "cron_notification"
     __table_args__ = (
         sa.Index("ix_cron_notification_kind_status", "kind", "status"),
         sa.Index("ix_cron_notification_kind_reference", "kind", "reference_date"),
+        # The send queue: pending rows of a kind in id order (app/notifications.py).
+        sa.Index("ix_cron_notification_pending", "kind", "id",
+                 postgresql_where=sa.text("status = 'pending'"),
+                 sqlite_where=sa.text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
@@ -76,7 +82,7 @@ class CronNotification(Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
     recipient: Mapped[str] = mapped_column(sa.Text)
     status: Mapped[str] = mapped_column(sa.String(16))
-    run_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
