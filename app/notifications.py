@@ -11,13 +11,13 @@ decides who sends what:
 
 1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones.
 2. `resolve_unknown` settles what a dead run left behind (below).
-3. `deliver` claims a batch (`run_id` = this run, on unclaimed pending rows, one
-   conditional UPDATE) and sends it one message at a time, in id order, over one mail
-   connection.  Before each SMTP end-of-data mark the run moves its hand-over cursor to
-   the message (app/handover.py: one in-place write, committed before the server can take
-   the message, refused once the run has been closed as abandoned).  A refusal or a lost
-   reply is written at once; the 250s are written for the whole batch in one statement
-   when it ends (`_settle`).
+3. `deliver` takes a batch of this run's pending rows (those it planned, plus unclaimed
+   ones it claims with a conditional UPDATE on `run_id`) and sends it one message at a
+   time, in id order, over one mail connection.  Before each SMTP end-of-data mark the
+   run moves its hand-over cursor to the message (app/handover.py: one in-place write,
+   committed before the server can take the message, refused once the run has been
+   closed as abandoned).  A refusal or a lost reply is written at once; the 250s are
+   written for the whole batch in one statement when it ends (`_settle`).
 
 So after a crash, a batch is read off its cursor `C`: its still-`pending` rows below `C`
 had their 250 (`sent`), `C` was in flight (`unconfirmed`: it may or may not have been
@@ -56,8 +56,8 @@ notifications = table_of(CronNotification)
 job_log = table_of(CronJobLog)
 
 DELIVERED = ("sent", "unconfirmed")
-# Messages per claimed batch: one claim and one settling statement each.
-CLAIM_BATCH = 500
+# Messages per batch: one claiming read and one settling write each.
+CLAIM_BATCH = 1000
 # A run stops claiming new messages once this share of its time budget is spent, leaving
 # the rest `pending` for the next run instead of being killed mid-batch.
 BUDGET_SHARE = 0.9
@@ -91,6 +91,12 @@ class Tally:
     taken_by_other_run: int = 0  # left when this run was closed as abandoned under it
     left_pending: int = 0
     errors: list[str] = field(default_factory=list)
+    # Wall time per step, for operators (and the benchmark) to see where a run goes.
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    def timed(self, step: str, started: float) -> None:
+        self.timings_ms[step] = (self.timings_ms.get(step, 0)
+                                 + int((time.perf_counter() - started) * 1000))
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,7 +136,7 @@ _RECORD_COLUMNS = ("dedupe_key", "user_id", "recipient", "trip_id", "reference_d
 
 
 def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
-               now: dt.datetime) -> set[str]:
+               now: dt.datetime, run_id: uuid.UUID) -> set[str]:
     """The whole chunk as one JSON parameter, unpacked by the server: one statement, no
     per-value placeholders for psycopg to rewrite."""
     record = (
@@ -143,11 +149,12 @@ def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
     source = sa.select(
         *(record.c[name] for name in _RECORD_COLUMNS),
         sa.literal(kind), sa.literal("pending"), sa.literal(0), stamp, stamp,
+        sa.literal(run_id, notifications.c.run_id.type),
     )
     stmt = (
         postgresql.insert(notifications)
         .from_select([*_RECORD_COLUMNS, "kind", "status", "attempts", "created_at",
-                      "updated_at"], source)
+                      "updated_at", "run_id"], source)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(notifications.c.dedupe_key)
     )
@@ -160,9 +167,9 @@ def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
 
 
 def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
-                    now: dt.datetime) -> set[str]:
+                    now: dt.datetime, run_id: uuid.UUID) -> set[str]:
     values = [{**row, "kind": kind, "status": "pending", "attempts": 0, "created_at": now,
-               "updated_at": now} for row in rows]
+               "updated_at": now, "run_id": run_id} for row in rows]
     return set(conn.execute(
         upsert(conn.dialect, notifications)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -174,8 +181,11 @@ def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
 def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -> None:
     """Insert a `pending` row per new key (batched, ON CONFLICT DO NOTHING); count the rest.
 
-    A dry run only looks the keys up.
+    New rows are claimed by this run from the start (`run_id`), so sending them costs no
+    claiming write; if the run dies, the next one releases them.  A dry run only looks the
+    keys up.
     """
+    started = time.perf_counter()
     engine = ctx.engine
     insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_generic
     for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
@@ -189,7 +199,7 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -
                      "payload": {**item.payload, "language": item.language}}
                     for item in chunk]
             with engine.begin() as conn:
-                inserted = insert(conn, kind, rows, ctx.now)
+                inserted = insert(conn, kind, rows, ctx.now, ctx.run_id)
             tally.new += len(inserted)
             rest = [item.key for item in chunk if item.key not in inserted]
             known = _statuses(engine, rest) if rest else []
@@ -200,6 +210,7 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -
                 tally.already_failed += 1
             elif status == "pending":
                 tally.resumed += 1  # a run stopped early, or a racing run planned it
+    tally.timed("plan", started)
 
 
 def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tally) -> None:
@@ -294,31 +305,38 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
 
 def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetime,
                  after: int, size: int) -> tuple[list[sa.Row[Any]], int | None]:
-    """Take up to `size` unclaimed pending rows with an id above `after`.
+    """This run's next `size` pending rows with an id above `after`, claiming loose ones.
 
-    Returns the rows taken, in id order, and the last candidate id (None: nothing left
-    above `after`).  The candidates are read first (an ordered range scan of the pending
-    index), then taken by id with the condition checked again on each row as it is
-    updated, so two runs racing for the same rows get disjoint batches.  Two statements
-    rather than one `UPDATE … WHERE id IN (SELECT … LIMIT)`: PostgreSQL plans that one
-    as a nested loop over the whole pending set when the table's statistics are not yet
-    there (right after planning thousands of rows).
+    Returns the rows, in id order, and the last candidate id (None: nothing left above
+    `after`).  Rows this run planned are its own already (`plan` inserts them claimed);
+    unclaimed ones (left by a run that stopped) are taken by a conditional UPDATE checked
+    again on each row as it is updated, so two runs racing for them get disjoint shares.
+    The candidates are read first, by an ordered range scan of the pending index, rather
+    than inside the UPDATE: PostgreSQL plans `UPDATE … WHERE id IN (SELECT … LIMIT)` as a
+    nested loop over the whole pending set when the table's statistics are not yet there
+    (right after planning thousands of rows).
     """
     c = notifications.c
-    claimable = sa.and_(c.kind == kind, c.status == "pending",
-                        sa.or_(c.run_id.is_(None), c.run_id == run_id))
-    candidates = list(conn.execute(
-        sa.select(c.id).where(claimable, c.id > after).order_by(c.id).limit(size)
-    ).scalars())
+    candidates: list[sa.Row[Any]] = [*conn.execute(
+        sa.select(c.id, c.run_id, c.dedupe_key, c.recipient, c.payload)
+        .where(c.kind == kind, c.status == "pending", c.id > after,
+               sa.or_(c.run_id.is_(None), c.run_id == run_id))
+        .order_by(c.id).limit(size)
+    )]
     if not candidates:
         return [], None
-    taken = conn.execute(
-        notifications.update()
-        .where(_one_of(conn.dialect, c.id, candidates), claimable)
-        .values(run_id=run_id, updated_at=now)
-        .returning(c.id, c.dedupe_key, c.recipient, c.payload)
-    ).all()
-    return sorted(taken, key=lambda row: int(row.id)), int(candidates[-1])
+    loose = [row.id for row in candidates if row.run_id is None]
+    won: set[int] = set()
+    if loose:
+        won = set(conn.execute(
+            notifications.update()
+            .where(_one_of(conn.dialect, c.id, loose), c.run_id.is_(None),
+                   c.status == "pending")
+            .values(run_id=run_id, updated_at=now)
+            .returning(c.id)
+        ).scalars())
+    mine = [row for row in candidates if row.run_id == run_id or row.id in won]
+    return mine, int(candidates[-1].id)
 
 
 class _Composer:
@@ -407,6 +425,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     """Send every pending row of `kind` this run can claim, over one mail connection."""
     if ctx.dry_run:
         return
+    clock = time.perf_counter()
     mailer = mailer or Mailer(ctx.settings)
     started = time.monotonic()
     budget = ctx.seconds_left(ctx.now)
@@ -456,6 +475,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     tally.sent = int(mine.get("sent", 0))
     tally.failed = int(mine.get("failed", 0))
     tally.unconfirmed += int(mine.get("unconfirmed", 0))
+    tally.timed("deliver", clock)
 
 
 def _count_pending(engine: Engine, kind: str) -> int:

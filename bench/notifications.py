@@ -204,6 +204,10 @@ def bench_send(trips_n: int) -> None:
           f"status {outcome.get('status')}, sent {outcome.get('records_processed')}; "
           f"job's own duration {outcome.get('duration_ms')} ms")
     print(f"throughput ratio job/baseline: {base / elapsed:.2f} (target >= 0.70)")
+    own = (outcome.get("duration_ms") or 0) / 1000
+    if own:
+        print(f"  the same from the job's own duration (no interpreter start): "
+              f"{base / own:.2f}; steps {outcome.get('details', {}).get('timings_ms')}")
     print(f"baseline smtplib send_message loop (serializes each message): {base_msg:.2f} s "
           f"({n / base_msg:.0f} msg/s); ratio job/that: {base_msg / elapsed:.2f}")
     print(f"peak RSS of the job process: {peak_kb / 1024:.0f} MB (target < 200 MB)")

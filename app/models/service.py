@@ -67,7 +67,6 @@ class CronNotification(Base):
 
     __tablename__ = "cron_notification"
     __table_args__ = (
-        sa.Index("ix_cron_notification_kind_status", "kind", "status"),
         sa.Index("ix_cron_notification_kind_reference", "kind", "reference_date"),
         # The send queue: pending rows of a kind in id order (app/notifications.py).
         sa.Index("ix_cron_notification_pending", "kind", "id",
