@@ -89,6 +89,42 @@ def test_a_process_killed_mid_batch_is_finished_by_the_next_run_without_duplicat
     assert statuses[0] == ("abandoned",)
     assert rows(engine, "SELECT count(*) FROM cron_notification "
                         "WHERE status NOT IN ('sent', 'unconfirmed')") == [(0,)]
+    # Read off the dead run's cursor: at most the message in flight is unconfirmed.
+    assert rows(engine, "SELECT count(*) <= 1 FROM cron_notification "
+                        "WHERE status = 'unconfirmed'") == [(True,)]
+
+
+def test_sigterm_mid_batch_closes_the_run_and_the_next_run_finishes_at_once(
+        engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
+    start = _today() + dt.timedelta(days=7)
+    people = seed_travellers(engine, start, dt.datetime.now(dt.UTC), 30)
+    proc = _cli(db_url, tmp_path, slow_smtp)
+    try:
+        _wait_for(lambda: slow_smtp.datas >= 8)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    held = sum(recipients(slow_smtp).values())
+    assert held < 30, "the signal must land mid-batch"
+    # The run closed its own log row and settled its batch: nothing left claimed by it.
+    log = rows(engine, "SELECT status, message, mail_cursor FROM cron_job_log")
+    assert log == [("error", "interrupted: SystemExit", None)]
+    assert rows(engine, "SELECT count(*) FROM cron_notification WHERE status = 'pending' "
+                        "AND run_id IS NOT NULL") == [(0,)]
+    assert rows(engine, "SELECT count(*) FROM cron_notification "
+                        "WHERE status IN ('sent', 'unconfirmed')") == [(held,)]
+
+    # The lease was released: the next run starts now, without waiting for it to expire.
+    slow_smtp.delay = 0.0
+    settings = make_settings(db_url, tmp_path, **slow_smtp.settings, mail_retry_wait=0.0)
+    outcome = Runner(settings, engine).run("trip-reminders", trigger="cli")
+    assert outcome.status in ("success", "warning"), outcome.message
+    got = recipients(slow_smtp)
+    assert set(got) == people and set(got.values()) == {1}
 
 
 def test_two_processes_started_together_send_no_duplicate(
