@@ -158,12 +158,17 @@ def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(notifications.c.dedupe_key)
     )
-    for row in rows:
-        for name in ("user_id", "trip_id", "reference_date"):
-            if row[name] is not None:
-                row[name] = str(row[name]) if name != "reference_date" else (
-                    row[name].isoformat())
-    return set(conn.execute(stmt, {"rows": rows}).scalars())
+    records = [{name: _json_value(value) for name, value in row.items()} for row in rows]
+    return set(conn.execute(stmt, {"rows": records}).scalars())
+
+
+def _json_value(value: Any) -> Any:
+    """Ids and dates as the text PostgreSQL casts back (`jsonb_to_recordset`)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
 
 
 def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
@@ -241,20 +246,21 @@ class Settled:
     released: int = 0
 
 
-def _settle(conn: Connection, run_id: uuid.UUID, *, sent_below: int | None,
-            in_flight: int | None, sent_at: dt.datetime, now: dt.datetime) -> Settled:
-    """Write the outcome of `run_id`'s batch and clear its cursor, in one transaction.
+def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[Any],
+            sent_below: int | None, in_flight: int | None, release: bool,
+            sent_at: dt.datetime, now: dt.datetime) -> Settled:
+    """Write the outcome of `run_id`'s batch (of `kind`) and clear its cursor.
 
     `sent_below`: its pending rows with a lower id had their 250.  `in_flight`: that row
-    may or may not have been taken.  Its other pending rows were never handed over and are
-    released for any run to claim.
+    may or may not have been taken.  `release`: the run is gone; its other pending rows
+    were never handed over and go back to any run.
     """
     c = notifications.c
     mine = sa.and_(c.run_id == run_id, c.status == "pending")
     out = Settled()
     if sent_below is not None:
         out.sent = conn.execute(
-            notifications.update().where(mine, c.id < sent_below)
+            notifications.update().where(mine, c.kind == kind, c.id < sent_below)
             .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now)
         ).rowcount
     if in_flight is not None:
@@ -263,40 +269,46 @@ def _settle(conn: Connection, run_id: uuid.UUID, *, sent_below: int | None,
             .values(status="unconfirmed", attempts=c.attempts + 1, updated_at=now,
                     error=UNCONFIRMED_NOTE)
         ).rowcount
-    out.released = conn.execute(
-        notifications.update().where(mine).values(run_id=None, updated_at=now)).rowcount
+    if release:
+        out.released = conn.execute(
+            notifications.update().where(mine).values(run_id=None, updated_at=now)).rowcount
     conn.execute(job_log.update().where(job_log.c.run_id == run_id).values(mail_cursor=None))
     return out
 
 
 def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
-    """Settle the batches that runs no longer running (or this run's failed attempt) left.
+    """Settle what runs no longer running left behind, and this run's interrupted attempt.
 
-    Each is read off its run's hand-over cursor (see the module docstring).  A row whose
-    run left no log row at all is simply released.
+    A dead run's batch is read off its hand-over cursor (see the module docstring; the
+    cursor row's kind is the batch's) and the rest of its rows are released, as are the
+    rows of a run that left no log row at all.  This run's own rows stay claimed: an
+    earlier attempt that could not settle its batch left only its cursor to read.
     """
     if ctx.dry_run:
         return
     c = notifications.c
-    live_elsewhere = sa.exists().where(job_log.c.run_id == c.run_id,
-                                       job_log.c.status == "running",
-                                       job_log.c.run_id != ctx.run_id)
+    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == "running")
     with ctx.engine.begin() as conn:
-        runs = list(conn.execute(
+        runs = set(conn.execute(
             sa.select(c.run_id).distinct()
-            .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None),
-                   ~live_elsewhere)
+            .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None), gone)
         ).scalars())
+        runs.add(ctx.run_id)
         for run_id in runs:
             log = conn.execute(
                 sa.select(job_log.c.mail_cursor, job_log.c.started_at)
                 .where(job_log.c.run_id == run_id)
             ).first()
             cursor = log.mail_cursor if log is not None else None
-            settled = _settle(conn, run_id, sent_below=cursor, in_flight=cursor,
+            own = run_id == ctx.run_id
+            if own and cursor is None:
+                continue
+            batch_kind = (sa.select(c.kind).where(c.id == cursor).scalar_subquery())
+            settled = _settle(conn, run_id, kind=batch_kind, sent_below=cursor,
+                              in_flight=cursor, release=not own,
                               sent_at=log.started_at if log is not None else ctx.now,
                               now=ctx.now)
-            if run_id != ctx.run_id:  # this run's own rows are counted by `deliver`
+            if not own:  # this run's own rows are counted by `deliver`
                 tally.unconfirmed += settled.unconfirmed
 
 
@@ -369,8 +381,9 @@ class _Composer:
 class _Batch:
     """One claimed batch on its way out: what is known of each message so far."""
 
-    def __init__(self, ctx: JobContext, handover: Handover, tally: Tally) -> None:
+    def __init__(self, ctx: JobContext, kind: str, handover: Handover, tally: Tally) -> None:
         self.ctx = ctx
+        self.kind = kind
         self.handover = handover
         self.tally = tally
         self.last_sent: int | None = None  # the last 250; every pending row below had one
@@ -391,10 +404,13 @@ class _Batch:
             )
 
     def settle(self, in_flight: int | None = None) -> None:
+        """The batch's outcome; rows it did not reach stay this run's, for its next
+        batch or attempt."""
         with self.ctx.engine.begin() as conn:
-            _settle(conn, self.ctx.run_id,
+            _settle(conn, self.ctx.run_id, kind=self.kind,
                     sent_below=None if self.last_sent is None else self.last_sent + 1,
-                    in_flight=in_flight, sent_at=self.ctx.now, now=self.ctx.now)
+                    in_flight=in_flight, release=False, sent_at=self.ctx.now,
+                    now=self.ctx.now)
 
 
 def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
@@ -452,7 +468,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
             after = last
             if not rows:
                 continue  # a racing run took these candidates
-            batch = _Batch(ctx, handover, tally)
+            batch = _Batch(ctx, kind, handover, tally)
             try:
                 going_on = _send_batch(transport, batch, composer, rows)
             except BaseException:

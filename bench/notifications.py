@@ -2,12 +2,14 @@
 
     .venv/bin/python -m bench.notifications                  # both parts
     .venv/bin/python -m bench.notifications --part send      # 10,000 emails only
+    .venv/bin/python -m bench.notifications --part send --database sqlite   # embedded db
+    .venv/bin/python -m bench.notifications --part send --durable  # MAIL_DURABLE_CLAIMS
     .venv/bin/python -m bench.notifications --part select    # 1M trips / 3M participants
 
 send:
-1. `vsc_bench_notif_send`: 5,000 trips starting in 7 days, each with its owner and one
-   accepted participant (10,000 recipients, distinct users), pending and declined
-   invitations beside them.
+1. `vsc_bench_notif_send` (or a SQLite file): 5,000 trips starting in 7 days, each with
+   its owner and one accepted participant (10,000 recipients, distinct users), pending and
+   declined invitations beside them.
 2. An aiosmtpd sink in its own process (`aiosmtpd.handlers.Sink`, accepts and discards).
 3. Baseline: the same 10,000 messages, rendered beforehand, sent by a bare smtplib loop
    over one connection (`sendmail` of the ready bytes).
@@ -34,8 +36,11 @@ import smtplib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from app.config import Settings
 from app.db import make_engine
 from app.jobs.trip_reminders import TEMPLATE, recipients_query
 from app.mail import Mailer
+from app.migrate import upgrade
 from bench.generate import (
     analyze,
     bench_database,
@@ -116,6 +122,48 @@ def _seed_send(engine: Engine, trips_n: int) -> None:
         """), {"n": trips_n, "now": NOW})
 
 
+def _seed_send_sqlite(engine: Engine, trips_n: int) -> None:
+    """The same dataset as `_seed_send`, for the embedded SQLite default (built in Python)."""
+    from app.models import Trip, TripParticipant, User
+
+    uid = [uuid.uuid4() for _ in range(trips_n * 3)]
+    tid = [uuid.uuid4() for _ in range(trips_n)]
+    places = ["Lisbon", "Kyoto", "Oslo", "Hanoi", "Lima"]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(User), [
+            {"id": u, "email": f"user{i + 1}@bench.voyagesmart.app", "full_name": f"User {i + 1}",
+             "preferences": {"language": "en"}, "created_at": NOW, "last_login": NOW}
+            for i, u in enumerate(uid)])
+        conn.execute(sa.insert(Trip), [
+            {"id": t, "name": f"Trip {g + 1}", "description": "Bench trip", "start_date": TARGET,
+             "end_date": TARGET + dt.timedelta(days=6), "destination": places[(g + 1) % 5],
+             "preferences": {}, "is_private": False, "budget_total": 1000,
+             "owner_id": uid[g], "created_at": NOW, "updated_at": NOW}
+            for g, t in enumerate(tid)])
+        conn.execute(sa.insert(TripParticipant), [
+            {"id": uuid.uuid4(), "trip_id": t, "role": "participant",
+             "user_id": (uid[trips_n + g], uid[2 * trips_n + g], None)[k],
+             "invited_email": f"guest{g}-{k}@bench.voyagesmart.app",
+             "invitation_status": ("accepted", "declined", "pending")[k], "created_at": NOW}
+            for g, t in enumerate(tid) for k in range(3)])
+
+
+@contextmanager
+def _send_database(kind: str, trips_n: int) -> Iterator[str]:
+    if kind == "postgresql":
+        with bench_database("notif_send") as url:
+            _seed_send(make_engine(url), trips_n)
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        engine = make_engine(url)
+        upgrade(engine)
+        _seed_send_sqlite(engine, trips_n)
+        engine.dispose()
+        yield url
+
+
 def _messages(settings: Settings, engine: Engine) -> list[tuple[str, str, bytes]]:
     """The job's messages, rendered the way the job renders them, as ready bytes."""
     mailer = Mailer(settings)
@@ -159,10 +207,11 @@ def _baseline(port: int, messages: list[tuple[str, str, bytes]]) -> float:
     return time.perf_counter() - started
 
 
-def _job(url: str, port: int, tmp: Path) -> tuple[float, dict[str, Any], int]:
+def _job(url: str, port: int, tmp: Path, durable: bool) -> tuple[float, dict[str, Any], int]:
     env = {**os.environ, "APP_ENV": "test", "DATABASE_URL": url, "CRON_SECRET": SECRET,
            "DATA_DIR": str(tmp), "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
-           "SMTP_SECURITY": "none", "CRON_TIMEZONE": "UTC", "LOG_LEVEL": "WARNING"}
+           "SMTP_SECURITY": "none", "CRON_TIMEZONE": "UTC", "LOG_LEVEL": "WARNING",
+           "MAIL_DURABLE_CLAIMS": str(durable).lower()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "app", "run", "trip-reminders"], cwd=ROOT,
@@ -176,12 +225,11 @@ def _job(url: str, port: int, tmp: Path) -> tuple[float, dict[str, Any], int]:
     return elapsed, outcome, max(peak_kb, before)
 
 
-def bench_send(trips_n: int) -> None:
+def bench_send(trips_n: int, database: str, durable: bool) -> None:
     sink, port = _start_sink()
     try:
-        with bench_database("notif_send") as url:
+        with _send_database(database, trips_n) as url:
             engine = make_engine(url)
-            _seed_send(engine, trips_n)
             settings = Settings(_env_file=None, app_env="test", database_url=url,  # type: ignore[call-arg]
                                 cron_secret=SECRET)
             messages = _messages(settings, engine)
@@ -189,7 +237,7 @@ def bench_send(trips_n: int) -> None:
                   f"{statistics.mean(len(m[2]) for m in messages):.0f} bytes")
             base1 = _baseline(port, messages)
             tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "vsc-bench-notif"
-            elapsed, outcome, peak_kb = _job(url, port, tmp)
+            elapsed, outcome, peak_kb = _job(url, port, tmp, durable)
             base2 = _baseline(port, messages)
             base_msg = _baseline_send_message(port, messages)
             engine.dispose()
@@ -198,6 +246,7 @@ def bench_send(trips_n: int) -> None:
         sink.wait(10)
     base = (base1 + base2) / 2
     n = len(messages)
+    print(f"database: {database}" + (", MAIL_DURABLE_CLAIMS=true" if durable else ""))
     print(f"baseline smtplib loop: {base1:.2f} s, {base2:.2f} s "
           f"({n / base:.0f} msg/s, mean)")
     print(f"job (child process, whole run): {elapsed:.2f} s ({n / elapsed:.0f} msg/s); "
@@ -268,9 +317,13 @@ def main() -> None:
     parser.add_argument("--trips", type=int, default=1_000_000)
     parser.add_argument("--participants-per-trip", type=int, default=3)
     parser.add_argument("--users", type=int, default=500_000)
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="database of the send part (the select part is PostgreSQL)")
+    parser.add_argument("--durable", action="store_true",
+                        help="send part with MAIL_DURABLE_CLAIMS=true (PostgreSQL)")
     args = parser.parse_args()
     if args.part in ("send", "both"):
-        bench_send(args.emails // 2)
+        bench_send(args.emails // 2, args.database, args.durable)
     if args.part in ("select", "both"):
         bench_select(args.trips, args.participants_per_trip, args.users)
 

@@ -156,11 +156,18 @@ def test_a_run_closed_as_abandoned_under_it_stops_and_the_next_run_finishes(
                         "WHERE status NOT IN ('sent', 'unconfirmed')") == [(0,)]
 
 
-def test_planned_rows_start_claimed_by_their_run(engine: Engine, db_url: str,
-                                                 tmp_path: Path) -> None:
+def test_planned_rows_start_claimed_by_their_run_and_stay_so(engine: Engine, db_url: str,
+                                                              tmp_path: Path) -> None:
+    """Sending what a run planned costs it no claiming write, even after settling."""
+    from app import notifications
+
     seed_travellers(engine, START, NOW, 3)
     run_id = uuid.uuid4()
+    _log_row(engine, run_id, "running")
     _plan_only(engine, db_url, tmp_path, run_id)
+    ctx = JobContext(settings=make_settings(db_url, tmp_path), engine=engine, now=NOW,
+                     run_id=run_id, task="trip-reminders")
+    notifications.resolve_unknown(ctx, trip_reminders.KIND, notifications.Tally())
     with engine.connect() as conn:
         owners = set(conn.execute(sa.select(notes.c.run_id)).scalars())
     assert owners == {run_id}
