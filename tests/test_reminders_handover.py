@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -171,3 +172,34 @@ def test_planned_rows_start_claimed_by_their_run_and_stay_so(engine: Engine, db_
     with engine.connect() as conn:
         owners = set(conn.execute(sa.select(notes.c.run_id)).scalars())
     assert owners == {run_id}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_lost_database_connection_mid_batch_is_retried_without_duplicates(
+        engine: Engine, db_url: str, tmp_path: Path) -> None:
+    """PostgreSQL drops the hand-over connection mid-batch (a restart, a failover)."""
+    server = ScriptedSmtp(delay=0.02).start()
+    try:
+        people = seed_travellers(engine, START, NOW, 30)
+        settings = make_settings(db_url, tmp_path, **server.settings, mail_retry_wait=0.0)
+        runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
+        outcomes = []
+        worker = threading.Thread(target=lambda: outcomes.append(runner.run("trip-reminders")))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while server.datas < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        killed = rows(engine, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() "
+                              "AND query LIKE '%vsc_mail_handover%' AND pid <> pg_backend_pid()")
+        worker.join(60)
+        got = recipients(server)
+    finally:
+        server.stop()
+    assert killed == [(True,)]
+    outcome = outcomes[0]
+    assert outcome.status in ("success", "warning"), outcome.message
+    assert outcome.attempts == 2
+    assert set(got) == people and set(got.values()) == {1}
+    assert rows(engine, "SELECT count(*) FROM cron_notification "
+                        "WHERE status NOT IN ('sent', 'unconfirmed')") == [(0,)]
