@@ -57,20 +57,25 @@ def _wait_for(predicate: object, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def test_a_process_killed_mid_batch_is_finished_by_the_next_run_without_duplicates(
-        engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
-    start = _today() + dt.timedelta(days=7)
-    people = seed_travellers(engine, start, dt.datetime.now(dt.UTC), 30)
-    proc = _cli(db_url, tmp_path, slow_smtp)
+def _signal_mid_batch(db_url: str, tmp_path: Path, server: ScriptedSmtp, sig: int) -> int:
+    """Run the CLI job, send `sig` once 8 messages are stored; its exit status."""
+    proc = _cli(db_url, tmp_path, server)
     try:
-        _wait_for(lambda: slow_smtp.datas >= 8)
-        proc.send_signal(signal.SIGKILL)  # no cleanup of any kind
-        proc.wait(10)
+        _wait_for(lambda: server.datas >= 8)
+        proc.send_signal(sig)
+        return proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_process_killed_mid_batch_is_finished_by_the_next_run_without_duplicates(
+        engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
+    start = _today() + dt.timedelta(days=7)
+    people = seed_travellers(engine, start, dt.datetime.now(dt.UTC), 30)
+    _signal_mid_batch(db_url, tmp_path, slow_smtp, signal.SIGKILL)  # no cleanup of any kind
     left = rows(engine, "SELECT count(*) FROM cron_notification WHERE status = 'pending'")
     assert left[0][0] > 0, "the kill must land mid-batch"
     assert rows(engine, "SELECT status FROM cron_job_log") == [("running",)]
@@ -98,16 +103,7 @@ def test_sigterm_mid_batch_closes_the_run_and_the_next_run_finishes_at_once(
         engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
     start = _today() + dt.timedelta(days=7)
     people = seed_travellers(engine, start, dt.datetime.now(dt.UTC), 30)
-    proc = _cli(db_url, tmp_path, slow_smtp)
-    try:
-        _wait_for(lambda: slow_smtp.datas >= 8)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    assert _signal_mid_batch(db_url, tmp_path, slow_smtp, signal.SIGTERM) != 0
     held = sum(recipients(slow_smtp).values())
     assert held < 30, "the signal must land mid-batch"
     # The run closed its own log row and settled its batch (cursor cleared): exactly what
