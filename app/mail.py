@@ -214,11 +214,9 @@ def _part(boundary: str, subtype: str, text: str) -> bytes:
             "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii") + body
 
 
-def _settle(claim: Claim) -> None:
-    """Nothing was taken: still collect the claim, so the next one starts from a clean slate.
-
-    The message may be sent again: it stays below no later cursor (app/handover.py).
-    """
+def _collect(claim: Claim) -> None:
+    """Nothing was taken: still read the claim's answer, so the next claim starts on a
+    clean connection.  The message may be sent again; its claim is written again first."""
     with suppress(Exception):  # the error that matters is already propagating
         claim.result()
 
@@ -359,7 +357,7 @@ class SMTPTransport:
             refused = self._envelope(smtp, sender, recipient)
             won = claim.result()
         except BaseException:
-            _settle(claim)  # no end-of-data mark was sent: nothing was taken
+            _collect(claim)  # no end-of-data mark was sent: nothing was taken
             raise
         if refused is not None:
             # The caller records it `failed`, unless the run lost its right to send.
