@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import select
 import uuid
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import psycopg
@@ -177,24 +178,16 @@ class _PgHandover:
             self._conn.close()
 
 
-class HandoverLog:
-    """`with HandoverLog(engine, run_id) as log: log.claim(row_id).result()`."""
-
-    def __init__(self, engine: Engine, run_id: uuid.UUID, *, durable: bool = False) -> None:
-        self.engine = engine
-        self.run_id = run_id
-        self.durable = durable
-        self._impl: Handover | None = None
-
-    def __enter__(self) -> Handover:
-        if self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg":
-            self._impl = _PgHandover(self.engine, self.run_id, durable=self.durable)
-        else:
-            self._impl = _SqlHandover(self.engine, self.run_id)
-        return self._impl
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._impl is not None:
-            impl, self._impl = self._impl, None
-            impl.close()
+@contextmanager
+def handover_log(engine: Engine, run_id: uuid.UUID, *, durable: bool = False
+                 ) -> Iterator[Handover]:
+    """`with handover_log(engine, run_id) as log: log.claim(row_id).result()`."""
+    log: Handover
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        log = _PgHandover(engine, run_id, durable=durable)
+    else:
+        log = _SqlHandover(engine, run_id)
+    try:
+        yield log
+    finally:
+        log.close()

@@ -166,13 +166,10 @@ class Outgoing:
     subject: str
     message_id: str
     data: bytes
-    wire: bytes = field(repr=False, default=b"")
+    wire: bytes = field(init=False, repr=False)
 
-    @classmethod
-    def of(cls, sender: str, recipient: str, subject: str, message_id: str,
-           data: bytes) -> Outgoing:
-        return cls(sender, recipient, subject, message_id, data,
-                   _LEADING_DOT.sub(b"..", data) + b".\r\n")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", _LEADING_DOT.sub(b"..", self.data) + b".\r\n")
 
 
 class MailTransport(Protocol):
@@ -347,12 +344,7 @@ class SMTPTransport:
                      meanwhile: list[Callable[[], None]]) -> Delivery:
         smtp = self._session()
         smtp.putcmd("mail", f"FROM:{smtplib.quoteaddr(sender)}")
-        try:
-            # Sent while the server reads MAIL; written while the envelope travels.
-            claim = start()
-        except BaseException:
-            self._drop()
-            raise
+        claim = start()  # sent while the server reads MAIL, written while the envelope goes
         try:
             refused = self._envelope(smtp, sender, recipient)
             won = claim.result()
@@ -488,7 +480,7 @@ class Mailer:
             _part(boundary, "html", rendered.html),
             f"--{boundary}--\r\n".encode("ascii"),
         ))
-        return Outgoing.of(self._sender, to, rendered.subject, message_id, data)
+        return Outgoing(self._sender, to, rendered.subject, message_id, data)
 
     def _open_smtp(self) -> smtplib.SMTP:
         s = self.settings

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from app.db import UTCDateTime, table_of, upsert
-from app.handover import Handover, HandoverLog
+from app.handover import Handover, handover_log
 from app.jobs.context import JobContext
 from app.mail import Claim, Mailer, MailTransport, Outgoing
 from app.models import CronJobLog, CronNotification
@@ -239,17 +239,11 @@ def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tal
 # --- settling a batch ----------------------------------------------------------------------
 
 
-@dataclass
-class Settled:
-    sent: int = 0
-    unconfirmed: int = 0
-    released: int = 0
-
-
 def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[Any],
             sent_below: int | None, in_flight: int | None, release: bool,
-            sent_at: dt.datetime, now: dt.datetime) -> Settled:
-    """Write the outcome of `run_id`'s batch (of `kind`) and clear its cursor.
+            sent_at: dt.datetime, now: dt.datetime) -> int:
+    """Write the outcome of `run_id`'s batch (of `kind`) and clear its cursor; the number
+    of rows it made `unconfirmed`.
 
     `sent_below`: its pending rows with a lower id had their 250.  `in_flight`: that row
     may or may not have been taken.  `release`: the run is gone; its other pending rows
@@ -257,23 +251,21 @@ def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[
     """
     c = notifications.c
     mine = sa.and_(c.run_id == run_id, c.status == "pending")
-    out = Settled()
+    unconfirmed = 0
     if sent_below is not None:
-        out.sent = conn.execute(
+        conn.execute(
             notifications.update().where(mine, c.kind == kind, c.id < sent_below)
-            .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now)
-        ).rowcount
+            .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now))
     if in_flight is not None:
-        out.unconfirmed = conn.execute(
+        unconfirmed = conn.execute(
             notifications.update().where(mine, c.id == in_flight)
             .values(status="unconfirmed", attempts=c.attempts + 1, updated_at=now,
                     error=UNCONFIRMED_NOTE)
         ).rowcount
     if release:
-        out.released = conn.execute(
-            notifications.update().where(mine).values(run_id=None, updated_at=now)).rowcount
+        conn.execute(notifications.update().where(mine).values(run_id=None, updated_at=now))
     conn.execute(job_log.update().where(job_log.c.run_id == run_id).values(mail_cursor=None))
-    return out
+    return unconfirmed
 
 
 def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
@@ -304,12 +296,12 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
             if own and cursor is None:
                 continue
             batch_kind = (sa.select(c.kind).where(c.id == cursor).scalar_subquery())
-            settled = _settle(conn, run_id, kind=batch_kind, sent_below=cursor,
-                              in_flight=cursor, release=not own,
-                              sent_at=log.started_at if log is not None else ctx.now,
-                              now=ctx.now)
+            unconfirmed = _settle(conn, run_id, kind=batch_kind, sent_below=cursor,
+                                  in_flight=cursor, release=not own,
+                                  sent_at=log.started_at if log is not None else ctx.now,
+                                  now=ctx.now)
             if not own:  # this run's own rows are counted by `deliver`
-                tally.unconfirmed += settled.unconfirmed
+                tally.unconfirmed += unconfirmed
 
 
 # --- delivering ----------------------------------------------------------------------------
@@ -449,8 +441,8 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     composer = _Composer(mailer, template)
     after, swept = 0, False
     durable = ctx.settings.mail_durable_claims
-    with mailer.connection() as transport, HandoverLog(ctx.engine, ctx.run_id,
-                                                       durable=durable) as handover:
+    with mailer.connection() as transport, handover_log(ctx.engine, ctx.run_id,
+                                                        durable=durable) as handover:
         while True:
             if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
                 tally.left_pending += _count_pending(ctx.engine, kind)
@@ -472,8 +464,8 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
             try:
                 going_on = _send_batch(transport, batch, composer, rows)
             except BaseException:
-                # SIGTERM or a failure: a message the server may hold stays unconfirmed,
-                # the rest is released.  If even that write fails, the next run reads the
+                # SIGTERM or a failure: a message the server may hold is unconfirmed, the
+                # rest stays pending.  If even that write fails, the next run reads the
                 # batch off the cursor.
                 with suppress(Exception):
                     batch.settle(in_flight=batch.current if transport.in_doubt else None)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.db import table_of
-from app.handover import HandoverLog
+from app.handover import handover_log
 from app.jobs import trip_reminders
 from app.jobs.context import JobContext
 from app.models import CronJobLog, CronNotification
@@ -111,7 +111,7 @@ def test_the_cursor_write_is_refused_once_the_run_is_no_longer_running(
         engine: Engine) -> None:
     run_id = uuid.uuid4()
     _log_row(engine, run_id, "running")
-    with HandoverLog(engine, run_id) as log:
+    with handover_log(engine, run_id) as log:
         assert log.claim(41).result() is True
         assert rows(engine, "SELECT mail_cursor FROM cron_job_log") == [(41,)]
         with engine.begin() as conn:
