@@ -112,6 +112,51 @@ def run(
         raise typer.Exit(1)
 
 
+@cli.command()
+def restore(
+    run_id: Annotated[str, typer.Argument(help="The run whose removals to put back.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+) -> None:
+    """Put back what one run removed: archived rows, and anything else its job kept."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from app import archive
+    from app.models import CronJobLog
+
+    try:
+        run = uuid.UUID(run_id)
+    except ValueError:
+        typer.echo(f"not a run id: {run_id[:80]!r}", err=True)
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    engine = _engine()
+    with engine.connect() as conn:
+        job = conn.execute(sa.select(CronJobLog.job_name).where(CronJobLog.run_id == run)
+                           ).scalar_one_or_none()
+    if job is None:
+        typer.echo(f"no run {run} in the run log", err=True)
+        raise typer.Exit(2)
+    now = dt.datetime.now(dt.UTC)
+    summary: dict[str, object] = {"run_id": str(run), "task": job, "dry_run": dry_run}
+    with engine.begin() as conn:
+        if dry_run:
+            summary["rows"] = archive.pending_restore(conn, run)
+        else:
+            report = archive.restore_rows(conn, run, now)
+            summary["rows"] = report.restored
+            summary["rows_left"] = report.left
+    spec = registry.JOBS.get(job)
+    other: dict[str, object] = {}
+    if spec is not None and spec.restore is not None:
+        other = spec.restore(settings, engine, run, now, dry_run)
+        summary["other"] = other
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    if summary.get("rows_left") or other.get("left"):
+        raise typer.Exit(1)  # something could not come back: the operator must look
+
+
 @cli.command("seed-demo")
 def seed_demo() -> None:
     """Load a small, realistic VoyageSmart dataset (embedded development database)."""

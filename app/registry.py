@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cronsim import CronSim
+from sqlalchemy.engine import Engine
 
+from app.config import Settings
 from app.jobs.context import JobContext, JobResult
 
 JobFunc = Callable[[JobContext], JobResult]
+# Puts back what one run removed beyond archived rows (e.g. quarantined files):
+# (settings, engine, run_id, now, dry_run) -> figures for the operator.
+RestoreFunc = Callable[[Settings, Engine, uuid.UUID, dt.datetime, bool], dict[str, Any]]
 
 
 def _job(module: str) -> JobFunc:
@@ -24,6 +31,18 @@ def _job(module: str) -> JobFunc:
 
     run.__qualname__ = f"app.jobs.{module}.run"
     return run
+
+
+def _restorer(module: str) -> RestoreFunc:
+    """`app.jobs.<module>.restore`, imported when an operator restores a run."""
+
+    def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,
+                dry_run: bool) -> dict[str, Any]:
+        func: RestoreFunc = importlib.import_module(f"app.jobs.{module}").restore
+        return func(settings, engine, run_id, now, dry_run)
+
+    restore.__qualname__ = f"app.jobs.{module}.restore"
+    return restore
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,8 @@ class JobSpec:
     grace: dt.timedelta = dt.timedelta(hours=2)
     max_runtime: dt.timedelta = dt.timedelta(minutes=5)
     retry: RetryPolicy = RetryPolicy()
+    # Archived rows are restored for every job; this puts back anything else it removed.
+    restore: RestoreFunc | None = field(default=None, repr=False)
 
     def explain(self) -> str:
         return str(CronSim(self.schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).explain())

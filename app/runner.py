@@ -35,7 +35,7 @@ from app import registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
 from app.db import table_of, upsert
-from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
+from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, TransientError
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
 from app.registry import JobSpec
@@ -253,6 +253,10 @@ class Runner:
             outcome.records_processed = result.records_processed
             outcome.message = result.message or "done"
             outcome.details = result.details
+        except JobRefused as exc:
+            outcome.status = "error"
+            outcome.message = self._redact(str(exc), hide_emails=True)[:1000]
+            outcome.details = exc.details
         except JobAborted as exc:
             outcome.status = "warning"
             outcome.message = str(exc) or "stopped cleanly"

@@ -23,6 +23,18 @@ class TransientError(Exception):
     """A failure worth retrying: the same work may succeed a moment later."""
 
 
+class JobRefused(Exception):
+    """The job stopped before changing anything, for a reason an operator must act on
+    (a safety brake, tables that do not fit).  The run ends `error` with this one line as
+    its message and `details` on the log row; it is not retried: the same data gives the
+    same answer.
+    """
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
 class JobAborted(Exception):
     """The job stopped cleanly on purpose (e.g. a safety brake); nothing is half-done."""
 

@@ -1,5 +1,6 @@
 """All tables.  Importing this package registers every table on `Base.metadata`."""
 
+from app.models.archive import CronArchivedRow
 from app.models.billing import CronMonthlyReport, CronWeeklyAnalytics
 from app.models.notifications import CronEngagementMetrics
 from app.models.operators import CronRateLimit
@@ -20,6 +21,7 @@ from app.models.voyagesmart import (
 
 __all__ = [
     "VOYAGESMART_TABLES",
+    "CronArchivedRow",
     "CronAuditLog",
     "CronEngagementMetrics",
     "CronJobLease",
