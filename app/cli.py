@@ -117,7 +117,9 @@ def seed_demo() -> None:
     """Load a small, realistic VoyageSmart dataset (embedded development database)."""
     from app.demo import seed
 
-    counts = seed(_engine(), now=dt.datetime.now(dt.UTC))
+    settings = get_settings()
+    root = settings.storage_root if settings.storage_backend == "local" else None
+    counts = seed(_engine(), now=dt.datetime.now(dt.UTC), storage_root=root)
     typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

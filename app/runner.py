@@ -35,10 +35,11 @@ from app import registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
 from app.db import table_of, upsert
-from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
+from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, TransientError
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
 from app.registry import JobSpec
+from app.requirements import JobCheck, check_job
 
 log = logging.getLogger("app.runner")
 
@@ -175,7 +176,7 @@ class Runner:
         dry_run: bool = False,
         force: bool = False,
     ) -> RunOutcome:
-        spec = self.jobs.get(task)
+        spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
         if spec is None:
             raise UnknownTask(task)
         now = self.clock()
@@ -247,6 +248,7 @@ class Runner:
         closed = False
         succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
+            base_ctx = replace(base_ctx, schema=self._preflight(spec))
             result = self._attempts(spec, base_ctx, attempt_errors, started)
             succeeded = 1
             outcome.status = result.status
@@ -256,6 +258,12 @@ class Runner:
         except JobAborted as exc:
             outcome.status = "warning"
             outcome.message = str(exc) or "stopped cleanly"
+        except JobRefused as exc:
+            # Not retried, no traceback: the line says what to fix.
+            outcome.status = "error"
+            outcome.message = str(exc)
+            outcome.details = {"refused": True}
+            log.error("run %s of %s refused: %s", run_id, spec.name, exc)
         except Exception as exc:
             outcome.status = "error"
             outcome.message = f"failed after {len(attempt_errors)} attempt(s): " + (
@@ -283,6 +291,14 @@ class Runner:
                    "duration_ms": outcome.duration_ms, "records": outcome.records_processed},
         )
         return outcome
+
+    def _preflight(self, spec: JobSpec) -> JobCheck:
+        """Can the job run here?  Raises JobRefused with the one line saying why not."""
+        check = check_job(self.engine, self.settings, spec)
+        refusal = check.refusal()
+        if refusal is not None:
+            raise JobRefused(refusal)
+        return check
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
                   attempt_errors: list[dict[str, Any]], started: float) -> JobResult:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.requirements import JobCheck, check_job
 
 
 class TransientError(Exception):
@@ -25,6 +26,11 @@ class TransientError(Exception):
 
 class JobAborted(Exception):
     """The job stopped cleanly on purpose (e.g. a safety brake); nothing is half-done."""
+
+
+class JobRefused(Exception):
+    """The job cannot run here (its tables do not fit, row-level security would hide rows,
+    or its integration is not configured); the message is the one line that says why."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,16 @@ class JobContext:
     attempt: int = 1
     deadline: dt.datetime | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("app.jobs"))
+    # The runner's check of this job's tables (app/requirements.py), read by jobs whose
+    # sources are optional; `schema_check()` makes it when a test calls a job directly.
+    schema: JobCheck | None = None
+
+    def schema_check(self) -> JobCheck:
+        if self.schema is not None:
+            return self.schema
+        from app.registry import JOBS
+
+        return check_job(self.engine, self.settings, JOBS[self.task])
 
     def seconds_left(self, now: dt.datetime) -> float | None:
         """Time left in the run's budget at `now` (None when unbounded)."""
