@@ -16,6 +16,7 @@ from app import registry
 from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
 from app.db import engine_for
+from app.schema_cli import schema_cli
 
 cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
                   add_completion=False)
@@ -24,6 +25,7 @@ schedule_cli = typer.Typer(help="Deployment files generated from the job registr
 cli.add_typer(schedule_cli, name="schedule")
 cli.add_typer(analytics_cli, name="analytics")
 cli.add_typer(report_cli, name="report")
+cli.add_typer(schema_cli, name="schema")
 
 
 def _engine() -> Engine:
