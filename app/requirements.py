@@ -296,9 +296,10 @@ def check_jobs(engine: Engine, settings: Settings, jobs: Mapping[str, Any]) -> d
 
 
 def check_job(engine: Engine, settings: Settings, spec: Any) -> JobCheck:
-    if spec.settings and missing_settings(spec.settings, settings):
-        # Settings first: no database round trip for a job that cannot run anyway.
-        return JobCheck(spec.name, [], missing_settings(spec.settings, settings))
+    missing = missing_settings(spec.settings, settings)
+    if missing or not spec.uses:
+        # No database round trip for a job that cannot run anyway, or that uses no table.
+        return JobCheck(spec.name, [], missing)
     return check_jobs(engine, settings, {spec.name: spec})[spec.name]
 
 

@@ -12,9 +12,13 @@ What it creates:
 1. A stand-in for Supabase's `auth` schema, only where Supabase's is absent: on
    PostgreSQL the schema with `auth.users(id, email, created_at, last_sign_in_at)`,
    `auth.uid()`, `auth.role()` and the roles `anon`, `authenticated` and `service_role`
-   (the last bypasses row-level security, as on Supabase); on SQLite `auth.users` in the
-   attached sibling database (see `app.db.attach_auth`).  Roles belong to the whole
-   PostgreSQL cluster, so the downgrade leaves them.
+   (the last bypasses row-level security, as on Supabase); on SQLite `auth.users` in a
+   sibling database file attached as `auth` to every connection (`app.db.attach_auth`).
+   SQLite has no schemas, and a table of another name would need another spelling in every
+   statement; attached, `auth.users` reads the same on both dialects, and only what SQLite
+   cannot do across files is lost there: the foreign keys to `auth.users` (enforced on
+   PostgreSQL) and a stored trigger on it (a TEMP trigger per connection stands in).
+   Roles belong to the whole PostgreSQL cluster, so the downgrade leaves them.
 2. VoyageSmart's tables as its SQL and its code write them: `user_subscriptions` (CHECK
    tier and status, → `auth.users`), the `subscriptions` plan catalogue (seeded as the
    app's migration seeds it), `subscription_history` (user_id NOT NULL), promo codes that
