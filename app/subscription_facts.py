@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -101,10 +102,8 @@ def _paid_events() -> sa.Select[Any]:
     return sa.select(history).where(history.c.stripe_subscription_id.is_not(None))
 
 
-def starts(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR
-           ) -> tuple[dict[str, int], int]:
-    """Paid subscriptions started in [start, end) by tier, and the distinct users."""
-    first = (
+def _first_starts() -> sa.Subquery:
+    return (
         sa.select(history.c.user_id, history.c.tier, history.c.event_timestamp.label("at"),
                   sa.func.row_number().over(
                       partition_by=history.c.stripe_subscription_id,
@@ -113,17 +112,9 @@ def starts(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR
                history.c.tier.in_(PAID_TIERS))
         .subquery()
     )
-    window = sa.and_(first.c.n == 1, first.c.at >= start, first.c.at < end)
-    tiers = _per_tier(conn.execute(
-        sa.select(first.c.tier, sa.func.count()).where(window).group_by(first.c.tier)))
-    users = int(conn.execute(
-        sa.select(sa.func.count(sa.distinct(first.c.user_id))).where(window)).scalar_one())
-    return tiers, users
 
 
-def ends(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR) -> dict[str, int]:
-    """Paid subscriptions whose first churn transition fell in [start, end), by the last
-    paid tier recorded before it."""
+def _first_ends() -> sa.Subquery:
     churn = sa.or_(history.c.event_type.in_(CHURN_EVENTS), history.c.status == "inactive")
     first_end = (
         sa.select(history.c.stripe_subscription_id.label("sid"),
@@ -141,11 +132,52 @@ def ends(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR) -> dict[
         .limit(1)
         .scalar_subquery()
     )
-    ended = (sa.select(last_tier.label("tier"))
-             .where(first_end.c.at >= start, first_end.c.at < end).subquery())
-    return _per_tier(conn.execute(
-        sa.select(ended.c.tier, sa.func.count()).where(ended.c.tier.is_not(None))
-        .group_by(ended.c.tier)))
+    return sa.select(first_end.c.at, last_tier.label("tier")).subquery()
+
+
+def _since(conn: Connection, events: sa.Subquery, moments: Sequence[dt.datetime],
+           *where: sa.ColumnElement[bool]) -> list[dict[str, int]]:
+    """Per moment, events at or after it by tier: one pass for every moment."""
+    columns = [sa.func.count().filter(events.c.at >= m).label(f"m{i}")
+               for i, m in enumerate(moments)]
+    out = [{tier: 0 for tier in PAID_TIERS} for _ in moments]
+    for row in conn.execute(sa.select(events.c.tier, *columns)
+                            .where(events.c.tier.is_not(None), *where)
+                            .group_by(events.c.tier)):
+        if row.tier in PAID_TIERS:
+            for i in range(len(moments)):
+                out[i][row.tier] = int(row[i + 1])
+    return out
+
+
+def starts_since(conn: Connection, moments: Sequence[dt.datetime]) -> list[dict[str, int]]:
+    """Paid subscriptions started at or after each moment, by tier."""
+    first = _first_starts()
+    return _since(conn, first, moments, first.c.n == 1)
+
+
+def ends_since(conn: Connection, moments: Sequence[dt.datetime]) -> list[dict[str, int]]:
+    """Paid subscriptions whose first churn transition came at or after each moment, by the
+    last paid tier recorded before it."""
+    return _since(conn, _first_ends(), moments)
+
+
+def starts(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR
+           ) -> tuple[dict[str, int], int]:
+    """Paid subscriptions started in [start, end) by tier, and the distinct users."""
+    first = _first_starts()
+    window = sa.and_(first.c.n == 1, first.c.at >= start, first.c.at < end)
+    tiers = _per_tier(conn.execute(
+        sa.select(first.c.tier, sa.func.count()).where(window).group_by(first.c.tier)))
+    users = int(conn.execute(
+        sa.select(sa.func.count(sa.distinct(first.c.user_id))).where(window)).scalar_one())
+    return tiers, users
+
+
+def ends(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR) -> dict[str, int]:
+    """Paid subscriptions whose first churn transition fell in [start, end)."""
+    since = ends_since(conn, [start, end])
+    return {tier: since[0][tier] - since[1][tier] for tier in PAID_TIERS}
 
 
 def paid_at(conn: Connection, moment: dt.datetime, now_counts: dict[str, int] | None = None
@@ -153,8 +185,8 @@ def paid_at(conn: Connection, moment: dt.datetime, now_counts: dict[str, int] | 
     """Paid subscriptions per tier at a past `moment`, from today's count and the history
     since."""
     now_counts = now_counts if now_counts is not None else paid_now(conn)
-    started, _ = starts(conn, moment)
-    ended = ends(conn, moment)
+    [started] = starts_since(conn, [moment])
+    [ended] = ends_since(conn, [moment])
     return {tier: max(0, now_counts[tier] - started[tier] + ended[tier]) for tier in PAID_TIERS}
 
 

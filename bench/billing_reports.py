@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import statistics
 import tempfile
 import time
@@ -127,11 +126,34 @@ ANALYTICS_SQL = [
        SELECT 'documents', t.r, count(*) FROM documents d JOIN t ON t.id = d.trip_id
         WHERE d.created_at >= %(ws)s AND d.created_at < %(we)s GROUP BY t.r""",
 ]
-# A month's figures: paid now, starts and ends since the month's start and since its end,
-# the plan prices; the report needs them for two months, and the grants once.
-REPORT_SQL = [_PAID_NOW, _STARTS, _ENDS,
-              "SELECT tier, price, currency, interval FROM subscriptions "
-              f"WHERE tier IN {_PAID_TIERS}"]
+# The report's figures for two months: today's paid subscriptions, starts and ends since
+# each month boundary (three boundaries), the plan prices, the grants.
+_M = ("%(m0)s", "%(m1)s", "%(m2)s")
+REPORT_SQL = [
+    _PAID_NOW,
+    f"""SELECT tier, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
+        FROM (SELECT DISTINCT ON (stripe_subscription_id) tier, event_timestamp AS at
+              FROM subscription_history
+              WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS}
+              ORDER BY stripe_subscription_id, event_timestamp, created_at) first
+        GROUP BY tier""",
+    f"""WITH e AS (
+          SELECT stripe_subscription_id AS sid, min(event_timestamp) AS at
+          FROM subscription_history
+          WHERE stripe_subscription_id IS NOT NULL
+            AND (event_type IN ('subscription_deleted', 'subscription_expired')
+                 OR status = 'inactive')
+          GROUP BY stripe_subscription_id)
+        SELECT t, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
+        FROM (SELECT e.at, (SELECT h.tier FROM subscription_history h
+                            WHERE h.stripe_subscription_id = e.sid
+                              AND h.tier IN {_PAID_TIERS} AND h.event_timestamp <= e.at
+                            ORDER BY h.event_timestamp DESC, h.created_at DESC LIMIT 1) AS t
+              FROM e) x
+        WHERE t IS NOT NULL GROUP BY t""",
+    f"SELECT tier, price, currency, interval FROM subscriptions WHERE tier IN {_PAID_TIERS}",
+    _GRANTS,
+]
 
 
 def _fill(url: str, scale: dict[str, int]) -> None:
@@ -214,12 +236,9 @@ def main() -> None:
             week = {"ws": WEEK_START, "we": WEEK_START + dt.timedelta(days=7),
                     "ds": WEEK_START.date(), "de": WEEK_START.date() + dt.timedelta(days=7)}
             analytics_sql = [(sql, week) for sql in ANALYTICS_SQL]
-            bounds = [dt.datetime(2026, m, 1, tzinfo=dt.UTC) for m in (10, 11, 12)]
-            report_sql = [(sql, {"ws": start, "we": end})
-                          for start, end in itertools.pairwise(bounds)
-                          for sql in REPORT_SQL]
-            report_sql += [(_STARTS, {"ws": bounds[2], "we": bounds[2]}),
-                           (_ENDS, {"ws": bounds[2], "we": bounds[2]}), (_GRANTS, {})]
+            months = {f"m{i}": dt.datetime(2026, m, 1, tzinfo=dt.UTC)
+                      for i, m in enumerate((10, 11, 12))}
+            report_sql = [(sql, months) for sql in REPORT_SQL]
             def figures(task: str) -> Callable[[], None]:
                 def go() -> None:
                     with engine.connect() as conn:

@@ -37,13 +37,12 @@ from app.mail import Mailer
 from app.models import CronMonthlyReport
 from app.subscription_facts import (
     PAID_TIERS,
-    ends,
+    ends_since,
     grants_now,
     monthly_prices,
-    paid_at,
     paid_now,
     ratio,
-    starts,
+    starts_since,
 )
 
 reports = table_of(CronMonthlyReport)
@@ -84,33 +83,48 @@ def month_figures(conn: Connection, first: dt.date,
     """Per-tier counts and MRR of the month starting `first`, and its totals."""
     if prices is None:
         prices, _ = monthly_prices(conn)
-    start, end = _at(first), _at(_add_months(first, 1))
+    return _months(conn, [first], prices)[0]
+
+
+def _months(conn: Connection, firsts: list[dt.date],
+            prices: dict[str, tuple[Decimal, str]]) -> list[dict[str, Any]]:
+    """The figures of each month starting in `firsts`, from one read of today's paid
+    subscriptions and one pass over the history for every month boundary."""
+    bounds = sorted({_at(d) for f in firsts for d in (f, _add_months(f, 1))})
     now_counts = paid_now(conn)
-    active, at_start = paid_at(conn, end, now_counts), paid_at(conn, start, now_counts)
-    new, _users = starts(conn, start, end)
-    canceled = ends(conn, start, end)
-    tiers: dict[str, dict[str, Any]] = {}
-    mrr: dict[str, Decimal] = {}
-    for tier in PAID_TIERS:
-        counts = {"active": active[tier], "new": new[tier], "canceled": canceled[tier]}
-        price, currency = prices[tier]
-        amount = price * counts["active"]
-        mrr[currency] = mrr.get(currency, Decimal(0)) + amount
-        tiers[tier] = {**counts, "mrr": f"{amount:.2f}", "currency": currency,
-                       "price": f"{price:.2f}"}
-    live_at_start = sum(at_start.values())
-    totals: dict[str, Any] = {name: sum(t[name] for t in tiers.values()) for name in _COUNTS}
-    totals["net_change"] = totals["new"] - totals["canceled"]
-    totals["live_at_start"] = live_at_start
-    totals["churn_rate"] = ratio(totals["canceled"], live_at_start)
-    totals["mrr"] = {cur: f"{amount:.2f}" for cur, amount in sorted(mrr.items())}
-    return {"month": month_label(first), "tiers": tiers, "totals": totals}
+    started = dict(zip(bounds, starts_since(conn, bounds), strict=True))
+    ended = dict(zip(bounds, ends_since(conn, bounds), strict=True))
+
+    def paid(moment: dt.datetime, tier: str) -> int:
+        return max(0, now_counts[tier] - started[moment][tier] + ended[moment][tier])
+
+    out = []
+    for first in firsts:
+        start, end = _at(first), _at(_add_months(first, 1))
+        tiers: dict[str, dict[str, Any]] = {}
+        mrr: dict[str, Decimal] = {}
+        for tier in PAID_TIERS:
+            counts = {"active": paid(end, tier),
+                      "new": started[start][tier] - started[end][tier],
+                      "canceled": ended[start][tier] - ended[end][tier]}
+            price, currency = prices[tier]
+            amount = price * counts["active"]
+            mrr[currency] = mrr.get(currency, Decimal(0)) + amount
+            tiers[tier] = {**counts, "mrr": f"{amount:.2f}", "currency": currency,
+                           "price": f"{price:.2f}"}
+        totals: dict[str, Any] = {name: sum(t[name] for t in tiers.values())
+                                  for name in _COUNTS}
+        totals["net_change"] = totals["new"] - totals["canceled"]
+        totals["live_at_start"] = sum(paid(start, tier) for tier in PAID_TIERS)
+        totals["churn_rate"] = ratio(totals["canceled"], totals["live_at_start"])
+        totals["mrr"] = {cur: f"{amount:.2f}" for cur, amount in sorted(mrr.items())}
+        out.append({"month": month_label(first), "tiers": tiers, "totals": totals})
+    return out
 
 
 def build_report(conn: Connection, first: dt.date) -> dict[str, Any]:
     prices, warnings = monthly_prices(conn)
-    current = month_figures(conn, first, prices)
-    previous = month_figures(conn, _add_months(first, -1), prices)
+    current, previous = _months(conn, [first, _add_months(first, -1)], prices)
     change: dict[str, Any] = {
         name: current["totals"][name] - previous["totals"][name]
         for name in (*_COUNTS, "net_change")
