@@ -9,7 +9,8 @@
    code; VACUUM ANALYZE.
 2. Copy it twice (CREATE DATABASE … TEMPLATE): one copy for the baseline, one for the job,
    so both start from the same bytes.
-3. Baseline: the same three steps as three plain statements (one per step, no batching).
+3. Baseline: the same three steps and the statistics per tier as four plain statements
+   (one per step, no batching).
 4. Job: the real runner in a child process (so its peak RSS is its own), with SQLAlchemy
    events timing every transaction that touched `promo_codes`.
 5. Check that both copies end identical; print wall times, the ratio, peak memory and the
@@ -59,6 +60,12 @@ BASELINE = {
         UPDATE promo_codes SET is_active = false, updated_at = %(now)s
         WHERE is_active AND ((expires_at IS NOT NULL AND expires_at < %(now)s)
               OR (max_uses IS NOT NULL AND used_count >= max_uses))""",
+    "statistics_per_tier": """
+        SELECT tier, count(*), count(*) FILTER (WHERE is_active),
+               count(*) FILTER (WHERE expires_at < %(now)s),
+               count(*) FILTER (WHERE max_uses IS NOT NULL AND used_count >= max_uses),
+               coalesce(sum(used_count), 0)
+        FROM promo_codes GROUP BY tier""",
 }
 
 FINGERPRINT = """
@@ -105,7 +112,11 @@ def run_baseline(url: str, now: dt.datetime) -> dict[str, Any]:
         for name, sql in BASELINE.items():
             t0 = time.perf_counter()
             with conn.transaction():
-                steps[name] = conn.execute(sql, {"now": now, "cutoff": cutoff}).rowcount  # type: ignore[arg-type]
+                cursor = conn.execute(sql, {"now": now, "cutoff": cutoff})  # type: ignore[arg-type]
+                if name == "statistics_per_tier":
+                    cursor.fetchall()
+                else:
+                    steps[name] = cursor.rowcount
             longest = max(longest, time.perf_counter() - t0)
         wall = time.perf_counter() - started
     return {"seconds": wall, "steps": steps, "longest_lock_s": longest}
@@ -161,6 +172,7 @@ def run_job_child(url: str, now_iso: str) -> None:
         "longest_write_txn_s": spans["write"], "write_txns": counts["write"],
         "longest_read_s": spans["read"], "reads": counts["read"],
         "batch_size": settings.batch_size,
+        "timings_s": outcome.details.get("timings_s"),
     }))
 
 
@@ -219,6 +231,7 @@ def main() -> int:
     print(f"  longest read of promo_codes      : {job['longest_read_s']:8.3f} s  "
           "(ACCESS SHARE only: blocks DDL, never reads or writes)")
     print(f"  steps (job)      : {job['steps']}")
+    print(f"  job step times   : {job['timings_s']}")
     print(f"  steps (baseline) : {baseline['steps']}")
     print(f"  same end state   : {same}")
     ok = (same and job["status"] == "success" and job["steps"] == baseline["steps"]

@@ -24,13 +24,14 @@ candidates of each step and writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.batching import apply_in_batches, count, stream_keys
+from app.batching import apply_in_batches, count, keys_in, stream_keys
 from app.db import table_of
 from app.jobs.context import JobContext, JobResult
 from app.models import PromoCode, PromoCodeRedemption
@@ -106,6 +107,7 @@ def run(ctx: JobContext) -> JobResult:
     cutoff = now - dt.timedelta(days=settings.promo_retention_days)
 
     steps: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     lagging_ids = _lagging_counts()
     deactivate_ids = sa.select(codes.c.id).where(_should_deactivate(now))
     delete_ids = sa.select(codes.c.id).where(_should_delete(cutoff))
@@ -126,7 +128,8 @@ def run(ctx: JobContext) -> JobResult:
             recorded = _recorded()
             stmt = (
                 codes.update()
-                .where(codes.c.id.in_(ids), sa.func.coalesce(codes.c.used_count, 0) < recorded)
+                .where(keys_in(codes.c.id, ids, conn.dialect),
+                       sa.func.coalesce(codes.c.used_count, 0) < recorded)
                 .values(used_count=recorded, updated_at=now)
             )
             return conn.execute(stmt).rowcount
@@ -134,27 +137,27 @@ def run(ctx: JobContext) -> JobResult:
         def deactivate(conn: Connection, ids: Sequence[Any]) -> int:
             stmt = (
                 codes.update()
-                .where(codes.c.id.in_(ids), _should_deactivate(now))
+                .where(keys_in(codes.c.id, ids, conn.dialect), _should_deactivate(now))
                 .values(is_active=False, updated_at=now)
             )
             return conn.execute(stmt).rowcount
 
         def delete(conn: Connection, ids: Sequence[Any]) -> int:
-            stmt = codes.delete().where(codes.c.id.in_(ids), _should_delete(cutoff))
+            stmt = codes.delete().where(keys_in(codes.c.id, ids, conn.dialect),
+                                        _should_delete(cutoff))
             return conn.execute(stmt).rowcount
 
-        steps["used_counts_raised"] = apply_in_batches(
-            engine, stream_keys(engine, lagging_ids, batch), raise_counts
-        )
-        steps["codes_deleted"] = apply_in_batches(
-            engine, stream_keys(engine, delete_ids, batch), delete
-        )
-        steps["codes_deactivated"] = apply_in_batches(
-            engine, stream_keys(engine, deactivate_ids, batch), deactivate
-        )
+        for name, ids, write in (("used_counts_raised", lagging_ids, raise_counts),
+                                 ("codes_deleted", delete_ids, delete),
+                                 ("codes_deactivated", deactivate_ids, deactivate)):
+            started = time.monotonic()
+            steps[name] = apply_in_batches(engine, stream_keys(engine, ids, batch), write)
+            timings[name] = round(time.monotonic() - started, 3)
 
+    started = time.monotonic()
     with engine.connect() as conn:
         stats = statistics(conn, now)
+    timings["statistics"] = round(time.monotonic() - started, 3)
     total = sum(int(v) for v in steps.values())
     verb = "would change" if ctx.dry_run else "changed"
     message = (
@@ -165,4 +168,4 @@ def run(ctx: JobContext) -> JobResult:
     )
     steps["retention_days"] = settings.promo_retention_days
     return JobResult(records_processed=total, message=message,
-                     details={"steps": steps, "by_tier": stats})
+                     details={"steps": steps, "by_tier": stats, "timings_s": timings})

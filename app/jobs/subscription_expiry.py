@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from app.batching import stream_rows
+from app.batching import keys_in, stream_rows
 from app.db import new_uuid, table_of
 from app.jobs.context import JobContext, JobResult
 from app.models import SubscriptionHistory, UserSubscription
@@ -64,7 +64,7 @@ def _expire(ctx: JobContext, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
     with ctx.engine.begin() as conn:
         changed = set(conn.scalars(
             subs.update()
-            .where(subs.c.id.in_([r.id for r in rows]), _expired(now))
+            .where(keys_in(subs.c.id, [r.id for r in rows], conn.dialect), _expired(now))
             .values(tier="free", status="inactive", cancel_at_period_end=False,
                     updated_at=now)
             .returning(subs.c.id)))
