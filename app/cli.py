@@ -16,6 +16,7 @@ from app import registry
 from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
 from app.db import engine_for
+from app.schema_cli import schema_cli
 
 cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
                   add_completion=False)
@@ -24,6 +25,7 @@ schedule_cli = typer.Typer(help="Deployment files generated from the job registr
 cli.add_typer(schedule_cli, name="schedule")
 cli.add_typer(analytics_cli, name="analytics")
 cli.add_typer(report_cli, name="report")
+cli.add_typer(schema_cli, name="schema")
 
 
 def _engine() -> Engine:
@@ -162,7 +164,9 @@ def seed_demo() -> None:
     """Load a small, realistic VoyageSmart dataset (embedded development database)."""
     from app.demo import seed
 
-    counts = seed(_engine(), now=dt.datetime.now(dt.UTC))
+    settings = get_settings()
+    root = settings.storage_root if settings.storage_backend == "local" else None
+    counts = seed(_engine(), now=dt.datetime.now(dt.UTC), storage_root=root)
     typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import zoneinfo
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -92,10 +91,6 @@ class Settings(BaseSettings):
     stripe_tier_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # Canceled subscriptions stay checked this long after their cancellation.
     subscription_sync_lookback_days: int = Field(default=30, ge=0)
-    # Monthly price per paid tier, in the plan's currency: "premium:4.99:EUR,ai:9.99:EUR".
-    tier_prices: Annotated[dict[str, tuple[Decimal, str]], NoDecode] = Field(
-        default_factory=lambda: {"premium": (Decimal("4.99"), "EUR"),
-                                 "ai": (Decimal("9.99"), "EUR")})
     report_retention_months: int = Field(default=24, ge=1)
 
     @property
@@ -123,24 +118,6 @@ class Settings(BaseSettings):
                                  f"{', '.join(BILLING_TIERS)}")
             mapping[key.strip()] = tier.strip()
         return mapping
-
-    @field_validator("tier_prices", mode="before")
-    @classmethod
-    def _tier_prices(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        prices: dict[str, tuple[Decimal, str]] = {}
-        for item in _split_csv(value):
-            parts = [p.strip() for p in item.split(":")]
-            try:
-                tier, amount, currency = parts
-                price = Decimal(amount)
-            except (ValueError, ArithmeticError):
-                raise ValueError(f"{item!r} is not <tier>:<amount>:<currency>") from None
-            if tier not in BILLING_TIERS or price < 0 or len(currency) != 3:
-                raise ValueError(f"{item!r} is not <tier>:<amount>:<3-letter currency>")
-            prices[tier] = (price, currency.upper())
-        return prices
 
     # --- jobs ---------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -193,7 +170,7 @@ class Settings(BaseSettings):
     storage_backend: Literal["local", "s3"] = "local"
     storage_local_root: Path | None = None  # default: DATA_DIR/storage
     storage_buckets: CsvList = Field(
-        default_factory=lambda: ["avatars", "trip-media", "documents", "receipts"]
+        default_factory=lambda: ["trip-media", "trip-documents"]
     )
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"

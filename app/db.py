@@ -77,6 +77,62 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    attach_auth(dbapi_connection)
+
+
+def auth_database_path(main_path: str) -> str:
+    """The file that holds `auth.users` next to a SQLite database (`<file>-auth`, beside
+    SQLite's own `-wal` and `-shm`); in memory for an in-memory database."""
+    return f"{main_path}-auth" if main_path not in ("", ":memory:") else ":memory:"
+
+
+# Supabase's `ensure_user_subscription_trigger` (a premium year at sign-up, no Stripe id),
+# for SQLite.  A trigger stored in one database file cannot write another, so it is a TEMP
+# trigger, created on every connection once both tables exist.
+_SQLITE_SIGNUP_TRIGGER = """
+CREATE TEMP TRIGGER IF NOT EXISTS ensure_user_subscription
+AFTER INSERT ON auth.users
+FOR EACH ROW
+WHEN NOT EXISTS (SELECT 1 FROM main.user_subscriptions WHERE user_id = NEW.id)
+BEGIN
+  INSERT INTO user_subscriptions
+    (id, user_id, tier, status, valid_until, cancel_at_period_end, created_at, updated_at)
+  VALUES (lower(hex(randomblob(16))), NEW.id, 'premium', 'active',
+          strftime('%Y-%m-%d %H:%M:%S', 'now', '+1 year') || '.000000', 0,
+          strftime('%Y-%m-%d %H:%M:%S', 'now') || '.000000',
+          strftime('%Y-%m-%d %H:%M:%S', 'now') || '.000000');
+END
+"""
+
+
+def attach_auth(dbapi_connection: Any) -> None:
+    """Attach the SQLite database that stands in for Supabase's `auth` schema.
+
+    Why a sibling file attached as `auth` rather than a table of another name: every
+    statement then says `auth.users` on SQLite as on PostgreSQL, so the jobs, the models
+    and `schema check` have one spelling.  What SQLite cannot do across two files is
+    enforced only on PostgreSQL: the foreign keys to `auth.users`.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        databases = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list")}
+        if "auth" not in databases:
+            cursor.execute("ATTACH DATABASE ? AS auth",
+                           (auth_database_path(databases.get("main") or ""),))
+            cursor.execute("PRAGMA auth.journal_mode=WAL")
+        install_sqlite_signup_trigger(cursor)
+    finally:
+        cursor.close()
+
+
+def install_sqlite_signup_trigger(cursor: Any) -> None:
+    """Create the sign-up trigger for this connection when both tables exist."""
+    present = cursor.execute(
+        "SELECT (SELECT count(*) FROM auth.sqlite_master WHERE type = 'table' AND name = "
+        "'users') + (SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND "
+        "name = 'user_subscriptions')").fetchone()[0]
+    if present == 2:
+        cursor.execute(_SQLITE_SIGNUP_TRIGGER)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

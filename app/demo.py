@@ -1,33 +1,30 @@
 """A small, realistic VoyageSmart dataset for the embedded development database.
 
+Written through `app.sample_data.AppWriter`, i.e. the way the app writes it: sign-ups with
+the trigger's premium year (some long expired), Stripe-paid subscriptions (one canceled at
+the end of a period that has passed), a promo-granted tier, trips whose owner is an admin
+participant, files referenced from trip media, chat and the JSONB documents of
+accommodations and transportation.  With the local storage backend the referenced files
+are written too, with an orphan and a stale temporary upload for storage-cleanup to find.
+
 Seeding is idempotent: it does nothing when demo users already exist.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
-import uuid
-from decimal import Decimal
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from app.models import (
-    Document,
-    Expense,
-    PromoCode,
-    PromoCodeRedemption,
-    Subscription,
-    Trip,
-    TripMedia,
-    TripParticipant,
-    User,
-)
+from app.db import table_of
+from app.models import User
+from app.sample_data import AppWriter
 
 DEMO_DOMAIN = "demo.voyagesmart.app"
-STORAGE = "https://demo.supabase.co/storage/v1/object/public"
 _NAMES = ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Katherine Johnson", "Linus Pauling",
           "Marie Curie", "Nikola Tesla", "Rosalind Franklin", "Carl Sagan", "Hedy Lamarr",
           "Emmy Noether", "Richard Feynman"]
@@ -35,101 +32,83 @@ _PLACES = ["Lisbon", "Kyoto", "Reykjavik", "Cape Town", "Buenos Aires", "Hanoi",
            "Marrakesh"]
 
 
-def seed(engine: Engine, *, now: dt.datetime, rng: random.Random | None = None) -> dict[str, int]:
+def _write_file(root: Path | None, bucket: str, key: str, when: dt.datetime) -> None:
+    if root is None:
+        return
+    path = root / bucket / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"demo file {bucket}/{key}\n".encode())
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def seed(engine: Engine, *, now: dt.datetime, rng: random.Random | None = None,
+         storage_root: Path | None = None) -> dict[str, int]:
     rng = rng or random.Random(7)
-    with Session(engine) as session, session.begin():
-        exists = session.scalar(
-            sa.select(sa.func.count()).select_from(User).where(User.email.like(f"%@{DEMO_DOMAIN}"))
-        )
-        if exists:
+    users_t = table_of(User)
+    with engine.connect() as conn:
+        if conn.scalar(sa.select(sa.func.count()).select_from(users_t)
+                       .where(users_t.c.email.like(f"%@{DEMO_DOMAIN}"))):
             return {"users": 0, "note_already_seeded": 1}
-        users = []
-        for i, name in enumerate(_NAMES):
-            first = name.split()[0].lower()
-            idle = 200 if i % 5 == 4 else rng.randint(0, 30)
-            users.append(User(
-                id=uuid.uuid4(), email=f"{first}@{DEMO_DOMAIN}", full_name=name,
-                avatar_url=f"{STORAGE}/avatars/{first}.png" if i % 2 == 0 else None,
-                preferences={"language": "en", "email_notifications": i % 6 != 5},
-                created_at=now - dt.timedelta(days=300 - i * 10),
-                last_login=now - dt.timedelta(days=idle),
-                stripe_customer_id=f"cus_demo{i:03d}" if i % 3 != 2 else None,
-            ))
-        session.add_all(users)
+    app = AppWriter(engine)
+    users = []
+    for i, name in enumerate(_NAMES):
+        first = name.split()[0].lower()
+        joined = now - dt.timedelta(days=420 - i * 30)  # the first four are past their year
+        idle = 200 if i % 5 == 4 else rng.randint(0, 30)
+        users.append(app.sign_up(
+            f"{first}@{DEMO_DOMAIN}", at=joined, full_name=name,
+            last_sign_in=max(joined, now - dt.timedelta(days=idle)),
+            preferences={"language": "en", "email_notifications": i % 6 != 5}))
+    paid = 0
+    for i in (1, 2, 5, 8):  # Stripe-paid; user 8 canceled at the end of a past period
+        app.stripe_subscribed(users[i], tier="ai" if i == 5 else "premium",
+                              at=now - dt.timedelta(days=60),
+                              subscription_id=f"sub_demo{i:03d}", customer_id=f"cus_demo{i:03d}",
+                              period_end=now + dt.timedelta(days=20) if i != 8
+                              else now - dt.timedelta(days=2))
+        paid += 1
+    app.canceled_at_period_end(users[8], now - dt.timedelta(days=20))
 
-        tiers = ["premium", "ai", "premium", "free"]
-        statuses = ["active", "active", "trialing", "past_due", "canceled"]
-        subs = [
-            Subscription(
-                user_id=u.id, stripe_subscription_id=f"sub_demo{i:03d}",
-                stripe_customer_id=u.stripe_customer_id, tier=tiers[i % len(tiers)],
-                status=statuses[i % len(statuses)],
-                current_period_start=now - dt.timedelta(days=10),
-                current_period_end=now + dt.timedelta(days=20),
-                cancel_at_period_end=False, created_at=now - dt.timedelta(days=60 - i),
-                updated_at=now - dt.timedelta(days=1),
-            )
-            for i, u in enumerate(users) if u.stripe_customer_id
-        ]
-        session.add_all(subs)
+    specs = [("WELCOME10", "premium", 30, None, 0, 0), ("SUMMER24", "premium", -150, None, 0, 0),
+             ("SPRING25", "ai", -20, 100, 3, 3), ("VIP50", "ai", 60, 5, 5, 5),
+             ("LAUNCH", "premium", -400, 1000, 0, 0), ("FRIENDS", "premium", 90, 50, 1, 2)]
+    for code, tier, days, max_uses, used, rows in specs:
+        code_id = app.promo_code(code, tier=tier, at=now - dt.timedelta(days=500),
+                                 max_uses=max_uses, expires_at=now + dt.timedelta(days=days),
+                                 used_count=used)
+        for k in range(rows):  # FRIENDS: one redemption the used_count RPC missed
+            app.redeem(users[6 + k], code_id, now - dt.timedelta(days=5),
+                       count_use=False)
 
-        trips = []
-        today = now.date()
-        for i, place in enumerate(_PLACES):
-            owner = users[i % len(users)]
-            start = today + dt.timedelta(days=[7, 7, 3, 20, -10, 45, 7, 90][i])
-            trip = Trip(
-                id=uuid.uuid4(), name=f"{place} {start.year}", destination=place,
-                description=f"A week in {place}.", start_date=start,
-                end_date=start + dt.timedelta(days=6), preferences={}, is_private=i % 3 == 0,
-                budget_total=Decimal(1500 + 250 * i), owner_id=owner.id,
-                created_at=now - dt.timedelta(days=30 - i), updated_at=now - dt.timedelta(days=2),
-            )
-            trips.append(trip)
-            session.add(trip)
-            # No ORM relationships tell the unit of work that children come after their
-            # trip, and SQLite enforces the foreign keys: write the trip first.
-            session.flush()
-            session.add(TripParticipant(trip_id=trip.id, user_id=owner.id, role="owner",
-                                        invitation_status="accepted", share_ratio=Decimal("0.5"),
-                                        created_at=trip.created_at))
-            for j, status in enumerate(["accepted", "pending", "declined"]):
-                guest = users[(i + j + 1) % len(users)]
-                session.add(TripParticipant(
-                    trip_id=trip.id, user_id=guest.id if status != "pending" else None,
-                    invited_email=guest.email, role="participant", invitation_status=status,
-                    created_at=trip.created_at))
-            session.add(TripMedia(trip_id=trip.id, user_id=owner.id, type="image",
-                                  url=f"{STORAGE}/trip-media/{trip.id}/cover.jpg",
-                                  created_at=trip.created_at))
-            session.add(Document(trip_id=trip.id, user_id=owner.id, type="pdf",
-                                 name="Boarding pass",
-                                 file_url=f"{STORAGE}/documents/{trip.id}.pdf",
-                                 created_at=trip.created_at, updated_at=trip.created_at))
-            session.add(Expense(trip_id=trip.id, amount=Decimal("42.50"), currency="EUR",
-                                date=start, description="Dinner", paid_by=owner.id,
-                                receipt_url=f"{STORAGE}/receipts/{trip.id}.jpg",
-                                created_at=trip.created_at, updated_at=trip.created_at))
-
-        promos = []
-        specs = [
-            ("WELCOME10", 30, None, 0), ("SUMMER24", -150, None, 0), ("SPRING25", -20, 100, 3),
-            ("VIP50", 60, 5, 5), ("LAUNCH", -400, 1000, 2), ("FRIENDS", 90, 50, 1),
-        ]
-        for code, days, max_red, used in specs:
-            promo = PromoCode(
-                id=uuid.uuid4(), code=code, discount_type="percent",
-                discount_value=Decimal(10), max_redemptions=max_red,
-                current_redemptions=used + (1 if code == "FRIENDS" else 0),  # one drifted
-                valid_from=now - dt.timedelta(days=500), valid_until=now + dt.timedelta(days=days),
-                active=True, created_at=now - dt.timedelta(days=500),
-            )
-            promos.append(promo)
-            session.add(promo)
-            session.flush()
-            for k in range(used):
-                session.add(PromoCodeRedemption(promo_code_id=promo.id,
-                                                user_id=users[k % len(users)].id,
-                                                redeemed_at=now - dt.timedelta(days=5)))
-        return {"users": len(users), "subscriptions": len(subs), "trips": len(trips),
-                "promo_codes": len(promos)}
+    trips = 0
+    for i, place in enumerate(_PLACES):
+        owner = users[i % len(users)]
+        start = now.date() + dt.timedelta(days=[7, 7, 3, 20, -10, 45, 7, 90][i])
+        created = now - dt.timedelta(days=30 - i)
+        trip = app.create_trip(owner, name=f"{place} {start.year}", at=created,
+                               start_date=start, end_date=start + dt.timedelta(days=6),
+                               destination=place)
+        trips += 1
+        for j, status in enumerate(["accepted", "pending", "declined"]):
+            guest = users[(i + j + 1) % 9]  # users 9-11 join no trip
+            app.invite(trip, at=created, user_id=guest if status != "pending" else None,
+                       email=f"guest{i}{j}@{DEMO_DOMAIN}", status=status)
+        old = now - dt.timedelta(days=60)
+        media_key = f"{int(created.timestamp() * 1000)}_cover{i}.jpg"
+        app.journal_media(trip, owner, media_key, created)
+        _write_file(storage_root, "trip-media", media_key, old)
+        chat_key = f"{trip}/photo{i}.jpg"
+        app.chat_attachment(trip, owner, chat_key, created)
+        _write_file(storage_root, "trip-media", chat_key, old)
+        doc_key = f"{trip}/accommodations/booking{i}.pdf"
+        app.accommodation(trip, f"Hotel {place}", [doc_key], created)
+        _write_file(storage_root, "trip-documents", doc_key, old)
+        ticket_key = f"{trip}/transportation/ticket{i}.pdf"
+        app.transportation(trip, "flight", [ticket_key], created)
+        _write_file(storage_root, "trip-documents", ticket_key, old)
+        app.expense(trip, owner, created)
+    # Nothing references these: an old orphan and a stale temporary upload.
+    _write_file(storage_root, "trip-media", "orphaned-upload.jpg", now - dt.timedelta(days=90))
+    _write_file(storage_root, "trip-documents", "tmp/draft.pdf", now - dt.timedelta(days=3))
+    return {"users": len(users), "stripe_subscriptions": paid, "trips": trips,
+            "promo_codes": len(specs)}

@@ -42,6 +42,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings)
+    _warn_unconfigured_jobs(settings, jobs if jobs is not None else registry.JOBS)
     docs = not settings.is_production
     app = FastAPI(
         title="VoyageSmart Cron",
@@ -103,6 +104,19 @@ def create_app(
                 "tasks": sorted(app.state.jobs)}
 
     return app
+
+
+def _warn_unconfigured_jobs(settings: Settings, jobs: dict[str, JobSpec]) -> None:
+    """In production, say at startup which enabled jobs cannot run for lack of settings
+    (they would refuse at their first run; /health with the secret lists them too)."""
+    if not (settings.is_production and settings.enable_cron_jobs):
+        return
+    from app.requirements import missing_settings
+
+    for spec in jobs.values():
+        missing = missing_settings(spec.settings, settings)
+        if missing:
+            log.warning("%s cannot run: %s", spec.name, "; ".join(missing))
 
 
 # Vercel (and `uvicorn app.main:app`) import this.  Bad settings stop the import with one

@@ -13,7 +13,9 @@ from cronsim import CronSim
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.file_references import SOURCES
 from app.jobs.context import JobContext, JobResult
+from app.requirements import ADMIN_EMAILS, SMTP_HOST, STRIPE_KEY, Setting, Uses, uses
 
 JobFunc = Callable[[JobContext], JobResult]
 # Puts back what one run removed beyond archived rows (e.g. quarantined files):
@@ -65,6 +67,10 @@ class JobSpec:
     grace: dt.timedelta = dt.timedelta(hours=2)
     max_runtime: dt.timedelta = dt.timedelta(minutes=5)
     retry: RetryPolicy = RetryPolicy()
+    # What the job needs to run here (app/requirements.py): its tables and columns, and
+    # the settings of its integration.  `schema check`, /health and the runner read it.
+    uses: tuple[Uses, ...] = ()
+    settings: tuple[Setting, ...] = ()
     # Archived rows are restored for every job; this puts back anything else it removed.
     restore: RestoreFunc | None = field(default=None, repr=False)
 
@@ -83,6 +89,26 @@ def next_fire(schedule: str, after: dt.datetime) -> dt.datetime:
     return next(CronSim(schedule, after.astimezone(dt.UTC)))
 
 
+_SUBSCRIPTION_COLUMNS = ("id", "user_id", "tier", "status", "valid_until",
+                         "stripe_subscription_id", "stripe_customer_id", "current_period_end",
+                         "cancel_at_period_end", "created_at", "updated_at")
+_HISTORY_COLUMNS = ("user_id", "event_type", "tier", "status", "stripe_subscription_id",
+                    "stripe_customer_id", "event_timestamp", "details", "created_at")
+_SIGN_INS = uses("auth.users", "id", "last_sign_in_at",
+                 optional="falls back to users.last_login, which the app never updates")
+_TRIP_ACTIVITY = (
+    uses("trips", "id", "owner_id", "created_at", "updated_at"),
+    uses("trip_participants", "trip_id", "user_id", "invitation_status", "created_at"),
+    uses("trip_media", "trip_id", "user_id", "created_at"),
+    uses("documents", "trip_id", "user_id", "created_at", "updated_at"),
+    uses("expenses", "paid_by", "created_at", "updated_at"),
+)
+_BILLING = (
+    uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS),
+    uses("subscriptions", "tier", "price", "currency", "interval"),
+    uses("subscription_history", *_HISTORY_COLUMNS),
+)
+
 _DAILY_GRACE = dt.timedelta(hours=3)
 _WEEKLY_GRACE = dt.timedelta(hours=6)
 _MONTHLY_GRACE = dt.timedelta(hours=12)
@@ -94,24 +120,50 @@ JOBS: dict[str, JobSpec] = {
             name="promo-cleanup",
             schedule="0 3 * * *",
             func=_job("promo_cleanup"),
-            description="Deactivate expired or exhausted promo codes, purge old unused ones, "
-            "repair redemption counts.",
+            description="Deactivate expired or used-up promo codes, raise used_count to the "
+            "redemptions recorded, purge old codes never redeemed; statistics per tier.",
             critical=True,
             grace=_DAILY_GRACE,
             max_runtime=dt.timedelta(minutes=5),
+            uses=(
+                uses("promo_codes", "id", "code", "tier", "max_uses", "used_count",
+                     "expires_at", "is_active", "updated_at",
+                     writes=("UPDATE", "DELETE")),
+                uses("promo_code_redemptions", "promo_code_id"),
+            ),
         ),
         JobSpec(
             name="subscription-sync",
             schedule="0 2 * * *",
             func=_job("subscription_sync"),
-            description="Reconcile local subscriptions with Stripe: status, tier, billing "
-            "period, cancellation and trial; history for every change.",
+            description="Reconcile user_subscriptions that have a Stripe subscription with "
+            "Stripe: tier, status, billing period, cancellation; history for every change.",
             critical=True,
             grace=_DAILY_GRACE,
             # Listing pages 100 subscriptions per call; the one-by-one path at 20 req/s
             # (test key) checks about 10,000 in this budget, and stops cleanly if not.
             max_runtime=dt.timedelta(minutes=10),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
+                uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
+            ),
+            settings=(STRIPE_KEY,),
+        ),
+        JobSpec(
+            name="subscription-expiry",
+            schedule="0 0 * * *",
+            func=_job("subscription_expiry"),
+            description="Move tiers past valid_until (no Stripe subscription) or past a "
+            "period canceled at its end to free/inactive, with a subscription_expired "
+            "history row (the app's check-subscriptions route).",
+            critical=True,
+            grace=_DAILY_GRACE,
+            max_runtime=dt.timedelta(minutes=5),
+            uses=(
+                uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
+                uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
+            ),
         ),
         JobSpec(
             name="analytics",
@@ -121,6 +173,12 @@ JOBS: dict[str, JobSpec] = {
             "the last ISO week; one row per week.",
             grace=_WEEKLY_GRACE,
             max_runtime=dt.timedelta(minutes=10),
+            uses=(
+                uses("users", "id", "created_at", "last_login"),
+                _SIGN_INS,
+                *_TRIP_ACTIVITY,
+                *_BILLING,
+            ),
         ),
         JobSpec(
             name="subscription-report",
@@ -130,6 +188,8 @@ JOBS: dict[str, JobSpec] = {
             "ADMIN_EMAILS with a CSV; old reports archived.",
             grace=_MONTHLY_GRACE,
             max_runtime=dt.timedelta(minutes=10),
+            uses=_BILLING,
+            settings=(SMTP_HOST, ADMIN_EMAILS),
         ),
         JobSpec(
             name="db-maintenance",
@@ -147,11 +207,12 @@ JOBS: dict[str, JobSpec] = {
             name="storage-cleanup",
             schedule="0 2 * * 0",
             func=_job("storage_cleanup"),
-            description="Delete stale temporary uploads and orphaned files, recompress old "
-            "media.",
+            description="Delete stale temporary uploads and files no row references, "
+            "recompress old media.",
             grace=_WEEKLY_GRACE,
             max_runtime=dt.timedelta(hours=1),
             retry=RetryPolicy(attempts=2, base_delay=5.0),
+            uses=tuple(source.uses() for source in SOURCES),
         ),
         JobSpec(
             name="trip-reminders",
@@ -165,6 +226,13 @@ JOBS: dict[str, JobSpec] = {
             # reaches 90% of it stops claiming and leaves the rest pending for the next.
             max_runtime=dt.timedelta(minutes=15),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("trips", "id", "name", "destination", "start_date", "end_date",
+                     "owner_id"),
+                uses("trip_participants", "trip_id", "user_id", "invitation_status"),
+                uses("users", "id", "email", "full_name", "preferences"),
+            ),
+            settings=(SMTP_HOST,),
         ),
         JobSpec(
             name="user-engagement",
@@ -175,10 +243,20 @@ JOBS: dict[str, JobSpec] = {
             grace=_MONTHLY_GRACE,
             max_runtime=dt.timedelta(minutes=30),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("users", "id", "email", "full_name", "preferences", "created_at",
+                     "last_login"),
+                _SIGN_INS,
+                *_TRIP_ACTIVITY,
+            ),
+            settings=(SMTP_HOST,),
         ),
     ]
 }
 
+# Paths that keep an existing schedule working: VoyageSmart's own cron route.
+ALIASES = {"check-subscriptions": "subscription-expiry"}
+
 
 def get_job(name: str) -> JobSpec | None:
-    return JOBS.get(name)
+    return JOBS.get(name) or JOBS.get(ALIASES.get(name, ""))

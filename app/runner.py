@@ -39,6 +39,7 @@ from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, Tran
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
 from app.registry import JobSpec
+from app.requirements import JobCheck, check_job
 
 log = logging.getLogger("app.runner")
 
@@ -175,7 +176,7 @@ class Runner:
         dry_run: bool = False,
         force: bool = False,
     ) -> RunOutcome:
-        spec = self.jobs.get(task)
+        spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
         if spec is None:
             raise UnknownTask(task)
         now = self.clock()
@@ -247,6 +248,7 @@ class Runner:
         closed = False
         succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
+            base_ctx = replace(base_ctx, schema=self._preflight(spec))
             result = self._attempts(spec, base_ctx, attempt_errors, started)
             succeeded = 1
             outcome.status = result.status
@@ -254,9 +256,11 @@ class Runner:
             outcome.message = result.message or "done"
             outcome.details = result.details
         except JobRefused as exc:
+            # Not retried, no traceback: the line says what to fix.
             outcome.status = "error"
             outcome.message = self._redact(str(exc), hide_emails=True)[:1000]
-            outcome.details = exc.details
+            outcome.details = {**exc.details, "refused": True}
+            log.error("run %s of %s refused: %s", run_id, spec.name, outcome.message)
         except JobAborted as exc:
             outcome.status = "warning"
             outcome.message = str(exc) or "stopped cleanly"
@@ -287,6 +291,14 @@ class Runner:
                    "duration_ms": outcome.duration_ms, "records": outcome.records_processed},
         )
         return outcome
+
+    def _preflight(self, spec: JobSpec) -> JobCheck:
+        """Can the job run here?  Raises JobRefused with the one line saying why not."""
+        check = check_job(self.engine, self.settings, spec)
+        refusal = check.refusal()
+        if refusal is not None:
+            raise JobRefused(refusal)
+        return check
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
                   attempt_errors: list[dict[str, Any]], started: float) -> JobResult:

@@ -57,6 +57,8 @@ Verifier = Callable[[bytes], None]
 class Storage(Protocol):
     name: str
 
+    def has_bucket(self, bucket: str) -> bool: ...
+
     def list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]: ...
 
     def get(self, bucket: str, key: str) -> ObjectData: ...
@@ -92,6 +94,9 @@ class LocalStorage:
         if base != path and base not in path.parents:
             raise StorageError(f"key {key!r} leaves bucket {bucket!r}")
         return path
+
+    def has_bucket(self, bucket: str) -> bool:
+        return (self.root / bucket).is_dir()
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
         base = self.root / bucket
@@ -200,6 +205,19 @@ class S3Storage:
         # Staged copies live under the temp prefix: if a run dies, the next run's temp
         # cleanup removes them.
         return cls(client, settings.storage_temp_prefix.rstrip("/") + "/.recompress/")
+
+    def has_bucket(self, bucket: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or exc.response.get("Error", {}).get("Code") in (
+                    "404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+        return True
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")

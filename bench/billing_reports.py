@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.billing_reports            # 100k users, 300k trips, 100k subs
     .venv/bin/python -m bench.billing_reports --keep     # leave vsc_bench_billing behind
 
-1. Fill `vsc_bench_billing` with bench.generate: 100,000 users, one subscription each
-   (premium / ai / free; active, trialing, past_due, canceled), 2 history events per user,
-   300,000 trips with 3 participants, 1 media and 1 document each; VACUUM ANALYZE.
+1. Fill `vsc_bench_billing` with bench.generate: 100,000 users (each with the sign-up
+   trigger's row in `user_subscriptions`), a Stripe subscription on each (premium / ai;
+   active or inactive), 2 history events per user, 300,000 trips with 3 participants, 1
+   media and 1 document each; VACUUM ANALYZE.
 2. Time each job through the real runner (run log, lease, upsert, report row, CSV and
    email to the outbox included), its queries alone (the job's compute function), and the
    same figures as plain SQL written by hand (psycopg, no ORM, one open connection as the
@@ -43,13 +44,53 @@ from bench.generate import (
 NOW = dt.datetime(2026, 12, 1, 4, 0, 30, tzinfo=dt.UTC)  # the report's slot; a Tuesday
 WEEK_START = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)  # the last complete ISO week
 
-_STARTED = "status NOT IN ('incomplete', 'incomplete_expired')"
-_ENDED = ("CASE WHEN status IN ('canceled', 'incomplete_expired') "
-          "THEN coalesce(canceled_at, updated_at) END")
+_PAID_TIERS = "('premium', 'ai')"
 _RANK = "CASE tier WHEN 'free' THEN 0 WHEN 'premium' THEN 1 WHEN 'ai' THEN 2 END"
+_PAID_NOW = f"""SELECT tier, count(*) FROM user_subscriptions
+    WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS} AND status = 'active'
+    GROUP BY tier"""
+# First paid event of each Stripe subscription: in the window, and since its start.
+_STARTS = f"""WITH first AS (
+      SELECT DISTINCT ON (stripe_subscription_id) user_id, tier, event_timestamp AS at
+      FROM subscription_history
+      WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS}
+      ORDER BY stripe_subscription_id, event_timestamp, created_at)
+    SELECT tier, count(*) FILTER (WHERE at >= %(ws)s AND at < %(we)s),
+           count(*) FILTER (WHERE at >= %(ws)s),
+           count(DISTINCT user_id) FILTER (WHERE at >= %(ws)s AND at < %(we)s)
+    FROM first GROUP BY tier"""
+# First churn transition of each Stripe subscription, by the last paid tier before it.
+_ENDS = f"""WITH e AS (
+      SELECT stripe_subscription_id AS sid, min(event_timestamp) AS at
+      FROM subscription_history
+      WHERE stripe_subscription_id IS NOT NULL
+        AND (event_type IN ('subscription_deleted', 'subscription_expired')
+             OR status = 'inactive')
+      GROUP BY stripe_subscription_id)
+    SELECT t, count(*) FILTER (WHERE at >= %(ws)s AND at < %(we)s),
+           count(*) FILTER (WHERE at >= %(ws)s)
+    FROM (SELECT e.at, (SELECT h.tier FROM subscription_history h
+                        WHERE h.stripe_subscription_id = e.sid AND h.tier IN {_PAID_TIERS}
+                          AND h.event_timestamp <= e.at
+                        ORDER BY h.event_timestamp DESC, h.created_at DESC LIMIT 1) AS t
+          FROM e) x
+    WHERE t IS NOT NULL GROUP BY t"""
+_GRANTS = f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM promo_code_redemptions r
+                                     WHERE r.user_id = s.user_id)
+                        OR EXISTS (SELECT 1 FROM subscription_history h
+                                   WHERE h.user_id = s.user_id
+                                     AND h.event_type = 'promo_code_redemption')
+                   THEN 'promo_code' ELSE 'sign_up' END AS source, tier, count(*)
+    FROM user_subscriptions s
+    WHERE stripe_subscription_id IS NULL AND tier IN {_PAID_TIERS} AND status = 'active'
+    GROUP BY 1, 2"""
 
 ANALYTICS_SQL = [
-    """SELECT (SELECT count(*) FROM users WHERE last_login >= %(ws)s AND last_login < %(we)s),
+    """SELECT (SELECT count(*) FROM users u
+                WHERE coalesce((SELECT a.last_sign_in_at FROM auth.users a WHERE a.id = u.id),
+                               u.last_login, u.created_at) >= %(ws)s
+                  AND coalesce((SELECT a.last_sign_in_at FROM auth.users a WHERE a.id = u.id),
+                               u.last_login, u.created_at) < %(we)s),
               (SELECT count(*) FROM users WHERE created_at >= %(ws)s AND created_at < %(we)s),
               (SELECT count(*) FROM trips WHERE created_at >= %(ws)s AND created_at < %(we)s),
               (SELECT count(*) FROM trips WHERE start_date >= %(ds)s AND start_date < %(de)s),
@@ -58,38 +99,19 @@ ANALYTICS_SQL = [
                        WHERE invitation_status = 'accepted'
                        GROUP BY trip_id HAVING count(*) > 1) g ON g.trip_id = t.id
                 WHERE t.start_date < %(de)s AND coalesce(t.end_date, t.start_date) >= %(ds)s)""",
-    f"""SELECT tier,
-              count(*) FILTER (WHERE created_at >= %(ws)s AND {_STARTED}),
-              count(*) FILTER (WHERE {_STARTED} AND ended >= %(ws)s AND ended < %(we)s),
-              count(*) FILTER (WHERE created_at < %(ws)s AND {_STARTED}
-                                 AND (ended IS NULL OR ended >= %(ws)s))
-       FROM (SELECT *, {_ENDED} AS ended FROM subscriptions
-             WHERE tier IN ('premium', 'ai') AND created_at < %(we)s) s
-       GROUP BY tier""",
+    _PAID_NOW, _STARTS, _ENDS, _GRANTS,
     f"""SELECT count(*) FILTER (WHERE r > p), count(*) FILTER (WHERE r < p)
        FROM (SELECT event_timestamp, r,
                     lag(r) OVER (PARTITION BY user_id ORDER BY event_timestamp, created_at) p
              FROM (SELECT *, {_RANK} AS r FROM subscription_history
-                   WHERE event_timestamp < %(we)s AND user_id IS NOT NULL
-                     AND (status IS NULL OR status NOT IN ('canceled', 'incomplete_expired'))
-                  ) h
+                   WHERE event_timestamp < %(we)s AND stripe_subscription_id IS NOT NULL
+                     AND (status IS NULL OR status = 'active')) h
              WHERE r IS NOT NULL) x
        WHERE event_timestamp >= %(ws)s""",
-    f"""SELECT count(*), count(*) FILTER (WHERE EXISTS (
-              SELECT 1 FROM subscriptions s WHERE s.user_id = u.id
-                 AND s.tier IN ('premium', 'ai') AND s.created_at >= %(ws)s
-                 AND s.created_at < %(we)s AND s.{_STARTED}))
-       FROM users u
-       WHERE u.created_at < %(we)s AND NOT EXISTS (
-              SELECT 1 FROM subscriptions s WHERE s.user_id = u.id
-                 AND s.tier IN ('premium', 'ai') AND s.created_at < %(ws)s AND s.{_STARTED}
-                 AND ({_ENDED.replace('status', 's.status')} IS NULL
-                      OR {_ENDED.replace('status', 's.status')} >= %(ws)s))""",
+    "SELECT count(*) FROM users WHERE created_at < %(we)s",
     f"""WITH owner_tier AS (
-         SELECT user_id, max({_RANK}) AS r FROM subscriptions
-         WHERE tier IN ('premium', 'ai') AND created_at < %(we)s AND {_STARTED}
-           AND ({_ENDED} IS NULL OR {_ENDED} >= %(we)s)
-         GROUP BY user_id),
+         SELECT user_id, max({_RANK}) AS r FROM user_subscriptions
+         WHERE tier IN {_PAID_TIERS} AND status = 'active' GROUP BY user_id),
        t AS (SELECT trips.id, trips.created_at, coalesce(o.r, 0) AS r FROM trips
              LEFT JOIN owner_tier o ON o.user_id = trips.owner_id)
        SELECT 'trips', r, count(*) FROM t WHERE created_at >= %(ws)s AND created_at < %(we)s
@@ -104,26 +126,34 @@ ANALYTICS_SQL = [
        SELECT 'documents', t.r, count(*) FROM documents d JOIN t ON t.id = d.trip_id
         WHERE d.created_at >= %(ws)s AND d.created_at < %(we)s GROUP BY t.r""",
 ]
-
-_TRIAL = ("(trial_end IS NOT NULL AND trial_end > {t} AND coalesce(trial_start, created_at)"
-          " <= {t}) OR (status = 'trialing' AND trial_end IS NULL)")
-_LIVE = f"created_at < {{t}} AND {_STARTED} AND ({_ENDED} IS NULL OR {_ENDED} >= {{t}})"
-
-
-def _month_sql() -> str:
-    live_end, trial_end = _LIVE.format(t="%(end)s"), _TRIAL.format(t="%(end)s")
-    late = "status IN ('past_due', 'unpaid')"
-    return f"""
-        SELECT tier,
-          count(*) FILTER (WHERE ({live_end}) AND NOT ({trial_end}) AND NOT {late}),
-          count(*) FILTER (WHERE ({live_end}) AND ({trial_end})),
-          count(*) FILTER (WHERE ({live_end}) AND NOT ({trial_end}) AND {late}),
-          count(*) FILTER (WHERE created_at >= %(start)s AND {_STARTED}),
-          count(*) FILTER (WHERE {_STARTED} AND {_ENDED} >= %(start)s
-                             AND {_ENDED} < %(end)s),
-          count(*) FILTER (WHERE {_LIVE.format(t="%(start)s")})
-        FROM subscriptions WHERE tier IN ('premium', 'ai') AND created_at < %(end)s
-        GROUP BY tier"""
+# The report's figures for two months: today's paid subscriptions, starts and ends since
+# each month boundary (three boundaries), the plan prices, the grants.
+_M = ("%(m0)s", "%(m1)s", "%(m2)s")
+REPORT_SQL = [
+    _PAID_NOW,
+    f"""SELECT tier, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
+        FROM (SELECT DISTINCT ON (stripe_subscription_id) tier, event_timestamp AS at
+              FROM subscription_history
+              WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS}
+              ORDER BY stripe_subscription_id, event_timestamp, created_at) first
+        GROUP BY tier""",
+    f"""WITH e AS (
+          SELECT stripe_subscription_id AS sid, min(event_timestamp) AS at
+          FROM subscription_history
+          WHERE stripe_subscription_id IS NOT NULL
+            AND (event_type IN ('subscription_deleted', 'subscription_expired')
+                 OR status = 'inactive')
+          GROUP BY stripe_subscription_id)
+        SELECT t, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
+        FROM (SELECT e.at, (SELECT h.tier FROM subscription_history h
+                            WHERE h.stripe_subscription_id = e.sid
+                              AND h.tier IN {_PAID_TIERS} AND h.event_timestamp <= e.at
+                            ORDER BY h.event_timestamp DESC, h.created_at DESC LIMIT 1) AS t
+              FROM e) x
+        WHERE t IS NOT NULL GROUP BY t""",
+    f"SELECT tier, price, currency, interval FROM subscriptions WHERE tier IN {_PAID_TIERS}",
+    _GRANTS,
+]
 
 
 def _fill(url: str, scale: dict[str, int]) -> None:
@@ -206,18 +236,16 @@ def main() -> None:
             week = {"ws": WEEK_START, "we": WEEK_START + dt.timedelta(days=7),
                     "ds": WEEK_START.date(), "de": WEEK_START.date() + dt.timedelta(days=7)}
             analytics_sql = [(sql, week) for sql in ANALYTICS_SQL]
-            months = [{"start": dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-                       "end": dt.datetime(2026, 12, 1, tzinfo=dt.UTC)},
-                      {"start": dt.datetime(2026, 10, 1, tzinfo=dt.UTC),
-                       "end": dt.datetime(2026, 11, 1, tzinfo=dt.UTC)}]
-            report_sql = [(_month_sql(), m) for m in months]
+            months = {f"m{i}": dt.datetime(2026, m, 1, tzinfo=dt.UTC)
+                      for i, m in enumerate((10, 11, 12))}
+            report_sql = [(sql, months) for sql in REPORT_SQL]
             def figures(task: str) -> Callable[[], None]:
                 def go() -> None:
                     with engine.connect() as conn:
                         if task == "analytics":
                             compute_week(conn, WEEK_START.date())
                         else:
-                            build_report(conn, dt.date(2026, 11, 1), settings)
+                            build_report(conn, dt.date(2026, 11, 1))
                 return go
 
             for task, statements in (("analytics", analytics_sql),

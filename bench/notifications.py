@@ -119,9 +119,16 @@ def _seed_send(engine: Engine, trips_n: int) -> None:
             SELECT gen_random_uuid(), {trip_id('g')},
                    CASE k WHEN 0 THEN {user_id(':n + g')} WHEN 1 THEN {user_id('2 * :n + g')}
                    END,
-                   'participant', 'guest' || g || '-' || k || '@bench.voyagesmart.app',
+                   'member', 'guest' || g || '-' || k || '@bench.voyagesmart.app',
                    (ARRAY['accepted', 'declined', 'pending'])[k + 1], :now
             FROM generate_series(1, CAST(:n AS int)) AS g, generate_series(0, 2) AS k
+        """), {"n": trips_n, "now": NOW})
+        # The app adds each trip's owner as an admin participant (emailed once, not twice).
+        conn.execute(sa.text(f"""
+            INSERT INTO trip_participants (id, trip_id, user_id, role, invitation_status,
+                created_at)
+            SELECT gen_random_uuid(), {trip_id('g')}, {user_id('g')}, 'admin', 'accepted', :now
+            FROM generate_series(1, CAST(:n AS int)) AS g
         """), {"n": trips_n, "now": NOW})
 
 

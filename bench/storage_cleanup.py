@@ -1,8 +1,9 @@
 """storage-cleanup orphan scan at scale: where the time goes, and peak memory.
 
 A `trip-media` bucket of OBJECTS files (90% referenced, 7.5% old orphans, 2.5% stale temp
-uploads) against ~REFS referencing rows on PostgreSQL (users' avatars, trip media,
-documents, receipts from bench/generate.py).  Each variant runs in its own process so its
+uploads) against ~REFS referencing rows on PostgreSQL (trip media, documents, receipts
+from bench/generate.py; every other reference source of app/file_references.py is read
+too, empty here).  Each variant runs in its own process so its
 peak RSS is its own:
 
 - `baseline`: the obvious way — fetchall() every URL into a set of full strings, then walk
@@ -52,7 +53,7 @@ def _keys(objects: int) -> tuple[list[str], list[str], list[str]]:
 def _fill_database(url: str, refs: int, now: dt.datetime) -> int:
     from app.db import make_engine
 
-    # ~70% trip media, 20% documents, 10% receipts, plus avatars on a third of the users.
+    # ~70% trip media, 20% documents, 10% receipts (avatars are typed URLs, not files).
     trips_n = max(1, int(refs * 0.7) // MEDIA_PER_TRIP)
     users_n = max(1, refs // 10)
     engine = make_engine(url)
@@ -63,7 +64,6 @@ def _fill_database(url: str, refs: int, now: dt.datetime) -> int:
         total += documents(conn, trips_n, 2, users_n, now=now)
         expenses(conn, trips_n, 2, users_n, now=now)
         total += trips_n  # expenses: half of 2 per trip carry a receipt
-        total += users_n // 3
     engine.dispose()
     return total
 
@@ -123,12 +123,15 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
 def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
     import sqlalchemy as sa
 
+    from app.file_references import SOURCES, urls_in
     from app.jobs.storage_cleanup import _reference_query, parse_reference
     from app.storage import storage_from_settings
 
     started = time.monotonic()
     with engine.connect() as conn:
-        urls = conn.execute(_reference_query()).scalars().all()
+        urls = [url for source in SOURCES
+                for value in conn.execute(_reference_query(source)).scalars().all()
+                for url in urls_in(source.kind, value)]
     refs = {parse_reference(u) for u in urls}
     reference_s = time.monotonic() - started
     started = time.monotonic()

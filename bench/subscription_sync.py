@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.subscription_sync --strategy list   # only the paging one
 
 1. Fill `vsc_bench_sync_tpl` (PostgreSQL) with N subscriptions `sub_bench<n>`; in Stripe
-   every 50th is past_due and every 7th is set to cancel at period end, locally none is.
+   every 50th is past_due (`active` in the values the CHECK admits, so no change) and
+   every 7th is set to cancel at period end, locally none is.
 2. Start `bench.stripe_fake` (retrieve + list, 20 ms per call) in a subprocess.
 3. For each strategy, copy the template and run the real runner in a child process
    (`STRIPE_RATE_LIMIT=100`), reading its wall time, API calls, peak RSS and the changes.
@@ -31,20 +32,28 @@ RATE = 100.0
 
 
 def _fill(url: str, n: int) -> None:
+    """N users as the app makes them (sign-up, the trigger's row), each then paying through
+    Stripe (`sub_bench<n>`), as the webhook writes it."""
     from app.db import make_engine
 
     start = dt.datetime.fromtimestamp(PERIOD_START, dt.UTC)
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("""
-            INSERT INTO subscriptions (id, user_id, stripe_subscription_id, stripe_customer_id,
-                tier, status, current_period_start, current_period_end, cancel_at_period_end,
-                created_at, updated_at)
-            SELECT md5('sub' || g)::uuid, md5('user' || g)::uuid, 'sub_bench' || g,
-                   'cus_bench' || g, CASE WHEN g % 2 = 0 THEN 'premium' ELSE 'ai' END,
-                   'active', :start, :start + interval '30 days', false,
+            INSERT INTO auth.users (id, email, created_at, last_sign_in_at)
+            SELECT md5('user' || g)::uuid, 'user' || g || '@bench.voyagesmart.app',
                    :start - interval '100 days', :start - interval '1 day'
             FROM generate_series(1, CAST(:n AS int)) AS g
+        """), {"n": n, "start": start})
+        conn.execute(sa.text("""
+            UPDATE user_subscriptions s SET stripe_subscription_id = 'sub_bench' || g,
+                   stripe_customer_id = 'cus_bench' || g,
+                   tier = CASE WHEN g % 2 = 0 THEN 'premium' ELSE 'ai' END,
+                   status = 'active', current_period_end = :start + interval '30 days',
+                   cancel_at_period_end = false, created_at = :start - interval '100 days',
+                   updated_at = :start - interval '1 day'
+            FROM generate_series(1, CAST(:n AS int)) AS g
+            WHERE s.user_id = md5('user' || g)::uuid
         """), {"n": n, "start": start})
     engine.dispose()
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 os.environ.setdefault("APP_ENV", "test")
 
 from app.config import Settings
-from app.db import Base, make_engine
+from app.db import Base, auth_database_path, make_engine
 from app.migrate import upgrade
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
@@ -82,15 +82,32 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
     with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.exec_driver_sql("PRAGMA main.wal_checkpoint(TRUNCATE)")
+        conn.exec_driver_sql("PRAGMA auth.wal_checkpoint(TRUNCATE)")
     engine.dispose()
     return path
 
 
+def copy_sqlite_database(source: Path, target: Path) -> None:
+    """Copy a SQLite database with the sibling file that holds its `auth` schema."""
+    shutil.copyfile(source, target)
+    shutil.copyfile(auth_database_path(str(source)), auth_database_path(str(target)))
+
+
+_SEEDED: dict[str, list[dict[str, Any]]] = {}
+
+
 def _truncate_all(engine: Engine) -> None:
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    """Empty every table, then put back the rows the migrations seed (the plan catalogue),
+    so each test starts from a freshly migrated database."""
+    plans = Base.metadata.tables["subscriptions"]
+    names = ", ".join(f'"{t.schema or "public"}"."{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
+        if "plans" not in _SEEDED:
+            _SEEDED["plans"] = [dict(r) for r in conn.execute(sa.select(plans)).mappings()]
         conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        if _SEEDED["plans"]:
+            conn.execute(plans.insert(), _SEEDED["plans"])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -99,7 +116,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         target = tmp_path / "test.db"
-        shutil.copyfile(template, target)
+        copy_sqlite_database(template, target)
         yield f"sqlite:///{target}"
         return
     name: str = request.getfixturevalue("pg_database")

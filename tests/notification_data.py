@@ -15,14 +15,28 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.models import Trip, TripParticipant, User
+from app.models import AuthUser, Trip, TripParticipant, User
 from tests.servers import ReceivedMail, SmtpSink, free_port
 
 
 def user(email_addr: str, *, name: str | None = None, prefs: dict[str, Any] | None = None,
          last_login: dt.datetime | None = None, created: dt.datetime) -> User:
-    return User(id=uuid.uuid4(), email=email_addr, full_name=name, preferences=prefs,
-                created_at=created, last_login=last_login)
+    """A VoyageSmart user as the app leaves it: `users.last_login` is the sign-up time (the
+    app never updates it); the last sign-in (`last_login` here) is Supabase's
+    `auth.users.last_sign_in_at`, written by `add_people`."""
+    person = User(id=uuid.uuid4(), email=email_addr, full_name=name, preferences=prefs,
+                  created_at=created, last_login=created)
+    person.signed_in_at = last_login  # type: ignore[attr-defined]
+    return person
+
+
+def add_people(session: Session, people: list[User]) -> None:
+    """Their Supabase accounts (auth.users), then their profile rows."""
+    session.add_all([AuthUser(id=p.id, email=p.email, created_at=p.created_at,
+                              last_sign_in_at=getattr(p, "signed_in_at", None))
+                     for p in people])
+    session.flush()
+    session.add_all(people)
 
 
 def trip(name: str, owner: User, start: dt.date, *, destination: str = "Lisbon",
@@ -34,7 +48,7 @@ def trip(name: str, owner: User, start: dt.date, *, destination: str = "Lisbon",
 
 def participant(t: Trip, u: User | None, status: str, *, email_addr: str | None = None,
                 created: dt.datetime) -> TripParticipant:
-    return TripParticipant(trip_id=t.id, user_id=u.id if u else None, role="participant",
+    return TripParticipant(trip_id=t.id, user_id=u.id if u else None, role="member",
                            invited_email=email_addr or (u.email if u else None),
                            invitation_status=status, created_at=created)
 
@@ -57,23 +71,24 @@ def seed_reminders(engine: Engine, start: dt.date, now: dt.datetime) -> Reminder
     opted_out = user("optout@example.com", prefs={"email_notifications": False}, created=now)
     later_owner = user("later@example.com", created=now)
     with Session(engine, expire_on_commit=False) as s, s.begin():
-        s.add_all([owner, friend, both, declined, opted_out, later_owner])
+        add_people(s, [owner, friend, both, declined, opted_out, later_owner])
         s.flush()
         lisbon = trip("Lisbon with friends", owner, start, created=now)
         later = trip("Later trip", later_owner, start + dt.timedelta(days=1), created=now)
         s.add_all([lisbon, later])
         s.flush()
         s.add_all([
-            # The owner also appears as an accepted participant: one email, not two.
-            participant(lisbon, owner, "accepted", created=now),
+            # The app adds the owner as an admin participant: one email, not two.
+            TripParticipant(trip_id=lisbon.id, user_id=owner.id, role="admin",
+                            invitation_status="accepted", created_at=now),
             participant(lisbon, friend, "accepted", created=now),
             participant(lisbon, both, "accepted", created=now),
             participant(lisbon, declined, "declined", created=now),
             participant(lisbon, None, "pending", email_addr="invited@example.com",
                         created=now),
             participant(lisbon, opted_out, "accepted", created=now),
-            # Accepted, but the user row is gone.
-            TripParticipant(trip_id=lisbon.id, user_id=uuid.uuid4(), role="participant",
+            # Accepted, but the user deleted the account (the foreign key set it NULL).
+            TripParticipant(trip_id=lisbon.id, user_id=None, role="member",
                             invited_email="ghost@example.com", invitation_status="accepted",
                             created_at=now),
         ])
@@ -91,11 +106,13 @@ def seed_travellers(engine: Engine, start: dt.date, now: dt.datetime, count: int
     people = [user(f"traveller{i:04d}@example.com", name=f"Traveller {i}", created=now)
               for i in range(count)]
     with Session(engine, expire_on_commit=False) as s, s.begin():
-        s.add_all(people)
+        add_people(s, people)
         s.flush()
         big = trip("Group trip", people[0], start, destination="Kyoto", created=now)
         s.add(big)
         s.flush()
+        s.add(TripParticipant(trip_id=big.id, user_id=people[0].id, role="admin",
+                              invitation_status="accepted", created_at=now))
         s.add_all([participant(big, p, "accepted", created=now) for p in people[1:]])
     return {p.email for p in people}
 

@@ -65,6 +65,8 @@ def test_service_only_leaves_an_existing_voyagesmart_database_alone(
     # An existing VoyageSmart database: its own tables, no service tables, no version table.
     engine = make_engine(empty_db_url)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("CREATE SCHEMA auth")  # Supabase's
         for table in VOYAGESMART_TABLES:
             table.create(conn)
     before = {t: [c["name"] for c in sa.inspect(engine).get_columns(t)]

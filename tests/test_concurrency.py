@@ -28,9 +28,9 @@ def _seed_codes(engine: Engine, n: int) -> None:
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         conn.execute(table_of(PromoCode).insert(), [
-            {"id": uuid.uuid4(), "code": f"C{i:05d}", "discount_type": "percent",
-             "discount_value": 10, "current_redemptions": 0, "active": True,
-             "valid_until": now - dt.timedelta(days=1 + i % 200), "created_at": now}
+            {"id": uuid.uuid4(), "code": f"C{i:05d}", "tier": "premium", "used_count": 0,
+             "is_active": True, "expires_at": now - dt.timedelta(days=1 + i % 200),
+             "created_at": now, "updated_at": now}
             for i in range(n)
         ])
 

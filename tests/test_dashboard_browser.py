@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from app.db import make_engine, table_of
 from app.models import CronJobLog
 from app.registry import JOBS
-from tests.conftest import IN_CI, SECRET
+from tests.conftest import IN_CI, SECRET, copy_sqlite_database
 from tests.servers import ROOT, UvicornProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -51,7 +51,7 @@ def _seed(engine: Engine) -> None:
 def server(sqlite_template: Path, tmp_path: Path) -> Iterator[UvicornProcess]:
     _require_chromium()
     db = tmp_path / "browser.db"
-    shutil.copyfile(sqlite_template, db)
+    copy_sqlite_database(sqlite_template, db)
     engine = make_engine(f"sqlite:///{db}")
     _seed(engine)
     engine.dispose()

@@ -85,8 +85,8 @@ def _bulk_history(engine: Engine, total: int, delete: int) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO subscription_history (id, user_id, event_type, event_timestamp, "
-            "created_at) SELECT gen_random_uuid(), gen_random_uuid(), 'renewed', now(), now() "
-            f"FROM generate_series(1, {total})")
+            "created_at) SELECT gen_random_uuid(), gen_random_uuid(), 'payment_succeeded', "
+            f"now(), now() FROM generate_series(1, {total})")
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "DELETE FROM subscription_history WHERE id IN "
@@ -151,8 +151,9 @@ def _make_invalid_index(engine: Engine, name: str) -> None:
     """A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind."""
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "INSERT INTO subscription_history (id, event_type, event_timestamp, created_at, "
-            "tier) SELECT gen_random_uuid(), 'created', now(), now(), 'premium' "
+            "INSERT INTO subscription_history (id, user_id, event_type, event_timestamp, "
+            "created_at, tier) SELECT gen_random_uuid(), gen_random_uuid(), "
+            "'subscription_created', now(), now(), 'premium' "
             "FROM generate_series(1, 3)")
     with (engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
           pytest.raises(sa.exc.IntegrityError)):
@@ -363,8 +364,9 @@ def test_a_reindex_stopped_by_a_lock_is_finished_by_the_next_run(
     writer = pg.connect()
     tx = writer.begin()
     writer.exec_driver_sql(
-        "INSERT INTO subscription_history (id, event_type, event_timestamp, created_at) "
-        "VALUES (gen_random_uuid(), 'created', now(), now())")
+        "INSERT INTO subscription_history (id, user_id, event_type, event_timestamp, "
+        "created_at) VALUES (gen_random_uuid(), gen_random_uuid(), 'subscription_created', "
+        "now(), now())")
     try:
         outcome = _run(pg, _settings(pg, tmp_path))
     finally:

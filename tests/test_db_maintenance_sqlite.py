@@ -30,8 +30,9 @@ def _database(tmp_path: Path) -> tuple[str, Path]:
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
-            "INSERT INTO subscription_history (id, event_type, event_timestamp, created_at, "
-            "details) SELECT printf('%032x', i), 'renewed', '2026-01-01 00:00:00', "
+            "INSERT INTO subscription_history (id, user_id, event_type, event_timestamp, "
+            "created_at, details) SELECT printf('%032x', i), printf('%032x', i), "
+            "'payment_succeeded', '2026-01-01 00:00:00', "
             "'2026-01-01 00:00:00', '{\"note\": \"' || hex(randomblob(100)) || '\"}' FROM n")
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM subscription_history")

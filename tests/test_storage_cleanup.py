@@ -1,5 +1,9 @@
 """storage-cleanup on the local backend and on S3 (moto_server): every kind of object is
-handled, the safety brake holds, a dry run and a second run change nothing."""
+handled, the safety brake holds, a dry run and a second run change nothing.
+
+References are written the way the app writes them (app/sample_data.py): journal media,
+a chat attachment and the JSONB documents of an accommodation and a transportation.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,28 @@ import datetime as dt
 import io
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.jobs.storage_cleanup import parse_reference
-from app.models import Document, Expense, Trip, TripMedia, User
+from app.models import Trip
 from app.runner import Runner, RunOutcome
+from app.sample_data import STORAGE_URL, AppWriter
 from app.storage import LocalStorage, ObjectData, S3Storage, Storage
 from tests.conftest import FixedClock, make_settings
 from tests.moto_s3 import MotoS3, moto_s3  # noqa: F401
 
 NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
-PUBLIC = "https://abcd.supabase.co/storage/v1/object/public"
-BUCKETS = ["trip-media", "avatars", "documents"]
+PUBLIC = STORAGE_URL
+BUCKETS = ["trip-media", "trip-documents"]
 
 
 def _jpeg(quality: int) -> bytes:
@@ -68,8 +71,9 @@ ITEMS = [
     Item("trip-media", "trips/big.jpg", BIG_JPEG, old=True, content_type="image/jpeg",
          metadata={"owner": "u1"}),
     Item("trip-media", "trips/small.jpg", SMALL_JPEG, old=True, content_type="image/jpeg"),
-    Item("avatars", "u1/avatar.png", b"\x89PNG-ish", old=True, content_type="image/png"),
-    Item("documents", "docs/my file.pdf", b"%PDF-1.4", old=True,
+    Item("trip-documents", "t1/accommodations/my file.pdf", b"%PDF-1.4", old=True,
+         content_type="application/pdf"),
+    Item("trip-documents", "t1/transportation/ticket.pdf", b"%PDF-1.4", old=True,
          content_type="application/pdf"),
 ]
 GONE = {("trip-media", "tmp/upload-old.bin"), ("trip-media", "orphans/old.jpg")}
@@ -169,25 +173,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
 
 
 def _seed_references(engine: Engine) -> None:
-    owner = uuid.uuid4()
-    trip = Trip(id=uuid.uuid4(), name="Lisbon", owner_id=owner, created_at=NOW, updated_at=NOW)
-    with Session(engine) as s, s.begin():
-        s.add(User(id=owner, email="u1@example.com", created_at=NOW,
-                   avatar_url=f"{PUBLIC}/avatars/u1/avatar.png?t=123"))
-        s.add(User(email="u2@example.com", created_at=NOW,
-                   avatar_url="https://gravatar.example/avatar/abc"))
-        s.add(trip)
-        s.flush()
-        s.add_all([
-            TripMedia(trip_id=trip.id, url=f"{PUBLIC}/trip-media/trips/ref.txt", created_at=NOW),
-            TripMedia(trip_id=trip.id, url=f"{PUBLIC}/trip-media/trips/big.jpg", created_at=NOW),
-            TripMedia(trip_id=trip.id, url=f"{PUBLIC}/trip-media/trips/small.jpg",
-                      created_at=NOW),
-            Document(trip_id=trip.id, name="Tickets", created_at=NOW, updated_at=NOW,
-                     file_url=f"{PUBLIC}/documents/docs/my%20file.pdf"),
-            Expense(trip_id=trip.id, amount=Decimal("12.50"), created_at=NOW, updated_at=NOW,
-                    receipt_url=f"{PUBLIC}/receipts/r/1.jpg"),
-        ])
+    app = AppWriter(engine)
+    owner = app.sign_up("u1@example.com", at=NOW - dt.timedelta(days=300))
+    trip = app.create_trip(owner, name="Lisbon", at=NOW)
+    app.journal_media(trip, owner, "trips/big.jpg", NOW)
+    app.journal_media(trip, owner, "trips/small.jpg", NOW)
+    app.chat_attachment(trip, owner, "trips/ref.txt", NOW)
+    app.accommodation(trip, "Hotel", ["t1/accommodations/my file.pdf"], NOW)
+    app.transportation(trip, "flight", ["t1/transportation/ticket.pdf"], NOW)
+    # Not ours: a URL elsewhere, and a document the app stores on another bucket.
+    app.document(trip, owner, "https://gravatar.example/avatar/abc", NOW)
+    app.expense(trip, owner, NOW, receipt_url=f"{PUBLIC}/receipts/r/1.jpg")
 
 
 def _settings(engine: Engine, tmp_path: Path, store: Harness, **overrides: Any) -> Settings:
@@ -244,9 +240,8 @@ def test_each_kind_of_object_is_handled(engine: Engine, seeded: Harness,
         assert big.extra["CacheControl"] == "max-age=3600"
     else:  # the file keeps its modification time
         assert after[("trip-media", "trips/big.jpg")][0] == len(big.body)
-    # Referenced files in other buckets, URL-encoded keys included, are untouched.
-    assert _bucket(outcome, "avatars")["referenced"] == 1
-    assert _bucket(outcome, "documents")["referenced"] == 1
+    # Files referenced from the JSONB documents, URL-encoded keys included, are untouched.
+    assert _bucket(outcome, "trip-documents")["referenced"] == 2
     assert outcome.records_processed == 3
     assert "deleted 2 objects" in outcome.message
 
@@ -304,16 +299,57 @@ def test_a_reference_linked_during_the_scan_saves_the_file(
 
     def classify_then_link(*args: Any) -> None:
         original(*args)
-        with Session(engine) as s, s.begin():
-            trip = s.query(Trip).one()
-            s.add(TripMedia(trip_id=trip.id, url=f"{PUBLIC}/trip-media/orphans/old.jpg",
-                            created_at=dt.datetime.now(dt.UTC)))
+        if args[2] != "trip-media":
+            return
+        with engine.connect() as conn:
+            trip, owner = conn.execute(sa.select(Trip.id, Trip.owner_id)).one()
+        AppWriter(engine).chat_attachment(trip, owner, "orphans/old.jpg",
+                                          dt.datetime.now(dt.UTC))
 
     monkeypatch.setattr(storage_cleanup, "_classify", classify_then_link)
     outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded)
     assert outcome.status == "success", outcome.message
     assert ("trip-media", "orphans/old.jpg") in seeded.listing()
     assert _bucket(outcome, "trip-media")["orphans_deleted"] == 0
+
+
+def test_an_unreadable_source_protects_its_buckets(engine: Engine, seeded: Harness,
+                                                   tmp_path: Path) -> None:
+    """Without the chat table nothing says which trip-media files chat uses: none of that
+    bucket is deleted, and the run says why; trip-documents is cleaned as usual."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE trip_chat_messages RENAME TO chat_elsewhere")
+    try:
+        before = seeded.listing()
+        outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded)
+    finally:  # the PostgreSQL database is shared by the session
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE chat_elsewhere RENAME TO trip_chat_messages")
+    assert outcome.status == "warning", outcome.message
+    assert "trip_chat_messages.attachment_url" in outcome.message
+    assert outcome.details["protected_buckets"] == ["trip-media"]
+    assert _bucket(outcome, "trip-media")["protected_by"] == [
+        "trip_chat_messages.attachment_url"]
+    after = seeded.listing()
+    assert {k for k in before if k[0] == "trip-media"} <= set(after)
+    assert ("trip-media", "trips/ref.txt") in after
+
+
+def test_a_configured_bucket_that_does_not_exist_is_an_error(
+        engine: Engine, seeded: Harness, tmp_path: Path) -> None:
+    before = seeded.listing()
+    settings = _settings(engine, tmp_path, seeded,
+                         storage_buckets="trip-media,trip-documents,avatars")
+    outcome = _run(engine, settings, seeded)
+    assert outcome.status == "error"
+    assert outcome.message == (f"storage-cleanup cannot run: bucket(s) avatars do not exist "
+                               f"on the {seeded.storage.name} backend; check STORAGE_BUCKETS")
+    assert outcome.attempts == 1
+    assert seeded.listing() == before
+
+
+def test_the_default_buckets_are_voyagesmarts() -> None:
+    assert Settings(_env_file=None).storage_buckets == ["trip-media", "trip-documents"]  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("url, expected", [

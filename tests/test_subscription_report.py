@@ -1,11 +1,14 @@
-"""subscription-report: totals by email with a CSV, sent once, archived reports readable."""
+"""subscription-report: totals by email with a CSV, sent once, archived reports readable.
+
+Data is written the way the app writes it (app/sample_data.py): only Stripe subscriptions
+are paid; the sign-up trigger's year and promo codes are grants, reported apart.
+"""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import io
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings, get_settings
 from app.jobs.subscription_report import read_report
-from app.models import CronMonthlyReport, Subscription
+from app.models import CronMonthlyReport, Plan
 from app.runner import Runner, RunOutcome
+from app.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.servers import SmtpSink
 
@@ -31,31 +35,29 @@ def _at(y: int, m: int, d: int) -> dt.datetime:
 
 
 def _seed(engine: Engine) -> None:
-    def sub(tier: str, status: str, created: dt.datetime, canceled: dt.datetime | None = None,
-            **extra: Any) -> dict[str, Any]:
-        return {"id": uuid.uuid4(), "user_id": uuid.uuid4(), "tier": tier, "status": status,
-                "stripe_subscription_id": f"sub_{uuid.uuid4().hex[:12]}",
-                "created_at": created, "updated_at": canceled or created,
-                "canceled_at": canceled, "cancel_at_period_end": False, **extra}
-
-    rows = [
-        sub("premium", "active", _at(2026, 9, 1)),
-        sub("premium", "active", _at(2026, 11, 10)),
-        sub("ai", "active", _at(2026, 10, 5)),
-        sub("ai", "canceled", _at(2026, 8, 1), _at(2026, 11, 15)),
-        sub("premium", "trialing", _at(2026, 11, 20), trial_start=_at(2026, 11, 20),
-            trial_end=_at(2026, 12, 4)),
-        sub("premium", "past_due", _at(2026, 7, 1)),
-        sub("premium", "canceled", _at(2026, 6, 1), _at(2026, 10, 20)),
-        sub("free", "active", _at(2026, 11, 2)),
-    ]
-    with engine.begin() as conn:
-        conn.execute(Subscription.__table__.insert(), rows)
+    app = AppWriter(engine)
+    people = {name: app.sign_up(f"{name}@example.com", at=_at(2026, 5, 1))
+              for name in "ABCDEH"}
+    app.stripe_subscribed(people["A"], tier="premium", at=_at(2026, 9, 1))
+    app.stripe_subscribed(people["B"], tier="premium", at=_at(2026, 11, 10))   # new in Nov
+    app.stripe_subscribed(people["C"], tier="ai", at=_at(2026, 10, 5))         # new in Oct
+    app.stripe_subscribed(people["D"], tier="ai", at=_at(2026, 8, 1))
+    app.stripe_deleted(people["D"], _at(2026, 11, 15))                          # ends in Nov
+    app.stripe_subscribed(people["E"], tier="premium", at=_at(2026, 6, 1))
+    app.stripe_deleted(people["E"], _at(2026, 10, 20))                          # ends in Oct
+    # Canceled at the end of a period that has not ended yet: still paying.
+    app.stripe_subscribed(people["H"], tier="premium", at=_at(2026, 9, 15),
+                          period_end=_at(2026, 12, 15))
+    app.canceled_at_period_end(people["H"], _at(2026, 11, 20))
+    # Grants: a sign-up year (F) and a promo code's tier (G); never in MRR.
+    app.sign_up("F@example.com", at=_at(2026, 11, 2))
+    promo = app.promo_code("AIFREE", tier="ai", at=_at(2026, 11, 1),
+                           expires_at=_at(2027, 2, 1))
+    app.redeem(app.sign_up("G@example.com", at=_at(2026, 11, 19)), promo, _at(2026, 11, 20))
 
 
 def _settings(db_url: str, tmp_path: Path, sink: SmtpSink, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"admin_emails": ADMINS,
-                              "tier_prices": "premium:4.99:EUR,ai:9.99:EUR", **sink.settings}
+    values: dict[str, Any] = {"admin_emails": ADMINS, **sink.settings}
     return make_settings(db_url, tmp_path, **{**values, **overrides})
 
 
@@ -81,29 +83,55 @@ def test_report_arrives_with_totals_and_csv(engine: Engine, db_url: str, tmp_pat
     [mail] = smtp_sink.received
     assert sorted(mail.rcpt_tos) == sorted(ADMINS)
     message = mail.message
-    assert "2026-11" in message["Subject"] and "19.97 EUR" in message["Subject"]
+    assert "2026-11" in message["Subject"] and "24.96 EUR" in message["Subject"]
     text, html, rows = _parts(message)
-    assert "active at month end  3 (+0)" in text
-    assert "MRR                  19.97 EUR (-5.00)" in text
-    assert "net change           +1" in text
+    assert "paid at month end    4 (+0)" in text
+    assert "MRR                  24.96 EUR (-5.00)" in text
+    assert "net change           +0" in text
     assert "churn rate           0.25" in text
-    assert "<strong>19.97 EUR</strong>" in html
+    assert "sign_up              premium 1 ai 0" in text
+    assert "promo_code           premium 0 ai 1" in text
+    assert "<strong>24.96 EUR</strong>" in html
     assert rows[0] == ["month", "tier", "metric", "value", "previous_month_value"]
     table = {(r[1], r[2]): (r[3], r[4]) for r in rows[1:]}
-    assert table[("premium", "active")] == ("2", "1")
+    assert table[("premium", "active")] == ("3", "2")
     assert table[("ai", "active")] == ("1", "2")
-    assert table[("premium", "trialing")] == ("1", "0")
-    assert table[("premium", "past_due")] == ("1", "1")
-    assert table[("premium", "new")] == ("2", "0")
+    assert table[("premium", "new")] == ("1", "0")
+    assert table[("ai", "new")] == ("0", "1")
     assert table[("ai", "canceled")] == ("1", "0")
-    assert table[("premium", "mrr")] == ("9.98", "4.99")
-    assert table[("all", "mrr_EUR")] == ("19.97", "24.97")
-    assert table[("all", "net_change")] == ("1", "0")
+    assert table[("premium", "canceled")] == ("0", "1")
+    assert table[("premium", "mrr")] == ("14.97", "9.98")
+    assert table[("all", "mrr_EUR")] == ("24.96", "29.96")
+    assert table[("all", "net_change")] == ("0", "0")
     assert table[("all", "churn_rate")] == ("0.25", "0.25")
     with engine.connect() as conn:
         stored = read_report(conn, "2026-11")
     assert stored is not None and stored["sent_at"] == NOW and not stored["archived"]
-    assert stored["data"]["totals"]["mrr"] == {"EUR": "19.97"}
+    assert stored["data"]["totals"]["mrr"] == {"EUR": "24.96"}
+    assert stored["data"]["grants"]["total"] == 2
+
+
+def test_mrr_leaves_grants_out_and_prices_come_from_the_plan_catalogue(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    _seed(engine)
+    plans = Plan.__table__
+    with engine.begin() as conn:  # a yearly AI plan: a twelfth of it per month
+        conn.execute(plans.update().where(plans.c.tier == "ai").values(
+            price=119.88, interval="year"))
+    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
+    report = outcome.details["report"]
+    # 3 premium x 4.99 + 1 ai x 9.99: the granted premium year and promo ai tier add 0.
+    assert report["totals"]["mrr"] == {"EUR": "24.96"}
+    assert report["tiers"]["ai"]["price"] == "9.99"
+    assert report["grants"]["by_source"] == {"promo_code": {"premium": 0, "ai": 1},
+                                             "sign_up": {"premium": 1, "ai": 0}}
+    assert "2 granted tiers (not in MRR)" in outcome.message
+    with engine.begin() as conn:
+        conn.execute(plans.delete().where(plans.c.tier == "ai"))
+    again = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
+    assert again.details["report"]["totals"]["mrr"] == {"EUR": "14.97"}
+    assert again.details["report"]["warnings"] == [
+        "no plan for tier ai in subscriptions: its MRR counts as 0"]
 
 
 def test_second_run_sends_nothing_unless_forced(engine: Engine, db_url: str,
@@ -129,7 +157,7 @@ def test_dry_run_sends_and_stores_nothing(engine: Engine, db_url: str, tmp_path:
     outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
     assert outcome.status == "success"
     assert "would send" in outcome.message
-    assert outcome.details["report"]["totals"]["active"] == 3
+    assert outcome.details["report"]["totals"]["active"] == 4
     assert smtp_sink.received == []
     with engine.connect() as conn:
         assert read_report(conn, "2026-11") is None

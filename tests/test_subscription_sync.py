@@ -1,4 +1,8 @@
-"""subscription-sync against localstripe: every kind of drift, 404, 429, 500, timeouts."""
+"""subscription-sync against localstripe: every kind of drift, 404, 429, 500, timeouts.
+
+Local rows are `user_subscriptions` rows written as the app writes them: sign-up (the
+trigger's premium year), then the webhook's Stripe columns, then drifted.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.jobs.subscription_sync import FIELDS, stripe_state
-from app.models import Subscription, SubscriptionHistory
+from app.jobs.subscription_sync import FIELDS, STATUS_MAP, stripe_state
+from app.models import SubscriptionHistory, UserSubscription
+from app.models.voyagesmart import SUBSCRIPTION_STATUSES
 from app.runner import Runner, RunOutcome
+from app.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.stripe_servers import FaultProxy, LocalStripe, localstripe, stripe_proxy
 
@@ -58,14 +64,14 @@ class World:
 def _row(world: World, obj: dict[str, Any] | None, **drift: Any) -> dict[str, Any]:
     """A local row equal to Stripe's state, then drifted by `drift`."""
     state = stripe_state(obj, world.tier_map) if obj else {
-        "status": "active", "tier": "premium", "current_period_start": NOW - 10 * DAY,
-        "current_period_end": NOW + 20 * DAY, "cancel_at_period_end": False,
-        "canceled_at": None, "trial_start": None, "trial_end": None}
+        "status": "active", "tier": "premium", "current_period_end": NOW + 20 * DAY,
+        "cancel_at_period_end": False,
+        "stripe_subscription_id": f"sub_gone_{uuid.uuid4().hex[:10]}"}
+    if obj and obj["status"] == "canceled":  # what the row said before Stripe canceled it
+        state.update(status="active", tier="premium")
     return {
-        "id": uuid.uuid4(), "user_id": uuid.uuid4(),
-        "stripe_subscription_id": obj["id"] if obj else f"sub_gone_{uuid.uuid4().hex[:10]}",
         "stripe_customer_id": obj["customer"] if obj else "cus_gone",
-        "created_at": NOW - 60 * DAY, "updated_at": NOW - 3 * DAY,
+        "updated_at": NOW - 3 * DAY,
         **state, **drift,
     }
 
@@ -85,29 +91,36 @@ def _seed(engine: Engine, world: World) -> dict[str, dict[str, Any]]:
     w.client.v1.subscriptions.update(pending_cancel["id"],
                                      params={"cancel_at_period_end": True})
     rows = {
-        "status": _row(w, w.subscription(w.premium_plan), status="past_due"),
+        "status": _row(w, w.subscription(w.premium_plan), status="inactive"),
         "tier": _row(w, w.subscription(w.ai_plan), tier="premium"),
         "period": _row(w, p := w.subscription(w.premium_plan),
-                       current_period_start=stripe_state(p, {})["current_period_start"]
-                       - 30 * DAY,
                        current_period_end=stripe_state(p, {})["current_period_end"]
                        - 30 * DAY),
         "cancel_at_period_end": _row(w, w.get(pending_cancel["id"]),
                                      cancel_at_period_end=False),
-        "canceled_at": _row(w, w.subscription(w.premium_plan), canceled_at=NOW - 2 * DAY),
         "trial": _row(w, w.subscription(w.premium_plan,
                                         trial_end=int((NOW + 14 * DAY).timestamp())),
-                      trial_end=None),
-        "canceled_in_stripe": _row(w, w.get(canceled["id"]), status="active"),
+                      tier="ai"),
+        "canceled_in_stripe": _row(w, w.get(canceled["id"])),
         "missing": _row(w, None),
         "unchanged": _row(w, w.subscription(w.ai_plan)),
-        "canceled_long_ago": _row(w, w.subscription(w.premium_plan), status="canceled",
-                                  canceled_at=NOW - 90 * DAY, updated_at=NOW - 90 * DAY),
-        "canceled_recently": _row(w, w.get(canceled_recently["id"]),
+        "unchanged_premium": _row(w, w.subscription(w.premium_plan)),
+        "canceled_long_ago": _row(w, w.subscription(w.premium_plan), status="inactive",
+                                  updated_at=NOW - 90 * DAY),
+        "canceled_recently": _row(w, w.get(canceled_recently["id"]), status="inactive",
                                   updated_at=NOW - 5 * DAY),
     }
-    with engine.begin() as conn:
-        conn.execute(Subscription.__table__.insert(), list(rows.values()))
+    app = AppWriter(engine)
+    subs = UserSubscription.__table__
+    for name, row in rows.items():
+        row["user_id"] = app.sign_up(f"{name}-{uuid.uuid4().hex[:6]}@example.com",
+                                     at=NOW - 60 * DAY)
+        with engine.begin() as conn:
+            conn.execute(subs.update().where(subs.c.user_id == row["user_id"]).values(
+                **{k: v for k, v in row.items() if k != "user_id"}))
+    # The sign-up trigger's premium year: no Stripe id, never Stripe's business.
+    rows["grant"] = {"user_id": app.sign_up(f"grant-{uuid.uuid4().hex[:6]}@example.com",
+                                            at=NOW - 60 * DAY)}
     return rows
 
 
@@ -128,10 +141,10 @@ def _run(engine: Engine, settings: Settings, *, dry_run: bool = False) -> RunOut
 
 
 def _local(engine: Engine, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    by_id = {row["id"]: name for name, row in rows.items()}
+    by_user = {row["user_id"]: name for name, row in rows.items()}
     with engine.connect() as conn:
-        found = conn.execute(sa.select(Subscription.__table__)).mappings().all()
-    return {by_id[r["id"]]: dict(r) for r in found}
+        found = conn.execute(sa.select(UserSubscription.__table__)).mappings().all()
+    return {by_user[r["user_id"]]: dict(r) for r in found}
 
 
 def _history(engine: Engine) -> list[dict[str, Any]]:
@@ -140,44 +153,57 @@ def _history(engine: Engine) -> list[dict[str, Any]]:
             sa.select(SubscriptionHistory.__table__)).mappings()]
 
 
-EXPECTED_BY_FIELD = {"status": 3, "tier": 1, "current_period_start": 1,
-                     "current_period_end": 1, "cancel_at_period_end": 1, "canceled_at": 2,
-                     "trial_end": 1}
+EXPECTED_BY_FIELD = {"status": 3, "tier": 5, "current_period_end": 1,
+                     "cancel_at_period_end": 1, "stripe_subscription_id": 3}
+ENDED = ("canceled_in_stripe", "missing", "canceled_recently")
 
 
 def _assert_repaired(engine: Engine, world: World, rows: dict[str, dict[str, Any]],
                      outcome: RunOutcome) -> None:
     details = outcome.details
-    assert details["checked"] == 10  # everything but the long-canceled one
+    assert details["checked"] == 10  # every row with a Stripe id but the long-inactive one
     assert details["changed"] == 8
     assert details["changed_by_field"] == EXPECTED_BY_FIELD
     assert details["missing_in_stripe"] == 1
+    assert details["deleted"] == 3
     assert details["failed"] == 0
     local = _local(engine, rows)
-    for name in ("status", "tier", "period", "cancel_at_period_end", "canceled_at", "trial",
-                 "canceled_in_stripe", "unchanged", "canceled_recently"):
+    for name in ("status", "tier", "period", "cancel_at_period_end", "trial", "unchanged",
+                 "unchanged_premium"):
         expected = stripe_state(world.get(rows[name]["stripe_subscription_id"]),
                                 world.tier_map)
         assert {f: local[name][f] for f in FIELDS} == expected, name
-    assert local["missing"]["status"] == "canceled"
-    assert local["missing"]["canceled_at"] == NOW
+    # What the app's customer.subscription.deleted handler writes.
+    for name in ENDED:
+        assert {f: local[name][f] for f in FIELDS} == {
+            "status": "inactive", "tier": "free", "current_period_end":
+            local[name]["current_period_end"], "cancel_at_period_end": False,
+            "stripe_subscription_id": None}, name
+    assert {r["status"] for r in local.values()} <= set(SUBSCRIPTION_STATUSES)
     # Outside the lookback: not checked, left as it was although Stripe says active.
-    assert local["canceled_long_ago"]["status"] == "canceled"
+    assert local["canceled_long_ago"]["status"] == "inactive"
     assert local["canceled_long_ago"]["updated_at"] == NOW - 90 * DAY
     assert local["unchanged"]["updated_at"] == NOW - 3 * DAY
+    # The trigger's premium year is not Stripe's: untouched.
+    assert (local["grant"]["tier"], local["grant"]["status"]) == ("premium", "active")
+    assert local["grant"]["updated_at"] == NOW - 60 * DAY
 
-    events = _history(engine)
+    events = [e for e in _history(engine) if e["details"].get("source") == "subscription-sync"]
     assert len(events) == 8
-    assert {e["event_type"] for e in events} == {"sync_updated"}
     by_sub = {e["stripe_subscription_id"]: e for e in events}
+    assert {by_sub[rows[n]["stripe_subscription_id"]]["event_type"] for n in ENDED} == {
+        "subscription_deleted"}
     assert rows["unchanged"]["stripe_subscription_id"] not in by_sub
     tier_event = by_sub[rows["tier"]["stripe_subscription_id"]]
+    assert tier_event["event_type"] == "subscription_created"  # the app's name for updates
     assert tier_event["details"]["before"] == {"tier": "premium"}
     assert tier_event["details"]["after"] == {"tier": "ai"}
     assert tier_event["tier"] == "ai" and tier_event["user_id"] == rows["tier"]["user_id"]
+    assert by_sub[rows["trial"]["stripe_subscription_id"]]["details"]["after"] == {
+        "tier": "premium"}
     gone = by_sub[rows["missing"]["stripe_subscription_id"]]
     assert gone["details"]["reason"] == "missing_in_stripe"
-    assert gone["details"]["after"] == {"status": "canceled", "canceled_at": NOW.isoformat()}
+    assert (gone["tier"], gone["status"]) == ("free", "inactive")
 
 
 def test_sync_repairs_every_kind_of_drift(engine: Engine, db_url: str, tmp_path: Path,
@@ -199,9 +225,11 @@ def test_second_run_changes_nothing(engine: Engine, db_url: str, tmp_path: Path,
     again = _run(engine, settings)
     assert again.status == "success"
     assert again.details["changed"] == 0 and again.details["changed_by_field"] == {}
-    assert again.details["missing_in_stripe"] == 1  # still unknown, already canceled
+    # The ended ones have no Stripe id any more: not Stripe's business now.
+    assert again.details["checked"] == 7 and again.details["missing_in_stripe"] == 0
     assert _local(engine, rows) == before
-    assert len(_history(engine)) == 8
+    assert len([e for e in _history(engine)
+                if e["details"].get("source") == "subscription-sync"]) == 8
 
 
 def test_list_paging_gives_the_same_repairs(engine: Engine, db_url: str, tmp_path: Path,
@@ -213,9 +241,10 @@ def test_list_paging_gives_the_same_repairs(engine: Engine, db_url: str, tmp_pat
     assert outcome.details["strategy"] == "list"
     _assert_repaired(engine, world, rows, outcome)
     pages = stripe_proxy.count(r"^/v1/subscriptions\?")
-    # Live ones come from the list; only the canceled and missing ones are retrieved.
-    assert stripe_proxy.count(r"^/v1/subscriptions/") == 3
-    assert outcome.details["api_calls"] == pages + 3
+    # Active rows come from the list; only our inactive rows and those the list lacks
+    # (canceled in Stripe, missing) are retrieved.
+    assert stripe_proxy.count(r"^/v1/subscriptions/") == 5
+    assert outcome.details["api_calls"] == pages + 5
 
 
 def test_dry_run_reports_and_writes_nothing(engine: Engine, db_url: str, tmp_path: Path,
@@ -228,7 +257,7 @@ def test_dry_run_reports_and_writes_nothing(engine: Engine, db_url: str, tmp_pat
     assert outcome.details["changed_by_field"] == EXPECTED_BY_FIELD
     assert "would change 8" in outcome.message
     assert _local(engine, rows) == before
-    assert _history(engine) == []
+    assert not [e for e in _history(engine) if e["details"].get("source")]
 
 
 def test_rate_limited_calls_are_retried(engine: Engine, db_url: str, tmp_path: Path,
@@ -286,8 +315,8 @@ def test_stripe_down_fails_the_run_for_a_retry(engine: Engine, db_url: str, tmp_
     assert outcome.status == "error"
     assert outcome.attempts == 3  # the runner retried the whole run
     assert "Stripe failed 10 calls" in outcome.message
-    assert _history(engine) == []
-    assert _local(engine, rows)["status"]["status"] == "past_due"
+    assert not [e for e in _history(engine) if e["details"].get("source")]
+    assert _local(engine, rows)["status"]["status"] == "inactive"
 
 
 def test_period_is_read_from_the_item_first() -> None:
@@ -301,8 +330,16 @@ def test_period_is_read_from_the_item_first() -> None:
     for obj, tier in ((new_shape, "ai"), (old_shape, "premium")):
         state = stripe_state(obj, tiers)
         assert state["tier"] == tier
-        assert state["current_period_start"] == dt.datetime(2023, 11, 14, 22, 13, 20,
-                                                            tzinfo=dt.UTC)
         assert state["current_period_end"] == dt.datetime(2023, 12, 14, 22, 13, 20,
                                                           tzinfo=dt.UTC)
     assert stripe_state(old_shape, {})["tier"] is None
+
+
+def test_every_stripe_status_maps_into_the_check_or_is_left_alone() -> None:
+    stripe_statuses = ["active", "trialing", "past_due", "unpaid", "incomplete", "paused",
+                       "canceled", "incomplete_expired", "something_new"]
+    for status in stripe_statuses:
+        mapped = stripe_state({"status": status}, {})["status"]
+        assert mapped is None or mapped in SUBSCRIPTION_STATUSES, status
+    assert set(STATUS_MAP.values()) <= set(SUBSCRIPTION_STATUSES)
+    assert stripe_state({"status": "something_new"}, {})["status"] is None

@@ -1,19 +1,22 @@
-"""user-engagement: the exact inactive set, one email per inactivity period, monthly metrics."""
+"""user-engagement: the exact inactive set, one email per inactivity period, monthly metrics.
+
+Activity is Supabase's `auth.users.last_sign_in_at`; `users.last_login` stays at sign-up,
+as the app leaves it (tests/notification_data.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.models import Expense, TripMedia, TripParticipant, User
+from app.models import AuthUser, Expense, TripMedia, TripParticipant, User
 from app.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import recipients, trip, user
+from tests.notification_data import add_people, recipients, trip, user
 from tests.servers import SmtpSink
 
 # The 1 December 05:00 slot; 90 days of inactivity means last seen before 2 September.
@@ -45,7 +48,7 @@ def _seed(engine: Engine) -> dict[str, User]:
         "boundary": user("boundary@example.com", last_login=ago(89.9), created=ago(400)),
     }
     with Session(engine, expire_on_commit=False) as s, s.begin():
-        s.add_all(people.values())
+        add_people(s, list(people.values()))
         s.flush()
         recent = trip("Recent", people["trip_owner"], dt.date(2027, 3, 1), created=ago(200))
         recent.updated_at = ago(5)
@@ -116,8 +119,8 @@ def test_sleeping_users_are_not_emailed_every_month_and_returns_are_counted(
         engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
     people = _seed(engine)
     _run(engine, db_url, tmp_path, smtp_sink, NOW)
-    with Session(engine) as s, s.begin():  # Sam reads the email and comes back
-        s.get(User, people["sleeper"].id).last_login = dt.datetime(  # type: ignore[union-attr]
+    with Session(engine) as s, s.begin():  # Sam reads the email and signs in again
+        s.get(AuthUser, people["sleeper"].id).last_sign_in_at = dt.datetime(  # type: ignore[union-attr]
             2026, 12, 10, tzinfo=dt.UTC)
 
     january = _run(engine, db_url, tmp_path, smtp_sink,
@@ -155,10 +158,44 @@ def test_dry_run_counts_without_sending_or_storing(engine: Engine, db_url: str,
 def test_unknown_language_falls_back_to_english(engine: Engine, db_url: str, tmp_path: Path,
                                                 smtp_sink: SmtpSink) -> None:
     with Session(engine) as s, s.begin():
-        s.add(User(id=uuid.uuid4(), email="kim@example.com", full_name="Kim",
-                   preferences={"language": "ko"}, created_at=ago(300),
-                   last_login=ago(200)))
+        add_people(s, [user("kim@example.com", name="Kim", prefs={"language": "ko"},
+                            created=ago(300), last_login=ago(200))])
     _run(engine, db_url, tmp_path, smtp_sink, NOW)
     [message] = smtp_sink.messages()
     assert message["Subject"] == "We miss you on VoyageSmart, Kim"
     assert message["List-Unsubscribe"] is not None
+
+
+def test_activity_is_the_last_sign_in_not_the_last_login_column(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    """The app never updates users.last_login: a user who signed in yesterday is active,
+    whatever that column says."""
+    with Session(engine) as s, s.begin():
+        add_people(s, [user("regular@example.com", created=ago(400), last_login=ago(1)),
+                       user("gone@example.com", created=ago(400), last_login=ago(200))])
+    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    assert outcome.status == "success", outcome.message  # type: ignore[attr-defined]
+    assert outcome.details["activity_source"] == "auth.users.last_sign_in_at"  # type: ignore[attr-defined]
+    assert set(recipients(smtp_sink)) == {"gone@example.com"}
+    assert rows(engine, "SELECT count(*) FROM users WHERE last_login < :t", t=ago(300)) == [
+        (2,)]
+
+
+def test_without_auth_users_it_falls_back_to_last_login_with_a_warning(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    with Session(engine) as s, s.begin():
+        add_people(s, [user("regular@example.com", created=ago(400), last_login=ago(1))])
+        s.get(User, s.query(User.id).scalar()).last_login = ago(1)  # type: ignore[union-attr]
+    with engine.begin() as conn:  # a database where auth.users is not there to read
+        conn.exec_driver_sql("ALTER TABLE auth.users RENAME COLUMN last_sign_in_at "
+                             "TO signed_in")
+    try:
+        outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    finally:  # the PostgreSQL database is shared by the session
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE auth.users RENAME COLUMN signed_in "
+                                 "TO last_sign_in_at")
+    assert outcome.status == "warning"  # type: ignore[attr-defined]
+    assert "users.last_login" in outcome.message  # type: ignore[attr-defined]
+    assert outcome.details["activity_source"] == "users.last_login"  # type: ignore[attr-defined]
+    assert recipients(smtp_sink) == {}

@@ -1,15 +1,18 @@
 """analytics: the figures of the last complete ISO week, one row per week.
 
 1. Take the ISO week before the one `now` falls in (Monday 00:00 to Monday 00:00 UTC).
-2. Engagement: active users (last login in the week), new users, trips created, trips
-   starting, and trips under way in the week with more than one accepted participant.
-3. Subscription conversion (paid tiers): new paid subscriptions by tier, upgrades and
-   downgrades (a history event whose tier ranks above or below the user's previous one),
-   cancellations, conversion free -> paid (users without a live paid subscription at the
-   week's start who started one during it) and churn (paid subscriptions ended during the
-   week over those live at its start).
-4. Usage by tier: trips, participants, media and documents added, grouped by the tier of
-   the trip owner's live paid subscription at the week's end.
+2. Engagement: active users (signed in during the week: `auth.users.last_sign_in_at`,
+   else `users.last_login` with a warning), new users, trips created, trips starting, and
+   trips under way in the week with more than one accepted participant.
+3. Subscription conversion, Stripe-paid subscriptions only (app/subscription_facts.py):
+   new paid subscriptions by tier, upgrades and downgrades (a history event whose tier
+   ranks above or below the user's previous one), cancellations (the app's
+   inactive/subscription_deleted/subscription_expired transitions), conversion (users who
+   started paying during the week over users not paying at its start) and churn
+   (cancellations over paid subscriptions at its start).  Granted tiers (the sign-up
+   trigger's year, promo codes) are counted apart, as grants.
+4. Usage by tier: trips, participants, media and documents added, grouped by the trip
+   owner's current tier.
 5. Upsert the row for that week (a rerun replaces it).  A dry run computes and stores
    nothing.
 
@@ -25,7 +28,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.config import BILLING_TIERS
 from app.db import table_of, upsert
 from app.jobs.context import JobContext, JobResult
 from app.models import (
@@ -37,19 +39,20 @@ from app.models import (
     TripParticipant,
     User,
 )
+from app.models.voyagesmart import TIERS
 from app.subscription_facts import (
     PAID_TIERS,
-    TERMINAL_STATUSES,
-    count_if,
-    ended_between,
-    is_paid,
-    live_at,
+    ends,
+    grants_now,
+    paid_at,
+    paid_now,
     ratio,
-    started,
+    starts,
     subs,
     tier_of_rank,
     tier_rank,
 )
+from app.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
 
 users = table_of(User)
 trips = table_of(Trip)
@@ -80,7 +83,7 @@ def _bounds(monday: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=7)
 
 
-def _engagement(conn: Connection, monday: dt.date) -> dict[str, int]:
+def _engagement(conn: Connection, monday: dt.date, sign_ins: bool) -> dict[str, int]:
     start, end = _bounds(monday)
     sunday_next = monday + dt.timedelta(days=7)
     group = (
@@ -95,7 +98,8 @@ def _engagement(conn: Connection, monday: dt.date) -> dict[str, int]:
         return sa.select(sa.func.count()).select_from(table).where(*conditions).scalar_subquery()
 
     row = conn.execute(sa.select(
-        scalar(users, users.c.last_login >= start, users.c.last_login < end).label("active"),
+        scalar(users, last_seen(sign_ins) >= start, last_seen(sign_ins) < end
+               ).label("active"),
         scalar(users, users.c.created_at >= start, users.c.created_at < end).label("new"),
         scalar(trips, trips.c.created_at >= start, trips.c.created_at < end).label("created"),
         scalar(trips, trips.c.start_date >= monday, trips.c.start_date < sunday_next
@@ -118,24 +122,10 @@ def _engagement(conn: Connection, monday: dt.date) -> dict[str, int]:
 
 def _conversion(conn: Connection, monday: dt.date) -> dict[str, Any]:
     start, end = _bounds(monday)
-    in_week = sa.and_(subs.c.created_at >= start, subs.c.created_at < end)
-    per_tier = conn.execute(
-        sa.select(
-            subs.c.tier,
-            count_if(sa.and_(in_week, started())).label("new"),
-            count_if(ended_between(start, end)).label("canceled"),
-            count_if(live_at(start)).label("live_at_start"),
-        )
-        .where(is_paid(), subs.c.created_at < end)
-        .group_by(subs.c.tier)
-    ).all()
-    new = {tier: 0 for tier in PAID_TIERS}
-    canceled = {tier: 0 for tier in PAID_TIERS}
-    live_at_start = 0
-    for row in per_tier:
-        new[row.tier] = int(row.new)
-        canceled[row.tier] = int(row.canceled)
-        live_at_start += int(row.live_at_start)
+    now_counts = paid_now(conn)
+    at_start = paid_at(conn, start, now_counts)
+    new, converted = starts(conn, start, end)
+    canceled = ends(conn, start, end)
 
     # Up/downgrades: each history event against the same user's previous one.
     rank = tier_rank(history.c.tier)
@@ -147,27 +137,23 @@ def _conversion(conn: Connection, monday: dt.date) -> dict[str, Any]:
                                    order_by=(history.c.event_timestamp,
                                              history.c.created_at)).label("previous"),
         )
-        .where(history.c.event_timestamp < end, history.c.user_id.is_not(None),
-               rank.is_not(None),
-               sa.or_(history.c.status.is_(None), history.c.status.not_in(TERMINAL_STATUSES)))
+        .where(history.c.event_timestamp < end, rank.is_not(None),
+               history.c.stripe_subscription_id.is_not(None),
+               sa.or_(history.c.status.is_(None), history.c.status == "active"))
         .subquery()
     )
     moves = conn.execute(
-        sa.select(count_if(ordered.c.rank > ordered.c.previous).label("up"),
-                  count_if(ordered.c.rank < ordered.c.previous).label("down"))
+        sa.select(sa.func.count().filter(ordered.c.rank > ordered.c.previous).label("up"),
+                  sa.func.count().filter(ordered.c.rank < ordered.c.previous).label("down"))
         .where(ordered.c.at >= start)
     ).one()
-
-    paid_at_start = sa.exists().where(subs.c.user_id == users.c.id, is_paid(), live_at(start))
-    started_paid = sa.exists().where(subs.c.user_id == users.c.id, is_paid(), in_week,
-                                     started())
-    funnel = conn.execute(
-        sa.select(sa.func.count().label("free"),
-                  count_if(started_paid).label("converted"))
-        .select_from(users)
-        .where(users.c.created_at < end, ~paid_at_start)
-    ).one()
+    users_before_end = int(conn.execute(
+        sa.select(sa.func.count()).select_from(users).where(users.c.created_at < end)
+    ).scalar_one())
+    paid_start = sum(at_start.values())
+    free_users = max(0, users_before_end - paid_start)
     cancellations = sum(canceled.values())
+    grants = grants_now(conn)
     return {
         "new_paid_by_tier": new,
         "new_paid": sum(new.values()),
@@ -175,11 +161,14 @@ def _conversion(conn: Connection, monday: dt.date) -> dict[str, Any]:
         "downgrades": int(moves.down),
         "cancellations_by_tier": canceled,
         "cancellations": cancellations,
-        "free_users": int(funnel.free),
-        "converted_users": int(funnel.converted),
-        "conversion_rate": ratio(int(funnel.converted), int(funnel.free)),
-        "paid_at_start": live_at_start,
-        "churn_rate": ratio(cancellations, live_at_start),
+        "free_users": free_users,
+        "converted_users": converted,
+        "conversion_rate": ratio(converted, free_users),
+        "paid_at_start": paid_start,
+        "paid_now_by_tier": now_counts,
+        "churn_rate": ratio(cancellations, paid_start),
+        "grants_by_source": grants,
+        "grants": sum(sum(t.values()) for t in grants.values()),
     }
 
 
@@ -187,7 +176,7 @@ def _usage(conn: Connection, monday: dt.date) -> dict[str, dict[str, int]]:
     start, end = _bounds(monday)
     owner_tier = (
         sa.select(subs.c.user_id, sa.func.max(tier_rank(subs.c.tier)).label("rank"))
-        .where(is_paid(), live_at(end))
+        .where(subs.c.status == "active", subs.c.tier.in_(PAID_TIERS))
         .group_by(subs.c.user_id)
         .cte("owner_tier")
     )
@@ -216,16 +205,16 @@ def _usage(conn: Connection, monday: dt.date) -> dict[str, dict[str, int]]:
         added("media", media), added("documents", documents),
     )).all()
     usage = {t: {"trips": 0, "participants": 0, "media": 0, "documents": 0}
-             for t in BILLING_TIERS}
+             for t in TIERS}
     for row in rows:
         usage[tier_of_rank(int(row.rank))][row.kind] = int(row.n)
     return usage
 
 
-def compute_week(conn: Connection, monday: dt.date) -> dict[str, Any]:
+def compute_week(conn: Connection, monday: dt.date, sign_ins: bool = True) -> dict[str, Any]:
     """Every figure of the ISO week starting `monday`."""
     return {
-        "engagement": _engagement(conn, monday),
+        "engagement": _engagement(conn, monday, sign_ins),
         "conversion": _conversion(conn, monday),
         "usage_by_tier": _usage(conn, monday),
     }
@@ -242,14 +231,16 @@ def _upsert(conn: Connection, values: dict[str, Any]) -> None:
 def run(ctx: JobContext) -> JobResult:
     monday = previous_week(ctx.now)
     label = iso_week(monday)
+    sign_ins = sign_ins_readable(ctx.schema_check())
     with ctx.engine.connect() as conn:
-        metrics = compute_week(conn, monday)
+        metrics = compute_week(conn, monday, sign_ins)
+    warnings = [] if sign_ins else [FALLBACK_WARNING]
     engagement, conversion = metrics["engagement"], metrics["conversion"]
     summary = (
         f"{label}: {engagement['active_users']} active users, {engagement['new_users']} new, "
         f"{engagement['trips_created']} trips created; {conversion['new_paid']} new paid, "
         f"{conversion['cancellations']} canceled, conversion {conversion['conversion_rate']}, "
-        f"churn {conversion['churn_rate']}"
+        f"churn {conversion['churn_rate']}; {conversion['grants']} granted tiers (not paid)"
     )
     if not ctx.dry_run:
         with ctx.engine.begin() as conn:
@@ -266,9 +257,11 @@ def run(ctx: JobContext) -> JobResult:
                 "computed_at": ctx.now,
                 "run_id": ctx.run_id,
             })
-    message = ("would store " if ctx.dry_run else "stored ") + summary
+    message = (("would store " if ctx.dry_run else "stored ") + summary
+               + "".join(f"; warning: {w}" for w in warnings))
     return JobResult(records_processed=0 if ctx.dry_run else 1, message=message,
-                     details={"iso_week": label, "metrics": metrics})
+                     status="warning" if warnings else "success",
+                     details={"iso_week": label, "metrics": metrics, "warnings": warnings})
 
 
 def read_week(conn: Connection, label: str) -> dict[str, Any] | None:

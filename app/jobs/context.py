@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.requirements import JobCheck, check_job
 
 
 class TransientError(Exception):
@@ -24,10 +25,11 @@ class TransientError(Exception):
 
 
 class JobRefused(Exception):
-    """The job stopped before changing anything, for a reason an operator must act on
-    (a safety brake, tables that do not fit).  The run ends `error` with this one line as
-    its message and `details` on the log row; it is not retried: the same data gives the
-    same answer.
+    """The job stopped before changing anything, for a reason an operator must act on: its
+    tables do not fit, row-level security would hide rows, its integration is not
+    configured, or a safety brake tripped.  The run ends `error` with this one line as its
+    message and `details` on the log row; it is not retried: the same data gives the same
+    answer.
     """
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
@@ -36,7 +38,7 @@ class JobRefused(Exception):
 
 
 class JobAborted(Exception):
-    """The job stopped cleanly on purpose (e.g. a safety brake); nothing is half-done."""
+    """The job stopped cleanly on purpose (e.g. its time budget); nothing is half-done."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,16 @@ class JobContext:
     attempt: int = 1
     deadline: dt.datetime | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("app.jobs"))
+    # The runner's check of this job's tables (app/requirements.py), read by jobs whose
+    # sources are optional; `schema_check()` makes it when a test calls a job directly.
+    schema: JobCheck | None = None
+
+    def schema_check(self) -> JobCheck:
+        if self.schema is not None:
+            return self.schema
+        from app.registry import JOBS
+
+        return check_job(self.engine, self.settings, JOBS[self.task])
 
     def seconds_left(self, now: dt.datetime) -> float | None:
         """Time left in the run's budget at `now` (None when unbounded)."""

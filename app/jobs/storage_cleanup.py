@@ -2,12 +2,17 @@
 
 Steps:
 
-1. Build the reference set: stream every file URL VoyageSmart stores (`users.avatar_url`,
-   `trip_media.url`, `documents.file_url`, `expenses.receipt_url`) once, parse the public
-   URLs (`…/storage/v1/object/public/<bucket>/<key>`) and keep a 64-bit hash of each key per
-   bucket.  A hash costs about 60 bytes per distinct file (a set of Python ints) instead of
-   the whole URL, so 500,000 references take ~30 MB whatever the URL lengths; a collision
-   can only make an orphan look referenced, i.e. keep a file, never delete a used one.
+1. Build the reference set: stream every file URL VoyageSmart stores, from each source in
+   `app.file_references.SOURCES` (URL columns such as `trip_media.url` and
+   `trip_chat_messages.attachment_url`, and the JSONB `documents` arrays of
+   `accommodations` and `transportation`), parse the public URLs
+   (`…/storage/v1/object/public/<bucket>/<key>`) and keep a 64-bit hash of each key per
+   bucket.  A source whose table or column is missing is reported, and nothing is deleted
+   from the buckets it may point into.  A configured bucket that does not exist stops the
+   run with an error: an empty listing must never look like an empty bucket.  A hash
+   costs about 60 bytes per distinct file (a set of Python ints) instead of the whole URL,
+   so 500,000 references take ~30 MB whatever the URL lengths; a collision can only make
+   an orphan look referenced, i.e. keep a file, never delete a used one.
 2. List each bucket page by page and classify every object: a temporary upload (under
    `STORAGE_TEMP_PREFIX`) older than `STORAGE_TEMP_MAX_AGE_HOURS`; an orphan (not
    referenced) older than `STORAGE_ORPHAN_MIN_AGE_DAYS` — younger orphans are kept, an
@@ -36,7 +41,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -46,9 +51,8 @@ import sqlalchemy as sa
 
 from app.batching import stream_keys
 from app.config import Settings
-from app.db import table_of
-from app.jobs.context import JobContext, JobResult
-from app.models import Document, Expense, TripMedia, User
+from app.file_references import SOURCES, Source, urls_in
+from app.jobs.context import JobContext, JobRefused, JobResult
 from app.storage import (
     S3_DELETE_BATCH,
     ObjectChanged,
@@ -57,13 +61,6 @@ from app.storage import (
     storage_from_settings,
 )
 
-# (table, URL column, change-time columns) for every place VoyageSmart links a file.
-_REFERENCES = [
-    (table_of(User), "avatar_url", ("created_at",)),
-    (table_of(TripMedia), "url", ("created_at",)),
-    (table_of(Document), "file_url", ("created_at", "updated_at")),
-    (table_of(Expense), "receipt_url", ("created_at", "updated_at")),
-]
 # Supabase serves a file under several paths; each names the bucket then the key.
 _URL_MARKERS = (
     "/storage/v1/object/public/",
@@ -102,31 +99,46 @@ def parse_reference(url: str) -> tuple[str, str] | None:
     return None
 
 
-def _reference_query(since: dt.datetime | None = None) -> sa.Select[Any]:
-    parts = []
-    for table, column, changed in _REFERENCES:
-        col = table.c[column]
-        part = sa.select(col.label("url")).where(col.is_not(None), col.like("%/storage/v1/%"))
-        if since is not None:
-            part = part.where(sa.or_(*(table.c[c] >= since for c in changed)))
-        parts.append(part)
-    union = sa.union_all(*parts).subquery()
-    return sa.select(union.c.url)
+def _reference_query(source: Source, since: dt.datetime | None = None) -> sa.Select[Any]:
+    table = sa.table(source.table, *(sa.column(c) for c in (source.column, *source.changed)))
+    col = table.c[source.column]
+    query = sa.select(col).where(col.is_not(None))
+    if source.kind == "url":
+        query = query.where(col.like("%/storage/v1/%"))
+    if since is not None:
+        query = query.where(sa.or_(*(table.c[c] >= since for c in source.changed)))
+    return query
 
 
-def build_reference_set(ctx: JobContext, buckets: list[str],
+def build_reference_set(ctx: JobContext, buckets: list[str], sources: Sequence[Source],
                         since: dt.datetime | None = None, into: RefSet | None = None
                         ) -> tuple[RefSet, int]:
-    """Stream the referencing URLs once into per-bucket key hashes; (set, rows read)."""
+    """Stream each source's values once into per-bucket key hashes; (set, rows read)."""
     refs: RefSet = into if into is not None else {bucket: set() for bucket in buckets}
     rows = 0
-    for chunk in stream_keys(ctx.engine, _reference_query(since), ctx.settings.batch_size):
-        rows += len(chunk)
-        for url in chunk:
-            parsed = parse_reference(url)
-            if parsed is not None and parsed[0] in refs:
-                refs[parsed[0]].add(key_hash(parsed[1]))
+    for source in sources:
+        for chunk in stream_keys(ctx.engine, _reference_query(source, since),
+                                 ctx.settings.batch_size):
+            rows += len(chunk)
+            for value in chunk:
+                for url in urls_in(source.kind, value):
+                    parsed = parse_reference(url)
+                    if parsed is not None and parsed[0] in refs:
+                        refs[parsed[0]].add(key_hash(parsed[1]))
     return refs, rows
+
+
+def readable_sources(ctx: JobContext) -> tuple[list[Source], dict[str, str]]:
+    """The sources this database has, and the unreadable ones with why."""
+    check = ctx.schema_check()
+    readable, missing = [], {}
+    for source in SOURCES:
+        table = check.table(source.table)
+        if table.usable:
+            readable.append(source)
+        else:
+            missing[source.name] = "; ".join(table.problems)
+    return readable, missing
 
 
 @dataclass
@@ -153,6 +165,8 @@ class BucketReport:
     recompress_not_worth_it: int = 0
     delete_fraction: float = 0.0
     braked: bool = False
+    # A reference source that could not be read may point here: nothing is deleted.
+    protected_by: list[str] = field(default_factory=list)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 
@@ -309,9 +323,15 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
     buckets = list(s.storage_buckets)
     timings: dict[str, float] = {}
 
+    absent = [bucket for bucket in buckets if not storage.has_bucket(bucket)]
+    if absent:
+        raise JobRefused(f"storage-cleanup cannot run: bucket(s) {', '.join(absent)} do not "
+                         f"exist on the {storage.name} backend; check STORAGE_BUCKETS")
+    sources, unreadable = readable_sources(ctx)
+
     started = time.monotonic()
     scan_began = dt.datetime.now(dt.UTC)
-    refs, reference_rows = build_reference_set(ctx, buckets)
+    refs, reference_rows = build_reference_set(ctx, buckets, sources)
     timings["reference_set_s"] = round(time.monotonic() - started, 3)
 
     reports = {bucket: BucketReport(bucket) for bucket in buckets}
@@ -328,8 +348,16 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
                 spools[bucket] = _Spool.open(stack)
         timings["listing_s"] = round(time.monotonic() - started, 3)
 
+        for name, _why in unreadable.items():
+            source = next(src for src in SOURCES if src.name == name)
+            for bucket in buckets:
+                if source.buckets is None or bucket in source.buckets:
+                    reports[bucket].protected_by.append(name)
+
         braked = []
         for bucket, report in reports.items():
+            if report.protected_by:
+                continue  # nothing is deleted there this run anyway
             planned = report.temp_to_delete + report.orphans_to_delete
             report.delete_fraction = round(planned / report.scanned, 4) if report.scanned else 0
             if planned and report.delete_fraction > s.storage_delete_brake_fraction:
@@ -340,26 +368,34 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
         if not (ctx.dry_run or stop):
             started = time.monotonic()
             # Rows linked while the bucket listings ran; a margin covers clock skew.
-            build_reference_set(ctx, buckets, since=scan_began - dt.timedelta(minutes=5),
-                                into=refs)
+            build_reference_set(ctx, buckets, sources,
+                                since=scan_began - dt.timedelta(minutes=5), into=refs)
             for bucket in buckets:
-                _delete(storage, bucket, refs[bucket], reports[bucket], spools[bucket])
+                if not reports[bucket].protected_by:
+                    _delete(storage, bucket, refs[bucket], reports[bucket], spools[bucket])
             timings["deletes_s"] = round(time.monotonic() - started, 3)
             started = time.monotonic()
             for bucket in buckets:
                 _recompress(ctx, storage, bucket, reports[bucket], spools[bucket])
             timings["recompress_s"] = round(time.monotonic() - started, 3)
 
-    return _result(ctx, storage, reports, timings, reference_rows, braked, stop)
+    return _result(ctx, storage, reports, timings, reference_rows, braked, stop, unreadable)
 
 
 def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
             timings: dict[str, float], reference_rows: int, braked: list[str],
-            stopped: bool) -> JobResult:
+            stopped: bool, unreadable: dict[str, str]) -> JobResult:
     s = ctx.settings
     every = list(reports.values())
     errors = sum(r.errors for r in every)
+    protected = sorted({r.bucket for r in every if r.protected_by})
+    note = ""
+    if unreadable:
+        note = (f"; reference source(s) {', '.join(sorted(unreadable))} unreadable: nothing "
+                f"deleted from {', '.join(protected)}")
     details: dict[str, Any] = {
+        "unreadable_sources": unreadable,
+        "protected_buckets": protected,
         "backend": storage.name,
         "dry_run": ctx.dry_run,
         "forced": ctx.force,
@@ -377,7 +413,9 @@ def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
                    f"{candidates} images for recompression")
         if braked:
             message += f"; the safety brake would stop the run ({', '.join(braked)})"
-        return JobResult(0, message, "warning" if braked or errors else "success", details)
+        message += note
+        return JobResult(0, message, "warning" if braked or errors or unreadable
+                         else "success", details)
     if stopped:
         numbers = ", ".join(
             f"{r.bucket}: {r.temp_to_delete + r.orphans_to_delete} of {r.scanned} objects "
@@ -385,7 +423,7 @@ def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
         message = (f"safety brake: would delete more than "
                    f"{s.storage_delete_brake_fraction:.0%} of a bucket ({numbers}); deleted "
                    "and rewrote nothing. Check the references, then force a run to proceed")
-        return JobResult(0, message, "warning", details)
+        return JobResult(0, message + note, "warning", details)
     deleted = sum(r.temp_deleted + r.orphans_deleted for r in every)
     freed = sum(r.temp_deleted_bytes + r.orphans_deleted_bytes for r in every)
     recompressed = sum(r.recompressed for r in every)
@@ -394,5 +432,6 @@ def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
                f"images ({saved} bytes saved)")
     if errors:
         message += f"; {errors} errors (see details)"
-    return JobResult(deleted + recompressed, message, "warning" if errors else "success",
-                     details)
+    message += note
+    return JobResult(deleted + recompressed, message,
+                     "warning" if errors or unreadable else "success", details)

@@ -1,10 +1,12 @@
 """subscription-report: last month's subscriptions, emailed once to the admins, kept.
 
-1. Compute the previous calendar month (UTC) and the month before it, per paid tier, in
-   one pass each: active at month end (live, not trialing, not past due), trialing, past
-   due, new, canceled, MRR (active x the tier's price from `TIER_PRICES`, in its
+1. Compute the previous calendar month (UTC) and the month before it, per paid tier, from
+   Stripe-paid subscriptions only (app/subscription_facts.py): paid at month end, new,
+   canceled (the app's inactive/subscription_deleted/subscription_expired transitions),
+   MRR (paid x the tier's monthly price from the `subscriptions` plan catalogue, in its
    currency); then totals, net change (new - canceled) and churn (canceled over those
-   live at the month's start), and the change against the month before.
+   paid at the month's start), and the change against the month before.  Granted tiers
+   (the sign-up trigger's year, promo codes) are reported apart, as grants, never in MRR.
 2. Store it, one row per month.  A month whose report was already sent is left alone
    unless the run is forced.
 3. Email it to `ADMIN_EMAILS` (HTML and text bodies from jinja2 templates, the figures as
@@ -35,15 +37,12 @@ from app.mail import Mailer
 from app.models import CronMonthlyReport
 from app.subscription_facts import (
     PAID_TIERS,
-    count_if,
-    delinquent,
-    ended_between,
-    is_paid,
-    live_at,
+    ends_since,
+    grants_now,
+    monthly_prices,
+    paid_now,
     ratio,
-    started,
-    subs,
-    trialing_at,
+    starts_since,
 )
 
 reports = table_of(CronMonthlyReport)
@@ -55,7 +54,7 @@ _TEMPLATES = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_COUNTS = ("active", "trialing", "past_due", "new", "canceled")
+_COUNTS = ("active", "new", "canceled")
 
 
 def month_label(day: dt.date) -> str:
@@ -79,57 +78,53 @@ def _at(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
-def _figures_statement() -> sa.Select[Any]:
-    start = sa.bindparam("start", type_=subs.c.created_at.type)
-    end = sa.bindparam("end", type_=subs.c.created_at.type)
-    live_end, trial_end = live_at(end), trialing_at(end)
-    return (
-        sa.select(
-            subs.c.tier,
-            count_if(sa.and_(live_end, ~trial_end, ~delinquent())).label("active"),
-            count_if(sa.and_(live_end, trial_end)).label("trialing"),
-            count_if(sa.and_(live_end, ~trial_end, delinquent())).label("past_due"),
-            count_if(sa.and_(subs.c.created_at >= start, started())).label("new"),
-            count_if(ended_between(start, end)).label("canceled"),
-            count_if(live_at(start)).label("live_at_start"),
-        )
-        .where(is_paid(), subs.c.created_at < end)
-        .group_by(subs.c.tier)
-    )
-
-
-# Built once: constructing this expression costs about 1.5 ms a month, every run.
-_FIGURES = _figures_statement()
-
-
-def month_figures(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
+def month_figures(conn: Connection, first: dt.date,
+                  prices: dict[str, tuple[Decimal, str]] | None = None) -> dict[str, Any]:
     """Per-tier counts and MRR of the month starting `first`, and its totals."""
-    rows = conn.execute(
-        _FIGURES, {"start": _at(first), "end": _at(_add_months(first, 1))}).all()
-    found = {row.tier: row for row in rows}
-    tiers: dict[str, dict[str, Any]] = {}
-    mrr: dict[str, Decimal] = {}
-    live_at_start = 0
-    for tier in PAID_TIERS:
-        row = found.get(tier)
-        counts = {name: int(getattr(row, name)) if row else 0 for name in _COUNTS}
-        live_at_start += int(row.live_at_start) if row else 0
-        price, currency = settings.tier_prices.get(tier, (Decimal(0), "EUR"))
-        amount = price * counts["active"]
-        mrr[currency] = mrr.get(currency, Decimal(0)) + amount
-        tiers[tier] = {**counts, "mrr": f"{amount:.2f}", "currency": currency,
-                       "price": f"{price:.2f}"}
-    totals: dict[str, Any] = {name: sum(t[name] for t in tiers.values()) for name in _COUNTS}
-    totals["net_change"] = totals["new"] - totals["canceled"]
-    totals["live_at_start"] = live_at_start
-    totals["churn_rate"] = ratio(totals["canceled"], live_at_start)
-    totals["mrr"] = {cur: f"{amount:.2f}" for cur, amount in sorted(mrr.items())}
-    return {"month": month_label(first), "tiers": tiers, "totals": totals}
+    if prices is None:
+        prices, _ = monthly_prices(conn)
+    return _months(conn, [first], prices)[0]
 
 
-def build_report(conn: Connection, first: dt.date, settings: Settings) -> dict[str, Any]:
-    current = month_figures(conn, first, settings)
-    previous = month_figures(conn, _add_months(first, -1), settings)
+def _months(conn: Connection, firsts: list[dt.date],
+            prices: dict[str, tuple[Decimal, str]]) -> list[dict[str, Any]]:
+    """The figures of each month starting in `firsts`, from one read of today's paid
+    subscriptions and one pass over the history for every month boundary."""
+    bounds = sorted({_at(d) for f in firsts for d in (f, _add_months(f, 1))})
+    now_counts = paid_now(conn)
+    started = dict(zip(bounds, starts_since(conn, bounds), strict=True))
+    ended = dict(zip(bounds, ends_since(conn, bounds), strict=True))
+
+    def paid(moment: dt.datetime, tier: str) -> int:
+        return max(0, now_counts[tier] - started[moment][tier] + ended[moment][tier])
+
+    out = []
+    for first in firsts:
+        start, end = _at(first), _at(_add_months(first, 1))
+        tiers: dict[str, dict[str, Any]] = {}
+        mrr: dict[str, Decimal] = {}
+        for tier in PAID_TIERS:
+            counts = {"active": paid(end, tier),
+                      "new": started[start][tier] - started[end][tier],
+                      "canceled": ended[start][tier] - ended[end][tier]}
+            price, currency = prices[tier]
+            amount = price * counts["active"]
+            mrr[currency] = mrr.get(currency, Decimal(0)) + amount
+            tiers[tier] = {**counts, "mrr": f"{amount:.2f}", "currency": currency,
+                           "price": f"{price:.2f}"}
+        totals: dict[str, Any] = {name: sum(t[name] for t in tiers.values())
+                                  for name in _COUNTS}
+        totals["net_change"] = totals["new"] - totals["canceled"]
+        totals["live_at_start"] = sum(paid(start, tier) for tier in PAID_TIERS)
+        totals["churn_rate"] = ratio(totals["canceled"], totals["live_at_start"])
+        totals["mrr"] = {cur: f"{amount:.2f}" for cur, amount in sorted(mrr.items())}
+        out.append({"month": month_label(first), "tiers": tiers, "totals": totals})
+    return out
+
+
+def build_report(conn: Connection, first: dt.date) -> dict[str, Any]:
+    prices, warnings = monthly_prices(conn)
+    current, previous = _months(conn, [first, _add_months(first, -1)], prices)
     change: dict[str, Any] = {
         name: current["totals"][name] - previous["totals"][name]
         for name in (*_COUNTS, "net_change")
@@ -139,7 +134,11 @@ def build_report(conn: Connection, first: dt.date, settings: Settings) -> dict[s
         for cur, prev in {**{c: "0" for c in current["totals"]["mrr"]},
                           **previous["totals"]["mrr"]}.items()
     }
-    return {**current, "previous": previous, "change": change}
+    grants = grants_now(conn)
+    return {**current, "previous": previous, "change": change,
+            "grants": {"by_source": grants,
+                       "total": sum(sum(t.values()) for t in grants.values())},
+            "warnings": warnings}
 
 
 def report_csv(report: dict[str, Any]) -> str:
@@ -190,7 +189,7 @@ def run(ctx: JobContext) -> JobResult:
     cutoff = _add_months(ctx.now.astimezone(dt.UTC).date().replace(day=1),
                          -settings.report_retention_months)
     with ctx.engine.connect() as conn:
-        report = build_report(conn, first, settings)
+        report = build_report(conn, first)
         # One round trip for both: when this month was sent, and how many to archive.
         state = conn.execute(sa.select(
             sa.select(reports.c.sent_at).where(reports.c.month == label)
@@ -208,7 +207,8 @@ def run(ctx: JobContext) -> JobResult:
     totals = report["totals"]
     summary = (f"{label}: {totals['active']} active, MRR "
                + (", ".join(f"{a} {c}" for c, a in totals["mrr"].items()) or "0")
-               + f", {totals['new']} new, {totals['canceled']} canceled")
+               + f", {totals['new']} new, {totals['canceled']} canceled; "
+               f"{report['grants']['total']} granted tiers (not in MRR)")
 
     if ctx.dry_run:
         action = "would send" if send else "would not send"

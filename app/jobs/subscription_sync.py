@@ -1,27 +1,33 @@
-"""subscription-sync: the safety net behind Stripe's webhooks.
+"""subscription-sync: the safety net behind Stripe's webhooks, on `user_subscriptions`.
 
-1. Select the local subscriptions Stripe may still change: every non-terminal status
-   (active, trialing, past_due, unpaid, incomplete, paused) and those canceled or expired
-   within `SUBSCRIPTION_SYNC_LOOKBACK_DAYS`.
+Only rows with a `stripe_subscription_id` are Stripe's business: the sign-up trigger's
+premium year and promo-code tiers have none and are never read or written here.
+
+1. Select those rows: every `active` one, and the others updated within
+   `SUBSCRIPTION_SYNC_LOOKBACK_DAYS`.
 2. Fetch their state from Stripe (`app.stripe_gateway`: rate-limited, SDK retries, 429
    backoff), by the cheaper of two strategies:
    - *list*: page through `subscriptions.list` (100 per call; it returns every
-     non-canceled subscription).  Webhooks keep Stripe's live set and ours close, so this
-     costs about live/100 calls, and stops as soon as every live candidate was seen.  Only
-     what the list cannot show (canceled in Stripe, missing, our recently canceled rows)
-     is then retrieved one by one.
-   - *retrieve*: one call per candidate, from a bounded thread pool under the rate limit.
-   `auto` lists once the live candidates fill more than one page, where listing must cost
-   fewer calls; `retrieve` suits an account that also bills other products.
-3. Compare status, tier (price, then plan, then product id through `STRIPE_TIER_MAP`),
-   the billing period (read from the subscription item first, then the subscription: both
-   API shapes exist), cancel_at_period_end, canceled_at and the trial window.  Drifted
-   rows are updated in batches, each row only if no webhook touched it since it was read,
-   with one `subscription_history` row (`sync_updated`, before and after in `details`).
-4. A subscription Stripe no longer knows (404) is marked canceled, with history; never
-   deleted.  Any other failure is counted and named, and the others carry on: the run
-   ends as `warning`.  If everything fails, Stripe is down: the run is retried later.
-5. Report checked, changed by field, missing in Stripe, failed and API calls.
+     non-canceled subscription), stopping as soon as every active row was seen; only what
+     the list cannot show (canceled in Stripe, missing, our inactive rows) is then
+     retrieved one by one.
+   - *retrieve*: one call per row, from a bounded thread pool under the rate limit.
+   `auto` lists once the active rows fill more than one page.
+3. Compare what the app stores: the tier (price, then plan, then product id through
+   `STRIPE_TIER_MAP`; an unmapped id keeps ours), the status mapped into the values the
+   table's CHECK admits (`STATUS_MAP`: `trialing`/`past_due` are `active`, `unpaid`/
+   `incomplete`/`paused` are `inactive`; an unknown status keeps ours and is reported: a
+   value the CHECK rejects is never written), `current_period_end` (from the subscription
+   item first, then the subscription: both API shapes exist) and `cancel_at_period_end`.
+   Drifted rows are updated in batches, each only if no webhook touched it since it was
+   read, with one history row named as the app names it: `subscription_created` (what the
+   app's webhook records for every subscription update).
+4. A subscription Stripe canceled, or no longer knows (404), gets what the app's
+   `customer.subscription.deleted` handler writes: tier `free`, status `inactive`, no
+   Stripe subscription id, and a `subscription_deleted` history row.  Any other failure is
+   counted and named, and the others carry on: the run ends as `warning`.  If everything
+   fails, Stripe is down: the run is retried later.
+5. Report checked, changed by field, deleted, failed and API calls.
 
 A dry run fetches and compares but writes nothing.
 """
@@ -43,17 +49,23 @@ from sqlalchemy.engine import Row
 from app.batching import stream_rows
 from app.db import UTCDateTime, new_uuid, table_of
 from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
-from app.models import Subscription, SubscriptionHistory
+from app.models import SubscriptionHistory, UserSubscription
+from app.models.voyagesmart import SUBSCRIPTION_STATUSES
 from app.stripe_gateway import PAGE_SIZE, StripeGateway, is_missing
-from app.subscription_facts import TERMINAL_STATUSES
 
-subs = table_of(Subscription)
+subs = table_of(UserSubscription)
 history = table_of(SubscriptionHistory)
 
-FIELDS = ("status", "tier", "current_period_start", "current_period_end",
-          "cancel_at_period_end", "canceled_at", "trial_start", "trial_end")
-_TIMES = frozenset({"current_period_start", "current_period_end", "canceled_at",
-                    "trial_start", "trial_end"})
+FIELDS = ("status", "tier", "current_period_end", "cancel_at_period_end",
+          "stripe_subscription_id")
+_TIMES = frozenset({"current_period_end"})
+# Stripe's subscription statuses -> the values user_subscriptions.status admits.
+STATUS_MAP = {
+    "active": "active", "trialing": "active", "past_due": "active",
+    "unpaid": "inactive", "incomplete": "inactive", "paused": "inactive",
+}
+ENDED = frozenset({"canceled", "incomplete_expired"})  # the app's `deleted` transition
+assert set(STATUS_MAP.values()) <= set(SUBSCRIPTION_STATUSES)
 _CHUNK = 500  # candidates fetched per round of the thread pool
 _NAMED_FAILURES = 50
 _MIN_FAILURES_FOR_OUTAGE = 10
@@ -86,23 +98,19 @@ def billing_ids(obj: dict[str, Any]) -> list[str]:
 
 
 def stripe_state(obj: dict[str, Any], tier_map: dict[str, str]) -> dict[str, Any]:
-    """Local column values for a Stripe subscription; `tier` is None when unmapped."""
+    """Local column values for a Stripe subscription; `tier` is None when unmapped and
+    `status` None when Stripe's status has no local equivalent."""
     item = _first_item(obj)
-
-    def period(name: str) -> dt.datetime | None:
-        # Since API 2025-03-31 the period lives on the item; older shapes on the object.
-        return _epoch(item.get(name) if item.get(name) is not None else obj.get(name))
-
+    end = item.get("current_period_end")
     tier = next((tier_map[i] for i in billing_ids(obj) if i in tier_map), None)
     return {
-        "status": obj.get("status"),
+        "status": STATUS_MAP.get(str(obj.get("status"))),
         "tier": tier,
-        "current_period_start": period("current_period_start"),
-        "current_period_end": period("current_period_end"),
+        # Since API 2025-03-31 the period lives on the item; older shapes on the object.
+        "current_period_end": _epoch(end if end is not None
+                                     else obj.get("current_period_end")),
         "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
-        "canceled_at": _epoch(obj.get("canceled_at")),
-        "trial_start": _epoch(obj.get("trial_start")),
-        "trial_end": _epoch(obj.get("trial_end")),
+        "stripe_subscription_id": obj.get("id"),
     }
 
 
@@ -126,6 +134,11 @@ class _Change:
     after: dict[str, Any]  # every FIELD, new values
     changed: list[str]
     reason: str
+    stripe_status: str | None
+
+    @property
+    def deletion(self) -> bool:
+        return self.reason != "drift"
 
 
 @dataclass
@@ -135,10 +148,11 @@ class _Tally:
     changed: int = 0
     by_field: Counter[str] = field(default_factory=Counter)
     missing: int = 0
-    marked_canceled: int = 0
+    deleted: int = 0
     skipped_concurrent: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     unmapped: set[str] = field(default_factory=set)
+    unknown_statuses: set[str] = field(default_factory=set)
 
 
 class _Sync:
@@ -153,13 +167,11 @@ class _Sync:
     # candidates
     def _candidates(self) -> sa.Select[Any]:
         cutoff = self.ctx.now - dt.timedelta(days=self.ctx.settings.subscription_sync_lookback_days)
-        recent = sa.func.coalesce(subs.c.canceled_at, subs.c.updated_at) >= cutoff
         return (
-            sa.select(subs.c.id, subs.c.user_id, subs.c.stripe_subscription_id,
-                      subs.c.stripe_customer_id, subs.c.updated_at,
+            sa.select(subs.c.id, subs.c.user_id, subs.c.stripe_customer_id, subs.c.updated_at,
                       *[subs.c[name] for name in FIELDS])
             .where(subs.c.stripe_subscription_id.is_not(None),
-                   sa.or_(subs.c.status.not_in(TERMINAL_STATUSES), recent))
+                   sa.or_(subs.c.status == "active", subs.c.updated_at >= cutoff))
             .order_by(subs.c.id)
         )
 
@@ -169,7 +181,7 @@ class _Sync:
             return chosen
         with self.ctx.engine.connect() as conn:
             live = conn.scalar(sa.select(sa.func.count()).select_from(
-                self._candidates().where(subs.c.status.not_in(TERMINAL_STATUSES)).subquery()))
+                self._candidates().where(subs.c.status == "active").subquery()))
         return "list" if int(live or 0) > PAGE_SIZE else "retrieve"
 
     def run(self, strategy: str) -> None:
@@ -185,7 +197,7 @@ class _Sync:
         leftovers: list[Row[Any]] = []
         for chunk in stream_rows(self.ctx.engine, self._candidates(), _CHUNK):
             for row in chunk:
-                if row.status in TERMINAL_STATUSES:
+                if row.status != "active":
                     leftovers.append(row)
                 else:
                     live[row.stripe_subscription_id] = row
@@ -255,29 +267,36 @@ class _Sync:
 
     # comparison
     def _compare(self, row: Row[Any], obj: dict[str, Any]) -> None:
+        if obj.get("status") in ENDED:
+            self._deleted(row, "canceled_in_stripe")
+            return
         remote = stripe_state(obj, self.ctx.settings.stripe_tier_map)
         if remote["tier"] is None:
             ids = billing_ids(obj)
             self.tally.unmapped.add(ids[0] if ids else "(no price or plan)")
             remote["tier"] = row.tier  # unmapped: keep ours rather than guess
+        if remote["status"] is None:
+            self.tally.unknown_statuses.add(str(obj.get("status")))
+            remote["status"] = row.status  # never write what the CHECK would reject
         changed = [name for name in FIELDS if not _same(name, row._mapping[name], remote[name])]
         if changed:
-            self._queue(_Change(row, remote, changed, "drift"))
+            self._queue(_Change(row, remote, changed, "drift", str(obj.get("status"))))
 
     def _missing(self, row: Row[Any]) -> None:
+        self._deleted(row, "missing_in_stripe")
+
+    def _deleted(self, row: Row[Any], reason: str) -> None:
         after = {name: row._mapping[name] for name in FIELDS}
-        after["status"] = "canceled"
-        after["canceled_at"] = row.canceled_at or self.ctx.now
-        changed = [name for name in ("status", "canceled_at")
-                   if not _same(name, row._mapping[name], after[name])]
-        if changed:
-            self._queue(_Change(row, after, changed, "missing_in_stripe"))
+        after.update(tier="free", status="inactive", cancel_at_period_end=False,
+                     stripe_subscription_id=None)
+        changed = [name for name in FIELDS if not _same(name, row._mapping[name], after[name])]
+        self._queue(_Change(row, after, changed, reason, None))
 
     def _queue(self, change: _Change) -> None:
         if self.ctx.dry_run:
             self.tally.changed += 1
             self.tally.by_field.update(change.changed)
-            self.tally.marked_canceled += change.reason == "missing_in_stripe"
+            self.tally.deleted += change.deletion
             return
         self.pending.append(change)
         if len(self.pending) >= self.batch:
@@ -311,14 +330,14 @@ class _Sync:
         for change in done:
             self.tally.changed += 1
             self.tally.by_field.update(change.changed)
-            self.tally.marked_canceled += change.reason == "missing_in_stripe"
+            self.tally.deleted += change.deletion
 
     def _history(self, change: _Change) -> dict[str, Any]:
         row = change.row
         return {
             "id": new_uuid(),
             "user_id": row.user_id,
-            "event_type": "sync_updated",
+            "event_type": "subscription_deleted" if change.deletion else "subscription_created",
             "tier": change.after["tier"],
             "status": change.after["status"],
             "stripe_subscription_id": row.stripe_subscription_id,
@@ -329,6 +348,7 @@ class _Sync:
                 "source": "subscription-sync",
                 "run_id": str(self.ctx.run_id),
                 "reason": change.reason,
+                "stripe_status": change.stripe_status,
                 "changed": change.changed,
                 "before": {name: _json(row._mapping[name]) for name in change.changed},
                 "after": {name: _json(change.after[name]) for name in change.changed},
@@ -352,7 +372,8 @@ def run(ctx: JobContext) -> JobResult:
     message = (
         f"checked {t.checked}: {verb} {t.changed}"
         + (f" ({_describe(sorted(t.by_field.items()))})" if t.by_field else "")
-        + f", {t.missing} missing in Stripe, {len(t.failures)} failed; "
+        + f", {t.deleted} ended in Stripe ({t.missing} missing there), "
+        f"{len(t.failures)} failed; "
         f"{api_calls} API calls ({strategy})"
     )
     if t.failures:
@@ -366,7 +387,8 @@ def run(ctx: JobContext) -> JobResult:
         "changed": t.changed,
         "changed_by_field": dict(sorted(t.by_field.items())),
         "missing_in_stripe": t.missing,
-        "marked_canceled": t.marked_canceled,
+        "deleted": t.deleted,
+        "unknown_stripe_statuses": sorted(t.unknown_statuses),
         "failed": len(t.failures),
         "failures": t.failures[:_NAMED_FAILURES],
         "skipped_concurrent": t.skipped_concurrent,

@@ -2,10 +2,11 @@
 
 Steps:
 
-1. Inactive users: last seen (`last_login`, or `created_at` for a user who never logged
-   in) more than `INACTIVITY_DAYS` before the run, and no trip activity since then
-   (owning a trip created or updated, joining a trip, adding media, a document or an
-   expense).
+1. Inactive users: last seen (Supabase's `auth.users.last_sign_in_at`; where that table
+   cannot be read, `users.last_login`, which the app never updates, with a warning in the
+   run; `created_at` for a user never seen) more than `INACTIVITY_DAYS` before the run,
+   and no trip activity since then (owning a trip created or updated, joining a trip,
+   adding media, a document or an expense).
 2. Plan one `user_engagement` notification per inactive user who did not opt out, keyed
    by the user and the moment they were last seen: the same sleeping user has the same
    key every month and is emailed once; after a new login, a new inactivity period gets
@@ -47,6 +48,7 @@ from app.models import (
     TripParticipant,
     User,
 )
+from app.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
 
 KIND = "user_engagement"
 TEMPLATE = "user_engagement"
@@ -67,10 +69,6 @@ def campaign_month(ctx: JobContext) -> dt.date:
         day=1)
 
 
-def last_seen() -> sa.ColumnElement[dt.datetime]:
-    return sa.func.coalesce(users.c.last_login, users.c.created_at)
-
-
 def _trip_activity_since(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
     uid = users.c.id
     return sa.or_(
@@ -87,15 +85,15 @@ def _trip_activity_since(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def inactive_condition(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(last_seen() < cutoff, ~_trip_activity_since(cutoff))
+def inactive_condition(cutoff: dt.datetime, sign_ins: bool) -> sa.ColumnElement[bool]:
+    return sa.and_(last_seen(sign_ins) < cutoff, ~_trip_activity_since(cutoff))
 
 
-def inactive_users_query(cutoff: dt.datetime) -> sa.Select[Any]:
+def inactive_users_query(cutoff: dt.datetime, sign_ins: bool) -> sa.Select[Any]:
     return (
         sa.select(users.c.id, users.c.email, users.c.full_name, users.c.preferences,
-                  last_seen().label("last_seen"))
-        .where(inactive_condition(cutoff))
+                  last_seen(sign_ins).label("last_seen"))
+        .where(inactive_condition(cutoff, sign_ins))
         .order_by(users.c.id)
     )
 
@@ -105,8 +103,9 @@ def dedupe_key(user_id: Any, seen: dt.datetime) -> str:
 
 
 def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date,
-             counts: dict[str, int]) -> Iterator[notify.Planned]:
-    rows = chain.from_iterable(stream_rows(ctx.engine, inactive_users_query(cutoff), 1000))
+             counts: dict[str, int], sign_ins: bool) -> Iterator[notify.Planned]:
+    rows = chain.from_iterable(stream_rows(ctx.engine, inactive_users_query(cutoff, sign_ins),
+                                           1000))
     for row in rows:
         counts["inactive"] += 1
         if not wants_email(row.preferences):
@@ -127,12 +126,14 @@ def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date,
         )
 
 
-def _came_back(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
+def _came_back(cutoff: dt.datetime, sign_ins: bool) -> sa.ColumnElement[bool]:
     """A pending email whose user is no longer inactive (or no longer exists)."""
-    return ~sa.exists().where(users.c.id == notes.c.user_id, inactive_condition(cutoff))
+    return ~sa.exists().where(users.c.id == notes.c.user_id,
+                              inactive_condition(cutoff, sign_ins))
 
 
-def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int]) -> dict[str, Any]:
+def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int], sign_ins: bool
+             ) -> dict[str, Any]:
     with ctx.engine.connect() as conn:
         total = int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
         per_status: dict[str, int] = dict(conn.execute(
@@ -152,7 +153,7 @@ def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int]) -> dict[st
                 .select_from(notes.join(users, users.c.id == notes.c.user_id))
                 .where(notes.c.kind == KIND, notes.c.reference_date == previous,
                        notes.c.status.in_(notify.DELIVERED),
-                       users.c.last_login > notes.c.sent_at)
+                       last_seen(sign_ins) > notes.c.sent_at)
             ).scalar_one())
     return {
         "month": month,
@@ -185,11 +186,14 @@ def run(ctx: JobContext) -> JobResult:
     tally = notify.Tally()
     counts = {"inactive": 0, "opted_out": 0}
 
-    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts), tally)
+    sign_ins = sign_ins_readable(ctx.schema_check())
+    if not sign_ins:
+        ctx.log.warning(FALLBACK_WARNING)
+    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, sign_ins), tally)
     notify.resolve_unknown(ctx, KIND, tally)
-    notify.expire(ctx, KIND, _came_back(cutoff), tally)
+    notify.expire(ctx, KIND, _came_back(cutoff, sign_ins), tally)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
-    values = _metrics(ctx, month, counts)
+    values = _metrics(ctx, month, counts, sign_ins)
     if not ctx.dry_run:
         _store(ctx, values)
 
@@ -197,17 +201,23 @@ def run(ctx: JobContext) -> JobResult:
         **tally.as_dict(),
         "metrics": {**values, "month": month.isoformat()},
         "inactivity_days": ctx.settings.inactivity_days,
+        "activity_source": "auth.users.last_sign_in_at" if sign_ins else "users.last_login",
     }
+    warnings = [] if sign_ins else [FALLBACK_WARNING]
+    details["warnings"] = warnings
     if ctx.dry_run:
         return JobResult(
             records_processed=tally.new + tally.resumed, details=details,
+            status="warning" if warnings else "success",
             message=f"{counts['inactive']} inactive users; would email "
             f"{tally.new + tally.resumed}, {tally.already_sent} already emailed this "
-            f"inactivity period, {counts['opted_out']} opted out")
+            f"inactivity period, {counts['opted_out']} opted out"
+            + "".join(f"; warning: {w}" for w in warnings))
     message = (f"{counts['inactive']} inactive users: {tally.sent} emailed, "
                f"{tally.already_sent} already emailed this inactivity period, "
                f"{counts['opted_out']} opted out, {tally.failed} failed; "
-               f"{values['returned_users']} came back since the last campaign")
+               f"{values['returned_users']} came back since the last campaign"
+               + "".join(f"; warning: {w}" for w in warnings))
     return JobResult(records_processed=tally.sent, message=message, details=details,
-                     status="warning" if notify.outcome_status(tally) == "warning"
+                     status="warning" if warnings or notify.outcome_status(tally) == "warning"
                      else "success")

@@ -1,9 +1,18 @@
-"""VoyageSmart's own tables, as the application defines them.
+"""VoyageSmart's own tables, in the shape its production database has.
 
-The service reads and writes these; it never alters them on an existing VoyageSmart
-database (the `voyagesmart` migration branch creates them only on a fresh one).  User
-references carry no foreign key: in VoyageSmart they point at the auth schema, which is why
-`promo-cleanup` must repair redemptions whose user is gone.
+The source is VoyageSmart's repository: its SQL (`supabase/schema.sql`,
+`supabase/migrations/20240601_update_existing_users_to_premium.sql`,
+`supabase/subscription_history.sql`) and, where that SQL is silent, the columns its code
+writes (the Stripe webhook, the promo-code routes, uploads, chat).  The README's "The
+VoyageSmart tables" section says which is which.
+
+The service reads and writes these tables; it never alters them on an existing VoyageSmart
+database (the `voyagesmart` migration branch creates them only on a fresh one).  A model
+lists the columns the service uses; the real table may have more.
+
+`auth.users` is Supabase's.  On PostgreSQL it is the `auth` schema (a stand-in on a fresh
+database); on SQLite it lives in a sibling database file attached as `auth` (see
+`app.db.attach_auth`), so the same statements name `auth.users` on both.
 """
 
 from __future__ import annotations
@@ -18,44 +27,94 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONType, UTCDateTime, UUIDType, new_uuid
 
+TIERS = ("free", "premium", "ai")
+# The values user_subscriptions.status admits (its CHECK constraint).
+SUBSCRIPTION_STATUSES = ("active", "inactive", "canceled")
+PLAN_INTERVALS = ("month", "year")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class AuthUser(Base):
+    """Supabase's `auth.users`: the columns the service reads."""
+
+    __tablename__ = "users"
+    __table_args__ = {"schema": "auth"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    email: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
 
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("auth.users.id", ondelete="CASCADE"), primary_key=True)
     email: Mapped[str] = mapped_column(sa.Text, unique=True)
     full_name: Mapped[str | None] = mapped_column(sa.Text)
     avatar_url: Mapped[str | None] = mapped_column(sa.Text)
-    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    last_login: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
-    stripe_customer_id: Mapped[str | None] = mapped_column(sa.Text)
+    # Set when the profile row is created; the app's login path never updates it.
+    last_login: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
-class Subscription(Base):
-    __tablename__ = "subscriptions"
+class UserSubscription(Base):
+    """One row per user: the tier the app grants.  Written by a trigger at sign-up (a
+    premium year, no Stripe id), the Stripe webhook, promo redemptions and the app's own
+    cancel/downgrade routes."""
+
+    __tablename__ = "user_subscriptions"
+    __table_args__ = (
+        sa.CheckConstraint(_in("tier", TIERS), name="tier"),
+        sa.CheckConstraint(_in("status", SUBSCRIPTION_STATUSES), name="status"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
-    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, index=True)
-    stripe_subscription_id: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("auth.users.id", ondelete="CASCADE"), index=True)
+    tier: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.Text)
+    valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    payment_id: Mapped[str | None] = mapped_column(sa.Text)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(sa.Text)
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.Text)
-    tier: Mapped[str] = mapped_column(sa.Text, default="free")
-    status: Mapped[str] = mapped_column(sa.Text, index=True)
-    current_period_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     current_period_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    cancel_at_period_end: Mapped[bool] = mapped_column(sa.Boolean, default=False)
-    canceled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    trial_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    trial_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cancel_at_period_end: Mapped[bool | None] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Plan(Base):
+    """`subscriptions`: the plan catalogue (name, tier, price, interval)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        sa.CheckConstraint(_in("tier", TIERS), name="tier"),
+        sa.CheckConstraint(_in("interval", PLAN_INTERVALS), name="interval"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    name: Mapped[str] = mapped_column(sa.Text)
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    tier: Mapped[str] = mapped_column(sa.Text)
+    price: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    currency: Mapped[str | None] = mapped_column(sa.Text, default="EUR")
+    interval: Mapped[str | None] = mapped_column(sa.Text)
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class SubscriptionHistory(Base):
     __tablename__ = "subscription_history"
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, index=True)
     event_type: Mapped[str] = mapped_column(sa.Text)
     tier: Mapped[str | None] = mapped_column(sa.Text)
     status: Mapped[str | None] = mapped_column(sa.Text)
@@ -67,20 +126,21 @@ class SubscriptionHistory(Base):
 
 
 class PromoCode(Base):
+    """A code grants `tier` until `expires_at`; the app counts `used_count` itself."""
+
     __tablename__ = "promo_codes"
+    __table_args__ = (sa.CheckConstraint(_in("tier", TIERS), name="tier"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     code: Mapped[str] = mapped_column(sa.Text, unique=True)
-    stripe_promotion_code_id: Mapped[str | None] = mapped_column(sa.Text)
-    discount_type: Mapped[str] = mapped_column(sa.Text, default="percent")
-    discount_value: Mapped[Decimal] = mapped_column(sa.Numeric(10, 2), default=0)
-    max_redemptions: Mapped[int | None] = mapped_column(sa.Integer)
-    current_redemptions: Mapped[int] = mapped_column(sa.Integer, default=0)
-    valid_from: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
-    active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
-    created_by: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    tier: Mapped[str] = mapped_column(sa.Text)
+    max_uses: Mapped[int | None] = mapped_column(sa.Integer)
+    used_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class PromoCodeRedemption(Base):
@@ -89,11 +149,9 @@ class PromoCodeRedemption(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     promo_code_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, sa.ForeignKey("promo_codes.id", ondelete="CASCADE")
-    )
+        UUIDType, sa.ForeignKey("promo_codes.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, index=True)
-    subscription_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    redeemed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    redeemed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Trip(Base):
@@ -105,19 +163,25 @@ class Trip(Base):
     start_date: Mapped[dt.date | None] = mapped_column(sa.Date, index=True)
     end_date: Mapped[dt.date | None] = mapped_column(sa.Date)
     destination: Mapped[str | None] = mapped_column(sa.Text)
-    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    is_private: Mapped[bool] = mapped_column(sa.Boolean, default=False)
-    budget_total: Mapped[Decimal | None] = mapped_column(sa.Numeric(12, 2))
-    owner_id: Mapped[uuid.UUID] = mapped_column(UUIDType, index=True)
+    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=dict)
+    is_private: Mapped[bool | None] = mapped_column(sa.Boolean, default=True)
+    budget_total: Mapped[Decimal | None] = mapped_column(sa.Numeric(10, 2))
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class TripParticipant(Base):
+    """The app inserts a trip's owner here too, as `admin`, `accepted`."""
+
     __tablename__ = "trip_participants"
-    # Created by the voyagesmart branch (vs_0002) on fresh databases only; trip-reminders
-    # finds a day's travellers through it.
     __table_args__ = (
+        sa.UniqueConstraint("trip_id", "user_id", name="uq_trip_participants_trip_id"),
+        sa.UniqueConstraint("trip_id", "invited_email",
+                            name="uq_trip_participants_trip_id_invited_email"),
+        # Created by the voyagesmart branch on fresh databases only; trip-reminders finds
+        # a day's travellers through it.
         sa.Index("ix_trip_participants_accepted_trip", "trip_id", "user_id",
                  postgresql_where=sa.text("invitation_status = 'accepted'"),
                  sqlite_where=sa.text("invitation_status = 'accepted'")),
@@ -125,13 +189,13 @@ class TripParticipant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     trip_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True
-    )
-    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
-    role: Mapped[str] = mapped_column(sa.Text, default="participant")
-    share_ratio: Mapped[Decimal | None] = mapped_column(sa.Numeric(6, 4))
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    role: Mapped[str | None] = mapped_column(sa.Text, default="member")
+    share_ratio: Mapped[Decimal | None] = mapped_column(sa.Numeric(5, 2), default=Decimal("1.0"))
     invited_email: Mapped[str | None] = mapped_column(sa.Text)
-    invitation_status: Mapped[str] = mapped_column(sa.Text, default="pending")
+    invitation_status: Mapped[str | None] = mapped_column(sa.Text, default="pending")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
@@ -140,11 +204,11 @@ class TripMedia(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     trip_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True
-    )
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
     day_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    type: Mapped[str] = mapped_column(sa.Text, default="image")
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="SET NULL"))
+    type: Mapped[str | None] = mapped_column(sa.Text, default="photo")
     url: Mapped[str] = mapped_column(sa.Text)
     caption: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -155,12 +219,12 @@ class Document(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     trip_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True
-    )
-    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="SET NULL"))
     type: Mapped[str | None] = mapped_column(sa.Text)
     name: Mapped[str] = mapped_column(sa.Text)
-    file_url: Mapped[str | None] = mapped_column(sa.Text)
+    file_url: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
@@ -170,21 +234,75 @@ class Expense(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
     trip_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True
-    )
-    amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2))
-    currency: Mapped[str] = mapped_column(sa.Text, default="EUR")
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    category: Mapped[str | None] = mapped_column(sa.Text)
+    amount: Mapped[Decimal] = mapped_column(sa.Numeric(10, 2))
+    currency: Mapped[str | None] = mapped_column(sa.Text, default="USD")
     date: Mapped[dt.date | None] = mapped_column(sa.Date)
     description: Mapped[str | None] = mapped_column(sa.Text)
-    paid_by: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    paid_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="SET NULL"))
     receipt_url: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class Accommodation(Base):
+    """`documents` is a JSON array of `{name, url, type}` written by the app's uploads."""
+
+    __tablename__ = "accommodations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    trip_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    type: Mapped[str | None] = mapped_column(sa.Text)
+    check_in_date: Mapped[dt.date | None] = mapped_column(sa.Date)
+    check_out_date: Mapped[dt.date | None] = mapped_column(sa.Date)
+    documents: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Transportation(Base):
+    """`documents` is a JSON array of `{name, url, type}` written by the app's uploads."""
+
+    __tablename__ = "transportation"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    trip_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(sa.Text)
+    provider: Mapped[str | None] = mapped_column(sa.Text)
+    departure_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    documents: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class TripChatMessage(Base):
+    """Not in VoyageSmart's SQL: the columns its chat component writes."""
+
+    __tablename__ = "trip_chat_messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=new_uuid)
+    trip_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, sa.ForeignKey("trips.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, sa.ForeignKey("users.id", ondelete="SET NULL"))
+    content: Mapped[str] = mapped_column(sa.Text)
+    is_system_message: Mapped[bool | None] = mapped_column(sa.Boolean, default=False)
+    attachment_url: Mapped[str | None] = mapped_column(sa.Text)
+    attachment_type: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 VOYAGESMART_TABLES = [
+    AuthUser.__table__,
     User.__table__,
-    Subscription.__table__,
+    UserSubscription.__table__,
+    Plan.__table__,
     SubscriptionHistory.__table__,
     PromoCode.__table__,
     PromoCodeRedemption.__table__,
@@ -193,4 +311,7 @@ VOYAGESMART_TABLES = [
     TripMedia.__table__,
     Document.__table__,
     Expense.__table__,
+    Accommodation.__table__,
+    Transportation.__table__,
+    TripChatMessage.__table__,
 ]

@@ -10,6 +10,7 @@ from sqlalchemy import exc as sa_exc
 
 from app import health
 from app.db import ping
+from app.requirements import check_jobs
 from app.routes.deps import EngineDep, SettingsDep, has_cron_secret
 from app.routes.responses import HEALTH_RESPONSES
 
@@ -37,6 +38,19 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     if not settings.enable_cron_jobs:
         body["warnings"] = ["cron jobs are disabled (ENABLE_CRON_JOBS=false)"]
     if detailed:
+        try:
+            checks = check_jobs(engine, settings, jobs)
+        except sa_exc.SQLAlchemyError as exc:
+            checks = {}
+            body["schema_check_error"] = type(exc).__name__
+        # Jobs that would refuse to run here: their tables do not fit this database, row-
+        # level security would hide rows, or their integration lacks settings.
+        body["cannot_run"] = {name: check.refusal() for name, check in checks.items()
+                              if not check.can_run}
+        schema_warnings = {name: check.warnings for name, check in checks.items()
+                           if check.warnings}
+        if schema_warnings:
+            body["schema_warnings"] = schema_warnings
         body["jobs"] = {
             item.name: {
                 "critical": item.critical,
