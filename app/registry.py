@@ -13,6 +13,7 @@ from cronsim import CronSim
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.schedule_check import EVERY_TABLE
 from app.file_references import SOURCES
 from app.jobs.context import JobContext, JobResult
 from app.requirements import ADMIN_EMAILS, SMTP_HOST, STRIPE_KEY, Setting, Uses, uses
@@ -107,6 +108,8 @@ _BILLING = (
     uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS),
     uses("subscriptions", "tier", "price", "currency", "interval"),
     uses("subscription_history", *_HISTORY_COLUMNS),
+    # A grant is a promo code's when the user has a redemption (app/subscription_facts.py).
+    uses("promo_code_redemptions", "user_id"),
 )
 
 _DAILY_GRACE = dt.timedelta(hours=3)
@@ -256,6 +259,12 @@ JOBS: dict[str, JobSpec] = {
 
 # Paths that keep an existing schedule working: VoyageSmart's own cron route.
 ALIASES = {"check-subscriptions": "subscription-expiry"}
+
+
+def tables_touched(spec: JobSpec) -> frozenset[str]:
+    """The VoyageSmart tables a job reads or writes; a job that declares none (VACUUM,
+    REINDEX over the whole database) touches every table."""
+    return frozenset(u.table for u in spec.uses) or frozenset({EVERY_TABLE})
 
 
 def get_job(name: str) -> JobSpec | None:

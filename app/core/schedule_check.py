@@ -1,7 +1,8 @@
 """Do the schedules collide, and will the schedulers take them?  And a stagger that mends it.
 
 The seed's schedules put several jobs on the same minute: promo-cleanup (`0 3 * * *`) and
-analytics (`0 3 * * 1`) both start at 03:00 on Mondays and both read `users`, so on that day
+analytics (`0 3 * * 1`) both start at 03:00 on Mondays and both touch
+`promo_code_redemptions` (analytics reads it to tell promo grants apart), so on that day
 each runs slower and sees the other's half-done work.  Nothing said so, because the two
 strings differ.  `check` reports, as pure functions of the registry-like mapping and `start`:
 
@@ -37,24 +38,6 @@ YEAR = dt.timedelta(days=366)
 _TICK = dt.timedelta(seconds=1)
 _NAMES = re.compile(r"[A-Za-z]{3}")
 _NUMERIC = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*")
-
-# What each shipped job reads or writes, besides the service's run log and leases (which
-# every run touches by design).  It moves into the registry with the grouped jobs.
-SHIPPED_TABLES: dict[str, frozenset[str]] = {
-    "promo-cleanup": frozenset({"promo_codes", "promo_code_redemptions", "users"}),
-    "subscription-sync": frozenset({"subscriptions", "subscription_history"}),
-    "analytics": frozenset({"users", "trips", "trip_participants", "trip_media", "documents",
-                            "subscriptions", "subscription_history",
-                            "cron_weekly_analytics"}),
-    "subscription-report": frozenset({"subscriptions", "cron_monthly_report"}),
-    "db-maintenance": frozenset({EVERY_TABLE}),
-    "storage-cleanup": frozenset({"users", "trip_media", "documents", "expenses"}),
-    "trip-reminders": frozenset({"trips", "trip_participants", "users", "cron_notification"}),
-    "user-engagement": frozenset({"users", "trips", "trip_participants", "trip_media",
-                                  "documents", "expenses", "cron_engagement_metrics",
-                                  "cron_notification"}),
-}
-
 
 class Planned(NamedTuple):
     schedule: str  # cron, UTC
