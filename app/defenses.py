@@ -240,7 +240,7 @@ def _task_of(path: str) -> str | None:
     return rest.split("/", 1)[0] if rest else None
 
 
-_OUTCOME_BY_STATUS = {200: "ok", 400: "auth_failed", 401: "auth_failed", 404: "unknown_task",
+_OUTCOME_BY_STATUS = {200: "ok", 400: "bad_request", 401: "auth_failed", 404: "unknown_task",
                       409: "busy", 429: "rate_limited", 500: "failed", 503: "unavailable"}
 
 

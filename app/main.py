@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
@@ -23,6 +23,7 @@ from app.monitoring import observers_for
 from app.registry import JobSpec
 from app.routes import cron, dashboard, health
 from app.routes import metrics as metrics_routes
+from app.routes.deps import single_valued_query
 from app.runner import Runner, RunObserver
 
 log = logging.getLogger("app")
@@ -51,6 +52,7 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         redirect_slashes=False,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.settings = settings
     app.state.engine = engine or engine_for(settings.database_url)
@@ -82,8 +84,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=422)
+        # 400 like every other refusal of bad input here (FastAPI's default is 422).
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"[:200]
+                   for e in exc.errors()[:10]]
+        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,8 @@ from app.routes.responses import HEALTH_RESPONSES
 router = APIRouter(tags=["health"])
 
 
+# Uptime monitors often probe with HEAD; the same answer without its body.
+@router.head("/health", include_in_schema=False)
 @router.get("/health", summary="Service health: database probe, overdue and stuck jobs",
             responses=HEALTH_RESPONSES)
 def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
