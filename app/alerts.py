@@ -1,7 +1,8 @@
 """Failure alerts: an email to the admins and a JSON POST to `WEBHOOK_URL`.
 
-An alert that cannot be sent is logged and swallowed: it must never hide or change the
-job's own status.
+Each channel reports `sent` only once its server accepted the alert, `skipped` when it is
+not configured, `failed: <error>` otherwise.  An alert that cannot be sent is logged and
+swallowed: it must never hide or change the job's own status.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def _payload(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
-def _email(settings: Settings, outcome: RunOutcome) -> None:
+def _email(settings: Settings, outcome: RunOutcome) -> bool:
     if not settings.admin_emails:
-        return
+        return False
     mailer = Mailer(settings)
     lines = [f"{key}: {value}" for key, value in _payload(outcome).items()]
     text = (
@@ -49,15 +50,17 @@ def _email(settings: Settings, outcome: RunOutcome) -> None:
         settings.admin_emails, f"[voyagesmart-cron] {outcome.task} failed", text
     )
     mailer.send(message)
+    return True
 
 
-def _webhook(settings: Settings, outcome: RunOutcome) -> None:
+def _webhook(settings: Settings, outcome: RunOutcome) -> bool:
     if not settings.webhook_url:
-        return
+        return False
     response = httpx.post(
         settings.webhook_url, json=_payload(outcome), timeout=settings.webhook_timeout
     )
     response.raise_for_status()
+    return True
 
 
 def send_failure_alerts(settings: Settings, outcome: RunOutcome) -> dict[str, str]:
@@ -65,8 +68,7 @@ def send_failure_alerts(settings: Settings, outcome: RunOutcome) -> dict[str, st
     results: dict[str, str] = {}
     for name, sender in (("email", _email), ("webhook", _webhook)):
         try:
-            sender(settings, outcome)
-            results[name] = "sent"
+            results[name] = "sent" if sender(settings, outcome) else "skipped"
         except Exception as exc:  # an alert channel failing must not mask the job status
             log.warning("alert via %s failed: %s", name, type(exc).__name__)
             results[name] = f"failed: {type(exc).__name__}"

@@ -276,6 +276,7 @@ class Runner:
                 self._close(outcome, attempt_errors)
         if outcome.status == "error":
             outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+            self._record_details(outcome)
         self._notify("run_finished", spec, outcome)
         log.info(
             "run finished",
@@ -355,6 +356,16 @@ class Runner:
                       traceback.format_exc(limit=3))
             if not outcome.dry_run and outcome.run_id is not None:
                 self._release(outcome.task, outcome.run_id)
+
+    def _record_details(self, outcome: RunOutcome) -> None:
+        """Details learnt after the row was closed (what the alerts did)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(log_t.update().where(log_t.c.run_id == outcome.run_id)
+                             .values(details=outcome.details or None))
+        except sa_exc.SQLAlchemyError as exc:
+            log.warning("could not record the alerts of run %s: %s", outcome.run_id,
+                        type(exc).__name__)
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime) -> bool:
         # One transaction: ensure the row, claim it, close the dead holder's rows.  On
