@@ -44,6 +44,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
                 "critical": item.critical,
                 "overdue": item.overdue,
                 "stuck": item.stuck,
+                "failing": item.failing,
                 "last_success": _iso(item.facts.last_success),
                 "last_run": _iso(item.facts.last_run),
                 "last_status": item.facts.last_status,
