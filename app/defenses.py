@@ -8,8 +8,9 @@
 3. Two budgets per address and fixed window, counted in the database so that they hold
    across every instance (Vercel runs many): calls presenting the valid secret count
    against `CRON_RATE_LIMIT`, failed authentications (cron, metrics, dashboard) against
-   `AUTH_FAILURE_LIMIT`.  A flood of bad tokens exhausts only the failure budget, so the
-   scheduler's valid calls pass, even from the same shared egress address.
+   `AUTH_FAILURE_LIMIT` (one budget for every surface: cron, metrics, dashboard, `/health`
+   with a bearer).  A flood of bad tokens exhausts only the failure budget, so valid
+   credentials pass on every surface, even from the same shared egress address.
 4. Over budget: 429 with `Retry-After`.  The instance then remembers the block until the
    window ends and answers without touching the database, so a flood costs one upsert per
    instance and window, not one per request.
@@ -298,27 +299,25 @@ async def guard_cron(request: Request,
 
 
 def refuse_failed_auth(request: Request) -> JSONResponse | None:
-    """For the metrics and dashboard routes: count a failed authentication and audit it.
+    """For `/metrics`, `/dashboard` and `/health` with a bearer, once the credential was found
+    wrong: count the failure and audit it.
 
     Returns the 429 to send when the address is over its failure budget, else None (the
-    caller then answers 401 itself).
+    caller then answers 401 itself).  An address already blocked on this instance is
+    answered from memory.  Called only for a wrong credential: the valid credential of each
+    surface passes even from a blocked address, as the scheduler's valid call does, so a
+    flood of bad tokens from a shared address locks out no one who holds the real one.
     """
     defenses = defenses_of(request)
     address = defenses.address_of(request)
+    blocked = defenses.failure_wait(address)
+    if blocked is not None:
+        return Verdict(429, "too many failed authentications; retry later", "rate_limited",
+                       blocked).response()
     wait = defenses.auth_failure(address)
     status = 429 if wait is not None else 401
     defenses.audit(request, outcome="rate_limited" if wait else "auth_failed",
                    status_code=status)
-    if wait is None:
-        return None
-    return Verdict(429, "too many failed authentications; retry later", "rate_limited",
-                   wait).response()
-
-
-def blocked_response(request: Request) -> JSONResponse | None:
-    """A 429 for an address already blocked on this instance, before checking anything."""
-    defenses = defenses_of(request)
-    wait = defenses.failure_wait(defenses.address_of(request))
     if wait is None:
         return None
     return Verdict(429, "too many failed authentications; retry later", "rate_limited",

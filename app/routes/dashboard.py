@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app import dashboard
-from app.defenses import blocked_response, defenses_of, refuse_failed_auth
+from app.defenses import defenses_of, refuse_failed_auth
 from app.routes.deps import EngineDep, RunnerDep, SettingsDep, shown
 from app.runner import DatabaseUnavailable, UnknownTask
 
@@ -52,10 +52,6 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 def require_operator(request: Request, settings: SettingsDep) -> str:
-    blocked = blocked_response(request)
-    if blocked is not None:
-        raise HTTPException(429, "too many failed authentications; retry later",
-                            headers={"Retry-After": blocked.headers["Retry-After"]})
     user = settings.dashboard_user or ""
     password = settings.dashboard_password.get_secret_value() if settings.dashboard_password \
         else ""

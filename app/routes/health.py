@@ -10,7 +10,8 @@ from sqlalchemy import exc as sa_exc
 
 from app import health
 from app.db import ping
-from app.routes.deps import EngineDep, SettingsDep, has_cron_secret
+from app.defenses import refuse_failed_auth
+from app.routes.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.routes.responses import HEALTH_RESPONSES
 
 router = APIRouter(tags=["health"])
@@ -24,6 +25,13 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     now = request.app.state.clock()
     jobs = request.app.state.jobs
     detailed = has_cron_secret(request, settings)
+    if not detailed and "authorization" in request.headers:
+        # A wrong bearer here would otherwise be a free oracle for guessing the secret.
+        refused = refuse_failed_auth(request)
+        if refused is not None:
+            return refused
+        error = AuthError("invalid credentials")
+        return JSONResponse({"error": error.detail}, status_code=401, headers=error.headers)
     body: dict[str, Any] = {"checked_at": now.isoformat()}
     try:
         ping(engine)
