@@ -10,12 +10,13 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from app import registry
 from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
-from app.db import engine_for
+from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
 
 cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
                   add_completion=False)
@@ -53,7 +54,21 @@ def migrate(
     """Apply the database migrations."""
     from app.migrate import upgrade
 
-    upgrade(_engine(), service_only=service_only)
+    # The one command that may create the database (and the SQLite file's directory).
+    try:
+        engine = make_engine(get_settings().database_url, may_create=True)
+    except DatabaseFileError as exc:
+        typer.echo(f"invalid configuration: DATABASE_URL: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        upgrade(engine, service_only=service_only)
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was migrated", err=True)
+        raise typer.Exit(3) from None
+    finally:
+        engine.dispose()
     typer.echo("migrations applied" + (" (service tables only)" if service_only else ""))
 
 
@@ -63,10 +78,14 @@ def list_jobs() -> None:
     from app.health import read_facts
 
     now = dt.datetime.now(dt.UTC)
+    problem = None
     try:
         facts, _ = read_facts(_engine(), registry.JOBS)
-    except Exception as exc:  # the listing is still useful without a database
-        typer.echo(f"(run log unavailable: {type(exc).__name__})", err=True)
+    except sa_exc.SQLAlchemyError as exc:  # the listing is still useful without a database
+        if not is_database_outage(exc):
+            raise
+        problem = diagnose(exc)
+        typer.echo(f"run log unavailable: {problem}", err=True)
         facts = {}
     header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
     typer.echo(header)
@@ -74,9 +93,13 @@ def list_jobs() -> None:
         fact = facts.get(spec.name)
         last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
             fact and fact.last_run) else "never run"
+        if problem is not None:
+            last = "unknown (no run log)"
         nxt = registry.next_fire(spec.schedule, now)
         typer.echo(f"{spec.name:<22} {spec.schedule:<12} {'yes' if spec.critical else 'no':<5} "
                    f"{nxt:%Y-%m-%d %H:%M} {last}")
+    if problem is not None:
+        raise typer.Exit(3)
 
 
 @cli.command()
@@ -105,7 +128,7 @@ def run(
         typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
         raise typer.Exit(2) from None
     except DatabaseUnavailable as exc:
-        typer.echo(f"database unreachable ({exc}); nothing was run", err=True)
+        typer.echo(f"{exc}; nothing was run", err=True)
         raise typer.Exit(3) from None
     typer.echo(json.dumps(outcome.as_json(), indent=2, default=str))
     if outcome.http_status >= 400:
@@ -117,7 +140,13 @@ def seed_demo() -> None:
     """Load a small, realistic VoyageSmart dataset (embedded development database)."""
     from app.demo import seed
 
-    counts = seed(_engine(), now=dt.datetime.now(dt.UTC))
+    try:
+        counts = seed(_engine(), now=dt.datetime.now(dt.UTC))
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was loaded", err=True)
+        raise typer.Exit(3) from None
     typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import registry
 from app.config import Settings, get_settings
-from app.db import engine_for
+from app.db import diagnose, engine_for
 from app.defenses import Defenses, guard_cron, security_headers
 from app.logs import configure_logging
 from app.metrics import build_registry
@@ -88,6 +89,16 @@ def create_app(
         reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"[:200]
                    for e in exc.errors()[:10]]
         return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=400)
+
+    @app.exception_handler(sa_exc.SQLAlchemyError)
+    async def database_error(request: Request, exc: sa_exc.SQLAlchemyError) -> JSONResponse:
+        # Any route whose database went away (metrics, dashboard): a short 503 and one log
+        # line, never a traceback; the error's text may name hosts and users.
+        problem = diagnose(exc)
+        log.error("%s %s: %s (%s)", request.method, request.url.path, problem,
+                  type(exc).__name__)
+        return JSONResponse({"error": problem}, status_code=503,
+                            headers={"Retry-After": "60"})
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

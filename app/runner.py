@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from app import registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
-from app.db import table_of, upsert
+from app.db import diagnose, is_database_outage, table_of, upsert
 from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
@@ -67,7 +67,8 @@ class UnknownTask(LookupError):
 
 
 class DatabaseUnavailable(RuntimeError):
-    pass
+    """Nothing was run: the database is unreachable, missing or has no schema (the message
+    says which, and what to do)."""
 
 
 @dataclass
@@ -186,11 +187,14 @@ class Runner:
                               message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
         try:
             return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        except sa_exc.SQLAlchemyError as exc:
             # Raised only from the bookkeeping around the job: the job's own database
             # errors are retried and recorded inside _execute.
-            log.error("database unavailable for %s: %s", task, type(exc).__name__)
-            raise DatabaseUnavailable(str(type(exc).__name__)) from exc
+            if not is_database_outage(exc):
+                raise
+            problem = diagnose(exc)
+            log.error("%s: %s not run (%s)", problem, task, type(exc).__name__)
+            raise DatabaseUnavailable(problem) from exc
 
     # --- the run ------------------------------------------------------------------------
     def _run(self, spec: JobSpec, now: dt.datetime, slot: dt.datetime | None, trigger: str,

@@ -170,6 +170,7 @@ class SubprocessServer:
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.captured = ""  # what a capture_output server printed, once stopped
 
     @property
     def url(self) -> str:
@@ -212,6 +213,8 @@ class SubprocessServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         if self.proc is not None and self.proc.stdout is not None:
+            if not self.proc.stdout.closed:
+                self.captured += self.proc.stdout.read().decode(errors="replace")
             self.proc.stdout.close()
 
 

@@ -52,9 +52,9 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     except UnknownTask:
         raise HTTPException(404, f"unknown task {shown(task)}; known: "
                                  f"{', '.join(sorted(runner.jobs))}") from None
-    except DatabaseUnavailable:
+    except DatabaseUnavailable as exc:
         return JSONResponse({"task": task, "status": "unavailable",
-                             "message": "database unreachable; nothing was run"},
+                             "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     request.state.run_id = outcome.run_id
     request.state.run_status = outcome.status

@@ -150,8 +150,8 @@ def run_job(request: Request, task: str, user: OperatorDep, runner: RunnerDep,
                              force=mode == "force")
     except UnknownTask:
         raise HTTPException(404, f"unknown task {shown(task)}") from None
-    except DatabaseUnavailable:
-        raise HTTPException(503, "database unreachable; nothing was run") from None
+    except DatabaseUnavailable as exc:
+        raise HTTPException(503, f"{exc}; nothing was run") from None
     defenses_of(request).audit(request, outcome=outcome.status, status_code=303, task=task,
                                run_id=outcome.run_id)
     # A relative target: behind a proxy the service may not know its public scheme.

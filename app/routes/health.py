@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from app import health
-from app.db import ping
+from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.defenses import refuse_failed_auth
 from app.routes.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.routes.responses import HEALTH_RESPONSES
@@ -37,8 +37,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
         ping(engine)
         facts, baseline = health.read_facts(engine, jobs)
     except sa_exc.SQLAlchemyError as exc:
-        body.update(status="unhealthy", database="unreachable",
-                    issues=["database unreachable"])
+        state = database_state(exc)
+        body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
         if detailed:
             body["database_error"] = type(exc).__name__
         return JSONResponse(body, status_code=503)
