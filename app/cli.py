@@ -36,12 +36,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(
+        help="uvicorn's log level: info logs every request (redacted), warning only "
+        "problems.")] = "info",
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
     get_settings()  # fail fast, with the variable named, before uvicorn starts
-    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False)
+    # The app reads each connection's peer itself (app/peer.py); uvicorn's own rewrite from
+    # X-Forwarded-For is off here too, so its access log shows the real peer.
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False,
+                log_level=log_level)
 
 
 @cli.command()

@@ -1,9 +1,11 @@
 """What stands in front of the routes: client address, IP allowlist, rate limits, audit log.
 
-1. The client address is the TCP peer, unless the peer is a trusted proxy: then
+1. The client address is the TCP peer (app/peer.py puts it back even where the server
+   rewrote it from forwarding headers), unless the peer is in `TRUSTED_PROXIES`: then
    `X-Forwarded-For` is read from the right, skipping trusted proxies, and the first
-   address that is not one is the client.  A client talking to us directly cannot choose
-   its address by sending the header itself.
+   address that is not one is the client.  Several header lines are one list (RFC 9110
+   field-line combination), read in order.  A client talking to us directly cannot choose
+   its address with `X-Forwarded-For`, `X-Real-IP` or `Forwarded`: none is read from it.
 2. `/api/cron/*` from an address outside `CRON_IP_ALLOWLIST` (when set) is refused, 403.
 3. Two budgets per address and fixed window, counted in the database so that they hold
    across every instance (Vercel runs many): calls presenting the valid secret count
@@ -119,7 +121,9 @@ class Defenses:
     # --- addresses ----------------------------------------------------------------------
     def address_of(self, request: Request) -> str | None:
         peer = request.client.host if request.client else None
-        return client_address(peer, request.headers.get("x-forwarded-for"), self.trusted)
+        # Every header line, in order: one comma-separated list (RFC 9110, section 5.3).
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+        return client_address(peer, forwarded, self.trusted)
 
     def allowed(self, address: str | None) -> bool:
         return not self.allowlist or _in(address, self.allowlist)

@@ -21,6 +21,7 @@ from app.defenses import Defenses, guard_cron, security_headers
 from app.logs import configure_logging
 from app.metrics import build_registry
 from app.monitoring import observers_for
+from app.peer import PeerMiddleware
 from app.registry import JobSpec
 from app.routes import cron, dashboard, health
 from app.routes import metrics as metrics_routes
@@ -77,6 +78,8 @@ def create_app(
     # Added last = runs first: headers wrap every answer, including the guard's refusals.
     app.middleware("http")(guard_cron)
     app.middleware("http")(security_headers)
+    # Outermost: the client address is the connection's peer, however the server was started.
+    app.add_middleware(PeerMiddleware, settings=settings)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
