@@ -81,10 +81,15 @@ class FaultProxy:
                         headers["retry-after"] = fault.retry_after
                     self._reply(fault.status, headers, payload)
                     return
-                upstream = proxy.client.request(
-                    self.command, self.path, content=body,
-                    headers={k: v for k, v in self.headers.items()
-                             if k.lower() not in _HOP_HEADERS})
+                try:
+                    upstream = proxy.client.request(
+                        self.command, self.path, content=body,
+                        headers={k: v for k, v in self.headers.items()
+                                 if k.lower() not in _HOP_HEADERS})
+                except (RuntimeError, httpx.HTTPError):
+                    if proxy.stopping.is_set():
+                        return  # stop() closed the client under this request
+                    raise
                 self._reply(upstream.status_code,
                             {"content-type": upstream.headers.get("content-type",
                                                                   "application/json")},
@@ -107,9 +112,9 @@ class FaultProxy:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # Handler threads are joined by server_close(), so none outlives stop().
-        self.server.daemon_threads = False
-        self.server.block_on_close = True
+        # Not joined on close: a handler may sit on a keep-alive connection an SDK thread
+        # never closed.  Once stopping, a handler gives up instead of failing loudly.
+        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
