@@ -7,11 +7,14 @@ swallowed: it must never hide or change the job's own status.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from app.budget import Budget
 from app.config import Settings
 from app.mail import Mailer
 
@@ -57,19 +60,28 @@ def _webhook(settings: Settings, outcome: RunOutcome) -> bool:
     if not settings.webhook_url:
         return False
     response = httpx.post(
-        settings.webhook_url, json=_payload(outcome), timeout=settings.webhook_timeout
+        settings.webhook_url, json=_payload(outcome),
+        timeout=Budget.current().timeout(settings.webhook_timeout),
     )
     response.raise_for_status()
     return True
 
 
+def _send(name: str, sender: Any, settings: Settings, outcome: RunOutcome) -> str:
+    try:
+        return "sent" if sender(settings, outcome) else "skipped"
+    except Exception as exc:  # an alert channel failing must not mask the job status
+        log.warning("alert via %s failed: %s", name, type(exc).__name__)
+        return f"failed: {type(exc).__name__}"
+
+
 def send_failure_alerts(settings: Settings, outcome: RunOutcome) -> dict[str, str]:
-    """Send every configured alert; return what happened to each, never raise."""
-    results: dict[str, str] = {}
-    for name, sender in (("email", _email), ("webhook", _webhook)):
-        try:
-            results[name] = "sent" if sender(settings, outcome) else "skipped"
-        except Exception as exc:  # an alert channel failing must not mask the job status
-            log.warning("alert via %s failed: %s", name, type(exc).__name__)
-            results[name] = f"failed: {type(exc).__name__}"
-    return results
+    """Send every configured alert, the channels side by side (each within the caller's
+    time budget, app/budget.py); return what happened to each, never raise."""
+    channels = (("email", _email), ("webhook", _webhook))
+    with ThreadPoolExecutor(len(channels), thread_name_prefix="alert") as pool:
+        # Each thread runs in a copy of this context, so it sees the budget.
+        futures = {name: pool.submit(contextvars.copy_context().run, _send, name, sender,
+                                     settings, outcome)
+                   for name, sender in channels}
+        return {name: future.result() for name, future in futures.items()}

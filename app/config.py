@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     sentry_dsn: str | None = None
     webhook_url: str | None = None
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # Seconds the failure alerts (email and webhook, sent side by side) may add to a failed
+    # run's answer, however dead their servers are.
+    alert_timeout: float = Field(default=10.0, gt=0, le=120)
 
     # --- stripe -------------------------------------------------------------------------
     stripe_secret_key: SecretStr | None = None

@@ -31,7 +31,7 @@ import tenacity
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from app import registry
+from app import budget, registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
 from app.db import diagnose, is_database_outage, table_of, upsert
@@ -266,7 +266,9 @@ class Runner:
                 outcome.duration_ms = int((time.monotonic() - started) * 1000)
                 self._close(outcome, attempt_errors)
         if outcome.status == "error":
-            outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+            # Their own short budget: a dead mail server delays the answer by at most this.
+            with budget.limited(self.settings.alert_timeout):
+                outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
             self._record_details(outcome)
         self._notify("run_finished", spec, outcome)
         log.info(
@@ -278,10 +280,10 @@ class Runner:
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
                   attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
-        budget = spec.max_runtime.total_seconds()
+        budget_seconds = spec.max_runtime.total_seconds()
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(spec.retry.attempts)
-            | tenacity.stop_before_delay(budget),
+            | tenacity.stop_before_delay(budget_seconds),
             wait=tenacity.wait_random_exponential(
                 multiplier=spec.retry.base_delay, max=spec.retry.max_delay
             ),
@@ -295,7 +297,9 @@ class Runner:
             self._record_attempt(base_ctx.run_id, number, attempt_errors)
             with attempt:
                 try:
-                    return spec.func(ctx)
+                    # Every outbound call of the job ends by the end of the run's budget.
+                    with budget.limited(budget_seconds - (time.monotonic() - started)):
+                        return spec.func(ctx)
                 except Exception as exc:
                     attempt_errors.append({
                         "attempt": number,
