@@ -18,10 +18,12 @@ from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
 from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
 
+# Plain help (rich_markup_mode=None): typer's rich panels show every flag as
+# `--dry-run <bool>`, as if it took a value.
 cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, rich_markup_mode=None)
 schedule_cli = typer.Typer(help="Deployment files generated from the job registry.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 cli.add_typer(schedule_cli, name="schedule")
 cli.add_typer(analytics_cli, name="analytics")
 cli.add_typer(report_cli, name="report")
@@ -108,9 +110,14 @@ def list_jobs() -> None:
         raise typer.Exit(3)
 
 
-@cli.command()
+# "\b" keeps click from rewrapping the list (it would split names at their hyphens).
+_TASKS_EPILOG = "\b\nTasks:\n" + "\n".join(
+    f"  {spec.name:<22} {spec.explain()} (UTC)" for spec in registry.JOBS.values())
+
+
+@cli.command(epilog=_TASKS_EPILOG)
 def run(
-    task: Annotated[str, typer.Argument(help="Task name, e.g. promo-cleanup.")],
+    task: Annotated[str, typer.Argument(help="The task to run (listed below).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
@@ -158,7 +165,8 @@ def seed_demo() -> None:
 
 @schedule_cli.command("export")
 def schedule_export(
-    fmt: Annotated[str, typer.Option("--format", help="vercel | crontab | github")] = "vercel",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="vercel | crontab | call | github")] = "vercel",
     write: Annotated[bool, typer.Option("--write", help="Write the file in place.")] = False,
 ) -> None:
     """Print (or write) a scheduler's configuration generated from the registry."""
@@ -167,7 +175,7 @@ def schedule_export(
     try:
         text = deploy.render(fmt)
     except KeyError:
-        typer.echo(f"unknown format {fmt!r}; use vercel, crontab or github", err=True)
+        typer.echo(f"unknown format {fmt!r}; use {', '.join(deploy.RENDERERS)}", err=True)
         raise typer.Exit(2) from None
     if write:
         path = deploy.write(fmt)
