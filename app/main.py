@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import registry
@@ -33,6 +34,16 @@ log = logging.getLogger("app")
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _warn_if_no_database_file(settings: Settings) -> None:
+    """Said once at startup: the service never creates the SQLite file itself."""
+    url = make_url(settings.database_url)
+    path = url.database
+    if url.get_backend_name() == "sqlite" and path and path != ":memory:" \
+            and not os.path.exists(path):
+        log.warning("DATABASE_URL: the SQLite file %s does not exist; run "
+                    "`voyagesmart-cron migrate` (until then every job answers 503)", path)
 
 
 def create_app(
@@ -57,6 +68,8 @@ def create_app(
         dependencies=[Depends(single_valued_query)],
     )
     app.state.settings = settings
+    if engine is None:
+        _warn_if_no_database_file(settings)
     app.state.engine = engine or engine_for(settings.database_url)
     app.state.clock = clock
     app.state.jobs = jobs if jobs is not None else registry.JOBS

@@ -198,6 +198,10 @@ def test_migrate_into_an_impossible_directory_is_one_line(tmp_path: Path) -> Non
     try:
         health = httpx.get(server.url + "/health", timeout=30)
     finally:
-        server.stop()
+        out = _stopped_output(server)
     _assert_503_saying(health, MIGRATE)
     assert json.loads(health.text)["database"] == "missing"
+    # And it said so when it started, naming the setting, in one line.
+    [said] = [line for line in out.splitlines() if "DATABASE_URL" in line]
+    assert "/proc/vsc-nonexistent/x.db does not exist" in said and MIGRATE in said
+    assert "Traceback" not in out
