@@ -5,11 +5,13 @@
     python3 dev.py test     # set up with test dependencies, run the whole test suite
 
 Both create `.venv/` on first use and reinstall only when pyproject.toml changes.
-Extra arguments after `test` go to pytest; after `serve`, to `voyagesmart-cron serve`.
+Extra arguments after `test` go to pytest; after `serve`, to `voyagesmart-cron serve`
+(`--port 8001` or `--port=8001`, `--host …`).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import secrets
@@ -24,13 +26,18 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 
 
+def _digest(extra: str) -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extra.encode()).hexdigest()
+
+
 def _setup(extra: str) -> None:
     if not PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extra.encode()).hexdigest()
+    digest = _digest(extra)
     stamp = VENV / ".installed"
-    if stamp.exists() and stamp.read_text() == digest:
+    # An install with the test dependencies has everything `serve` needs too.
+    if stamp.exists() and stamp.read_text() in {digest, _digest("[dev]")}:
         return
     print(f"installing voyagesmart-cron{extra} into .venv ...", flush=True)
     subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
@@ -40,28 +47,53 @@ def _setup(extra: str) -> None:
     stamp.write_text(digest)
 
 
-def _dev_env() -> None:
+def _dev_env() -> dict[str, str]:
+    """The development settings in `.env`, generated the first time: APP_ENV, CRON_SECRET
+    and a dashboard login.  What is already there is kept."""
     env_file = ROOT / ".env"
-    if env_file.exists() and "CRON_SECRET=" in env_file.read_text():
-        secret = next(line.split("=", 1)[1] for line in env_file.read_text().splitlines()
-                      if line.startswith("CRON_SECRET="))
-        print(f"using CRON_SECRET from .env: {secret}")
-        return
-    secret = secrets.token_urlsafe(32)
-    with env_file.open("a") as fh:
-        fh.write(f"APP_ENV=development\nCRON_SECRET={secret}\n")
-    print(f"generated a development CRON_SECRET into .env: {secret}")
+    text = env_file.read_text() if env_file.exists() else ""
+    values = dict(line.split("=", 1) for line in text.splitlines()
+                  if "=" in line and not line.lstrip().startswith("#"))
+    wanted = {
+        "APP_ENV": "development",
+        "CRON_SECRET": secrets.token_urlsafe(32),
+        "DASHBOARD_USER": "admin",
+        "DASHBOARD_PASSWORD": secrets.token_urlsafe(18),
+    }
+    missing = {k: v for k, v in wanted.items() if not values.get(k)}
+    if values.get("APP_ENV", "development") != "development":
+        missing.pop("DASHBOARD_USER", None)  # not ours to decide outside development
+        missing.pop("DASHBOARD_PASSWORD", None)
+    if missing:
+        with env_file.open("a") as fh:
+            if text and not text.endswith("\n"):
+                fh.write("\n")
+            fh.writelines(f"{key}={value}\n" for key, value in missing.items())
+        print(f"wrote {', '.join(missing)} into .env")
+    return {**values, **missing}
 
 
 def serve(args: list[str]) -> int:
     _setup("")
-    _dev_env()
+    env = _dev_env()
     cli = [str(PYTHON), "-m", "app"]
     subprocess.run([*cli, "migrate"], check=True, cwd=ROOT)
     subprocess.run([*cli, "seed-demo"], check=True, cwd=ROOT)
-    port = args[args.index("--port") + 1] if "--port" in args[:-1] else "8000"
-    print("try: curl -H \"Authorization: Bearer $(grep ^CRON_SECRET= .env | cut -d= -f2)\" "
-          f"http://127.0.0.1:{port}/api/cron/promo-cleanup", flush=True)
+    # Read the address the way `voyagesmart-cron serve` will: --port 8001 or --port=8001.
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="8000")
+    known, _rest = parser.parse_known_args(args)
+    host = "127.0.0.1" if known.host in ("0.0.0.0", "::") else known.host  # noqa: S104
+    url = f"http://{host}:{known.port}"
+    print(f"service:   {url}  (CRON_SECRET in .env)")
+    print("try:       curl -H \"Authorization: Bearer $(grep ^CRON_SECRET= .env | cut -d= -f2)\" "
+          f"{url}/api/cron/promo-cleanup")
+    if env.get("DASHBOARD_USER") and env.get("DASHBOARD_PASSWORD"):
+        print(f"dashboard: {url}/dashboard/  (login: {env['DASHBOARD_USER']} / "
+              f"{env['DASHBOARD_PASSWORD']})", flush=True)
+    else:
+        print("dashboard: off (set DASHBOARD_USER and DASHBOARD_PASSWORD in .env)", flush=True)
     return subprocess.call([*cli, "serve", *args], cwd=ROOT)
 
 

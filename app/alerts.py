@@ -1,16 +1,20 @@
 """Failure alerts: an email to the admins and a JSON POST to `WEBHOOK_URL`.
 
-An alert that cannot be sent is logged and swallowed: it must never hide or change the
-job's own status.
+Each channel reports `sent` only once its server accepted the alert, `skipped` when it is
+not configured, `failed: <error>` otherwise.  An alert that cannot be sent is logged and
+swallowed: it must never hide or change the job's own status.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from app.budget import Budget
 from app.config import Settings
 from app.mail import Mailer
 
@@ -35,9 +39,9 @@ def _payload(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
-def _email(settings: Settings, outcome: RunOutcome) -> None:
+def _email(settings: Settings, outcome: RunOutcome) -> bool:
     if not settings.admin_emails:
-        return
+        return False
     mailer = Mailer(settings)
     lines = [f"{key}: {value}" for key, value in _payload(outcome).items()]
     text = (
@@ -49,25 +53,35 @@ def _email(settings: Settings, outcome: RunOutcome) -> None:
         settings.admin_emails, f"[voyagesmart-cron] {outcome.task} failed", text
     )
     mailer.send(message)
+    return True
 
 
-def _webhook(settings: Settings, outcome: RunOutcome) -> None:
+def _webhook(settings: Settings, outcome: RunOutcome) -> bool:
     if not settings.webhook_url:
-        return
+        return False
     response = httpx.post(
-        settings.webhook_url, json=_payload(outcome), timeout=settings.webhook_timeout
+        settings.webhook_url, json=_payload(outcome),
+        timeout=Budget.current().timeout(settings.webhook_timeout),
     )
     response.raise_for_status()
+    return True
+
+
+def _send(name: str, sender: Any, settings: Settings, outcome: RunOutcome) -> str:
+    try:
+        return "sent" if sender(settings, outcome) else "skipped"
+    except Exception as exc:  # an alert channel failing must not mask the job status
+        log.warning("alert via %s failed: %s", name, type(exc).__name__)
+        return f"failed: {type(exc).__name__}"
 
 
 def send_failure_alerts(settings: Settings, outcome: RunOutcome) -> dict[str, str]:
-    """Send every configured alert; return what happened to each, never raise."""
-    results: dict[str, str] = {}
-    for name, sender in (("email", _email), ("webhook", _webhook)):
-        try:
-            sender(settings, outcome)
-            results[name] = "sent"
-        except Exception as exc:  # an alert channel failing must not mask the job status
-            log.warning("alert via %s failed: %s", name, type(exc).__name__)
-            results[name] = f"failed: {type(exc).__name__}"
-    return results
+    """Send every configured alert, the channels side by side (each within the caller's
+    time budget, app/budget.py); return what happened to each, never raise."""
+    channels = (("email", _email), ("webhook", _webhook))
+    with ThreadPoolExecutor(len(channels), thread_name_prefix="alert") as pool:
+        # Each thread runs in a copy of this context, so it sees the budget.
+        futures = {name: pool.submit(contextvars.copy_context().run, _send, name, sender,
+                                     settings, outcome)
+                   for name, sender in channels}
+        return {name: future.result() for name, future in futures.items()}

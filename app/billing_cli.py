@@ -13,9 +13,9 @@ from app.config import get_settings
 from app.db import engine_for
 
 analytics_cli = typer.Typer(help="Weekly analytics stored by the `analytics` job.",
-                            no_args_is_help=True)
+                            no_args_is_help=True, rich_markup_mode=None)
 report_cli = typer.Typer(help="Monthly reports stored by `subscription-report`.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 
 
 def _print(value: dict[str, Any]) -> None:

@@ -10,18 +10,21 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from app import registry
 from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
-from app.db import engine_for
+from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
 from app.schema_cli import schema_cli
 
+# Plain help (rich_markup_mode=None): typer's rich panels show every flag as
+# `--dry-run <bool>`, as if it took a value.
 cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, rich_markup_mode=None)
 schedule_cli = typer.Typer(help="Deployment files generated from the job registry.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 cli.add_typer(schedule_cli, name="schedule")
 cli.add_typer(analytics_cli, name="analytics")
 cli.add_typer(report_cli, name="report")
@@ -37,12 +40,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(
+        help="uvicorn's log level: info logs every request (redacted), warning only "
+        "problems.")] = "info",
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
     get_settings()  # fail fast, with the variable named, before uvicorn starts
-    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False)
+    # The app reads each connection's peer itself (app/peer.py); uvicorn's own rewrite from
+    # X-Forwarded-For is off here too, so its access log shows the real peer.
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False,
+                log_level=log_level)
 
 
 @cli.command()
@@ -55,7 +64,21 @@ def migrate(
     """Apply the database migrations."""
     from app.migrate import upgrade
 
-    upgrade(_engine(), service_only=service_only)
+    # The one command that may create the database (and the SQLite file's directory).
+    try:
+        engine = make_engine(get_settings().database_url, may_create=True)
+    except DatabaseFileError as exc:
+        typer.echo(f"invalid configuration: DATABASE_URL: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        upgrade(engine, service_only=service_only)
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was migrated", err=True)
+        raise typer.Exit(3) from None
+    finally:
+        engine.dispose()
     typer.echo("migrations applied" + (" (service tables only)" if service_only else ""))
 
 
@@ -65,10 +88,14 @@ def list_jobs() -> None:
     from app.health import read_facts
 
     now = dt.datetime.now(dt.UTC)
+    problem = None
     try:
         facts, _ = read_facts(_engine(), registry.JOBS)
-    except Exception as exc:  # the listing is still useful without a database
-        typer.echo(f"(run log unavailable: {type(exc).__name__})", err=True)
+    except sa_exc.SQLAlchemyError as exc:  # the listing is still useful without a database
+        if not is_database_outage(exc):
+            raise
+        problem = diagnose(exc)
+        typer.echo(f"run log unavailable: {problem}", err=True)
         facts = {}
     header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
     typer.echo(header)
@@ -76,14 +103,23 @@ def list_jobs() -> None:
         fact = facts.get(spec.name)
         last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
             fact and fact.last_run) else "never run"
+        if problem is not None:
+            last = "unknown (no run log)"
         nxt = registry.next_fire(spec.schedule, now)
         typer.echo(f"{spec.name:<22} {spec.schedule:<12} {'yes' if spec.critical else 'no':<5} "
                    f"{nxt:%Y-%m-%d %H:%M} {last}")
+    if problem is not None:
+        raise typer.Exit(3)
 
 
-@cli.command()
+# "\b" keeps click from rewrapping the list (it would split names at their hyphens).
+_TASKS_EPILOG = "\b\nTasks:\n" + "\n".join(
+    f"  {spec.name:<22} {spec.explain()} (UTC)" for spec in registry.JOBS.values())
+
+
+@cli.command(epilog=_TASKS_EPILOG)
 def run(
-    task: Annotated[str, typer.Argument(help="Task name, e.g. promo-cleanup.")],
+    task: Annotated[str, typer.Argument(help="The task to run (listed below).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
@@ -107,7 +143,7 @@ def run(
         typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
         raise typer.Exit(2) from None
     except DatabaseUnavailable as exc:
-        typer.echo(f"database unreachable ({exc}); nothing was run", err=True)
+        typer.echo(f"{exc}; nothing was run", err=True)
         raise typer.Exit(3) from None
     typer.echo(json.dumps(outcome.as_json(), indent=2, default=str))
     if outcome.http_status >= 400:
@@ -166,13 +202,20 @@ def seed_demo() -> None:
 
     settings = get_settings()
     root = settings.storage_root if settings.storage_backend == "local" else None
-    counts = seed(_engine(), now=dt.datetime.now(dt.UTC), storage_root=root)
+    try:
+        counts = seed(_engine(), now=dt.datetime.now(dt.UTC), storage_root=root)
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was loaded", err=True)
+        raise typer.Exit(3) from None
     typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 @schedule_cli.command("export")
 def schedule_export(
-    fmt: Annotated[str, typer.Option("--format", help="vercel | crontab | github")] = "vercel",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="vercel | crontab | call | github")] = "vercel",
     write: Annotated[bool, typer.Option("--write", help="Write the file in place.")] = False,
 ) -> None:
     """Print (or write) a scheduler's configuration generated from the registry."""
@@ -181,7 +224,7 @@ def schedule_export(
     try:
         text = deploy.render(fmt)
     except KeyError:
-        typer.echo(f"unknown format {fmt!r}; use vercel, crontab or github", err=True)
+        typer.echo(f"unknown format {fmt!r}; use {', '.join(deploy.RENDERERS)}", err=True)
         raise typer.Exit(2) from None
     if write:
         path = deploy.write(fmt)

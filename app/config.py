@@ -23,6 +23,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
+# Secrets a client presents (bearer tokens, the dashboard password): compared as sent.
+_PRESENTED_SECRETS = frozenset({"cron_secret", "cron_secret_previous", "metrics_token",
+                                "dashboard_password"})
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "your-secret-here"}
 # VoyageSmart's subscription tiers, cheapest first (the order defines up/downgrades).
 BILLING_TIERS = ("free", "premium", "ai")
@@ -71,6 +74,9 @@ class Settings(BaseSettings):
     sentry_dsn: str | None = None
     webhook_url: str | None = None
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # Seconds the failure alerts (email and webhook, sent side by side) may add to a failed
+    # run's answer, however dead their servers are.
+    alert_timeout: float = Field(default=10.0, gt=0, le=120)
 
     # --- stripe -------------------------------------------------------------------------
     stripe_secret_key: SecretStr | None = None
@@ -225,12 +231,6 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("metrics_token", "dashboard_password")
-    @classmethod
-    def _blank_operator_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip() == "":
-            return None
-        return value
 
     @model_validator(mode="after")
     def _dashboard_credentials(self) -> Settings:
@@ -241,7 +241,7 @@ class Settings(BaseSettings):
         if self.is_production:
             for name in ("dashboard_password", "metrics_token"):
                 secret: SecretStr | None = getattr(self, name)
-                if secret is not None and len(secret.get_secret_value()) < 16:
+                if secret is not None and _length(secret) < 16:
                     raise ValueError(f"{name.upper()} must be at least 16 characters "
                                      "in production")
         return self
@@ -330,10 +330,11 @@ class Settings(BaseSettings):
         # Supabase and Vercel hand out postgres:// URLs; SQLAlchemy needs a driver name.
         for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
             if value.startswith(prefix):
-                return "postgresql+psycopg://" + value[len(prefix) :]
-        if value.startswith(("postgresql+psycopg://", "sqlite://", "sqlite+pysqlite://")):
-            return value
-        raise ValueError("must be a postgres://, postgresql:// or sqlite:/// URL")
+                value = "postgresql+psycopg://" + value[len(prefix) :]
+        if not value.startswith(("postgresql+psycopg://", "sqlite://", "sqlite+pysqlite://")):
+            raise ValueError("must be a postgres://, postgresql:// or sqlite:/// URL")
+        _check_database_url(value)
+        return value
 
     @field_validator("cron_timezone")
     @classmethod
@@ -353,11 +354,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
-    @field_validator("cron_secret", "cron_secret_previous", "smtp_pass", "stripe_secret_key")
+    @field_validator("cron_secret", "cron_secret_previous", "metrics_token",
+                     "dashboard_password", "smtp_pass", "stripe_secret_key")
     @classmethod
-    def _blank_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip() == "":
+    def _blank_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
             return None
+        raw = value.get_secret_value()
+        if raw.strip() == "":
+            return None
+        if info.field_name in _PRESENTED_SECRETS and raw != raw.strip():
+            # A client's token is stripped before it is compared, so a padded secret (a
+            # newline from `echo`, a pasted space) could never authenticate.
+            raise ValueError("has leading or trailing whitespace (a newline or a space); "
+                             "remove it")
         return value
 
     @model_validator(mode="after")
@@ -373,11 +383,39 @@ class Settings(BaseSettings):
             raw = secret.get_secret_value()
             if raw.lower() in _PLACEHOLDER_SECRETS:
                 raise ValueError(f"{name.upper()} is a placeholder; generate a random one")
-            if len(raw) < MIN_SECRET_LENGTH:
+            if _length(secret) < MIN_SECRET_LENGTH:
                 raise ValueError(
                     f"{name.upper()} must be at least {MIN_SECRET_LENGTH} characters in production"
                 )
         return self
+
+
+def _check_database_url(value: str) -> None:
+    """What the engine would trip over later, said now (never echoing the URL: it may
+    hold a password)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(value)
+    except ValueError:
+        # SQLAlchemy parses the port as a number and says only "invalid literal for int()".
+        raise ValueError("is not a valid URL (is the port a number? brackets around an "
+                         "IPv6 host?)") from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"port {url.port} is out of range")
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        # The file and its directory may not exist yet (`migrate` creates them), but a
+        # path through a regular file can never become a database.
+        for parent in Path(url.database).parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{parent} is not a directory")
+                break
+
+
+def _length(secret: SecretStr) -> int:
+    """Characters of a secret that add to its strength: whitespace does not count."""
+    return len("".join(secret.get_secret_value().split()))
 
 
 def describe_validation_error(exc: ValidationError) -> str:

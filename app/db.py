@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -135,13 +138,69 @@ def install_sqlite_signup_trigger(cursor: Any) -> None:
         cursor.execute(_SQLITE_SIGNUP_TRIGGER)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+MIGRATE_HINT = "run `voyagesmart-cron migrate`"
+
+
+class DatabaseFileError(RuntimeError):
+    """The SQLite file's directory cannot be created (raised only when creating)."""
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _watch_sqlite_file(engine: Engine, path: str, *, may_create: bool) -> None:
+    """Tie every pooled connection to the file it opened.
+
+    A connection keeps an unlinked file open and keeps answering from it, so a database
+    deleted (or replaced by `migrate`) under a running service would go unnoticed, and
+    its writes would go to a file nobody can see.  On checkout a connection whose file is
+    no longer the one at `path` is discarded; the fresh one then opens the file that is
+    there, or fails.  Without `may_create`, connections open the file read-write only
+    (`mode=rw`), so a missing database is an error, never a new empty file.
+    """
+    absolute = os.path.abspath(path)
+
+    def connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+                ) -> None:
+        if not may_create:
+            cargs[:1] = [f"file:{urllib.parse.quote(absolute)}?mode=rw"]
+            cparams["uri"] = True
+
+    def opened(_dbapi_connection: Any, record: Any) -> None:
+        record.info["file"] = _file_identity(absolute)
+
+    def checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        current = _file_identity(absolute)
+        if current is None or current != record.info.get("file"):
+            raise sa_exc.DisconnectionError("the database file was deleted or replaced")
+
+    event.listen(engine, "do_connect", connect)
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "checkout", checkout)
+
+
+def make_engine(url: str, *, may_create: bool = True, **kwargs: Any) -> Engine:
+    """An engine for `url`.  `may_create=False` (the service and its commands, except
+    `migrate`) never creates a SQLite file or its directory as a side effect."""
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        on_disk = bool(path) and path != ":memory:" and not path.startswith("file:")
+        if on_disk and may_create:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseFileError(
+                    f"cannot create the directory of the SQLite database "
+                    f"{Path(path).parent}: {exc.strerror or type(exc).__name__}") from None
         engine = sa.create_engine(url, connect_args={"timeout": 15}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if on_disk:
+            _watch_sqlite_file(engine, path, may_create=may_create)
         return engine
     connect_args = {"connect_timeout": 5, "application_name": "voyagesmart-cron"}
     return sa.create_engine(
@@ -151,8 +210,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 @functools.lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    """One engine per URL per process (Vercel functions reuse a warm process)."""
-    return make_engine(url)
+    """One engine per URL per process (Vercel functions reuse a warm process).  It never
+    creates a database: only `migrate` does (`make_engine(url, may_create=True)`)."""
+    return make_engine(url, may_create=False)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -169,6 +229,37 @@ def ping(engine: Engine) -> None:
     """Raise if the database does not answer a trivial query."""
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
+
+
+# What an operator reads about an unusable database, by state (never the driver's own text:
+# it may name hosts or users).
+DATABASE_PROBLEMS = {
+    "unreachable": "database unreachable",
+    "missing": f"database file missing; {MIGRATE_HINT}",
+    "no_schema": f"database has no schema; {MIGRATE_HINT}",
+}
+
+
+def database_state(exc: BaseException) -> str:
+    """`missing` (no SQLite file), `no_schema` (no service tables) or `unreachable`."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "unable to open database file" in text:
+        return "missing"
+    pgcode = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if "no such table" in text or pgcode == "42P01":  # undefined_table
+        return "no_schema"
+    return "unreachable"
+
+
+def diagnose(exc: BaseException) -> str:
+    return DATABASE_PROBLEMS[database_state(exc)]
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Errors that mean "the database is not usable", not "this statement is wrong"."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(exc, sa_exc.ProgrammingError) and database_state(exc) == "no_schema"
 
 
 def upsert(dialect: sa.Dialect, table: sa.Table) -> Any:

@@ -1,15 +1,18 @@
 """What stands in front of the routes: client address, IP allowlist, rate limits, audit log.
 
-1. The client address is the TCP peer, unless the peer is a trusted proxy: then
+1. The client address is the TCP peer (app/peer.py puts it back even where the server
+   rewrote it from forwarding headers), unless the peer is in `TRUSTED_PROXIES`: then
    `X-Forwarded-For` is read from the right, skipping trusted proxies, and the first
-   address that is not one is the client.  A client talking to us directly cannot choose
-   its address by sending the header itself.
+   address that is not one is the client.  Several header lines are one list (RFC 9110
+   field-line combination), read in order.  A client talking to us directly cannot choose
+   its address with `X-Forwarded-For`, `X-Real-IP` or `Forwarded`: none is read from it.
 2. `/api/cron/*` from an address outside `CRON_IP_ALLOWLIST` (when set) is refused, 403.
 3. Two budgets per address and fixed window, counted in the database so that they hold
    across every instance (Vercel runs many): calls presenting the valid secret count
    against `CRON_RATE_LIMIT`, failed authentications (cron, metrics, dashboard) against
-   `AUTH_FAILURE_LIMIT`.  A flood of bad tokens exhausts only the failure budget, so the
-   scheduler's valid calls pass, even from the same shared egress address.
+   `AUTH_FAILURE_LIMIT` (one budget for every surface: cron, metrics, dashboard, `/health`
+   with a bearer).  A flood of bad tokens exhausts only the failure budget, so valid
+   credentials pass on every surface, even from the same shared egress address.
 4. Over budget: 429 with `Retry-After`.  The instance then remembers the block until the
    window ends and answers without touching the database, so a flood costs one upsert per
    instance and window, not one per request.
@@ -118,7 +121,9 @@ class Defenses:
     # --- addresses ----------------------------------------------------------------------
     def address_of(self, request: Request) -> str | None:
         peer = request.client.host if request.client else None
-        return client_address(peer, request.headers.get("x-forwarded-for"), self.trusted)
+        # Every header line, in order: one comma-separated list (RFC 9110, section 5.3).
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+        return client_address(peer, forwarded, self.trusted)
 
     def allowed(self, address: str | None) -> bool:
         return not self.allowlist or _in(address, self.allowlist)
@@ -240,7 +245,7 @@ def _task_of(path: str) -> str | None:
     return rest.split("/", 1)[0] if rest else None
 
 
-_OUTCOME_BY_STATUS = {200: "ok", 400: "auth_failed", 401: "auth_failed", 404: "unknown_task",
+_OUTCOME_BY_STATUS = {200: "ok", 400: "bad_request", 401: "auth_failed", 404: "unknown_task",
                       409: "busy", 429: "rate_limited", 500: "failed", 503: "unavailable"}
 
 
@@ -298,27 +303,25 @@ async def guard_cron(request: Request,
 
 
 def refuse_failed_auth(request: Request) -> JSONResponse | None:
-    """For the metrics and dashboard routes: count a failed authentication and audit it.
+    """For `/metrics`, `/dashboard` and `/health` with a bearer, once the credential was found
+    wrong: count the failure and audit it.
 
     Returns the 429 to send when the address is over its failure budget, else None (the
-    caller then answers 401 itself).
+    caller then answers 401 itself).  An address already blocked on this instance is
+    answered from memory.  Called only for a wrong credential: the valid credential of each
+    surface passes even from a blocked address, as the scheduler's valid call does, so a
+    flood of bad tokens from a shared address locks out no one who holds the real one.
     """
     defenses = defenses_of(request)
     address = defenses.address_of(request)
+    blocked = defenses.failure_wait(address)
+    if blocked is not None:
+        return Verdict(429, "too many failed authentications; retry later", "rate_limited",
+                       blocked).response()
     wait = defenses.auth_failure(address)
     status = 429 if wait is not None else 401
     defenses.audit(request, outcome="rate_limited" if wait else "auth_failed",
                    status_code=status)
-    if wait is None:
-        return None
-    return Verdict(429, "too many failed authentications; retry later", "rate_limited",
-                   wait).response()
-
-
-def blocked_response(request: Request) -> JSONResponse | None:
-    """A 429 for an address already blocked on this instance, before checking anything."""
-    defenses = defenses_of(request)
-    wait = defenses.failure_wait(defenses.address_of(request))
     if wait is None:
         return None
     return Verdict(429, "too many failed authentications; retry later", "rate_limited",

@@ -6,12 +6,16 @@ grace absorbs scheduler lateness (Vercel Hobby fires anywhere in the hour; GitHu
 can be hours late) and the job's own runtime.  A job that never succeeded is measured
 from the first run the service ever recorded, so a fresh deployment is not flagged before
 its first slot could have happened.  A run still `running` past its max runtime is stuck.
+A job whose latest finished real run ended `error` or `abandoned` is failing until a run
+succeeds (the way healthchecks.io treats a fail signal): for a critical job that is an
+issue at once, not a day later when it becomes overdue.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -23,6 +27,8 @@ from app.registry import JobSpec
 
 log_t = table_of(CronJobLog)
 
+FAILED_STATUSES = ("error", "abandoned")
+
 
 @dataclass(frozen=True)
 class JobFacts:
@@ -33,6 +39,9 @@ class JobFacts:
     last_status: str | None = None
     last_message: str | None = None
     running_since: dt.datetime | None = None
+    # Status of the latest real run that finished (a run in progress does not clear a
+    # failure before it succeeds).
+    last_outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,14 @@ class JobHealth:
     critical: bool
     overdue: bool
     stuck: bool
+    failing: bool  # its latest finished real run failed
     due_by: dt.datetime | None  # when it becomes overdue (next fire after last success + grace)
     next_fire: dt.datetime
     facts: JobFacts
 
     @property
     def ok(self) -> bool:
-        return not (self.overdue or self.stuck)
+        return not (self.overdue or self.stuck or self.failing)
 
 
 def job_health(spec: JobSpec, facts: JobFacts, now: dt.datetime,
@@ -59,13 +69,15 @@ def job_health(spec: JobSpec, facts: JobFacts, now: dt.datetime,
         due_by = registry.next_fire(spec.schedule, reference) + spec.grace
         overdue = now > due_by
     stuck = facts.running_since is not None and now > facts.running_since + spec.max_runtime
-    return JobHealth(spec.name, spec.critical, overdue, stuck, due_by,
+    failing = facts.last_outcome in FAILED_STATUSES
+    return JobHealth(spec.name, spec.critical, overdue, stuck, failing, due_by,
                      registry.next_fire(spec.schedule, now), facts)
 
 
 def read_facts(engine: Engine, jobs: dict[str, JobSpec]
                ) -> tuple[dict[str, JobFacts], dt.datetime | None]:
-    """Last success, last run and oldest live `running` row per job: three grouped reads."""
+    """Last success, last run, last finished run and oldest live `running` row per job:
+    four grouped reads."""
     names = list(jobs)
     real = log_t.c.dry_run.is_(False)
     with engine.connect() as conn:
@@ -79,19 +91,9 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             .where(log_t.c.job_name.in_(names), log_t.c.status == "running")
             .group_by(log_t.c.job_name)
         ).all())
-        latest = (
-            sa.select(log_t.c.job_name, sa.func.max(log_t.c.id).label("id"))
-            .where(log_t.c.job_name.in_(names), real)
-            .group_by(log_t.c.job_name)
-            .subquery()
-        )
-        last_rows = {
-            row.job_name: row
-            for row in conn.execute(
-                sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.status, log_t.c.message)
-                .join(latest, latest.c.id == log_t.c.id)
-            )
-        }
+        last_rows = _latest(conn, names, real)
+        outcomes = {name: row.status for name, row in
+                    _latest(conn, names, real, log_t.c.status != "running").items()}
         baseline = conn.execute(sa.select(sa.func.min(log_t.c.started_at))).scalar()
     facts = {}
     for name in names:
@@ -102,8 +104,27 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             last_status=row.status if row else None,
             last_message=row.message if row else None,
             running_since=running.get(name),
+            last_outcome=outcomes.get(name),
         )
     return facts, baseline
+
+
+def _latest(conn: sa.Connection, names: list[str], *conditions: sa.ColumnElement[bool]
+            ) -> dict[str, Any]:
+    """Each job's newest log row among those matching `conditions`: one grouped read."""
+    latest = (
+        sa.select(log_t.c.job_name, sa.func.max(log_t.c.id).label("id"))
+        .where(log_t.c.job_name.in_(names), *conditions)
+        .group_by(log_t.c.job_name)
+        .subquery()
+    )
+    return {
+        row.job_name: row
+        for row in conn.execute(
+            sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.status, log_t.c.message)
+            .join(latest, latest.c.id == log_t.c.id)
+        )
+    }
 
 
 def evaluate(jobs: dict[str, JobSpec], facts: dict[str, JobFacts], now: dt.datetime,
@@ -118,6 +139,9 @@ def evaluate(jobs: dict[str, JobSpec], facts: dict[str, JobFacts], now: dt.datet
         if item.stuck:
             issues.append(f"{item.name} is stuck: running since "
                           f"{_fmt(item.facts.running_since)}, past its max runtime")
+        if item.failing and item.critical:
+            issues.append(f"{item.name}'s latest run failed ({item.facts.last_outcome}); "
+                          "unhealthy until a run succeeds")
     return results, issues
 
 

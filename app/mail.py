@@ -16,6 +16,9 @@
   message with the end-of-data mark that makes the server take it.  Before that mark a
   failure delivers nothing and the send is safe to retry; after it, a lost reply is
   `unconfirmed`.
+* Every SMTP operation ends within the time budget the mailer was built under
+  (app/budget.py): connecting and each later exchange wait `SMTP_TIMEOUT` or what is left,
+  whichever is less, and retries stop when the budget would be spent.
 * User emails (`Mailer.compose`) are assembled straight into their wire bytes
   (`Outgoing`): the email package's generator and header folding cost more per message
   than the SMTP exchange itself.
@@ -46,6 +49,7 @@ from typing import Any, Literal, Protocol
 import jinja2
 import tenacity
 
+from app.budget import Budget
 from app.config import Settings
 
 OPT_OUT_KEY = "email_notifications"
@@ -259,12 +263,15 @@ class SMTPTransport:
     """One SMTP session reused for a batch, reopened after a transient failure."""
 
     def __init__(self, connect: Callable[[], smtplib.SMTP], *, max_attempts: int,
-                 retry_wait: float, sleep: Callable[[float], None] = time.sleep) -> None:
+                 retry_wait: float, sleep: Callable[[float], None] = time.sleep,
+                 timeout: float | None = None, budget: Budget | None = None) -> None:
         self._connect = connect
         self._smtp: smtplib.SMTP | None = None
         self.max_attempts = max_attempts
         self.retry_wait = retry_wait
         self.sleep = sleep
+        self.timeout = timeout  # per operation; None: whatever `connect` set
+        self.budget = budget or Budget()
         self.connections_opened = 0
         self.in_doubt = False
         self._retry = self._retrying()  # reused: built once, not once per message
@@ -280,6 +287,9 @@ class SMTPTransport:
             smtp.ehlo_or_helo_if_needed()  # mail() does not greet by itself, sendmail() does
             self._smtp = smtp
             self.connections_opened += 1
+        elif self.timeout is not None and self._smtp.sock is not None:
+            # A session opened early in a long run: its next exchange still ends in budget.
+            self._smtp.sock.settimeout(self.budget.timeout(self.timeout))
         return self._smtp
 
     def _drop(self) -> None:
@@ -298,7 +308,7 @@ class SMTPTransport:
 
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=tenacity.stop_after_attempt(self.max_attempts) | self.budget.stop(),
             wait=tenacity.wait_random_exponential(multiplier=self.retry_wait, max=30),
             retry=tenacity.retry_if_exception(is_transient_smtp),
             sleep=self.sleep,
@@ -412,6 +422,7 @@ class Mailer:
                  ) -> None:
         self.settings = settings
         self.sleep = sleep
+        self.budget = Budget.current()  # the run's, or the alerts', when built inside one
 
     @property
     def unsubscribe_url(self) -> str:
@@ -485,13 +496,14 @@ class Mailer:
     def _open_smtp(self) -> smtplib.SMTP:
         s = self.settings
         assert s.smtp_host is not None
+        timeout = self.budget.timeout(s.smtp_timeout)
         if s.smtp_security == "ssl":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                s.smtp_host, s.smtp_port, timeout=timeout,
                 context=ssl.create_default_context(),
             )
         else:
-            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=timeout)
             if s.smtp_security == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
         if s.smtp_user and s.smtp_pass is not None:
@@ -507,6 +519,7 @@ class Mailer:
         transport = SMTPTransport(
             self._open_smtp, max_attempts=self.settings.mail_max_attempts,
             retry_wait=self.settings.mail_retry_wait, sleep=self.sleep,
+            timeout=self.settings.smtp_timeout, budget=self.budget,
         )
         try:
             yield transport

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import registry
 from app.config import Settings, get_settings
-from app.db import engine_for
+from app.db import diagnose, engine_for
 from app.defenses import Defenses, guard_cron, security_headers
 from app.logs import configure_logging
 from app.metrics import build_registry
 from app.monitoring import observers_for
+from app.peer import PeerMiddleware
 from app.registry import JobSpec
 from app.routes import cron, dashboard, health
 from app.routes import metrics as metrics_routes
+from app.routes.deps import single_valued_query
 from app.runner import Runner, RunObserver
 
 log = logging.getLogger("app")
@@ -30,6 +34,16 @@ log = logging.getLogger("app")
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _warn_if_no_database_file(settings: Settings) -> None:
+    """Said once at startup: the service never creates the SQLite file itself."""
+    url = make_url(settings.database_url)
+    path = url.database
+    if url.get_backend_name() == "sqlite" and path and path != ":memory:" \
+            and not os.path.exists(path):
+        log.warning("DATABASE_URL: the SQLite file %s does not exist; run "
+                    "`voyagesmart-cron migrate` (until then every job answers 503)", path)
 
 
 def create_app(
@@ -52,8 +66,11 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         redirect_slashes=False,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.settings = settings
+    if engine is None:
+        _warn_if_no_database_file(settings)
     app.state.engine = engine or engine_for(settings.database_url)
     app.state.clock = clock
     app.state.jobs = jobs if jobs is not None else registry.JOBS
@@ -75,6 +92,8 @@ def create_app(
     # Added last = runs first: headers wrap every answer, including the guard's refusals.
     app.middleware("http")(guard_cron)
     app.middleware("http")(security_headers)
+    # Outermost: the client address is the connection's peer, however the server was started.
+    app.add_middleware(PeerMiddleware, settings=settings)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -83,8 +102,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=422)
+        # 400 like every other refusal of bad input here (FastAPI's default is 422).
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"[:200]
+                   for e in exc.errors()[:10]]
+        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=400)
+
+    @app.exception_handler(sa_exc.SQLAlchemyError)
+    async def database_error(request: Request, exc: sa_exc.SQLAlchemyError) -> JSONResponse:
+        # Any route whose database went away (metrics, dashboard): a short 503 and one log
+        # line, never a traceback; the error's text may name hosts and users.
+        problem = diagnose(exc)
+        log.error("%s %s: %s (%s)", request.method, request.url.path, problem,
+                  type(exc).__name__)
+        return JSONResponse({"error": problem}, status_code=503,
+                            headers={"Retry-After": "60"})
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -31,10 +31,10 @@ import tenacity
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from app import registry
+from app import budget, registry
 from app.alerts import send_failure_alerts
 from app.config import Settings
-from app.db import table_of, upsert
+from app.db import diagnose, is_database_outage, table_of, upsert
 from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, TransientError
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
@@ -68,7 +68,8 @@ class UnknownTask(LookupError):
 
 
 class DatabaseUnavailable(RuntimeError):
-    pass
+    """Nothing was run: the database is unreachable, missing or has no schema (the message
+    says which, and what to do)."""
 
 
 @dataclass
@@ -187,11 +188,14 @@ class Runner:
                               message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
         try:
             return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        except sa_exc.SQLAlchemyError as exc:
             # Raised only from the bookkeeping around the job: the job's own database
             # errors are retried and recorded inside _execute.
-            log.error("database unavailable for %s: %s", task, type(exc).__name__)
-            raise DatabaseUnavailable(str(type(exc).__name__)) from exc
+            if not is_database_outage(exc):
+                raise
+            problem = diagnose(exc)
+            log.error("%s: %s not run (%s)", problem, task, type(exc).__name__)
+            raise DatabaseUnavailable(problem) from exc
 
     # --- the run ------------------------------------------------------------------------
     def _run(self, spec: JobSpec, now: dt.datetime, slot: dt.datetime | None, trigger: str,
@@ -202,22 +206,14 @@ class Runner:
                 done = self._done_run(spec.name, slot)
                 if done is not None:
                     return self._duplicate(spec, trigger, slot, done)
-            # Claiming also closes the rows of runs whose holder died (same transaction).
-            if not self._claim(spec, run_id, now):
-                return self._busy(spec, trigger, slot)
-            try:
-                if slot is not None:
-                    # The slot may have finished between the first check and the claim.
-                    done = self._done_run(spec.name, slot)
-                    if done is not None:
-                        self._release(spec.name, run_id)
-                        return self._duplicate(spec, trigger, slot, done)
-            except BaseException:
-                self._release(spec.name, run_id)
-                raise
+            refusal = self._claim(spec, run_id, now, slot, trigger)
+            if refusal is not None:
+                return refusal
         else:
             with self.engine.begin() as conn:
                 self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
+                conn.execute(log_t.insert().values(
+                    **self._running_row(spec, run_id, now, None, trigger, dry_run=True)))
         try:
             # A real run's lease is released in the transaction that closes its log row.
             return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run, force=force)
@@ -229,14 +225,9 @@ class Runner:
     def _execute(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
                  slot: dt.datetime | None, trigger: str, *, dry_run: bool, force: bool
                  ) -> RunOutcome:
+        # The `running` row was written with the claim (or, for a dry run, just before).
         started = time.monotonic()
         deadline = now + spec.max_runtime
-        with self.engine.begin() as conn:
-            conn.execute(log_t.insert().values(
-                run_id=run_id, job_name=spec.name, slot=slot, trigger=trigger,
-                started_at=now, status="running", records_processed=0, attempts=1,
-                dry_run=dry_run, message="running (attempt 1)",
-            ))
         outcome = RunOutcome(spec.name, run_id, "error", trigger, slot, dry_run)
         attempt_errors: list[dict[str, Any]] = []
         base_ctx = JobContext(
@@ -283,7 +274,10 @@ class Runner:
                 outcome.duration_ms = int((time.monotonic() - started) * 1000)
                 self._close(outcome, attempt_errors)
         if outcome.status == "error":
-            outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+            # Their own short budget: a dead mail server delays the answer by at most this.
+            with budget.limited(self.settings.alert_timeout):
+                outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+            self._record_details(outcome)
         self._notify("run_finished", spec, outcome)
         log.info(
             "run finished",
@@ -302,10 +296,10 @@ class Runner:
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
                   attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
-        budget = spec.max_runtime.total_seconds()
+        budget_seconds = spec.max_runtime.total_seconds()
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(spec.retry.attempts)
-            | tenacity.stop_before_delay(budget),
+            | tenacity.stop_before_delay(budget_seconds),
             wait=tenacity.wait_random_exponential(
                 multiplier=spec.retry.base_delay, max=spec.retry.max_delay
             ),
@@ -319,7 +313,9 @@ class Runner:
             self._record_attempt(base_ctx.run_id, number, attempt_errors)
             with attempt:
                 try:
-                    return spec.func(ctx)
+                    # Every outbound call of the job ends by the end of the run's budget.
+                    with budget.limited(budget_seconds - (time.monotonic() - started)):
+                        return spec.func(ctx)
                 except Exception as exc:
                     attempt_errors.append({
                         "attempt": number,
@@ -372,23 +368,79 @@ class Runner:
             if not outcome.dry_run and outcome.run_id is not None:
                 self._release(outcome.task, outcome.run_id)
 
-    def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime) -> bool:
-        # One transaction: ensure the row, claim it, close the dead holder's rows.  On
-        # PostgreSQL a concurrent claimer waits on the row lock and then sees the new holder.
-        with self.engine.begin() as conn:
+    def _record_details(self, outcome: RunOutcome) -> None:
+        """Details learnt after the row was closed (what the alerts did)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(log_t.update().where(log_t.c.run_id == outcome.run_id)
+                             .values(details=outcome.details or None))
+        except sa_exc.SQLAlchemyError as exc:
+            log.warning("could not record the alerts of run %s: %s", outcome.run_id,
+                        type(exc).__name__)
+
+    @staticmethod
+    def _running_row(spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+                     slot: dt.datetime | None, trigger: str, *, dry_run: bool
+                     ) -> dict[str, Any]:
+        return {"run_id": run_id, "job_name": spec.name, "slot": slot, "trigger": trigger,
+                "started_at": now, "status": "running", "records_processed": 0,
+                "attempts": 1, "dry_run": dry_run, "message": "running (attempt 1)"}
+
+    def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+               slot: dt.datetime | None, trigger: str) -> RunOutcome | None:
+        """Take the task's lease and write the run's `running` row in one transaction.
+
+        Whoever finds the lease taken therefore also finds the run holding it, and answers
+        a delivery of the same slot as a duplicate naming that run (never a 409 naming no
+        run).  Returns None once claimed, else the answer to give.  A holder that let go
+        between our attempt and our read is tried again.
+        """
+        for _attempt in range(3):
+            with self.engine.connect() as conn:
+                settled, outcome = self._claim_once(conn, spec, run_id, now, slot, trigger)
+            if settled:
+                return outcome
+        return RunOutcome(spec.name, None, "running", trigger, slot,
+                          message=f"{spec.name} is being claimed by another run; retry later")
+
+    def _claim_once(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
+                    now: dt.datetime, slot: dt.datetime | None, trigger: str
+                    ) -> tuple[bool, RunOutcome | None]:
+        """(settled, refusal): not settled when the holder let go before we could read it."""
+        with conn.begin() as transaction:
             conn.execute(
                 upsert(conn.dialect, lease_t).values(task=spec.name).on_conflict_do_nothing()
             )
-            result = conn.execute(
+            # On PostgreSQL a concurrent claimer waits on the row lock here, then sees the
+            # new holder; on SQLite the write lock serialises the whole transaction.
+            claimed = conn.execute(
                 lease_t.update()
                 .where(lease_t.c.task == spec.name)
                 .where(sa.or_(lease_t.c.holder.is_(None), lease_t.c.expires_at <= now))
                 .values(holder=run_id, acquired_at=now, expires_at=now + spec.max_runtime)
-            )
-            if result.rowcount != 1:
-                return False
+            ).rowcount == 1
+            if not claimed:
+                holder = conn.execute(
+                    sa.select(lease_t.c.holder, log_t.c.slot)
+                    .select_from(lease_t.outerjoin(log_t, log_t.c.run_id == lease_t.c.holder))
+                    .where(lease_t.c.task == spec.name)
+                ).first()
+                transaction.rollback()
+                if holder is None or holder.holder is None:
+                    return False, None
+                return True, self._busy(spec, trigger, slot, holder.holder, holder.slot)
+            if slot is not None:
+                # Under the lease this answer is final: the slot may have finished between
+                # the first check and the claim.
+                done = self._done_run(spec.name, slot, conn)
+                if done is not None:
+                    transaction.rollback()  # the claim never happened
+                    return True, self._duplicate(spec, trigger, slot, done)
+            # Closes the rows of runs whose holder died, in the same transaction.
             self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=True)
-            return True
+            conn.execute(log_t.insert().values(
+                **self._running_row(spec, run_id, now, slot, trigger, dry_run=False)))
+        return True, None
 
     @staticmethod
     def _release_stmt(task: str, run_id: uuid.UUID) -> sa.Update:
@@ -424,15 +476,20 @@ class Runner:
                     "finished (lease expired)")
         )
 
-    def _done_run(self, task: str, slot: dt.datetime) -> tuple[uuid.UUID, str] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(log_t.c.run_id, log_t.c.status)
-                .where(log_t.c.job_name == task, log_t.c.slot == slot,
-                       log_t.c.status.in_(DONE_STATUSES), log_t.c.dry_run.is_(False))
-                .order_by(log_t.c.started_at)
-                .limit(1)
-            ).first()
+    def _done_run(self, task: str, slot: dt.datetime, conn: sa.Connection | None = None
+                  ) -> tuple[uuid.UUID, str] | None:
+        query = (
+            sa.select(log_t.c.run_id, log_t.c.status)
+            .where(log_t.c.job_name == task, log_t.c.slot == slot,
+                   log_t.c.status.in_(DONE_STATUSES), log_t.c.dry_run.is_(False))
+            .order_by(log_t.c.started_at)
+            .limit(1)
+        )
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).first()
         return (row[0], row[1]) if row else None
 
     def _duplicate(self, spec: JobSpec, trigger: str, slot: dt.datetime,
@@ -443,27 +500,17 @@ class Runner:
             "nothing done",
         )
 
-    def _busy(self, spec: JobSpec, trigger: str, slot: dt.datetime | None) -> RunOutcome:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(log_t.c.run_id, log_t.c.slot)
-                .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
-                       log_t.c.dry_run.is_(False))
-                .order_by(log_t.c.started_at.desc())
-                .limit(1)
-            ).first()
-        running_id = row[0] if row else None
-        if slot is not None and row is None:
-            # The holder finished between our failed claim and this read.
-            done = self._done_run(spec.name, slot)
-            if done is not None:
-                return self._duplicate(spec, trigger, slot, done)
-        if slot is not None and row is not None and row[1] == slot:
-            return RunOutcome(spec.name, running_id, "duplicate", trigger, slot,
+    @staticmethod
+    def _busy(spec: JobSpec, trigger: str, slot: dt.datetime | None, holder: uuid.UUID,
+              holder_slot: dt.datetime | None) -> RunOutcome:
+        """The lease is held by run `holder`: the same slot is a duplicate (200), anything
+        else (another slot, a manual run) collides with it (409)."""
+        if slot is not None and holder_slot == slot:
+            return RunOutcome(spec.name, holder, "duplicate", trigger, slot,
                               message=f"slot {slot.isoformat()} is being run now by run "
-                              f"{running_id}; nothing done")
-        return RunOutcome(spec.name, running_id, "running", trigger, slot,
-                          message=f"{spec.name} is already running (run {running_id})")
+                              f"{holder}; nothing done")
+        return RunOutcome(spec.name, holder, "running", trigger, slot,
+                          message=f"{spec.name} is already running (run {holder})")
 
     def _notify(self, hook: str, spec: JobSpec, arg: Any) -> None:
         for observer in self.observers:

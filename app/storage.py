@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.budget import Budget
 from app.config import Settings
 
 # Files the local backend writes next to the original while replacing it; never listed.
 _PARTIAL_SUFFIX = ".vsc-partial"
 # S3 DeleteObjects accepts at most 1000 keys per request.
 S3_DELETE_BATCH = 1000
+# Seconds an S3 request waits for its answer (less when the run's budget has less left).
+S3_READ_TIMEOUT = 60.0
 
 
 class StorageError(RuntimeError):
@@ -186,6 +189,7 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
+        budget = Budget.current()
         secret = settings.s3_secret_access_key
         client = boto3.client(
             "s3",
@@ -196,12 +200,13 @@ class S3Storage:
             # Path-style addressing: Supabase and most compatible servers require it.
             config=Config(s3={"addressing_style": "path"},
                           retries={"mode": "standard", "max_attempts": 5},
-                          connect_timeout=10, read_timeout=60,
+                          connect_timeout=budget.timeout(10), read_timeout=S3_READ_TIMEOUT,
                           # Checksums only where the API requires them: S3-compatible
                           # servers (Supabase included) reject boto3's newer defaults.
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"),
         )
+        client.meta.events.register("before-send.s3", _within(budget))
         # Staged copies live under the temp prefix: if a run dies, the next run's temp
         # cleanup removes them.
         return cls(client, settings.storage_temp_prefix.rstrip("/") + "/.recompress/")
@@ -286,6 +291,20 @@ class S3Storage:
                 raise StorageError(f"{original.key}: replaced object has the wrong size")
         finally:
             self.client.delete_object(Bucket=bucket, Key=staged_key)
+
+
+def _within(budget: Budget) -> Callable[..., None]:
+    """A botocore `before-send` hook: each attempt (retries included) reads its answer for
+    at most what is left of the run's budget, and none starts once it is spent (botocore
+    does not retry the BudgetSpent raised here)."""
+
+    def hook(request: Any, **_kwargs: Any) -> None:
+        context = getattr(request, "context", None)
+        read_timeout = budget.timeout(S3_READ_TIMEOUT)
+        if context is not None:
+            context["read_timeout"] = read_timeout
+
+    return hook
 
 
 def _b64md5(body: bytes) -> str:

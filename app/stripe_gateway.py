@@ -8,6 +8,9 @@
   reports exactly the calls it made.
 - HTTP 429, which the SDK never retries, is retried here with exponential backoff and
   full jitter, honouring `Retry-After` when Stripe sends it.
+- Every request, retries included, ends within the run's time budget (app/budget.py): its
+  timeout is `STRIPE_TIMEOUT` or what is left, whichever is less, and once nothing is left
+  no request starts (and the SDK does not retry that).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import stripe
 import tenacity
 from pyrate_limiter import Duration, Limiter, Rate
 
+from app.budget import Budget
 from app.config import Settings
 
 T = TypeVar("T")
@@ -34,16 +38,31 @@ class StripeNotConfigured(RuntimeError):
 
 
 class _MeteredHTTPClient(stripe.RequestsClient):
-    """The SDK's requests client, behind the rate limiter and with a request counter."""
+    """The SDK's requests client, behind the rate limiter, with a request counter and the
+    run's time budget."""
 
-    def __init__(self, *, timeout: float, limiter: Limiter) -> None:
+    def __init__(self, *, timeout: float, limiter: Limiter, budget: Budget) -> None:
+        self._budget = budget
         super().__init__(timeout=timeout)
         self._limiter = limiter
         self._lock = threading.Lock()
         self.calls = 0  # `requests` is the SDK's handle on the requests module
 
+    # The SDK reads `_timeout` for every request it sends: the configured one, capped by
+    # what is left of the budget when the request starts.
+    @property
+    def _timeout(self) -> float:
+        return self._budget.timeout(self._configured_timeout)
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._configured_timeout = value
+
     def request(self, method: str, url: str, headers: Mapping[str, str] | None,
                 post_data: Any = None, *, _usage: list[str] | None = None) -> Any:
+        if self._budget.spent:
+            raise stripe.APIConnectionError(  # type: ignore[no-untyped-call]
+                "the run's time budget is spent; request not sent", should_retry=False)
         self._limiter.try_acquire("stripe")
         with self._lock:
             self.calls += 1
@@ -72,7 +91,9 @@ class StripeGateway:
         if settings.stripe_secret_key is None:
             raise StripeNotConfigured("STRIPE_SECRET_KEY is not set")
         self._limiter = _limiter(settings.stripe_requests_per_second)
-        self._http = _MeteredHTTPClient(timeout=settings.stripe_timeout, limiter=self._limiter)
+        self._budget = Budget.current()  # captured here: the worker threads share it
+        self._http = _MeteredHTTPClient(timeout=settings.stripe_timeout, limiter=self._limiter,
+                                        budget=self._budget)
         base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         self.client = stripe.StripeClient(
             settings.stripe_secret_key.get_secret_value(),
@@ -114,7 +135,8 @@ class StripeGateway:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(stripe.RateLimitError),
-            stop=tenacity.stop_after_attempt(self._rate_limit_retries + 1),
+            stop=tenacity.stop_after_attempt(self._rate_limit_retries + 1)
+            | self._budget.stop(),
             wait=wait,
             before_sleep=counted,
             sleep=self._sleep,

@@ -170,6 +170,7 @@ class SubprocessServer:
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.captured = ""  # what a capture_output server printed, once stopped
 
     @property
     def url(self) -> str:
@@ -212,18 +213,72 @@ class SubprocessServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         if self.proc is not None and self.proc.stdout is not None:
+            if not self.proc.stdout.closed:
+                self.captured += self.proc.stdout.read().decode(errors="replace")
             self.proc.stdout.close()
 
 
 class UvicornProcess(SubprocessServer):
-    """`python -m uvicorn app.main:app` in a subprocess, configured by environment."""
+    """`python -m uvicorn app.main:app` in a subprocess, configured by environment.
+
+    Plain uvicorn, with its defaults (proxy headers on, trusting 127.0.0.1).  The subclasses
+    start the same app the other supported ways.  A `log_level` of info or lower turns the
+    access log on; anything printed is in `captured` once the server stopped.
+    """
 
     name = "uvicorn"
     capture_output = True
 
-    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path = ROOT,
+                 log_level: str = "warning") -> None:
         super().__init__(env, port, cwd)
+        self.log_level = log_level
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "warning"]
+                "--port", str(self.port), "--log-level", self.log_level]
+
+
+class ServeProcess(UvicornProcess):
+    """`voyagesmart-cron serve` (as `python -m app serve`)."""
+
+    name = "voyagesmart-cron serve"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", self.log_level]
+
+
+class FastapiRunProcess(UvicornProcess):
+    """`fastapi run app/main.py` (the FastAPI CLI, uvicorn underneath, its own logging)."""
+
+    name = "fastapi run"
+
+    def argv(self) -> list[str]:
+        fastapi = Path(sys.executable).parent / "fastapi"
+        return [str(fastapi), "run", str(ROOT / "app" / "main.py"), "--host", "127.0.0.1",
+                "--port", str(self.port)]
+
+
+class VercelRuntimeProcess(UvicornProcess):
+    """The app served the way Vercel's Python runtime serves an ASGI entrypoint
+    (tests/vercel_runtime.py: app/index.py loaded from its file, uvicorn on a bound socket
+    with default proxy headers, no access log)."""
+
+    name = "vercel runtime"
+
+    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path = ROOT,
+                 log_level: str = "warning") -> None:
+        super().__init__({"VERCEL": "1", **env}, port, cwd, log_level)
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(ROOT / "tests" / "vercel_runtime.py"), str(self.port)]
+
+
+# Every supported way to start the app, by name (tests parametrize over these).
+WAYS_TO_SERVE: dict[str, type[UvicornProcess]] = {
+    "serve": ServeProcess,
+    "uvicorn": UvicornProcess,
+    "fastapi-run": FastapiRunProcess,
+    "vercel": VercelRuntimeProcess,
+}

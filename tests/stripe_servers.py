@@ -11,7 +11,6 @@ import json
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +58,9 @@ class FaultProxy:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.client = httpx.Client(base_url=upstream, timeout=30.0)
+        # Set by stop(): a handler still waiting out a delay gives up instead of forwarding
+        # through a closed client (which would print a traceback after the test).
+        self.stopping = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,8 +70,8 @@ class FaultProxy:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy._match(self.command, self.path)
-                if fault is not None and fault.delay:
-                    time.sleep(fault.delay)
+                if fault is not None and fault.delay and proxy.stopping.wait(fault.delay):
+                    return
                 if fault is not None and fault.status is not None:
                     kind = "rate_limit_error" if fault.status == 429 else "api_error"
                     payload = json.dumps({"error": {
@@ -79,10 +81,15 @@ class FaultProxy:
                         headers["retry-after"] = fault.retry_after
                     self._reply(fault.status, headers, payload)
                     return
-                upstream = proxy.client.request(
-                    self.command, self.path, content=body,
-                    headers={k: v for k, v in self.headers.items()
-                             if k.lower() not in _HOP_HEADERS})
+                try:
+                    upstream = proxy.client.request(
+                        self.command, self.path, content=body,
+                        headers={k: v for k, v in self.headers.items()
+                                 if k.lower() not in _HOP_HEADERS})
+                except (RuntimeError, httpx.HTTPError):
+                    if proxy.stopping.is_set():
+                        return  # stop() closed the client under this request
+                    raise
                 self._reply(upstream.status_code,
                             {"content-type": upstream.headers.get("content-type",
                                                                   "application/json")},
@@ -105,6 +112,8 @@ class FaultProxy:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # Not joined on close: a handler may sit on a keep-alive connection an SDK thread
+        # never closed.  Once stopping, a handler gives up instead of failing loudly.
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -138,6 +147,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
         self.client.close()

@@ -198,3 +198,25 @@ def test_failure_message_never_carries_secrets_or_addresses(
         assert "ops@example.com" not in text
         assert "hunter2" not in text
     assert "login failed" in response.json()["message"]
+
+
+def test_unconfigured_alert_channels_are_reported_skipped_not_sent(
+    make_client: Callable[..., TestClient], settings: Settings, engine: Engine,
+    http_capture: HttpCapture,
+) -> None:
+    assert not settings.admin_emails and settings.webhook_url is None
+    client = make_client(jobs=_job("broken", _broken))
+    response = client.post("/api/cron/broken", headers=auth())
+    assert response.status_code == 500
+    assert response.json()["details"]["alerts"] == {"email": "skipped", "webhook": "skipped"}
+    # The run log says the same, not only the HTTP answer.
+    [row] = _log_rows(engine)
+    assert row.details["alerts"] == {"email": "skipped", "webhook": "skipped"}
+
+    # One channel set: that one is sent, the other still skipped.
+    hooked = make_client(settings=settings.model_copy(update={
+        "webhook_url": f"{http_capture.url}/alerts"}), jobs=_job("broken", _broken))
+    again = hooked.post("/api/cron/broken?force=1", headers=auth())
+    assert again.json()["details"]["alerts"] == {"email": "skipped", "webhook": "sent"}
+    assert len(http_capture.requests) == 1
+    assert _log_rows(engine)[-1].details["alerts"] == {"email": "skipped", "webhook": "sent"}

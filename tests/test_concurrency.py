@@ -59,11 +59,11 @@ def test_one_slot_runs_once_across_two_processes(db_url: str, engine: Engine,
 
     statuses = Counter((r.status_code, r.json()["status"]) for r in answers)
     assert statuses[(200, "success")] == 1, statuses
-    assert set(statuses) <= {(200, "success"), (200, "duplicate"), (409, "running")}, statuses
+    # Every concurrent delivery of the slot is a duplicate naming the winner, never a 409.
+    assert set(statuses) <= {(200, "success"), (200, "duplicate")}, statuses
     winner = next(r.json() for r in answers if r.json()["status"] == "success")
     for response in answers:
-        if response.json()["status"] == "duplicate":
-            assert response.json()["run_id"] == winner["run_id"]
+        assert response.json()["run_id"] == winner["run_id"]
     assert winner["records_processed"] > 0
 
     logged = rows(engine, "SELECT status, trigger FROM cron_job_log")

@@ -149,3 +149,59 @@ def test_openapi_docs_hidden_in_production(tmp_path: Path) -> None:
             assert client.get("/docs").status_code == expected
             assert client.get("/openapi.json").status_code == expected
     engine.dispose()
+
+
+@pytest.mark.parametrize("variable", ["CRON_SECRET", "CRON_SECRET_PREVIOUS", "METRICS_TOKEN",
+                                      "DASHBOARD_PASSWORD"])
+@pytest.mark.parametrize("padding", [" ", "\n", "\t"])
+@pytest.mark.parametrize("app_env", ["development", "production"])
+def test_a_secret_with_surrounding_whitespace_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, padding: str, app_env: str
+) -> None:
+    monkeypatch.setenv("APP_ENV", app_env)
+    monkeypatch.setenv("CRON_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("DASHBOARD_USER", "ops")
+    monkeypatch.setenv("DASHBOARD_PASSWORD", GOOD_SECRET)
+    monkeypatch.setenv(variable, GOOD_SECRET + padding)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    assert f"{variable}: " in message and "whitespace" in message
+    assert GOOD_SECRET not in message
+    monkeypatch.setenv(variable, padding + GOOD_SECRET)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(_env_file=None)
+
+
+def test_padded_secret_is_refused_at_startup(tmp_path: Path) -> None:
+    result = _start(tmp_path, ["-m", "app", "serve"], CRON_SECRET=GOOD_SECRET + "\n")
+    _assert_one_line_naming(result, "CRON_SECRET")
+
+
+def test_the_length_rule_does_not_count_whitespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("CRON_SECRET", "a b c d e f g h i j k l m n o p q r s")  # 37 chars
+    with pytest.raises(ConfigError, match="CRON_SECRET must be at least 32"):
+        load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize("value", ["postgresql://u@127.0.0.1:notaport/db",
+                                   f"postgresql://u:{LEAKY}@127.0.0.1:99999/db",
+                                   f"postgres://u:{LEAKY}@[::1/db"])
+@pytest.mark.parametrize("args", [["-m", "uvicorn", "app.main:app", "--port", "1"],
+                                  ["-m", "app", "serve", "--port", "1"],
+                                  ["-m", "app", "migrate"]],
+                         ids=["uvicorn", "serve", "migrate"])
+def test_a_malformed_database_url_is_one_line(tmp_path: Path, value: str,
+                                             args: list[str]) -> None:
+    result = _start(tmp_path, args, APP_ENV="development", DATABASE_URL=value,
+                    PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    _assert_one_line_naming(result, "DATABASE_URL")
+
+
+def test_a_sqlite_path_through_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = _start(tmp_path, ["-m", "app", "serve"], APP_ENV="development",
+                    DATABASE_URL=f"sqlite:///{tmp_path}/afile/x.db")
+    _assert_one_line_naming(result, "DATABASE_URL")
+    assert "not a directory" in result.stderr

@@ -163,3 +163,19 @@ def test_csrf_token_expires_and_is_bound_to_user() -> None:
     assert not csrf_valid(PASSWORD, "other", token, now=1_000_100)
     assert not csrf_valid("other-password", USER, token, now=1_000_100)
     assert not csrf_valid(PASSWORD, USER, token, now=1_000_000 + 9 * 3600)
+
+
+def test_a_failed_critical_job_is_red_not_ok(dash: TestClient, engine: Engine,
+                                             clock: FixedClock) -> None:
+    with engine.begin() as conn:
+        conn.execute(table_of(CronJobLog).insert(), [
+            {"run_id": uuid.uuid4(), "job_name": "promo-cleanup", "trigger": "vercel",
+             "started_at": clock.now - dt.timedelta(minutes=m), "ended_at": clock.now,
+             "status": status, "message": status, "records_processed": 0, "attempts": 1,
+             "dry_run": False}
+            for m, status in ((20, "success"), (10, "error"))])
+    html = dash.get("/dashboard/", auth=CREDS).text
+    row = re.search(r'<tr id="job-promo-cleanup".*?</tr>', html, re.DOTALL)
+    assert row is not None
+    assert 'class="badge failing"' in row.group(0)
+    assert 'class="badge ok"' not in row.group(0)

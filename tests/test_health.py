@@ -223,3 +223,57 @@ def test_evaluate_names_only_critical_overdue_and_stuck_jobs() -> None:
     stuck = JobFacts(last_success=now, running_since=now - dt.timedelta(hours=1))
     _, issues = evaluate(jobs, {"job": JobFacts(last_success=now), "minor": stuck}, now, None)
     assert len(issues) == 1 and issues[0].startswith("minor is stuck")
+
+
+# --- a critical job whose latest run failed ----------------------------------------------
+
+def _failing_promo(ctx: JobContext) -> JobResult:
+    raise ValueError("promo table is upside down")
+
+
+@pytest.mark.parametrize("ending", ["error", "abandoned"])
+def test_a_failed_critical_job_is_unhealthy_until_a_run_succeeds(
+    make_client: Callable[..., TestClient], clock: FixedClock, engine: Engine, ending: str
+) -> None:
+    good = make_client(jobs=PROMO_ONLY)
+    assert good.get("/api/cron/promo-cleanup", headers=VERCEL).json()["status"] == "success"
+    clock.advance(hours=1)
+    if ending == "error":
+        failing = {"promo-cleanup": JobSpec("promo-cleanup", "0 3 * * *", _failing_promo,
+                                            "fails", critical=True)}
+        bad = make_client(jobs=failing)
+        assert bad.post("/api/cron/promo-cleanup?force=1", headers=auth()).status_code == 500
+    else:
+        with engine.begin() as conn:
+            conn.execute(table_of(CronJobLog).insert().values(
+                run_id=uuid.uuid4(), job_name="promo-cleanup", trigger="crontab",
+                started_at=clock.now, ended_at=clock.now, status="abandoned",
+                message="abandoned: the process running it stopped", attempts=1,
+                records_processed=0, dry_run=False))
+    clock.advance(minutes=5)  # long before the job would be overdue
+    response = good.get("/health")
+    assert response.status_code == 503, response.json()
+    [issue] = response.json()["issues"]
+    assert issue.startswith(f"promo-cleanup's latest run failed ({ending}")
+    assert "upside down" not in issue  # error details only with the secret
+    detailed = good.get("/health", headers=auth()).json()
+    assert detailed["jobs"]["promo-cleanup"]["failing"] is True
+    # A dry run does not count as the job working again; a real success does.
+    assert good.get("/api/cron/promo-cleanup?dry_run=1", headers=auth()).status_code == 200
+    assert good.get("/health").status_code == 503
+    assert good.post("/api/cron/promo-cleanup?force=1", headers=auth()).status_code == 200
+    assert good.get("/health").status_code == 200
+
+
+def test_a_run_in_progress_after_a_failure_keeps_the_failure() -> None:
+    spec = _spec("0 3 * * *", dt.timedelta(hours=3))
+    now = _at("2026-11-28T04:00:00")
+    failed = JobFacts(last_success=now - dt.timedelta(days=1), last_status="running",
+                      last_outcome="error", running_since=now)
+    assert job_health(spec, failed, now, None).failing
+    recovered = JobFacts(last_success=now, last_status="success", last_outcome="success")
+    assert not job_health(spec, recovered, now, None).failing
+    minor = JobSpec("minor", "0 3 * * *", lambda _ctx: JobResult(), "minor", critical=False)
+    results, issues = evaluate({"job": spec, "minor": minor},
+                               {"job": recovered, "minor": failed}, now, None)
+    assert issues == [] and results[1].failing  # shown, but never a reason for 503

@@ -54,3 +54,32 @@ def test_secrets_and_emails_are_redacted(log_stream: io.StringIO) -> None:
     info, warning = _lines(log_stream)[:2]
     assert info["message"] == "mailing [email] with [redacted]" and info["to"] == "[email]"
     assert warning["message"] == "smtp login [redacted] refused; header Bearer [redacted]"
+
+
+def test_records_of_any_logger_are_redacted_with_their_arguments_kept_apart(
+        tmp_path: Path) -> None:
+    configure_logging(make_settings("sqlite://", tmp_path))
+    stream = io.StringIO()
+    foreign = logging.getLogger("uvicorn.access.test")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    foreign.addHandler(handler)
+    foreign.setLevel(logging.INFO)
+    foreign.propagate = False
+    try:
+        foreign.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
+                     f"/api/cron/x?dry_run=1&secret={SECRET}&page=2&access_token=abc123&key=k9",
+                     "1.1", 401)
+        foreign.info("header Authorization: Bearer abc.def-ghi and %s", {"a": 1})
+        try:
+            raise RuntimeError(f"could not use {SECRET}")
+        except RuntimeError:
+            foreign.exception("failed")
+    finally:
+        foreign.removeHandler(handler)
+    text = stream.getvalue()
+    assert SECRET not in text and "abc123" not in text and "abc.def-ghi" not in text, text
+    assert "k9" not in text
+    assert ('"GET /api/cron/x?dry_run=1&secret=[redacted]&page=2&access_token=[redacted]'
+            '&key=[redacted] HTTP/1.1" 401') in text
+    assert "could not use [redacted]" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from app.routes.deps import RunnerDep, require_cron_secret
+from app.routes.deps import RunnerDep, require_cron_secret, shown
 from app.routes.responses import CRON_QUERY, CRON_RESPONSES
 from app.runner import DatabaseUnavailable, UnknownTask
 
@@ -50,11 +50,11 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     try:
         outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force)
     except UnknownTask:
-        raise HTTPException(404, f"unknown task {task!r}; known: "
+        raise HTTPException(404, f"unknown task {shown(task)}; known: "
                                  f"{', '.join(sorted(runner.jobs))}") from None
-    except DatabaseUnavailable:
+    except DatabaseUnavailable as exc:
         return JSONResponse({"task": task, "status": "unavailable",
-                             "message": "database unreachable; nothing was run"},
+                             "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     request.state.run_id = outcome.run_id
     request.state.run_status = outcome.status

@@ -16,13 +16,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app import dashboard
-from app.defenses import blocked_response, defenses_of, refuse_failed_auth
-from app.routes.deps import EngineDep, RunnerDep, SettingsDep
+from app.defenses import defenses_of, refuse_failed_auth
+from app.routes.deps import EngineDep, RunnerDep, SettingsDep, shown
 from app.runner import DatabaseUnavailable, UnknownTask
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
@@ -52,10 +52,6 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 def require_operator(request: Request, settings: SettingsDep) -> str:
-    blocked = blocked_response(request)
-    if blocked is not None:
-        raise HTTPException(429, "too many failed authentications; retry later",
-                            headers={"Retry-After": blocked.headers["Retry-After"]})
     user = settings.dashboard_user or ""
     password = settings.dashboard_password.get_secret_value() if settings.dashboard_password \
         else ""
@@ -111,13 +107,16 @@ def style(_user: OperatorDep) -> Response:
 
 @router.get("/jobs/{task}")
 def job(request: Request, task: str, user: OperatorDep, engine: EngineDep,
-        page: int = 1, status: str | None = None, ran: str | None = None,
-        outcome: str | None = None) -> HTMLResponse:
+        page: Annotated[int, Query(ge=1)] = 1, status: str | None = None,
+        ran: str | None = None, outcome: str | None = None) -> HTMLResponse:
     jobs = request.app.state.jobs
     if task not in jobs:
-        raise HTTPException(404, f"unknown task {task!r}")
+        raise HTTPException(404, f"unknown task {shown(task)}")
+    if status == "":
+        status = None  # "all"
     if status is not None and status not in dashboard.STATUSES:
-        status = None
+        raise HTTPException(400, f"unknown status filter {shown(status)}; one of "
+                                 f"{', '.join(dashboard.STATUSES)}")
     common = _common(request, user)
     view = next(v for v in dashboard.overview(engine, {task: jobs[task]}, common["now"]))
     hist = dashboard.history(engine, task, page=page, status=status)
@@ -150,9 +149,9 @@ def run_job(request: Request, task: str, user: OperatorDep, runner: RunnerDep,
         outcome = runner.run(task, trigger="dashboard", dry_run=mode == "dry_run",
                              force=mode == "force")
     except UnknownTask:
-        raise HTTPException(404, f"unknown task {task!r}") from None
-    except DatabaseUnavailable:
-        raise HTTPException(503, "database unreachable; nothing was run") from None
+        raise HTTPException(404, f"unknown task {shown(task)}") from None
+    except DatabaseUnavailable as exc:
+        raise HTTPException(503, f"{exc}; nothing was run") from None
     defenses_of(request).audit(request, outcome=outcome.status, status_code=303, task=task,
                                run_id=outcome.run_id)
     # A relative target: behind a proxy the service may not know its public scheme.

@@ -35,6 +35,25 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 
 
+def single_valued_query(request: Request) -> None:
+    """Every query parameter at most once: `?dry_run=true&dry_run=false` is refused rather
+    than read as whichever value a parser happens to keep."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name, _value in request.query_params.multi_items():
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        names = ", ".join(shown(name, 40) for name in repeated[:5])
+        raise HTTPException(400, f"repeated query parameter(s): {names}; give each once")
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A client-supplied name as quoted back in an error: cut, so a huge one is not echoed."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} chars)"
+
+
 class AuthError(HTTPException):
     def __init__(self, reason: str, status_code: int = 401) -> None:
         headers = {"WWW-Authenticate": 'Bearer realm="voyagesmart-cron"'}

@@ -9,27 +9,37 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from app import health
-from app.db import ping
+from app.db import DATABASE_PROBLEMS, database_state, ping
+from app.defenses import refuse_failed_auth
 from app.requirements import check_jobs
-from app.routes.deps import EngineDep, SettingsDep, has_cron_secret
+from app.routes.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.routes.responses import HEALTH_RESPONSES
 
 router = APIRouter(tags=["health"])
 
 
+# Uptime monitors often probe with HEAD; the same answer without its body.
+@router.head("/health", include_in_schema=False)
 @router.get("/health", summary="Service health: database probe, overdue and stuck jobs",
             responses=HEALTH_RESPONSES)
 def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
     now = request.app.state.clock()
     jobs = request.app.state.jobs
     detailed = has_cron_secret(request, settings)
+    if not detailed and "authorization" in request.headers:
+        # A wrong bearer here would otherwise be a free oracle for guessing the secret.
+        refused = refuse_failed_auth(request)
+        if refused is not None:
+            return refused
+        error = AuthError("invalid credentials")
+        return JSONResponse({"error": error.detail}, status_code=401, headers=error.headers)
     body: dict[str, Any] = {"checked_at": now.isoformat()}
     try:
         ping(engine)
         facts, baseline = health.read_facts(engine, jobs)
     except sa_exc.SQLAlchemyError as exc:
-        body.update(status="unhealthy", database="unreachable",
-                    issues=["database unreachable"])
+        state = database_state(exc)
+        body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
         if detailed:
             body["database_error"] = type(exc).__name__
         return JSONResponse(body, status_code=503)
@@ -56,6 +66,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
                 "critical": item.critical,
                 "overdue": item.overdue,
                 "stuck": item.stuck,
+                "failing": item.failing,
                 "last_success": _iso(item.facts.last_success),
                 "last_run": _iso(item.facts.last_run),
                 "last_status": item.facts.last_status,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app.defenses import blocked_response, refuse_failed_auth
+from app.defenses import refuse_failed_auth
 from app.routes.deps import AuthError, SettingsDep, matching_secret, presented_token
 
 router = APIRouter(tags=["monitoring"])
@@ -28,9 +28,6 @@ _ERROR = {"content": {"application/json": {"schema": {
     },
 )
 def get_metrics(request: Request, settings: SettingsDep) -> Response:
-    blocked = blocked_response(request)
-    if blocked is not None:
-        return blocked
     try:
         token = presented_token(request)
         candidates = [settings.metrics_token]

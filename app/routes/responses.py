@@ -79,5 +79,7 @@ CRON_QUERY: dict[str, Any] = {"parameters": [
 
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": HealthBody, "description": "healthy"},
+    401: _error("a bearer was sent and it is not the secret"),
+    429: _error("too many failed authentications from this address; see Retry-After"),
     503: {"model": HealthBody, "description": "unhealthy: the issues are listed"},
 }
