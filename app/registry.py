@@ -169,6 +169,7 @@ JOBS: dict[str, JobSpec] = {
                 uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
                 uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
             ),
+            restore=_restorer("subscription_expiry"),
         ),
         JobSpec(
             name="analytics",
