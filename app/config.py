@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     # Canceled subscriptions stay checked this long after their cancellation.
     subscription_sync_lookback_days: int = Field(default=30, ge=0)
     report_retention_months: int = Field(default=24, ge=1)
+    # Brakes (app/safety.py): a run that would lower more subscriptions than the count AND
+    # than the share of those it checked (sync) or of the paid-tier rows (expiry) changes
+    # nothing and ends as error.
+    subscription_sync_downgrade_brake_share: float = Field(default=0.1, gt=0, le=1)
+    subscription_sync_downgrade_brake_count: int = Field(default=10, ge=0)
+    subscription_expiry_downgrade_brake_share: float = Field(default=0.1, gt=0, le=1)
+    subscription_expiry_downgrade_brake_count: int = Field(default=100, ge=0)
 
     @property
     def stripe_requests_per_second(self) -> float:

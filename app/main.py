@@ -57,6 +57,7 @@ def create_app(
     settings = settings or get_settings()
     configure_logging(settings)
     _warn_unconfigured_jobs(settings, jobs if jobs is not None else registry.JOBS)
+    _warn_stripe_key_mode(settings)
     docs = not settings.is_production
     app = FastAPI(
         title="VoyageSmart Cron",
@@ -148,6 +149,15 @@ def _warn_unconfigured_jobs(settings: Settings, jobs: dict[str, JobSpec]) -> Non
         missing = missing_settings(spec.settings, settings)
         if missing:
             log.warning("%s cannot run: %s", spec.name, "; ".join(missing))
+
+
+def _warn_stripe_key_mode(settings: Settings) -> None:
+    """A test Stripe key in production, or a live one outside it (app/stripe_key.py)."""
+    from app.stripe_key import key_mode_problem
+
+    problem = key_mode_problem(settings)
+    if problem is not None:
+        (log.error if problem.severity == "issue" else log.warning)("%s", problem.message)
 
 
 # Vercel (and `uvicorn app.main:app`) import this.  Bad settings stop the import with one

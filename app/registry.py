@@ -93,8 +93,9 @@ def next_fire(schedule: str, after: dt.datetime) -> dt.datetime:
 _SUBSCRIPTION_COLUMNS = ("id", "user_id", "tier", "status", "valid_until",
                          "stripe_subscription_id", "stripe_customer_id", "current_period_end",
                          "cancel_at_period_end", "created_at", "updated_at")
-_HISTORY_COLUMNS = ("user_id", "event_type", "tier", "status", "stripe_subscription_id",
-                    "stripe_customer_id", "event_timestamp", "details", "created_at")
+_HISTORY_COLUMNS = ("id", "user_id", "event_type", "tier", "status",
+                    "stripe_subscription_id", "stripe_customer_id", "event_timestamp",
+                    "details", "created_at")
 _SIGN_INS = uses("auth.users", "id", "last_sign_in_at",
                  optional="falls back to users.last_login, which the app never updates")
 _TRIP_ACTIVITY = (
@@ -152,6 +153,7 @@ JOBS: dict[str, JobSpec] = {
                 uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
             ),
             settings=(STRIPE_KEY,),
+            restore=_restorer("subscription_sync"),
         ),
         JobSpec(
             name="subscription-expiry",
@@ -167,6 +169,7 @@ JOBS: dict[str, JobSpec] = {
                 uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
                 uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
             ),
+            restore=_restorer("subscription_expiry"),
         ),
         JobSpec(
             name="analytics",

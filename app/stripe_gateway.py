@@ -158,7 +158,20 @@ class StripeGateway:
         return [item.to_dict() for item in page.data], bool(page.has_more)
 
 
-def is_missing(exc: Exception) -> bool:
-    """Stripe no longer knows the object (404 `resource_missing`; some fakes omit the code)."""
+def _not_found(exc: Exception) -> bool:
     return (isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404
             and exc.code in (None, "resource_missing"))
+
+
+def is_key_mismatch(exc: Exception) -> bool:
+    """A 404 because the key is of the other mode: Stripe says "a similar object exists in
+    live mode, but a test mode key was used" (or the reverse).  The object exists: the key
+    is wrong, not the subscription."""
+    message = str(getattr(exc, "user_message", None) or exc).lower()
+    return _not_found(exc) and "similar object exists in" in message
+
+
+def is_missing(exc: Exception) -> bool:
+    """The key's account does not know the object (404 `resource_missing`; some fakes omit
+    the code), and not because the key is of the other mode."""
+    return _not_found(exc) and not is_key_mismatch(exc)

@@ -3,17 +3,29 @@
 `user_subscriptions` holds one row per user, its current state only; the past is read from
 `subscription_history`, which the app (and this service) append to.
 
-- *Paid*: a row with a `stripe_subscription_id`, a paid tier and status `active`.  Only
-  these count as paying subscribers and add to MRR.
+- *Paid now*: a row with a `stripe_subscription_id`, a paid tier and status `active`,
+  unless it was canceled at period end and that period is over (`cancel_at_period_end`
+  and `current_period_end` <= now): it has ended, whether or not anything recorded it yet.
+  Only these count as paying subscribers and add to MRR.
 - *Grant*: a paid tier without a Stripe subscription, status `active`: the sign-up
   trigger's premium year, or a promo code's tier (the user has a redemption).  Reported
   apart, never in MRR.
-- A paid subscription *starts* at the first history event naming its Stripe id with a
-  paid tier, and *ends* at its first churn transition, as the app records them: an
-  `inactive` status, `subscription_deleted` or `subscription_expired` (tier: the last paid
-  tier recorded for that subscription before it).
-- At a past moment `t`, paid subscriptions per tier = paid now - started since `t` + ended
-  since `t`.
+- The history of each Stripe subscription is read as a sequence of states, event by event
+  (`event_timestamp`, then `created_at`):
+  - *paying*: a paid tier and a status of `active`, `trialing`, `past_due` (or none);
+  - *not paying*: `subscription_deleted`, `subscription_expired`, a free tier, or a status
+    of `inactive`, `canceled`, `paused`, `incomplete`, `incomplete_expired`, `unpaid`;
+  - other events (payments, checkouts) say nothing about it.
+  A subscription *starts* when it becomes paying (a first payment after `incomplete`
+  included; a resume after `paused` starts it again), *ends* when it stops (by the last
+  paid tier), and *moves* between tiers while paying.
+- An end counts in the month the subscription actually ended: for one canceled at period
+  end, the later of the cancellation request (`subscription_canceled`, when Stripe sets
+  `canceled_at`) and the period end (`current_period_end` of the row still naming it),
+  never after the event that recorded it.  A row whose period ended with nothing recorded
+  yet ends at that moment too.
+- At a past moment `t`, paid subscriptions per tier = paid now - starts and moves into the
+  tier since `t` + ends and moves out of it since `t`.
 - Prices come from the `subscriptions` plan catalogue, by tier (a yearly plan counts a
   twelfth of its price per month).
 """
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -39,7 +52,10 @@ redemptions = table_of(PromoCodeRedemption)
 
 PAID_TIERS = tuple(t for t in TIERS if t != "free")
 CHURN_EVENTS = ("subscription_deleted", "subscription_expired")
-_FAR = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+PAYING_STATUSES = ("active", "trialing", "past_due")
+NOT_PAYING_STATUSES = ("inactive", "canceled", "paused", "incomplete", "incomplete_expired",
+                       "unpaid")
+KINDS = ("start", "end", "enter", "leave")
 
 
 def tier_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -52,9 +68,15 @@ def tier_of_rank(rank: int | None) -> str:
     return TIERS[rank] if rank is not None and 0 <= rank < len(TIERS) else "free"
 
 
-def is_paid() -> sa.ColumnElement[bool]:
+def _period_over(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """Canceled at the end of a period that is over."""
+    return sa.and_(subs.c.cancel_at_period_end.is_(True),
+                   subs.c.current_period_end.is_not(None), subs.c.current_period_end <= now)
+
+
+def is_paid(now: dt.datetime) -> sa.ColumnElement[bool]:
     return sa.and_(subs.c.stripe_subscription_id.is_not(None), subs.c.tier.in_(PAID_TIERS),
-                   subs.c.status == "active")
+                   subs.c.status == "active", sa.not_(_period_over(now)))
 
 
 def is_grant() -> sa.ColumnElement[bool]:
@@ -79,9 +101,9 @@ def _per_tier(rows: Any) -> dict[str, int]:
     return out
 
 
-def paid_now(conn: Connection) -> dict[str, int]:
+def paid_now(conn: Connection, now: dt.datetime) -> dict[str, int]:
     return _per_tier(conn.execute(
-        sa.select(subs.c.tier, sa.func.count()).where(is_paid()).group_by(subs.c.tier)))
+        sa.select(subs.c.tier, sa.func.count()).where(is_paid(now)).group_by(subs.c.tier)))
 
 
 def grants_now(conn: Connection) -> dict[str, dict[str, int]]:
@@ -98,96 +120,148 @@ def grants_now(conn: Connection) -> dict[str, dict[str, int]]:
     return out
 
 
-def _paid_events() -> sa.Select[Any]:
-    return sa.select(history).where(history.c.stripe_subscription_id.is_not(None))
+def _kind(name: str) -> sa.ColumnElement[str]:
+    return sa.literal_column(f"'{name}'", sa.String)
 
 
-def _first_starts() -> sa.Subquery:
-    return (
-        sa.select(history.c.user_id, history.c.tier, history.c.event_timestamp.label("at"),
-                  sa.func.row_number().over(
-                      partition_by=history.c.stripe_subscription_id,
-                      order_by=(history.c.event_timestamp, history.c.created_at)).label("n"))
-        .where(history.c.stripe_subscription_id.is_not(None),
-               history.c.tier.in_(PAID_TIERS))
-        .subquery()
+def _later(a: sa.ColumnElement[Any], b: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """The later of two moments (GREATEST; SQLite has none), NULLs ignored."""
+    return sa.case((a.is_(None), b), (b.is_(None), a), (a > b, a), else_=b)
+
+
+def transitions(now: dt.datetime) -> sa.CTE:
+    """Every start, end and tier move of every Stripe subscription: (kind, tier, at,
+    user_id), one set-based statement (window functions over the history, in order)."""
+    h = history.c
+    paying = sa.case(
+        (sa.or_(h.event_type.in_(CHURN_EVENTS), h.status.in_(NOT_PAYING_STATUSES),
+                h.tier == "free"), 0),
+        (sa.and_(h.tier.in_(PAID_TIERS),
+                 sa.or_(h.status.is_(None), h.status.in_(PAYING_STATUSES))), 1),
+        else_=sa.null())
+    order = (h.event_timestamp, h.created_at, h.id)
+    events = (
+        sa.select(h.stripe_subscription_id.label("sid"), h.user_id, h.event_type, h.tier,
+                  h.event_timestamp.label("at"), h.created_at, h.id, paying.label("paying"),
+                  # The latest cancellation request so far (Stripe's `canceled_at`).
+                  sa.func.max(sa.case((h.event_type == "subscription_canceled",
+                                       h.event_timestamp))).over(
+                      partition_by=h.stripe_subscription_id, order_by=order, rows=(None, 0),
+                  ).label("canceled_at"))
+        .where(h.stripe_subscription_id.is_not(None))
+        .subquery("events")
     )
-
-
-def _first_ends() -> sa.Subquery:
-    churn = sa.or_(history.c.event_type.in_(CHURN_EVENTS), history.c.status == "inactive")
-    first_end = (
-        sa.select(history.c.stripe_subscription_id.label("sid"),
-                  sa.func.min(history.c.event_timestamp).label("at"))
-        .where(history.c.stripe_subscription_id.is_not(None), churn)
-        .group_by(history.c.stripe_subscription_id)
-        .subquery()
+    e = events.c
+    in_order = (e.at, e.created_at, e.id)
+    steps = (
+        sa.select(e.sid, e.user_id, e.event_type, e.tier, e.at, e.canceled_at, e.paying,
+                  sa.func.lag(e.paying).over(partition_by=e.sid, order_by=in_order
+                                             ).label("before"),
+                  sa.func.lag(e.tier).over(partition_by=e.sid, order_by=in_order
+                                           ).label("tier_before"))
+        .where(e.paying.is_not(None))
+        .cte("steps")
     )
-    earlier = history.alias("earlier")
-    last_tier = (
-        sa.select(earlier.c.tier)
-        .where(earlier.c.stripe_subscription_id == first_end.c.sid,
-               earlier.c.tier.in_(PAID_TIERS), earlier.c.event_timestamp <= first_end.c.at)
-        .order_by(earlier.c.event_timestamp.desc(), earlier.c.created_at.desc())
-        .limit(1)
+    st = steps.c
+    periods = (
+        sa.select(subs.c.stripe_subscription_id.label("sid"),
+                  sa.func.max(subs.c.current_period_end).label("period_end"))
+        .where(subs.c.stripe_subscription_id.is_not(None))
+        .group_by(subs.c.stripe_subscription_id)
+        .subquery("periods")
+    )
+    # Canceled at period end (a request on record, or the app route's expiry): it ended
+    # at the later of the request and the period end, not when that was recorded.
+    at_period_end = sa.and_(
+        periods.c.period_end.is_not(None), periods.c.period_end < st.at,
+        sa.or_(st.canceled_at.is_not(None), st.event_type == "subscription_expired"))
+    ended_at = sa.case((at_period_end, _later(st.canceled_at, periods.c.period_end)),
+                       else_=st.at)
+    became_paying = sa.and_(st.paying == 1, sa.or_(st.before.is_(None), st.before == 0))
+    moved = sa.and_(st.paying == 1, st.before == 1, st.tier != st.tier_before)
+    requested = (
+        sa.select(sa.func.max(history.c.event_timestamp))
+        .where(history.c.stripe_subscription_id == subs.c.stripe_subscription_id,
+               history.c.event_type == "subscription_canceled")
         .scalar_subquery()
     )
-    return sa.select(first_end.c.at, last_tier.label("tier")).subquery()
+    return sa.union_all(
+        sa.select(_kind("start").label("kind"), st.tier.label("tier"),
+                  st.at.label("at"), st.user_id).where(became_paying),
+        sa.select(_kind("end"), st.tier_before, ended_at, st.user_id)
+        .select_from(steps.outerjoin(periods, periods.c.sid == st.sid))
+        .where(st.paying == 0, st.before == 1),
+        sa.select(_kind("enter"), st.tier, st.at, st.user_id).where(moved),
+        sa.select(_kind("leave"), st.tier_before, st.at, st.user_id).where(moved),
+        # Ended with nothing recorded yet: paid until its period end, not paid now.
+        sa.select(_kind("end"), subs.c.tier,
+                  _later(requested, subs.c.current_period_end), subs.c.user_id)
+        .where(subs.c.stripe_subscription_id.is_not(None), subs.c.tier.in_(PAID_TIERS),
+               subs.c.status == "active", _period_over(now)),
+    ).cte("transitions")
 
 
-def _since(conn: Connection, events: sa.Subquery, moments: Sequence[dt.datetime],
-           *where: sa.ColumnElement[bool]) -> list[dict[str, int]]:
-    """Per moment, events at or after it by tier: one pass for every moment."""
-    columns = [sa.func.count().filter(events.c.at >= m).label(f"m{i}")
-               for i, m in enumerate(moments)]
-    out = [{tier: 0 for tier in PAID_TIERS} for _ in moments]
-    for row in conn.execute(sa.select(events.c.tier, *columns)
-                            .where(events.c.tier.is_not(None), *where)
-                            .group_by(events.c.tier)):
-        if row.tier in PAID_TIERS:
+@dataclass
+class Movements:
+    """Transitions at or after one moment, per kind and tier."""
+
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {k: {t: 0 for t in PAID_TIERS} for k in KINDS})
+
+    def __getitem__(self, kind: str) -> dict[str, int]:
+        return self.counts[kind]
+
+
+def movements_since(conn: Connection, moments: Sequence[dt.datetime], now: dt.datetime
+                    ) -> list[Movements]:
+    """Per moment, the starts, ends and tier moves at or after it: one pass for all."""
+    return _movements(conn, moments, now, None)[0]
+
+
+def movements_and_starters(conn: Connection, moments: Sequence[dt.datetime],
+                           now: dt.datetime, start: dt.datetime, end: dt.datetime
+                           ) -> tuple[list[Movements], int]:
+    """`movements_since`, and the distinct users whose subscription started paying in
+    [start, end), from the same pass over the history."""
+    found, users = _movements(conn, moments, now, (start, end))
+    return found, int(users or 0)
+
+
+def _movements(conn: Connection, moments: Sequence[dt.datetime], now: dt.datetime,
+               users_between: tuple[dt.datetime, dt.datetime] | None
+               ) -> tuple[list[Movements], int | None]:
+    moves = transitions(now)
+    columns = [sa.func.count().filter(moves.c.at >= m) for m in moments]
+    counted = sa.select(moves.c.kind, moves.c.tier, *columns, sa.null().label("users")
+                        ).group_by(moves.c.kind, moves.c.tier)
+    statement: sa.Select[Any] | sa.CompoundSelect[Any] = counted
+    if users_between is not None:
+        start, end = users_between
+        users = sa.func.count(sa.distinct(moves.c.user_id)).filter(
+            moves.c.kind == "start", moves.c.at >= start, moves.c.at < end)
+        # One statement, so the transitions are worked out once for both.
+        statement = sa.union_all(counted, sa.select(
+            _kind("users"), sa.null(), *[sa.literal(0) for _ in moments], users))
+    out = [Movements() for _ in moments]
+    starters: int | None = None
+    for row in conn.execute(statement):
+        if row[0] == "users":
+            starters = int(row[-1] or 0)
+        elif row[1] in PAID_TIERS and row[0] in KINDS:
             for i in range(len(moments)):
-                out[i][row.tier] = int(row[i + 1])
-    return out
+                out[i][row[0]][row[1]] = int(row[i + 2])
+    return out, starters
 
 
-def starts_since(conn: Connection, moments: Sequence[dt.datetime]) -> list[dict[str, int]]:
-    """Paid subscriptions started at or after each moment, by tier."""
-    first = _first_starts()
-    return _since(conn, first, moments, first.c.n == 1)
+def paid_at(now_counts: dict[str, int], since: Movements) -> dict[str, int]:
+    """Paid subscriptions per tier at a past moment, from today's and what moved since."""
+    return {tier: max(0, now_counts[tier] - since["start"][tier] - since["enter"][tier]
+                      + since["end"][tier] + since["leave"][tier]) for tier in PAID_TIERS}
 
 
-def ends_since(conn: Connection, moments: Sequence[dt.datetime]) -> list[dict[str, int]]:
-    """Paid subscriptions whose first churn transition came at or after each moment, by the
-    last paid tier recorded before it."""
-    return _since(conn, _first_ends(), moments)
-
-
-def starts(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR
-           ) -> tuple[dict[str, int], int]:
-    """Paid subscriptions started in [start, end) by tier, and the distinct users."""
-    first = _first_starts()
-    window = sa.and_(first.c.n == 1, first.c.at >= start, first.c.at < end)
-    tiers = _per_tier(conn.execute(
-        sa.select(first.c.tier, sa.func.count()).where(window).group_by(first.c.tier)))
-    users = int(conn.execute(
-        sa.select(sa.func.count(sa.distinct(first.c.user_id))).where(window)).scalar_one())
-    return tiers, users
-
-
-def ends(conn: Connection, start: dt.datetime, end: dt.datetime = _FAR) -> dict[str, int]:
-    """Paid subscriptions whose first churn transition fell in [start, end)."""
-    since = ends_since(conn, [start, end])
-    return {tier: since[0][tier] - since[1][tier] for tier in PAID_TIERS}
-
-
-def paid_at(conn: Connection, moment: dt.datetime, now_counts: dict[str, int] | None = None
-            ) -> dict[str, int]:
-    """Paid subscriptions per tier at a past `moment`, from today's count and the history
-    since."""
-    now_counts = now_counts if now_counts is not None else paid_now(conn)
-    [started] = starts_since(conn, [moment])
-    [ended] = ends_since(conn, [moment])
-    return {tier: max(0, now_counts[tier] - started[tier] + ended[tier]) for tier in PAID_TIERS}
+def between(kind: str, since_start: Movements, since_end: Movements) -> dict[str, int]:
+    """Transitions of `kind` in [start, end), per tier."""
+    return {tier: since_start[kind][tier] - since_end[kind][tier] for tier in PAID_TIERS}
 
 
 def monthly_prices(conn: Connection) -> tuple[dict[str, tuple[Decimal, str]], list[str]]:

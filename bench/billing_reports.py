@@ -46,35 +46,62 @@ WEEK_START = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)  # the last complete ISO w
 
 _PAID_TIERS = "('premium', 'ai')"
 _RANK = "CASE tier WHEN 'free' THEN 0 WHEN 'premium' THEN 1 WHEN 'ai' THEN 2 END"
+# Paid now: a Stripe subscription, a paid tier, active, and not past a canceled period.
 _PAID_NOW = f"""SELECT tier, count(*) FROM user_subscriptions
     WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS} AND status = 'active'
+      AND NOT (cancel_at_period_end IS TRUE AND current_period_end IS NOT NULL
+               AND current_period_end <= %(now)s)
     GROUP BY tier"""
-# First paid event of each Stripe subscription: in the window, and since its start.
-_STARTS = f"""WITH first AS (
-      SELECT DISTINCT ON (stripe_subscription_id) user_id, tier, event_timestamp AS at
-      FROM subscription_history
-      WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS}
-      ORDER BY stripe_subscription_id, event_timestamp, created_at)
-    SELECT tier, count(*) FILTER (WHERE at >= %(ws)s AND at < %(we)s),
-           count(*) FILTER (WHERE at >= %(ws)s),
-           count(DISTINCT user_id) FILTER (WHERE at >= %(ws)s AND at < %(we)s)
-    FROM first GROUP BY tier"""
-# First churn transition of each Stripe subscription, by the last paid tier before it.
-_ENDS = f"""WITH e AS (
-      SELECT stripe_subscription_id AS sid, min(event_timestamp) AS at
-      FROM subscription_history
-      WHERE stripe_subscription_id IS NOT NULL
-        AND (event_type IN ('subscription_deleted', 'subscription_expired')
-             OR status = 'inactive')
-      GROUP BY stripe_subscription_id)
-    SELECT t, count(*) FILTER (WHERE at >= %(ws)s AND at < %(we)s),
-           count(*) FILTER (WHERE at >= %(ws)s)
-    FROM (SELECT e.at, (SELECT h.tier FROM subscription_history h
-                        WHERE h.stripe_subscription_id = e.sid AND h.tier IN {_PAID_TIERS}
-                          AND h.event_timestamp <= e.at
-                        ORDER BY h.event_timestamp DESC, h.created_at DESC LIMIT 1) AS t
-          FROM e) x
-    WHERE t IS NOT NULL GROUP BY t"""
+# Every start, end and tier move of every Stripe subscription, its history in order; an
+# end canceled at period end dated at the later of the request and the period end.
+_TRANSITIONS = f"""WITH events AS (
+      SELECT stripe_subscription_id AS sid, user_id, event_type, tier,
+             event_timestamp AS at, created_at, id,
+             CASE WHEN event_type IN ('subscription_deleted', 'subscription_expired')
+                       OR status IN ('inactive', 'canceled', 'paused', 'incomplete',
+                                     'incomplete_expired', 'unpaid')
+                       OR tier = 'free' THEN 0
+                  WHEN tier IN {_PAID_TIERS}
+                       AND (status IS NULL OR status IN ('active', 'trialing', 'past_due'))
+                  THEN 1 END AS paying,
+             max(event_timestamp) FILTER (WHERE event_type = 'subscription_canceled')
+               OVER (PARTITION BY stripe_subscription_id
+                     ORDER BY event_timestamp, created_at, id
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS canceled_at
+      FROM subscription_history WHERE stripe_subscription_id IS NOT NULL),
+    steps AS (
+      SELECT *, lag(paying) OVER w AS before, lag(tier) OVER w AS tier_before
+      FROM events WHERE paying IS NOT NULL
+      WINDOW w AS (PARTITION BY sid ORDER BY at, created_at, id)),
+    periods AS (
+      SELECT stripe_subscription_id AS sid, max(current_period_end) AS pe
+      FROM user_subscriptions WHERE stripe_subscription_id IS NOT NULL GROUP BY 1),
+    t AS (
+      SELECT 'start' AS kind, tier, at, user_id FROM steps
+       WHERE paying = 1 AND (before IS NULL OR before = 0)
+      UNION ALL
+      SELECT 'end', s.tier_before,
+             CASE WHEN p.pe IS NOT NULL AND p.pe < s.at
+                       AND (s.canceled_at IS NOT NULL OR s.event_type = 'subscription_expired')
+                  THEN GREATEST(s.canceled_at, p.pe) ELSE s.at END, s.user_id
+        FROM steps s LEFT JOIN periods p ON p.sid = s.sid
+       WHERE s.paying = 0 AND s.before = 1
+      UNION ALL
+      SELECT 'enter', tier, at, user_id FROM steps
+       WHERE paying = 1 AND before = 1 AND tier <> tier_before
+      UNION ALL
+      SELECT 'leave', tier_before, at, user_id FROM steps
+       WHERE paying = 1 AND before = 1 AND tier <> tier_before
+      UNION ALL
+      SELECT 'end', u.tier,
+             GREATEST((SELECT max(h.event_timestamp) FROM subscription_history h
+                       WHERE h.stripe_subscription_id = u.stripe_subscription_id
+                         AND h.event_type = 'subscription_canceled'),
+                      u.current_period_end), u.user_id
+        FROM user_subscriptions u
+       WHERE u.stripe_subscription_id IS NOT NULL AND u.tier IN {_PAID_TIERS}
+         AND u.status = 'active' AND u.cancel_at_period_end IS TRUE
+         AND u.current_period_end <= %(now)s)"""
 _GRANTS = f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM promo_code_redemptions r
                                      WHERE r.user_id = s.user_id)
                         OR EXISTS (SELECT 1 FROM subscription_history h
@@ -99,7 +126,15 @@ ANALYTICS_SQL = [
                        WHERE invitation_status = 'accepted'
                        GROUP BY trip_id HAVING count(*) > 1) g ON g.trip_id = t.id
                 WHERE t.start_date < %(de)s AND coalesce(t.end_date, t.start_date) >= %(ds)s)""",
-    _PAID_NOW, _STARTS, _ENDS, _GRANTS,
+    _PAID_NOW,
+    _TRANSITIONS + """
+    SELECT kind, tier, count(*) FILTER (WHERE at >= %(ws)s), count(*) FILTER (WHERE at >= %(we)s),
+           NULL FROM t GROUP BY kind, tier
+    UNION ALL
+    SELECT 'users', NULL, 0, 0,
+           count(DISTINCT user_id) FILTER (WHERE kind = 'start' AND at >= %(ws)s AND at < %(we)s)
+    FROM t""",
+    _GRANTS,
     f"""SELECT count(*) FILTER (WHERE r > p), count(*) FILTER (WHERE r < p)
        FROM (SELECT event_timestamp, r,
                     lag(r) OVER (PARTITION BY user_id ORDER BY event_timestamp, created_at) p
@@ -126,33 +161,18 @@ ANALYTICS_SQL = [
        SELECT 'documents', t.r, count(*) FROM documents d JOIN t ON t.id = d.trip_id
         WHERE d.created_at >= %(ws)s AND d.created_at < %(we)s GROUP BY t.r""",
 ]
-# The report's figures for two months: today's paid subscriptions, starts and ends since
+# The report's figures for two months: today's paid subscriptions, the transitions since
 # each month boundary (three boundaries), the plan prices, the grants.
 _M = ("%(m0)s", "%(m1)s", "%(m2)s")
 REPORT_SQL = [
     _PAID_NOW,
-    f"""SELECT tier, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
-        FROM (SELECT DISTINCT ON (stripe_subscription_id) tier, event_timestamp AS at
-              FROM subscription_history
-              WHERE stripe_subscription_id IS NOT NULL AND tier IN {_PAID_TIERS}
-              ORDER BY stripe_subscription_id, event_timestamp, created_at) first
-        GROUP BY tier""",
-    f"""WITH e AS (
-          SELECT stripe_subscription_id AS sid, min(event_timestamp) AS at
-          FROM subscription_history
-          WHERE stripe_subscription_id IS NOT NULL
-            AND (event_type IN ('subscription_deleted', 'subscription_expired')
-                 OR status = 'inactive')
-          GROUP BY stripe_subscription_id)
-        SELECT t, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
-        FROM (SELECT e.at, (SELECT h.tier FROM subscription_history h
-                            WHERE h.stripe_subscription_id = e.sid
-                              AND h.tier IN {_PAID_TIERS} AND h.event_timestamp <= e.at
-                            ORDER BY h.event_timestamp DESC, h.created_at DESC LIMIT 1) AS t
-              FROM e) x
-        WHERE t IS NOT NULL GROUP BY t""",
+    _TRANSITIONS + f"""
+    SELECT kind, tier, {", ".join(f"count(*) FILTER (WHERE at >= {m})" for m in _M)}
+    FROM t GROUP BY kind, tier""",
     f"SELECT tier, price, currency, interval FROM subscriptions WHERE tier IN {_PAID_TIERS}",
     _GRANTS,
+    # The stored reports of the month and the one before (the corrections).
+    "SELECT month, data, sent_at FROM cron_monthly_report WHERE month IN ('2026-11', '2026-10')",
 ]
 
 
@@ -233,19 +253,20 @@ def main() -> None:
                     assert outcome.status == "success", outcome.message
                 return go
 
-            week = {"ws": WEEK_START, "we": WEEK_START + dt.timedelta(days=7),
+            week = {"ws": WEEK_START, "we": WEEK_START + dt.timedelta(days=7), "now": NOW,
                     "ds": WEEK_START.date(), "de": WEEK_START.date() + dt.timedelta(days=7)}
             analytics_sql = [(sql, week) for sql in ANALYTICS_SQL]
-            months = {f"m{i}": dt.datetime(2026, m, 1, tzinfo=dt.UTC)
-                      for i, m in enumerate((10, 11, 12))}
+            months: dict[str, object] = {f"m{i}": dt.datetime(2026, m, 1, tzinfo=dt.UTC)
+                                         for i, m in enumerate((10, 11, 12))}
+            months["now"] = NOW
             report_sql = [(sql, months) for sql in REPORT_SQL]
             def figures(task: str) -> Callable[[], None]:
                 def go() -> None:
                     with engine.connect() as conn:
                         if task == "analytics":
-                            compute_week(conn, WEEK_START.date())
+                            compute_week(conn, WEEK_START.date(), NOW)
                         else:
-                            build_report(conn, dt.date(2026, 11, 1))
+                            build_report(conn, dt.date(2026, 11, 1), NOW)
                 return go
 
             for task, statements in (("analytics", analytics_sql),

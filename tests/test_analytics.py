@@ -170,3 +170,38 @@ def test_cli_shows_a_stored_week(engine: Engine, settings: Settings, db_url: str
     assert shown.exit_code == 0, shown.output
     assert '"iso_week": "2026-W47"' in shown.output and '"conversion_rate": 0.25' in shown.output
     assert missing.exit_code == 1 and bad.exit_code == 2
+
+
+def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings) -> None:
+    _seed(engine)
+    dry = _run(engine, settings, dry_run=True)
+    real = _run(engine, settings)
+    assert (dry.status, dry.records_processed) == (real.status, real.records_processed) == (
+        "success", 1)
+    assert dry.message.replace("would store", "stored") == real.message
+    assert dry.details == real.details
+
+
+def test_churn_counts_a_cancellation_in_the_week_its_period_ended(
+        engine: Engine, settings: Settings) -> None:
+    app = AppWriter(engine)
+    users = {name: app.sign_up(f"{name}@example.com", at=WS - 90 * D)
+             for name in ("c1", "c2", "p")}
+    sunday_night = WS + 6 * D + dt.timedelta(hours=23, minutes=30)
+    app.stripe_subscribed(users["c1"], tier="premium", at=WS - 46 * D,
+                          period_end=sunday_night)
+    app.canceled_at_period_end(users["c1"], WS - 6 * D)
+    app.stripe_subscribed(users["c2"], tier="ai", at=WS - 42 * D, period_end=WS + 3 * D)
+    app.canceled_at_period_end(users["c2"], WS - 4 * D)
+    app.stripe_subscribed(users["p"], tier="premium", at=WS - 46 * D, period_end=WS + 20 * D)
+    # The daily expiry runs on Monday 00:00, after c1's period ended on Sunday night (and
+    # c2's on Thursday): c1's end is recorded in the next week, and belongs to this one.
+    expiry = Runner(settings, engine, clock=FixedClock(WS + 7 * D + dt.timedelta(seconds=30)))
+    assert expiry.run("subscription-expiry", trigger="cli").details["expired"] == 2
+
+    conversion = _run(engine, settings).details["metrics"]["conversion"]
+
+    assert conversion["cancellations_by_tier"] == {"premium": 1, "ai": 1}
+    assert conversion["paid_at_start"] == 3
+    assert conversion["churn_rate"] == 0.6667
+    assert conversion["paid_now_by_tier"] == {"premium": 1, "ai": 0}

@@ -4,15 +4,19 @@ granted tiers past valid_until, on data written the way the app writes it."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
 
-from app.config import Settings
+from app.cli import cli
+from app.config import Settings, get_settings
 from app.models import SubscriptionHistory, UserSubscription
 from app.runner import Runner, RunOutcome
 from app.sample_data import AppWriter
@@ -127,3 +131,96 @@ def test_the_apps_route_path_runs_it(engine: Engine, make_client: Callable[..., 
     again = client.get("/api/cron/subscription-expiry",
                        headers={**auth(), "User-Agent": "vercel-cron/1.0"})
     assert again.json()["status"] in ("success", "duplicate")
+
+
+def _dry_then_real(engine: Engine, settings: Settings, **kwargs: Any
+                   ) -> tuple[RunOutcome, RunOutcome]:
+    return _run(engine, settings, dry_run=True, **kwargs), _run(engine, settings, **kwargs)
+
+
+def _same_prediction(dry: RunOutcome, real: RunOutcome) -> None:
+    assert (dry.status, dry.records_processed) == (real.status, real.records_processed)
+    assert dry.message.replace("would move", "moved") == real.message
+    assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
+
+
+def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings) -> None:
+    _seed(engine)
+    dry, real = _dry_then_real(engine, settings)
+    _same_prediction(dry, real)
+    assert real.details["expired"] == 3 and len(real.details["samples"]) == 3
+
+
+def _all_subs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            sa.select(UserSubscription.__table__).order_by(UserSubscription.id)).mappings()]
+
+
+def _many_sign_ups(engine: Engine, n: int) -> None:
+    """n users signed up 200 days ago, each with the trigger's premium year."""
+    app = AppWriter(engine)
+    for i in range(n):
+        app.sign_up(f"user{i}@example.com", at=NOW - 200 * DAY)
+
+
+def test_a_wrong_clock_trips_the_brake_and_changes_nothing(engine: Engine,
+                                                           settings: Settings) -> None:
+    _many_sign_ups(engine, 120)
+    _seed(engine)
+    before = _all_subs(engine)
+    # A clock two years ahead: every premium year looks over.
+    wrong = Runner(settings, engine, clock=FixedClock(NOW + 730 * DAY))
+    dry = wrong.run("subscription-expiry", trigger="cli", dry_run=True)
+    real = wrong.run("subscription-expiry", trigger="cli")
+    for outcome in (dry, real):
+        assert outcome.status == "error"
+        assert outcome.message.startswith(
+            "safety brake: would downgrade subscriptions to free: 125 of 127 (98%), "
+            "above 10% and above 100; nothing was changed")
+        assert "SUBSCRIPTION_EXPIRY_DOWNGRADE_BRAKE_SHARE" in outcome.message
+        samples = outcome.details["brake"]["samples"]
+        assert len(samples) == 5 and all(s.startswith("user ") for s in samples)
+        assert "@" not in " ".join(samples)
+    assert dry.details["brake"]["samples"] == real.details["brake"]["samples"]
+    assert _all_subs(engine) == before and _history(engine) == []
+    forced = wrong.run("subscription-expiry", trigger="cli", force=True)
+    assert forced.status == "success" and forced.details["expired"] == 125
+
+
+def test_restore_puts_back_what_one_run_expired(engine: Engine, settings: Settings,
+                                                db_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    users = _seed(engine)
+    before = _subs(engine, users)
+    run = _run(engine, settings)
+    assert run.details["expired"] == 3
+    # After the run the app changes one of them again: that one is left as the app set it.
+    AppWriter(engine).stripe_subscribed(users["promo_over"], tier="ai", at=NOW + DAY)
+    changed_since = _subs(engine, users)["promo_over"]
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("APP_ENV", "test")
+    get_settings.cache_clear()
+    try:
+        preview = CliRunner().invoke(cli, ["restore", str(run.run_id), "--dry-run"])
+        done = CliRunner().invoke(cli, ["restore", str(run.run_id)])
+        again = CliRunner().invoke(cli, ["restore", str(run.run_id)])
+    finally:
+        get_settings.cache_clear()
+    assert json.loads(preview.output)["other"]["would_restore"] == 2
+    assert done.exit_code == 1, done.output  # one row could not come back: said so
+    summary = json.loads(done.output)["other"]
+    assert (summary["subscriptions_restored"], summary["left"]) == (2, 1)
+    after = _subs(engine, users)
+    for name in ("canceled_past", "trial_year_over"):
+        assert {k: v for k, v in after[name].items() if k != "updated_at"} == {
+            k: v for k, v in before[name].items() if k != "updated_at"}, name
+    assert after["promo_over"] == changed_since
+    assert json.loads(again.output)["other"]["subscriptions_restored"] == 0
+    t = SubscriptionHistory.__table__
+    with engine.connect() as conn:
+        restored = conn.execute(sa.select(t).where(t.c.event_type == "admin_update")
+                                ).mappings().all()
+    assert len(restored) == 2
+    assert {r["details"]["restores_run"] for r in restored} == {str(run.run_id)}

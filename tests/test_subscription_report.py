@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings, get_settings
 from app.jobs.subscription_report import read_report
-from app.models import CronMonthlyReport, Plan
+from app.models import CronMonthlyReport, Plan, SubscriptionHistory, UserSubscription
 from app.runner import Runner, RunOutcome
 from app.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.servers import SmtpSink
+from tests.stripe_servers import StripeShapeServer, stripe_shape, subscription_json
+
+__all__ = ["stripe_shape"]
 
 NOW = dt.datetime(2026, 12, 1, 4, 0, 10, tzinfo=dt.UTC)
 ADMINS = ["ceo@example.com", "cfo@example.com"]
@@ -207,3 +211,162 @@ def test_old_reports_are_archived_and_stay_readable(
     assert shown.exit_code == 0, shown.output
     assert '"archived": true' in shown.output
     assert as_csv.output == "month\n2024-10\n"
+
+
+# --- what happened counts, in the month it happened ----------------------------------------
+PREMIUM_PRICE = "price_1PremiumMonthly"
+
+
+def _clock_run(engine: Engine, settings: Settings, task: str, at: dt.datetime,
+               **kwargs: Any) -> RunOutcome:
+    runner = Runner(settings, engine, clock=FixedClock(at), sleep=lambda _s: None)
+    outcome = runner.run(task, trigger="cli", **kwargs)
+    assert outcome.status in ("success", "warning"), outcome.message
+    return outcome
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def test_cancellations_count_in_the_month_they_ended_and_late_news_is_a_correction(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
+        stripe_shape: StripeShapeServer) -> None:
+    """Two monthly reports with a fixed clock, and what happens between them."""
+    app = AppWriter(engine)
+    people = {name: app.sign_up(f"{name}@example.com", at=_at(2026, 5, 1)) for name in "AKHL"}
+    ends = {"A": _at(2026, 12, 20), "K": dt.datetime(2026, 11, 30, 22, tzinfo=dt.UTC),
+            "H": _at(2026, 12, 15), "L": _at(2026, 12, 10)}
+    for name, start in (("A", _at(2026, 9, 1)), ("K", _at(2026, 9, 5)),
+                        ("H", _at(2026, 9, 15)), ("L", _at(2026, 10, 10))):
+        app.stripe_subscribed(people[name], tier="premium", at=start,
+                              subscription_id=f"sub_{name}", customer_id=f"cus_{name}",
+                              period_end=ends[name])
+    # Canceled at period end: Stripe sets canceled_at to the request's time.
+    app.canceled_at_period_end(people["K"], _at(2026, 11, 5))   # ends Nov 30, 22:00
+    app.canceled_at_period_end(people["H"], _at(2026, 11, 20))  # ends Dec 15
+    # In Stripe: L was canceled at once on Nov 28 and the webhook never arrived.
+    lost = dt.datetime(2026, 11, 28, 9, tzinfo=dt.UTC)
+    created = _epoch(_at(2026, 9, 1))
+    item = [(PREMIUM_PRICE, "prod_Premium", 499)]
+    stripe_shape.add(subscription_json("sub_A", customer="cus_A", prices=item,
+                                       created=created, period_end=_epoch(ends["A"])))
+    stripe_shape.add(subscription_json(
+        "sub_H", customer="cus_H", prices=item, created=created,
+        period_end=_epoch(ends["H"]), cancel_at_period_end=True,
+        canceled_at=_epoch(_at(2026, 11, 20))))
+    stripe_shape.add(subscription_json(
+        "sub_K", customer="cus_K", prices=item, created=created, status="canceled",
+        period_end=_epoch(ends["K"]), cancel_at_period_end=True,
+        canceled_at=_epoch(_at(2026, 11, 5)), ended_at=_epoch(ends["K"])))
+    stripe_shape.add(subscription_json(
+        "sub_L", customer="cus_L", prices=item, created=created, status="canceled",
+        period_end=_epoch(ends["L"]), canceled_at=_epoch(lost), ended_at=_epoch(lost)))
+    settings = _settings(db_url, tmp_path, smtp_sink, stripe_secret_key="sk_test_report",
+                         stripe_api_base=stripe_shape.url,
+                         stripe_tier_map={PREMIUM_PRICE: "premium"},
+                         stripe_sync_strategy="retrieve", stripe_max_network_retries=0)
+
+    # Dec 1, 00:00: expiry ends K (its period ended 2 hours before); 04:00: November.
+    _clock_run(engine, settings, "subscription-expiry", dt.datetime(2026, 12, 1, 0, 0, 30,
+                                                                  tzinfo=dt.UTC))
+    november = _clock_run(engine, settings, "subscription-report", NOW).details["report"]
+    assert november["month"] == "2026-11"
+    assert november["tiers"]["premium"] | {"mrr": None} == {
+        "active": 3, "new": 0, "canceled": 1, "mrr": None, "currency": "EUR",
+        "price": "4.99"}  # K ended in November, when its period did
+    assert november["previous"]["totals"]["active"] == 4
+    assert november["corrections"] == []
+    with engine.connect() as conn:
+        sent_november = read_report(conn, "2026-11")
+    assert sent_november is not None
+
+    # Dec 2: the sync finds what Stripe did to L on Nov 28 (and K's end, already known).
+    sync = _clock_run(engine, settings, "subscription-sync",
+                      dt.datetime(2026, 12, 2, 2, 0, 30, tzinfo=dt.UTC))
+    assert sync.details["deleted"] == 2
+
+    # Jan 1: December.  H ended on Dec 15 and nothing recorded it: it still counts.
+    december_run = _clock_run(engine, settings, "subscription-report",
+                              dt.datetime(2027, 1, 1, 4, 0, 10, tzinfo=dt.UTC))
+    december = december_run.details["report"]
+    assert december["month"] == "2026-12"
+    assert (december["tiers"]["premium"]["active"], december["tiers"]["premium"]["new"],
+            december["tiers"]["premium"]["canceled"]) == (1, 0, 1)
+    assert december["totals"]["mrr"] == {"EUR": "4.99"}
+    # November as known now: L ended there too.  Not silently: each change is named.
+    assert december["previous"]["totals"]["canceled"] == 2
+    corrected = {(c["month"], c["tier"], c["figure"]): (c["reported"], c["corrected"])
+                 for c in december["corrections"]}
+    assert corrected[("2026-11", "all", "canceled")] == (1, 2)
+    assert corrected[("2026-11", "all", "active")] == (3, 2)
+    assert corrected[("2026-11", "all", "mrr_EUR")] == ("14.97", "9.98")
+    assert corrected[("2026-11", "all", "churn_rate")] == (0.25, 0.5)
+    assert "; corrects 2026-11 active (all): reported 3, now 2; 2026-11 canceled (all): " \
+        "reported 1, now 2" in december_run.message
+    mail = smtp_sink.received[-1].message
+    assert "(corrects 2026-11)" in mail["Subject"]
+    text = mail.get_body(preferencelist=("plain",)).get_content()
+    assert "Corrections to figures already reported" in text
+    assert "2026-11 canceled (all): reported 1, now 2" in text
+    # The report already sent is kept as it was sent.
+    with engine.connect() as conn:
+        assert read_report(conn, "2026-11") == sent_november
+
+
+def _history_event(engine: Engine, user_id: Any, sub_id: str, at: dt.datetime, *,
+                   tier: str, status: str) -> None:
+    """What the webhook's `updateSubscription` records: Stripe's status verbatim (the
+    history has no CHECK on it, unlike `user_subscriptions.status`)."""
+    with engine.begin() as conn:
+        conn.execute(SubscriptionHistory.__table__.insert().values(
+            id=uuid.uuid4(), user_id=user_id, event_type="subscription_created", tier=tier,
+            status=status, stripe_subscription_id=sub_id, stripe_customer_id=f"cus_{sub_id}",
+            event_timestamp=at, created_at=at, details={"status": status}))
+
+
+def test_paused_and_incomplete_subscriptions_are_not_paid(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    app = AppWriter(engine)
+    people = {name: app.sign_up(f"{name}@example.com", at=_at(2026, 5, 1)) for name in "QRS"}
+    subs = UserSubscription.__table__
+    # Q pays for AI from October and pauses on Nov 10 (the sync then writes inactive).
+    app.stripe_subscribed(people["Q"], tier="ai", at=_at(2026, 10, 1), subscription_id="sub_Q")
+    _history_event(engine, people["Q"], "sub_Q", _at(2026, 11, 10), tier="ai",
+                   status="paused")
+    # R never paid: its first invoice failed, then the subscription expired.
+    _history_event(engine, people["R"], "sub_R", _at(2026, 11, 12), tier="premium",
+                   status="incomplete")
+    _history_event(engine, people["R"], "sub_R", _at(2026, 11, 13), tier="premium",
+                   status="incomplete_expired")
+    # S's first payment failed, then succeeded: it starts paying on Nov 15.
+    _history_event(engine, people["S"], "sub_S", _at(2026, 11, 14), tier="premium",
+                   status="incomplete")
+    app.stripe_subscribed(people["S"], tier="premium", at=_at(2026, 11, 15),
+                          subscription_id="sub_S")
+    with engine.begin() as conn:
+        conn.execute(subs.update().where(subs.c.user_id == people["Q"])
+                     .values(status="inactive"))
+        conn.execute(subs.update().where(subs.c.user_id == people["R"]).values(
+            tier="free", status="inactive", stripe_subscription_id="sub_R"))
+
+    report = _run(engine, _settings(db_url, tmp_path, smtp_sink),
+                  dry_run=True).details["report"]
+
+    assert report["tiers"]["ai"] | {"mrr": None, "price": None} == {
+        "active": 0, "new": 0, "canceled": 1, "mrr": None, "price": None,
+        "currency": "EUR"}
+    assert report["previous"]["tiers"]["ai"]["active"] == 1  # Q paid all of October
+    assert report["tiers"]["premium"]["new"] == 1  # S only; R never paid
+    assert report["totals"]["mrr"] == {"EUR": "4.99"}
+
+
+def test_dry_run_predicts_the_real_run(engine: Engine, db_url: str, tmp_path: Path,
+                                       smtp_sink: SmtpSink) -> None:
+    _seed(engine)
+    settings = _settings(db_url, tmp_path, smtp_sink)
+    dry = _run(engine, settings, dry_run=True)
+    real = _run(engine, settings)
+    assert (dry.status, dry.records_processed) == (real.status, real.records_processed)
+    assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
+    assert dry.details["sent_to"] == ADMINS

@@ -343,3 +343,46 @@ def test_every_stripe_status_maps_into_the_check_or_is_left_alone() -> None:
         assert mapped is None or mapped in SUBSCRIPTION_STATUSES, status
     assert set(STATUS_MAP.values()) <= set(SUBSCRIPTION_STATUSES)
     assert stripe_state({"status": "something_new"}, {})["status"] is None
+
+
+def test_dry_run_predicts_the_real_run(engine: Engine, db_url: str, tmp_path: Path,
+                                       stripe_proxy: FaultProxy, world: World) -> None:
+    _seed(engine, world)
+    settings = _settings(db_url, tmp_path, stripe_proxy, world)
+    dry = _run(engine, settings, dry_run=True)
+    real = _run(engine, settings)
+    assert (dry.status, dry.records_processed) == (real.status, real.records_processed)
+    assert dry.message.replace("would change", "changed") == real.message
+    assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
+    assert real.details["downgrades"] == 4 and len(real.details["samples"]) == 5
+
+
+def test_restore_puts_back_what_one_run_changed(engine: Engine, db_url: str, tmp_path: Path,
+                                                stripe_proxy: FaultProxy, world: World,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.config import get_settings
+
+    rows = _seed(engine, world)
+    before = _local(engine, rows)
+    run = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world))
+    assert run.details["changed"] == 8
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("APP_ENV", "test")
+    get_settings.cache_clear()
+    try:
+        done = CliRunner().invoke(cli, ["restore", str(run.run_id)])
+        again = CliRunner().invoke(cli, ["restore", str(run.run_id)])
+    finally:
+        get_settings.cache_clear()
+    assert done.exit_code == 0, done.output
+    assert '"subscriptions_restored": 8' in done.output
+    assert '"subscriptions_restored": 0' in again.output
+    after = _local(engine, rows)
+    for name, row in before.items():
+        assert {f: after[name][f] for f in FIELDS} == {f: row[f] for f in FIELDS}, name
+    restored = [e for e in _history(engine) if e["event_type"] == "admin_update"]
+    assert len(restored) == 8
+    assert {e["details"]["restores_run"] for e in restored} == {str(run.run_id)}

@@ -6,15 +6,15 @@
    trips under way in the week with more than one accepted participant.
 3. Subscription conversion, Stripe-paid subscriptions only (app/subscription_facts.py):
    new paid subscriptions by tier, upgrades and downgrades (a history event whose tier
-   ranks above or below the user's previous one), cancellations (the app's
-   inactive/subscription_deleted/subscription_expired transitions), conversion (users who
+   ranks above or below the user's previous one), cancellations (counted in the week the
+   subscription actually ended, the rule of the monthly report), conversion (users who
    started paying during the week over users not paying at its start) and churn
    (cancellations over paid subscriptions at its start).  Granted tiers (the sign-up
    trigger's year, promo codes) are counted apart, as grants.
 4. Usage by tier: trips, participants, media and documents added, grouped by the trip
    owner's current tier.
-5. Upsert the row for that week (a rerun replaces it).  A dry run computes and stores
-   nothing.
+5. Upsert the row for that week (a rerun replaces it).  A dry run computes the same
+   figures and stores nothing.
 
 Every figure is one set-based statement over the week's window, the same on SQLite and
 PostgreSQL.
@@ -42,12 +42,12 @@ from app.models import (
 from app.models.voyagesmart import TIERS
 from app.subscription_facts import (
     PAID_TIERS,
-    ends,
+    between,
     grants_now,
+    movements_and_starters,
     paid_at,
     paid_now,
     ratio,
-    starts,
     subs,
     tier_of_rank,
     tier_rank,
@@ -120,12 +120,14 @@ def _engagement(conn: Connection, monday: dt.date, sign_ins: bool) -> dict[str, 
     }
 
 
-def _conversion(conn: Connection, monday: dt.date) -> dict[str, Any]:
+def _conversion(conn: Connection, monday: dt.date, now: dt.datetime) -> dict[str, Any]:
     start, end = _bounds(monday)
-    now_counts = paid_now(conn)
-    at_start = paid_at(conn, start, now_counts)
-    new, converted = starts(conn, start, end)
-    canceled = ends(conn, start, end)
+    now_counts = paid_now(conn, now)
+    (since_start, since_end), converted = movements_and_starters(conn, [start, end], now,
+                                                                 start, end)
+    at_start = paid_at(now_counts, since_start)
+    new = between("start", since_start, since_end)
+    canceled = between("end", since_start, since_end)
 
     # Up/downgrades: each history event against the same user's previous one.
     rank = tier_rank(history.c.tier)
@@ -211,11 +213,12 @@ def _usage(conn: Connection, monday: dt.date) -> dict[str, dict[str, int]]:
     return usage
 
 
-def compute_week(conn: Connection, monday: dt.date, sign_ins: bool = True) -> dict[str, Any]:
-    """Every figure of the ISO week starting `monday`."""
+def compute_week(conn: Connection, monday: dt.date, now: dt.datetime,
+                 sign_ins: bool = True) -> dict[str, Any]:
+    """Every figure of the ISO week starting `monday`, as known at `now`."""
     return {
         "engagement": _engagement(conn, monday, sign_ins),
-        "conversion": _conversion(conn, monday),
+        "conversion": _conversion(conn, monday, now),
         "usage_by_tier": _usage(conn, monday),
     }
 
@@ -233,7 +236,7 @@ def run(ctx: JobContext) -> JobResult:
     label = iso_week(monday)
     sign_ins = sign_ins_readable(ctx.schema_check())
     with ctx.engine.connect() as conn:
-        metrics = compute_week(conn, monday, sign_ins)
+        metrics = compute_week(conn, monday, ctx.now, sign_ins)
     warnings = [] if sign_ins else [FALLBACK_WARNING]
     engagement, conversion = metrics["engagement"], metrics["conversion"]
     summary = (
@@ -259,7 +262,7 @@ def run(ctx: JobContext) -> JobResult:
             })
     message = (("would store " if ctx.dry_run else "stored ") + summary
                + "".join(f"; warning: {w}" for w in warnings))
-    return JobResult(records_processed=0 if ctx.dry_run else 1, message=message,
+    return JobResult(records_processed=1, message=message,
                      status="warning" if warnings else "success",
                      details={"iso_week": label, "metrics": metrics, "warnings": warnings})
 

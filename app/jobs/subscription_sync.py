@@ -13,29 +13,44 @@ premium year and promo-code tiers have none and are never read or written here.
      retrieved one by one.
    - *retrieve*: one call per row, from a bounded thread pool under the rate limit.
    `auto` lists once the active rows fill more than one page.
-3. Compare what the app stores: the tier (price, then plan, then product id through
-   `STRIPE_TIER_MAP`; an unmapped id keeps ours), the status mapped into the values the
+3. Compare what the app stores: the tier, the highest one among ALL subscription items
+   (each item's price, then plan, then product id through `STRIPE_TIER_MAP`; an item no
+   entry covers, or an item list Stripe gave only in part, keeps ours and is reported:
+   never lower a tier on incomplete evidence), the status mapped into the values the
    table's CHECK admits (`STATUS_MAP`: `trialing`/`past_due` are `active`, `unpaid`/
-   `incomplete`/`paused` are `inactive`; an unknown status keeps ours and is reported: a
-   value the CHECK rejects is never written), `current_period_end` (from the subscription
-   item first, then the subscription: both API shapes exist) and `cancel_at_period_end`.
-   Drifted rows are updated in batches, each only if no webhook touched it since it was
-   read, with one history row named as the app names it: `subscription_created` (what the
-   app's webhook records for every subscription update).
-4. A subscription Stripe canceled, or no longer knows (404), gets what the app's
-   `customer.subscription.deleted` handler writes: tier `free`, status `inactive`, no
-   Stripe subscription id, and a `subscription_deleted` history row.  Any other failure is
-   counted and named, and the others carry on: the run ends as `warning`.  If everything
-   fails, Stripe is down: the run is retried later.
-5. Report checked, changed by field, deleted, failed and API calls.
+   `incomplete`/`paused` are `inactive`; an unknown status keeps ours and is reported),
+   `current_period_end` (the latest item's, then the subscription's: both API shapes
+   exist) and `cancel_at_period_end`.
+4. A subscription Stripe canceled, or whose id its account does not know (404), gets what
+   the app's `customer.subscription.deleted` handler writes: tier `free`, status
+   `inactive`, no Stripe subscription id, and a `subscription_deleted` history row dated
+   when it ended.  A 404 that says "a similar object exists in live/test mode" is a key
+   of the wrong mode, not a missing subscription: a failure, changing nothing.
+5. Stop, changing nothing, when the evidence is the key's rather than the customers':
+   - every call failed: Stripe is down (`TransientError`: the run is retried, then
+     alerted) or, when every failure is a mode mismatch, the key is wrong (refused);
+   - Stripe answered 404 for every subscription and knew none: the key is another
+     account's (refused; `force` goes on);
+   - the brake (`SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_SHARE`/`_COUNT`): more cancellations
+     and downgrades than the count and than the share of the subscriptions checked.
+6. Write the changes in batches, each row only if no webhook touched it since it was
+   read, with one history row named as the app names it (`subscription_created`, what
+   its webhook records for every update; `subscription_deleted`), before/after values and
+   the run id in `details`: `voyagesmart-cron restore <run-id>` puts them back
+   (`restore` below).  Any other failure is counted and named, and the others carry on:
+   the run ends as `warning`, as it does when a tier or status was kept unread.
+7. Report checked, changed by field, ended, downgrades, the brake's figures, samples,
+   failures, API calls.
 
-A dry run fetches and compares but writes nothing.
+A dry run fetches, compares and engages the same brake, and writes nothing: it predicts
+the real run's counts and samples.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,14 +59,18 @@ from typing import Any
 
 import sqlalchemy as sa
 import stripe
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Engine, Row
 
-from app.batching import stream_rows
+from app.batching import keys_in, stream_rows
+from app.config import Settings
 from app.db import UTCDateTime, new_uuid, table_of
-from app.jobs.context import JobAborted, JobContext, JobResult, TransientError
+from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, TransientError
 from app.models import SubscriptionHistory, UserSubscription
-from app.models.voyagesmart import SUBSCRIPTION_STATUSES
-from app.stripe_gateway import PAGE_SIZE, StripeGateway, is_missing
+from app.models.voyagesmart import SUBSCRIPTION_STATUSES, TIERS
+from app.safety import SAMPLES, Brake
+from app.stripe_gateway import PAGE_SIZE, StripeGateway, is_key_mismatch, is_missing
+from app.stripe_key import key_mode
+from app.subscription_restore import restore_run
 
 subs = table_of(UserSubscription)
 history = table_of(SubscriptionHistory)
@@ -68,6 +87,8 @@ ENDED = frozenset({"canceled", "incomplete_expired"})  # the app's `deleted` tra
 assert set(STATUS_MAP.values()) <= set(SUBSCRIPTION_STATUSES)
 _CHUNK = 500  # candidates fetched per round of the thread pool
 _NAMED_FAILURES = 50
+_RANK = {tier: rank for rank, tier in enumerate(TIERS)}  # free < premium < ai
+SOURCE = "subscription-sync"  # details.source of the history rows this job writes
 _MIN_FAILURES_FOR_OUTAGE = 10
 
 
@@ -82,36 +103,100 @@ def _id(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _first_item(obj: dict[str, Any]) -> dict[str, Any]:
+def _items(obj: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The subscription's items, and whether that list is all of them.  The oldest shape
+    has no item list, only the subscription's own plan: that plan is its one item."""
     items = obj.get("items")
+    if items is None:
+        plan = obj.get("plan")
+        return ([{"plan": plan}], True) if isinstance(plan, dict) else ([], False)
     data = items.get("data") if isinstance(items, dict) else None
-    return data[0] if data else {}
+    if not isinstance(data, list):
+        return [], False
+    complete = isinstance(items, dict) and not items.get("has_more")
+    return [item for item in data if isinstance(item, dict)], complete
 
 
-def billing_ids(obj: dict[str, Any]) -> list[str]:
-    """Price, plan and product ids of a subscription, most specific first."""
-    item = _first_item(obj)
-    price = item.get("price") or {}
-    plan = item.get("plan") or obj.get("plan") or {}
-    ids = [_id(price), _id(plan), _id(price.get("product")), _id(plan.get("product"))]
+def _item_ids(item: dict[str, Any]) -> list[str]:
+    """Price, plan and product ids of one item, most specific first."""
+    price = item.get("price")
+    plan = item.get("plan")
+    price = price if isinstance(price, dict) else {}
+    plan = plan if isinstance(plan, dict) else {}
+    ids = [_id(item.get("price")), _id(item.get("plan")), _id(price.get("product")),
+           _id(plan.get("product"))]
     return [i for i in ids if i]
 
 
+def billing_ids(obj: dict[str, Any]) -> list[str]:
+    """Price, plan and product ids of every item of a subscription, most specific first."""
+    return [i for item in _items(obj)[0] for i in _item_ids(item)]
+
+
+@dataclass(frozen=True)
+class TierReading:
+    """The tier Stripe's items stand for; None when they do not say it completely."""
+
+    tier: str | None
+    unmapped: tuple[str, ...] = ()  # items no STRIPE_TIER_MAP entry covers (their first id)
+    incomplete: bool = False  # no item list, or only its first page
+
+
+def read_tier(obj: dict[str, Any], tier_map: dict[str, str]) -> TierReading:
+    """The highest tier among ALL items (a premium plan plus an AI add-on is `ai`, whatever
+    their order).  One item the map does not cover, or an item list Stripe did not give
+    whole, leaves the tier unknown: never lower a tier on incomplete evidence."""
+    items, complete = _items(obj)
+    tiers: list[str] = []
+    unmapped: list[str] = []
+    for item in items:
+        ids = _item_ids(item)
+        tier = next((tier_map[i] for i in ids if i in tier_map), None)
+        if tier is None:
+            unmapped.append(ids[0] if ids else "(item without price or plan)")
+        else:
+            tiers.append(tier)
+    if unmapped or not complete or not tiers:
+        return TierReading(None, tuple(unmapped), not complete)
+    return TierReading(max(tiers, key=_RANK.__getitem__))
+
+
+def _period_end(obj: dict[str, Any]) -> dt.datetime | None:
+    """Since API 2025-03-31 each item has its own period; the latest one ends the
+    subscription's.  Older shapes have it on the subscription."""
+    ends = [item.get("current_period_end") for item in _items(obj)[0]]
+    known = [int(end) for end in ends if end is not None]
+    return _epoch(max(known)) if known else _epoch(obj.get("current_period_end"))
+
+
 def stripe_state(obj: dict[str, Any], tier_map: dict[str, str]) -> dict[str, Any]:
-    """Local column values for a Stripe subscription; `tier` is None when unmapped and
-    `status` None when Stripe's status has no local equivalent."""
-    item = _first_item(obj)
-    end = item.get("current_period_end")
-    tier = next((tier_map[i] for i in billing_ids(obj) if i in tier_map), None)
+    """Local column values for a Stripe subscription; `tier` is None when the items do not
+    say it completely and `status` None when Stripe's status has no local equivalent."""
     return {
         "status": STATUS_MAP.get(str(obj.get("status"))),
-        "tier": tier,
-        # Since API 2025-03-31 the period lives on the item; older shapes on the object.
-        "current_period_end": _epoch(end if end is not None
-                                     else obj.get("current_period_end")),
+        "tier": read_tier(obj, tier_map).tier,
+        "current_period_end": _period_end(obj),
         "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
         "stripe_subscription_id": obj.get("id"),
     }
+
+
+def ended_at(obj: dict[str, Any] | None, row: Any, now: dt.datetime) -> dt.datetime:
+    """When a subscription actually ended: Stripe's `ended_at`; else, canceled at period
+    end, the later of `canceled_at` and the period end; else `canceled_at`.  Without
+    Stripe's word (404), the period end of a row canceled at its end, else now.  Never
+    after now."""
+    at: dt.datetime | None = None
+    if obj is not None:
+        at = _epoch(obj.get("ended_at"))
+        canceled = _epoch(obj.get("canceled_at"))
+        period_end = _period_end(obj)
+        if at is None and obj.get("cancel_at_period_end") and period_end is not None:
+            at = max(canceled, period_end) if canceled is not None else period_end
+        at = at or canceled
+    elif row.cancel_at_period_end and row.current_period_end is not None:
+        at = row.current_period_end
+    return min(at, now) if at is not None else now
 
 
 def _same(name: str, local: Any, remote: Any) -> bool:
@@ -133,12 +218,24 @@ class _Change:
     row: Row[Any]
     after: dict[str, Any]  # every FIELD, new values
     changed: list[str]
-    reason: str
+    reason: str  # drift | canceled_in_stripe | missing_in_stripe
     stripe_status: str | None
+    at: dt.datetime  # when it happened (the history row's event_timestamp)
 
     @property
     def deletion(self) -> bool:
         return self.reason != "drift"
+
+    @property
+    def lowers(self) -> bool:
+        """A cancellation or downgrade: a lower tier, or an active row made inactive."""
+        row = self.row
+        return (_RANK.get(self.after["tier"], 0) < _RANK.get(row.tier, 0)
+                or (row.status == "active" and self.after["status"] != "active"))
+
+    def sample(self) -> str:
+        return (f"{self.row.stripe_subscription_id}: {self.row.tier}/{self.row.status} -> "
+                f"{self.after['tier']}/{self.after['status']} ({self.reason})")
 
 
 @dataclass
@@ -149,10 +246,14 @@ class _Tally:
     by_field: Counter[str] = field(default_factory=Counter)
     missing: int = 0
     deleted: int = 0
+    downgrades: int = 0
     skipped_concurrent: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     unmapped: set[str] = field(default_factory=set)
+    incomplete_items: list[str] = field(default_factory=list)
     unknown_statuses: set[str] = field(default_factory=set)
+    brake: dict[str, Any] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
 
 
 class _Sync:
@@ -160,9 +261,16 @@ class _Sync:
         self.ctx = ctx
         self.gateway = gateway
         self.tally = _Tally()
+        # Every change waits here until the brake has seen them all: past it, nothing is
+        # written.  One entry per drifted row (a normal night changes a handful).
         self.pending: list[_Change] = []
         self.started = time.monotonic()
         self.batch = ctx.settings.batch_size
+        s = ctx.settings
+        self.brake = Brake(
+            "cancel or downgrade subscriptions", s.subscription_sync_downgrade_brake_share,
+            s.subscription_sync_downgrade_brake_count,
+            ("SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_SHARE", "SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_COUNT"))
 
     # candidates
     def _candidates(self) -> sa.Select[Any]:
@@ -190,7 +298,9 @@ class _Sync:
         else:
             for chunk in stream_rows(self.ctx.engine, self._candidates(), _CHUNK):
                 self._retrieve(chunk)
-        self._flush()
+        self._stop_if_nothing_answered(minimum=1)
+        self._stop_if_the_key_knows_none()
+        self._apply()
 
     def _run_list(self) -> None:
         live: dict[str, Row[Any]] = {}
@@ -239,21 +349,50 @@ class _Sync:
                     self._compare(row, obj)
                 elif exc is not None and is_missing(exc):
                     self.tally.missing += 1
-                    self._missing(row)
+                    self._deleted(row, None, "missing_in_stripe")
                 elif exc is not None:
                     self._failed(row, exc)
-        t = self.tally
-        if len(t.failures) >= _MIN_FAILURES_FOR_OUTAGE and t.fetched == 0 and t.missing == 0:
-            raise TransientError(f"Stripe failed {len(t.failures)} calls and answered none: "
-                                 + t.failures[0]["error"])
+        self._stop_if_nothing_answered(minimum=_MIN_FAILURES_FOR_OUTAGE)
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         message = str(getattr(exc, "user_message", None) or exc).strip().splitlines()
         summary = f"{type(exc).__name__}: {message[0] if message else ''}".strip(": ")
         self.tally.failures.append({"stripe_subscription_id": row.stripe_subscription_id,
+                                    "kind": "key_mismatch" if is_key_mismatch(exc) else "error",
                                     "error": summary[:200]})
         self.ctx.log.warning("subscription %s not synced: %s", row.stripe_subscription_id,
                              summary)
+
+    def _stop_if_nothing_answered(self, *, minimum: int) -> None:
+        """Every call failed: Stripe is down (retry the run later) or the key is of the
+        other mode (retrying cannot help).  Either way nothing is written."""
+        t = self.tally
+        if len(t.failures) < minimum or t.fetched or t.missing:
+            return
+        named = {"failed": len(t.failures), "failures": t.failures[:_NAMED_FAILURES]}
+        if all(f["kind"] == "key_mismatch" for f in t.failures):
+            raise JobRefused(
+                f"Stripe knows all {len(t.failures)} subscription(s) checked only in the other "
+                f"mode ({t.failures[0]['error']}): STRIPE_SECRET_KEY is a {_mode(self.ctx)} "
+                "key for the wrong mode; nothing was changed", named)
+        raise TransientError(f"Stripe failed {len(t.failures)} calls and answered none: "
+                             + t.failures[0]["error"])
+
+    def _stop_if_the_key_knows_none(self) -> None:
+        """Stripe answered 404 for every subscription it was asked for: the key belongs to
+        another account (or mode), not every customer canceled at once."""
+        t = self.tally
+        if t.fetched or not t.missing or self.ctx.force:
+            return
+        samples = [c.row.stripe_subscription_id for c in self.pending
+                   if c.reason == "missing_in_stripe"][:SAMPLES]
+        raise JobRefused(
+            f"Stripe knows none of the {t.missing} subscription(s) checked (404 for each, "
+            f"{len(t.failures)} other failure(s)): STRIPE_SECRET_KEY ({_mode(self.ctx)} mode) "
+            "is probably another account's or the wrong mode; nothing was changed. Fix the "
+            "key, or run again with force (--force, ?force=true) if they really are gone",
+            {"missing_in_stripe": t.missing, "failed": len(t.failures),
+             "samples": samples})
 
     def _check_time(self) -> None:
         if self.ctx.deadline is None:
@@ -261,79 +400,107 @@ class _Sync:
         elapsed = dt.timedelta(seconds=time.monotonic() - self.started)
         left = self.ctx.seconds_left(self.ctx.now + elapsed)
         if left is not None and left < 30:
-            self._flush()
+            self._apply()
             raise JobAborted(f"time budget nearly spent after checking {self.tally.checked} "
                              f"subscriptions; the rest waits for the next run")
 
     # comparison
     def _compare(self, row: Row[Any], obj: dict[str, Any]) -> None:
         if obj.get("status") in ENDED:
-            self._deleted(row, "canceled_in_stripe")
+            self._deleted(row, obj, "canceled_in_stripe")
             return
         remote = stripe_state(obj, self.ctx.settings.stripe_tier_map)
         if remote["tier"] is None:
-            ids = billing_ids(obj)
-            self.tally.unmapped.add(ids[0] if ids else "(no price or plan)")
-            remote["tier"] = row.tier  # unmapped: keep ours rather than guess
+            reading = read_tier(obj, self.ctx.settings.stripe_tier_map)
+            self.tally.unmapped.update(reading.unmapped)
+            if reading.incomplete:
+                self.tally.incomplete_items.append(row.stripe_subscription_id)
+            remote["tier"] = row.tier  # not said completely: keep ours rather than guess
         if remote["status"] is None:
             self.tally.unknown_statuses.add(str(obj.get("status")))
             remote["status"] = row.status  # never write what the CHECK would reject
         changed = [name for name in FIELDS if not _same(name, row._mapping[name], remote[name])]
         if changed:
-            self._queue(_Change(row, remote, changed, "drift", str(obj.get("status"))))
+            self.pending.append(_Change(row, remote, changed, "drift",
+                                        str(obj.get("status")), self.ctx.now))
 
-    def _missing(self, row: Row[Any]) -> None:
-        self._deleted(row, "missing_in_stripe")
-
-    def _deleted(self, row: Row[Any], reason: str) -> None:
+    def _deleted(self, row: Row[Any], obj: dict[str, Any] | None, reason: str) -> None:
         after = {name: row._mapping[name] for name in FIELDS}
         after.update(tier="free", status="inactive", cancel_at_period_end=False,
                      stripe_subscription_id=None)
         changed = [name for name in FIELDS if not _same(name, row._mapping[name], after[name])]
-        self._queue(_Change(row, after, changed, reason, None))
-
-    def _queue(self, change: _Change) -> None:
-        if self.ctx.dry_run:
-            self.tally.changed += 1
-            self.tally.by_field.update(change.changed)
-            self.tally.deleted += change.deletion
-            return
-        self.pending.append(change)
-        if len(self.pending) >= self.batch:
-            self._flush()
+        status = str(obj.get("status")) if obj is not None else None
+        self.pending.append(_Change(row, after, changed, reason, status,
+                                    ended_at(obj, row, self.ctx.now)))
 
     # writes
-    def _flush(self) -> None:
-        if not self.pending:
-            return
+    def _apply(self) -> None:
+        """The brake over everything found so far, then the writes (a dry run counts)."""
         batch, self.pending = self.pending, []
-        now = self.ctx.now
-        update = (
-            subs.update()
-            .where(subs.c.id == sa.bindparam("k_id", type_=subs.c.id.type),
-                   subs.c.updated_at.is_not_distinct_from(
-                       sa.bindparam("k_seen", type_=UTCDateTime())))
-            .values({**{name: sa.bindparam(f"v_{name}", type_=subs.c[name].type)
-                        for name in FIELDS}, "updated_at": now})
-        )
-        params = [{"k_id": c.row.id, "k_seen": c.row.updated_at,
-                   **{f"v_{name}": c.after[name] for name in FIELDS}} for c in batch]
-        with self.ctx.engine.begin() as conn:
-            conn.execute(update, params)
-            # Rows a webhook rewrote after we read them kept their newer updated_at.
-            written = set(conn.scalars(sa.select(subs.c.id).where(
-                subs.c.id.in_([c.row.id for c in batch]), subs.c.updated_at == now)))
-            done = [c for c in batch if c.row.id in written]
-            if done:
-                conn.execute(history.insert(), [self._history(c) for c in done])
-        self.tally.skipped_concurrent += len(batch) - len(done)
+        lowering = [c for c in batch if c.lowers]
+        t = self.tally
+        # Samples sorted by subscription id: the same whichever way Stripe was read.
+        t.brake = self.brake.engage(affected=t.downgrades + len(lowering),
+                                    population=t.checked,
+                                    samples=sorted(c.sample() for c in lowering),
+                                    force=self.ctx.force)
+        t.downgrades += len(lowering)
+        t.samples = sorted([*t.samples, *(c.sample() for c in batch)])[:SAMPLES]
+        if self.ctx.dry_run:
+            self._count(batch)
+            return
+        for start in range(0, len(batch), self.batch):
+            self._flush(batch[start:start + self.batch])
+
+    def _count(self, done: Sequence[_Change]) -> None:
         for change in done:
             self.tally.changed += 1
             self.tally.by_field.update(change.changed)
             self.tally.deleted += change.deletion
 
+    def _flush(self, batch: Sequence[_Change]) -> None:
+        now = self.ctx.now
+        # Each row only as it was read: the app's webhook does not move updated_at, so
+        # the values themselves say whether it wrote since.
+        update = (
+            subs.update()
+            .where(subs.c.id == sa.bindparam("k_id", type_=subs.c.id.type),
+                   subs.c.updated_at.is_not_distinct_from(
+                       sa.bindparam("k_seen", type_=UTCDateTime())),
+                   *[subs.c[name].is_not_distinct_from(
+                       sa.bindparam(f"k_{name}", type_=subs.c[name].type)) for name in FIELDS])
+            .values({**{name: sa.bindparam(f"v_{name}", type_=subs.c[name].type)
+                        for name in FIELDS}, "updated_at": now})
+        )
+        params = [{"k_id": c.row.id, "k_seen": c.row.updated_at,
+                   **{f"k_{name}": c.row._mapping[name] for name in FIELDS},
+                   **{f"v_{name}": c.after[name] for name in FIELDS}} for c in batch]
+        with self.ctx.engine.begin() as conn:
+            conn.execute(update, params)
+            # Rows rewritten after we read them were left alone: theirs is newer.
+            written = set(conn.scalars(sa.select(subs.c.id).where(
+                keys_in(subs.c.id, [c.row.id for c in batch], conn.dialect),
+                subs.c.updated_at == now)))
+            done = [c for c in batch if c.row.id in written]
+            if done:
+                conn.execute(history.insert(), [self._history(c) for c in done])
+        self.tally.skipped_concurrent += len(batch) - len(done)
+        self._count(done)
+
     def _history(self, change: _Change) -> dict[str, Any]:
         row = change.row
+        details: dict[str, Any] = {
+            "source": SOURCE,
+            "run_id": str(self.ctx.run_id),
+            "row_id": str(row.id),
+            "reason": change.reason,
+            "stripe_status": change.stripe_status,
+            "changed": change.changed,
+            "before": {name: _json(row._mapping[name]) for name in change.changed},
+            "after": {name: _json(change.after[name]) for name in change.changed},
+        }
+        if change.deletion:
+            details["ended_at"] = change.at.isoformat()
         return {
             "id": new_uuid(),
             "user_id": row.user_id,
@@ -342,18 +509,17 @@ class _Sync:
             "status": change.after["status"],
             "stripe_subscription_id": row.stripe_subscription_id,
             "stripe_customer_id": row.stripe_customer_id,
-            "event_timestamp": self.ctx.now,
+            # When it happened (a cancellation: when the subscription ended), so the
+            # reports count it in its month; created_at says when it was recorded.
+            "event_timestamp": change.at,
             "created_at": self.ctx.now,
-            "details": {
-                "source": "subscription-sync",
-                "run_id": str(self.ctx.run_id),
-                "reason": change.reason,
-                "stripe_status": change.stripe_status,
-                "changed": change.changed,
-                "before": {name: _json(row._mapping[name]) for name in change.changed},
-                "after": {name: _json(change.after[name]) for name in change.changed},
-            },
+            "details": details,
         }
+
+
+def _mode(ctx: JobContext) -> str:
+    secret = ctx.settings.stripe_secret_key
+    return key_mode(secret.get_secret_value() if secret is not None else None) or "unknown"
 
 
 def _describe(counts: Iterable[tuple[str, int]]) -> str:
@@ -373,13 +539,23 @@ def run(ctx: JobContext) -> JobResult:
         f"checked {t.checked}: {verb} {t.changed}"
         + (f" ({_describe(sorted(t.by_field.items()))})" if t.by_field else "")
         + f", {t.deleted} ended in Stripe ({t.missing} missing there), "
-        f"{len(t.failures)} failed; "
+        f"{t.downgrades} canceled or downgraded, {len(t.failures)} failed; "
         f"{api_calls} API calls ({strategy})"
     )
     if t.failures:
         names = ", ".join(f["stripe_subscription_id"] for f in t.failures[:5])
         more = f" and {len(t.failures) - 5} more" if len(t.failures) > 5 else ""
         message += f"; failed: {names}{more}"
+    unmapped = sorted(t.unmapped)
+    if unmapped:
+        message += (f"; tier kept for prices STRIPE_TIER_MAP does not cover: "
+                    f"{', '.join(unmapped[:5])}" + (" and more" if len(unmapped) > 5 else ""))
+    if t.incomplete_items:
+        message += (f"; tier kept where Stripe gave only part of the items: "
+                    f"{', '.join(t.incomplete_items[:5])}")
+    if t.unknown_statuses:
+        message += ("; status kept for unknown Stripe statuses: "
+                    + ", ".join(sorted(t.unknown_statuses)))
     details = {
         "strategy": strategy,
         "dry_run": ctx.dry_run,
@@ -388,14 +564,27 @@ def run(ctx: JobContext) -> JobResult:
         "changed_by_field": dict(sorted(t.by_field.items())),
         "missing_in_stripe": t.missing,
         "deleted": t.deleted,
+        "downgrades": t.downgrades,
+        "brake": t.brake,
+        "samples": t.samples,
         "unknown_stripe_statuses": sorted(t.unknown_statuses),
         "failed": len(t.failures),
+        "key_mismatches": sum(f["kind"] == "key_mismatch" for f in t.failures),
         "failures": t.failures[:_NAMED_FAILURES],
         "skipped_concurrent": t.skipped_concurrent,
-        "unmapped_tier_ids": sorted(t.unmapped)[:_NAMED_FAILURES],
+        "unmapped_tier_ids": unmapped[:_NAMED_FAILURES],
+        "incomplete_item_lists": t.incomplete_items[:_NAMED_FAILURES],
         "api_calls": api_calls,
         "rate_limited_retries": rate_limited,
         "lookback_days": ctx.settings.subscription_sync_lookback_days,
+        "key_mode": _mode(ctx),
     }
+    attention = t.failures or unmapped or t.incomplete_items or t.unknown_statuses
     return JobResult(records_processed=t.changed, message=message,
-                     status="warning" if t.failures else "success", details=details)
+                     status="warning" if attention else "success", details=details)
+
+
+def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,
+            dry_run: bool) -> dict[str, Any]:
+    """Set back what run `run_id` changed, from its history rows (app/subscription_restore)."""
+    return restore_run(engine, run_id, now, dry_run, job="subscription-sync")

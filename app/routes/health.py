@@ -14,6 +14,7 @@ from app.defenses import refuse_failed_auth
 from app.requirements import check_jobs
 from app.routes.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.routes.responses import HEALTH_RESPONSES
+from app.stripe_key import key_mode_problem
 
 router = APIRouter(tags=["health"])
 
@@ -44,9 +45,15 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
             body["database_error"] = type(exc).__name__
         return JSONResponse(body, status_code=503)
     results, issues = health.evaluate(jobs, facts, now, baseline)
+    warnings: list[str] = []
+    stripe_key = key_mode_problem(settings)
+    if stripe_key is not None:
+        (issues if stripe_key.severity == "issue" else warnings).append(stripe_key.message)
     body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
     if not settings.enable_cron_jobs:
-        body["warnings"] = ["cron jobs are disabled (ENABLE_CRON_JOBS=false)"]
+        warnings.append("cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+    if warnings:
+        body["warnings"] = warnings
     if detailed:
         try:
             checks = check_jobs(engine, settings, jobs)
