@@ -25,9 +25,9 @@ Steps:
    - in the quarantine: a removed object whose key is referenced again, and free, goes
      back; past the retention it is purged.
    Candidates are spooled to temporary files, not held in memory.
-3. Brake (`app.safety`): moving more of a bucket than both `STORAGE_CLEANUP_DELETE_BRAKE_
-   COUNT` objects and `STORAGE_CLEANUP_DELETE_BRAKE_SHARE` of it stops the run, changing
-   nothing, unless it is forced.
+3. Brake (`app.safety`): moving out of a bucket more than both the count and the share of
+   `STORAGE_CLEANUP_DELETE_BRAKE_COUNT` / `_SHARE` stops the run, changing nothing, unless
+   it is forced.  The purge is not braked: it deletes what braked runs moved earlier.
 4. Images.  Each candidate is re-encoded in its own format.  Animated images (APNG,
    animated WebP or GIF) are skipped; PNG and lossless WebP are re-encoded losslessly and
    kept only if every pixel is unchanged; a 16-bit PNG is skipped.  The result replaces the
