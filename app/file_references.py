@@ -39,7 +39,7 @@ import json
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote
 
 from app.requirements import Uses, uses
@@ -137,8 +137,7 @@ _MAX_SEPARATORS = 8
 Name = tuple[str | None, str]  # (bucket, key); bucket None: every configured bucket
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):  # (a tuple: made once per stored value, it must be cheap)
     names: frozenset[Name] = frozenset()
     problem: str | None = None
     # The buckets a problem concerns; None: every bucket the source may point into.
@@ -166,9 +165,14 @@ def read_reference(value: str, buckets: Collection[str]) -> Reading:
 def _readings(path: str) -> list[str] | None:
     """`path` cut at each `?` or `#` (each could start the query or fragment) and whole;
     each as written and percent-decoded once.  None: too many separators to try."""
-    cuts = [i for i, char in enumerate(path) if char in "?#"]
-    if len(cuts) > _MAX_SEPARATORS:
-        return None
+    if "?" not in path and "#" not in path:  # the usual case, and a fast one
+        if "%" not in path:
+            return [path]
+        cuts = []
+    else:
+        cuts = [i for i, char in enumerate(path) if char in "?#"]
+        if len(cuts) > _MAX_SEPARATORS:
+            return None
     out: list[str] = []
     for candidate in (*(path[:i] for i in cuts), path):
         out.append(candidate)
@@ -192,6 +196,10 @@ def _read_storage_url(rest: str, buckets: Collection[str]) -> Reading:
     readings = _readings(path)
     if readings is None:
         return Reading(problem="a Storage URL with too many ? or #")
+    if len(readings) == 1:  # the usual case: one reading
+        bucket, _, key = readings[0].partition("/")
+        if bucket in buckets and key:
+            return Reading(frozenset(((bucket, key),)))
     names: set[Name] = set()
     named_bucket = None
     for reading in readings:

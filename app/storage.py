@@ -73,6 +73,8 @@ class Move:
     # May replace an object already at `target`; otherwise that move fails ("exists").
     overwrite: bool = False
     size: int = 0  # as listed (large objects are copied in parts on S3)
+    # The target is in a folder no one else writes to: S3 need not look it up first.
+    target_is_new: bool = False
 
 
 class Storage(Protocol):
@@ -414,7 +416,8 @@ class S3Storage:
 
         def one(move: Move) -> str | None:
             try:
-                if not move.overwrite and self.exists(bucket, move.target):
+                look_first = not (move.overwrite or move.target_is_new)
+                if look_first and self.exists(bucket, move.target):
                     return f"{move.target} exists"
                 self._copy(bucket, move.source, move.target, move.etag, move.size)
             except (StorageError, ClientError, BotoCoreError) as exc:

@@ -368,7 +368,7 @@ def _remove(storage: Storage, bucket: str, refs: References, folder: str,
     def flush(batch: list[dict[str, Any]]) -> None:
         failed = storage.move(bucket, [
             Move(item["k"], f"{folder}{item['kind']}/{item['k']}", etag=item["etag"],
-                 size=item["size"]) for item in batch])
+                 size=item["size"], target_is_new=True) for item in batch])
         for item in batch:
             if item["k"] in failed:
                 report.error(f"move {item['k']}: {failed[item['k']]}")
