@@ -196,7 +196,14 @@ class Settings(BaseSettings):
     storage_recompress_min_bytes: int = Field(default=1024 * 1024, ge=1)
     storage_recompress_min_saving: float = Field(default=0.2, gt=0, lt=1)
     storage_recompress_quality: int = Field(default=80, ge=1, le=95)
-    storage_delete_brake_fraction: float = Field(default=0.1, gt=0, le=1)
+    # What a run removes goes to this prefix of its bucket first, for this many days; then
+    # it is deleted for good.
+    storage_quarantine_prefix: str = ".quarantine/"
+    storage_quarantine_retention_days: float = Field(default=7.0, gt=0)
+    # The brake on moving objects out of a bucket: a run may move up to the count, or up
+    # to the share of the bucket, whichever is larger (app/safety.py).
+    storage_cleanup_delete_brake_share: float = Field(default=0.1, gt=0, le=1)
+    storage_cleanup_delete_brake_count: int = Field(default=20, ge=0)
 
     # --- operators ----------------------------------------------------------------------
     # Bearer token for GET /metrics; without it the cron secret is accepted there.
@@ -303,13 +310,27 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("storage_temp_prefix")
+    @field_validator("storage_temp_prefix", "storage_quarantine_prefix")
     @classmethod
-    def _temp_prefix(cls, value: str) -> str:
-        # An empty prefix would make every object a temporary upload.
+    def _folder_prefix(cls, value: str) -> str:
+        # An empty prefix would make every object a temporary upload; one without its
+        # slash would match more than its folder (`temp` is also `templates/...`).
         if not value.strip("/"):
             raise ValueError("must name a folder, e.g. tmp/")
-        return value.lstrip("/")
+        value = value.lstrip("/")
+        if not value.endswith("/"):
+            raise ValueError(f"must end in / (write {value}/): {value!r} would also match "
+                             f"every key that merely begins with it, e.g. {value}-other/…")
+        return value
+
+    @model_validator(mode="after")
+    def _storage_prefixes_apart(self) -> Settings:
+        temp, quarantine = self.storage_temp_prefix, self.storage_quarantine_prefix
+        if temp.startswith(quarantine) or quarantine.startswith(temp):
+            raise ValueError(f"STORAGE_QUARANTINE_PREFIX ({quarantine}) and "
+                             f"STORAGE_TEMP_PREFIX ({temp}) must not contain each other: "
+                             "quarantined objects would be taken for temporary uploads")
+        return self
 
     @model_validator(mode="after")
     def _s3_credentials(self) -> Settings:

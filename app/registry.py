@@ -219,6 +219,8 @@ JOBS: dict[str, JobSpec] = {
             max_runtime=dt.timedelta(hours=1),
             retry=RetryPolicy(attempts=2, base_delay=5.0),
             uses=tuple(source.uses() for source in SOURCES),
+            # Puts back what a run moved to the storage quarantine.
+            restore=_restorer("storage_cleanup"),
         ),
         JobSpec(
             name="trip-reminders",

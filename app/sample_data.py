@@ -63,6 +63,13 @@ def public_url(bucket: str, key: str) -> str:
     return f"{STORAGE_URL}/{bucket}/{quote(key, safe=_ENCODE_URI_SAFE)}"
 
 
+def signed_url(bucket: str, key: str, token: str) -> str:
+    """What supabase-js `createSignedUrl(key, …).data.signedUrl` returns: the server's
+    `/object/sign/<bucket>/<key>?token=…` (the path decoded), then `encodeURI` of it all."""
+    base = STORAGE_URL.removesuffix("/public")
+    return f"{base}/sign/{quote(f'{bucket}/{key}', safe=_ENCODE_URI_SAFE)}?token={token}"
+
+
 class AppWriter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -89,6 +96,12 @@ class AppWriter:
                 preferences=preferences if preferences is not None else {},
                 created_at=at, last_login=at))
         return user_id
+
+    def profile_avatar(self, user_id: uuid.UUID, avatar_url: str) -> None:
+        """The profile form: `avatar_url` is whatever the user typed (no upload writes it)."""
+        with self.engine.begin() as conn:
+            conn.execute(users.update().where(users.c.id == user_id)
+                         .values(avatar_url=avatar_url))
 
     def signed_in(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         """A Supabase sign-in: only `auth.users.last_sign_in_at` moves."""

@@ -4,7 +4,9 @@
 S3 API through boto3, which both AWS S3 and Supabase Storage (`…/storage/v1/s3`) serve.
 Listings are generators read a page at a time, so a bucket of any size is walked in
 bounded memory.  `replace` swaps an object's bytes only after the new bytes were written
-and read back intact, and keeps its key and metadata.
+and read back intact, and keeps its key and metadata.  `move` and `copy` keep an object's
+bytes and metadata (the local backend its modification time too): storage-cleanup moves
+what it removes into a quarantine prefix, and a restore moves it back.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import datetime as dt
 import hashlib
 import mimetypes
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +32,10 @@ _PARTIAL_SUFFIX = ".vsc-partial"
 S3_DELETE_BATCH = 1000
 # Seconds an S3 request waits for its answer (less when the run's budget has less left).
 S3_READ_TIMEOUT = 60.0
+# CopyObject copies up to 5 GiB in one request; larger objects are copied in parts.
+_S3_COPY_LIMIT = 5 * 1024**3
+# S3 has no batch copy: moves copy this many objects at a time.
+_S3_COPY_THREADS = 8
 
 
 class StorageError(RuntimeError):
@@ -57,6 +65,21 @@ class ObjectData:
 Verifier = Callable[[bytes], None]
 
 
+@dataclass(frozen=True)
+class Move:
+    """Move `source` to `target` in one bucket."""
+
+    source: str
+    target: str
+    # Move only this version of the source (the ETag a listing gave); "" whatever is there.
+    etag: str = ""
+    # May replace an object already at `target`; otherwise that move fails ("exists").
+    overwrite: bool = False
+    size: int = 0  # as listed (large objects are copied in parts on S3)
+    # The target is in a folder no one else writes to: S3 need not look it up first.
+    target_is_new: bool = False
+
+
 class Storage(Protocol):
     name: str
 
@@ -76,6 +99,18 @@ class Storage(Protocol):
                 verify: Verifier) -> None:
         """Replace `original`'s bytes, keeping key and metadata; raise ObjectChanged if the
         object is no longer the one listed."""
+        ...
+
+    def exists(self, bucket: str, key: str) -> bool: ...
+
+    def copy(self, bucket: str, original: StoredObject, target: str) -> None:
+        """Copy `original` (that version: ObjectChanged otherwise) to `target`, with its
+        metadata."""
+        ...
+
+    def move(self, bucket: str, moves: Sequence[Move]) -> dict[str, str]:
+        """Apply `moves`; the sources that did not move, with why (a missing source, a
+        changed one, an existing target that may not be replaced)."""
         ...
 
 
@@ -101,11 +136,20 @@ class LocalStorage:
     def has_bucket(self, bucket: str) -> bool:
         return (self.root / bucket).is_dir()
 
+    @staticmethod
+    def _etag(stat: os.stat_result) -> str:
+        return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
     def list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
         base = self.root / bucket
         if not base.is_dir():
             return
-        stack = [base]
+        # Walk only the folder the prefix is in.
+        folder = prefix.rpartition("/")[0]
+        start = self._path(bucket, folder) if folder else base
+        if not start.is_dir():
+            return
+        stack = [start]
         while stack:
             directory = stack.pop()
             with os.scandir(directory) as entries:
@@ -125,7 +169,7 @@ class LocalStorage:
                         key=key,
                         size=stat.st_size,
                         last_modified=dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC),
-                        etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+                        etag=self._etag(stat),
                     )
 
     def get(self, bucket: str, key: str) -> ObjectData:
@@ -141,9 +185,51 @@ class LocalStorage:
         failed: dict[str, str] = {}
         for key in keys:
             try:
-                self._path(bucket, key).unlink(missing_ok=True)
+                path = self._path(bucket, key)
+                path.unlink(missing_ok=True)
+                self._prune(bucket, path.parent)
             except (OSError, StorageError) as exc:
-                failed[key] = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                failed[key] = _why(exc)
+        return failed
+
+    def _prune(self, bucket: str, directory: Path) -> None:
+        """Remove the folders a removal left empty (a folder is not an object)."""
+        base = (self.root / bucket).resolve()
+        while directory != base and base in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty (or gone): the folders above are not empty either
+            directory = directory.parent
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def copy(self, bucket: str, original: StoredObject, target: str) -> None:
+        source, path = self._path(bucket, original.key), self._path(bucket, target)
+        if self._etag(source.stat()) != original.etag:
+            raise ObjectChanged(f"{original.key} changed during the run")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, path)  # bytes, permissions and times
+
+    def move(self, bucket: str, moves: Sequence[Move]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        for move in moves:
+            try:
+                source, target = self._path(bucket, move.source), self._path(bucket, move.target)
+                if move.etag and self._etag(source.stat()) != move.etag:
+                    raise ObjectChanged(f"{move.source} changed during the run")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if move.overwrite:
+                    os.replace(source, target)
+                else:
+                    os.link(source, target)  # fails if the target exists: never clobbers
+                    source.unlink()
+                self._prune(bucket, source.parent)
+            except FileExistsError:
+                failed[move.source] = f"{move.target} exists"
+            except (OSError, StorageError) as exc:
+                failed[move.source] = _why(exc)
         return failed
 
     def replace(self, bucket: str, original: StoredObject, body: bytes,
@@ -160,7 +246,7 @@ class LocalStorage:
                 raise StorageError(f"{original.key}: staged copy differs from what was written")
             verify(written)
             stat = path.stat()
-            if f"{stat.st_mtime_ns:x}-{stat.st_size:x}" != original.etag:
+            if self._etag(stat) != original.etag:
                 raise ObjectChanged(f"{original.key} changed during the run")
             # Keep the original's times: they are its metadata (and its age).
             os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -168,6 +254,10 @@ class LocalStorage:
             os.replace(staged, path)  # atomic: readers see the old or the new file
         finally:
             staged.unlink(missing_ok=True)
+
+
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 # Headers S3 returns that a reader sees and that `replace` must carry over.
@@ -291,6 +381,70 @@ class S3Storage:
                 raise StorageError(f"{original.key}: replaced object has the wrong size")
         finally:
             self.client.delete_object(Bucket=bucket, Key=staged_key)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+        return True
+
+    def _copy(self, bucket: str, source: str, target: str, etag: str, size: int) -> None:
+        from botocore.exceptions import ClientError
+
+        source_ref = {"Bucket": bucket, "Key": source}
+        condition = {"CopySourceIfMatch": etag} if etag else {}
+        try:
+            if size > _S3_COPY_LIMIT:
+                self.client.copy(source_ref, bucket, target, ExtraArgs=condition)
+            else:  # metadata, content type and cache headers are copied with the bytes
+                self.client.copy_object(Bucket=bucket, Key=target, CopySource=source_ref,
+                                        MetadataDirective="COPY", **condition)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412:
+                raise ObjectChanged(f"{source} changed during the run") from None
+            if status == 404:
+                raise StorageError(f"{source} does not exist") from None
+            raise
+
+    def copy(self, bucket: str, original: StoredObject, target: str) -> None:
+        self._copy(bucket, original.key, target, original.etag, original.size)
+
+    def move(self, bucket: str, moves: Sequence[Move]) -> dict[str, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        def one(move: Move) -> str | None:
+            try:
+                look_first = not (move.overwrite or move.target_is_new)
+                if look_first and self.exists(bucket, move.target):
+                    return f"{move.target} exists"
+                self._copy(bucket, move.source, move.target, move.etag, move.size)
+            except (StorageError, ClientError, BotoCoreError) as exc:
+                return _why(exc)
+            return None
+
+        failed: dict[str, str] = {}
+        with ThreadPoolExecutor(_S3_COPY_THREADS) as pool:
+            outcomes = list(pool.map(one, moves))
+        copied = []
+        for move, why in zip(moves, outcomes, strict=True):
+            if why is None:
+                copied.append(move)
+            else:
+                failed[move.source] = why
+        not_deleted = self.delete(bucket, [move.source for move in copied])
+        # Not moved after all: drop the new copies, so an object is never in two places
+        # (a copy that replaced an object stays: the source is then a spare).
+        self.delete(bucket, [m.target for m in copied
+                             if m.source in not_deleted and not m.overwrite])
+        failed.update({m.source: not_deleted[m.source] for m in copied
+                       if m.source in not_deleted and not m.overwrite})
+        return failed
 
 
 def _within(budget: Budget) -> Callable[..., None]:

@@ -9,7 +9,8 @@ peak RSS is its own:
 - `baseline`: the obvious way — fetchall() every URL into a set of full strings, then walk
   the bucket and classify (no deletes);
 - `job`: the real job through the runner (streamed hashed reference set, paginated listing,
-  spooled candidates, batched deletes), forced past nothing: deletes are 10% of the bucket.
+  spooled candidates, batched moves into the quarantine), forced past nothing: the moves
+  are 10% of the bucket.
 
     .venv/bin/python -m bench.storage_cleanup                     # local, 200,000 objects
     .venv/bin/python -m bench.storage_cleanup --backend s3 --objects 10000   # moto_server
@@ -98,7 +99,7 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
     from app.db import make_engine
 
     settings = Settings(_env_file=None, app_env="test", database_url=url,  # type: ignore[call-arg]
-                        storage_buckets=BUCKET, storage_delete_brake_fraction=0.2,
+                        storage_buckets=BUCKET, storage_cleanup_delete_brake_share=0.2,
                         storage_recompress_min_bytes=10**12, **overrides)
     engine = make_engine(url)
     started = time.monotonic()
@@ -123,16 +124,16 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
 def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    from app.file_references import SOURCES, urls_in
-    from app.jobs.storage_cleanup import _reference_query, parse_reference
+    from app.file_references import SOURCES, read_reference, values_in
+    from app.jobs.storage_cleanup import _reference_query
     from app.storage import storage_from_settings
 
     started = time.monotonic()
     with engine.connect() as conn:
         urls = [url for source in SOURCES
                 for value in conn.execute(_reference_query(source)).scalars().all()
-                for url in urls_in(source.kind, value)]
-    refs = {parse_reference(u) for u in urls}
+                for url in values_in(source.kind, value) if isinstance(url, str)]
+    refs = {name for u in urls for name in read_reference(u, [BUCKET]).names}
     reference_s = time.monotonic() - started
     started = time.monotonic()
     storage = storage_from_settings(settings)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import random
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +19,25 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.jobs.storage_cleanup import parse_reference
+from app.file_references import read_reference
 from app.models import Trip
-from app.runner import Runner, RunOutcome
+from app.runner import RunOutcome
 from app.sample_data import STORAGE_URL, AppWriter
-from app.storage import LocalStorage, ObjectData, S3Storage, Storage
-from tests.conftest import FixedClock, make_settings
-from tests.moto_s3 import MotoS3, moto_s3  # noqa: F401
+from tests import storage_harness
+from tests.moto_s3 import moto_s3  # noqa: F401
+from tests.storage_harness import (
+    BUCKETS,
+    NOW,
+    Harness,
+    Item,
+    bucket_of,
+    run_job,
+    settings_for,
+)
 
-NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 PUBLIC = STORAGE_URL
-BUCKETS = ["trip-media", "trip-documents"]
+
+store = storage_harness.store  # the fixture: each test on both backends
 
 
 def _jpeg(quality: int) -> bytes:
@@ -52,16 +57,6 @@ BIG_JPEG = _jpeg(100)  # ~230 kB, shrinks by ~85% at quality 80
 SMALL_JPEG = _jpeg(60)
 
 
-@dataclass
-class Item:
-    bucket: str
-    key: str
-    body: bytes
-    old: bool
-    content_type: str = "application/octet-stream"
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
 ITEMS = [
     Item("trip-media", "tmp/upload-old.bin", b"x" * 100, old=True),
     Item("trip-media", "tmp/upload-new.bin", b"y" * 100, old=False),
@@ -79,99 +74,6 @@ ITEMS = [
 GONE = {("trip-media", "tmp/upload-old.bin"), ("trip-media", "orphans/old.jpg")}
 
 
-class Harness:
-    """One storage backend with objects whose age the test controls."""
-
-    name: str
-    storage: Storage
-    overrides: dict[str, Any]
-    now: dt.datetime
-
-    def seed(self) -> None:
-        raise NotImplementedError
-
-    def listing(self) -> dict[tuple[str, str], tuple[int, str]]:
-        return {(bucket, obj.key): (obj.size, obj.etag)
-                for bucket in BUCKETS for obj in self.storage.list(bucket)}
-
-    def read(self, bucket: str, key: str) -> ObjectData:
-        return self.storage.get(bucket, key)
-
-
-class LocalHarness(Harness):
-    name = "local"
-
-    def __init__(self, root: Path) -> None:
-        self.storage = LocalStorage(root)
-        self.overrides = {"storage_backend": "local", "storage_local_root": root}
-        self.now = NOW
-
-    def seed(self) -> None:
-        for item in ITEMS:
-            self.storage.put(item.bucket, item.key, ObjectData(item.body, item.content_type))
-            age = dt.timedelta(days=200) if item.old else dt.timedelta(hours=1)
-            stamp = (NOW - age).timestamp()
-            path = self.storage.root / item.bucket / item.key
-            import os
-
-            os.utime(path, (stamp, stamp))
-
-
-class S3Harness(Harness):
-    """S3 dates are set by the server: old objects are written a second before young ones,
-    and the age limits are scaled to sit between the two."""
-
-    name = "s3"
-
-    def __init__(self, server: MotoS3) -> None:
-        server.reset()
-        settings = make_settings("sqlite://", Path("."), **server.settings)
-        self.storage = S3Storage.from_settings(settings)
-        self.client = self.storage.client  # type: ignore[attr-defined]
-        self.overrides = dict(server.settings)
-        self.now = NOW
-        for bucket in BUCKETS:
-            self.client.create_bucket(Bucket=bucket)
-
-    def _put(self, item: Item) -> None:
-        self.client.put_object(Bucket=item.bucket, Key=item.key, Body=item.body,
-                               ContentType=item.content_type, Metadata=item.metadata,
-                               CacheControl="max-age=3600")
-
-    def seed(self) -> None:
-        for item in ITEMS:
-            if item.old:
-                self._put(item)
-        # S3 dates have one-second resolution: start the young ones in the next second.
-        time.sleep(1.05 - (time.time() % 1.0) + 0.05)
-        for item in ITEMS:
-            if not item.old:
-                self._put(item)
-        dates = {(b, o.key): o.last_modified for b in BUCKETS for o in self.storage.list(b)}
-        old = max(d for (b, k), d in dates.items() if _item(b, k).old)
-        young = min(d for (b, k), d in dates.items() if not _item(b, k).old)
-        assert young > old
-        self.now = max(dates.values()) + dt.timedelta(milliseconds=300)
-        limit = ((self.now - old) + (self.now - young)) / 2
-        assert self.now - young < limit < self.now - old
-        seconds = limit.total_seconds()
-        self.overrides.update(storage_temp_max_age_hours=seconds / 3600,
-                              storage_orphan_min_age_days=seconds / 86400,
-                              storage_media_min_age_days=seconds / 86400)
-
-
-def _item(bucket: str, key: str) -> Item:
-    return next(i for i in ITEMS if (i.bucket, i.key) == (bucket, key))
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    if request.param == "local":
-        yield LocalHarness(tmp_path / "storage")
-    else:
-        yield S3Harness(request.getfixturevalue("moto_s3"))
-
-
 def _seed_references(engine: Engine) -> None:
     app = AppWriter(engine)
     owner = app.sign_up("u1@example.com", at=NOW - dt.timedelta(days=300))
@@ -187,27 +89,19 @@ def _seed_references(engine: Engine) -> None:
 
 
 def _settings(engine: Engine, tmp_path: Path, store: Harness, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"storage_buckets": ",".join(BUCKETS),
-                              "storage_recompress_min_bytes": 50_000,
-                              "storage_delete_brake_fraction": 0.5}
-    values.update(store.overrides)
-    values.update(overrides)
-    return make_settings(str(engine.url.render_as_string(hide_password=False)), tmp_path,
-                         **values)
+    return settings_for(engine, tmp_path, store, **overrides)
 
 
 def _run(engine: Engine, settings: Settings, store: Harness, **kwargs: Any) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(store.now))
-    return runner.run("storage-cleanup", trigger="cli", **kwargs)
+    return run_job(engine, settings, store.now, **kwargs)
 
 
-def _bucket(outcome: RunOutcome, name: str) -> dict[str, Any]:
-    return next(b for b in outcome.details["buckets"] if b["bucket"] == name)
+_bucket = bucket_of
 
 
 @pytest.fixture
 def seeded(engine: Engine, store: Harness) -> Harness:
-    store.seed()
+    store.seed(ITEMS)
     _seed_references(engine)
     return store
 
@@ -273,20 +167,40 @@ def test_dry_run_reports_and_changes_nothing(engine: Engine, seeded: Harness,
 
 def test_brake_stops_a_run_that_would_delete_too_much(engine: Engine, seeded: Harness,
                                                       tmp_path: Path) -> None:
+    """Above both the count and the share the run changes nothing and ends `error`; the
+    dry run says the same; a forced run goes ahead."""
     before = seeded.listing()
-    settings = _settings(engine, tmp_path, seeded, storage_delete_brake_fraction=0.1)
+    settings = _settings(engine, tmp_path, seeded, storage_cleanup_delete_brake_share=0.1,
+                         storage_cleanup_delete_brake_count=1)
     outcome = _run(engine, settings, seeded)
-    assert outcome.status == "warning"
-    assert "safety brake" in outcome.message
-    assert "trip-media: 2 of 7 objects (28.6%)" in outcome.message
-    assert outcome.details["braked"] == ["trip-media"]
+    assert outcome.status == "error"
+    assert outcome.attempts == 1  # not retried: the same data gives the same answer
+    assert outcome.message.startswith(
+        "safety brake: would move trip-media objects to the quarantine: 2 of 7 (29%), "
+        "above 10% and above 1; nothing was changed.")
+    assert "STORAGE_CLEANUP_DELETE_BRAKE_SHARE/STORAGE_CLEANUP_DELETE_BRAKE_COUNT" in (
+        outcome.message)
+    brake = outcome.details["brake"]
+    assert (brake["affected"], brake["population"], brake["tripped"]) == (2, 7, True)
+    assert brake["samples"] == ["orphans/old.jpg", "tmp/upload-old.bin"]
     assert seeded.listing() == before  # nothing deleted, nothing recompressed
+    assert seeded.quarantine() == {}
     dry = _run(engine, settings, seeded, dry_run=True)
-    assert dry.status == "warning"
-    assert dry.message.endswith("the safety brake would stop the run (trip-media)")
+    assert (dry.status, dry.message) == ("error", outcome.message)
     forced = _run(engine, settings, seeded, force=True)
     assert forced.status == "success", forced.message
     assert set(seeded.listing()) == set(before) - GONE
+
+
+def test_brake_count_lets_a_small_cleanup_through(engine: Engine, seeded: Harness,
+                                                  tmp_path: Path) -> None:
+    """2 of 7 is above the 10% share, but not above a count of 2: the run goes ahead."""
+    settings = _settings(engine, tmp_path, seeded, storage_cleanup_delete_brake_share=0.1,
+                         storage_cleanup_delete_brake_count=2)
+    outcome = _run(engine, settings, seeded)
+    assert outcome.status == "success", outcome.message
+    assert _bucket(outcome, "trip-media")["brake"]["tripped"] is False
+    assert _bucket(outcome, "trip-media")["orphans_deleted"] == 1
 
 
 def test_a_reference_linked_during_the_scan_saves_the_file(
@@ -353,13 +267,20 @@ def test_the_default_buckets_are_voyagesmarts() -> None:
 
 
 @pytest.mark.parametrize("url, expected", [
-    (f"{PUBLIC}/avatars/u1/a.png", ("avatars", "u1/a.png")),
-    (f"{PUBLIC}/documents/docs/my%20file.pdf?download=1", ("documents", "docs/my file.pdf")),
-    ("https://x.supabase.co/storage/v1/object/sign/docs/a/b.pdf?token=t", ("docs", "a/b.pdf")),
-    ("https://x.supabase.co/storage/v1/render/image/public/m/k.jpg?width=200", ("m", "k.jpg")),
-    ("https://gravatar.example/avatar/abc", None),
-    (f"{PUBLIC}/bucket-only", None),
-    ("", None),
+    (f"{PUBLIC}/trip-media/u1/a.png", {("trip-media", "u1/a.png")}),
+    (f"{PUBLIC}/trip-documents/docs/my%20file.pdf?download=1",
+     {("trip-documents", "docs/my%20file.pdf"), ("trip-documents", "docs/my file.pdf"),
+      ("trip-documents", "docs/my%20file.pdf?download=1"),
+      ("trip-documents", "docs/my file.pdf?download=1")}),
+    ("https://x.supabase.co/storage/v1/object/sign/trip-media/a/b.pdf?token=t",
+     {("trip-media", "a/b.pdf"), ("trip-media", "a/b.pdf?token=t")}),
+    ("https://x.supabase.co/storage/v1/render/image/public/trip-media/k.jpg?width=200",
+     {("trip-media", "k.jpg"), ("trip-media", "k.jpg?width=200")}),
+    ("https://gravatar.example/avatar/abc", set()),
+    (f"{PUBLIC}/receipts/r/1.jpg", set()),  # a bucket this service does not clean
+    ("", set()),
 ])
-def test_reference_urls_are_parsed(url: str, expected: tuple[str, str] | None) -> None:
-    assert parse_reference(url) == expected
+def test_reference_urls_are_parsed(url: str, expected: set[tuple[str, str]]) -> None:
+    reading = read_reference(url, BUCKETS)
+    assert reading.problem is None
+    assert set(reading.names) == expected

@@ -1,131 +1,165 @@
-"""storage-cleanup: delete stale temporary uploads and orphaned files, shrink old media.
+"""storage-cleanup: remove stale temporary uploads and orphaned files, shrink old media.
+
+Nothing is deleted outright: what a run removes is moved to the quarantine prefix of its
+bucket, `<STORAGE_QUARANTINE_PREFIX><time>_<run id>/<temp|orphan|replaced>/<key>`, and
+deleted for good only after `STORAGE_QUARANTINE_RETENTION_DAYS`; `restore(run_id)`
+(`voyagesmart-cron restore <run-id>`) moves back exactly what one run moved.
 
 Steps:
 
-1. Build the reference set: stream every file URL VoyageSmart stores, from each source in
-   `app.file_references.SOURCES` (URL columns such as `trip_media.url` and
-   `trip_chat_messages.attachment_url`, and the JSONB `documents` arrays of
-   `accommodations` and `transportation`), parse the public URLs
-   (`…/storage/v1/object/public/<bucket>/<key>`) and keep a 64-bit hash of each key per
-   bucket.  A source whose table or column is missing is reported, and nothing is deleted
-   from the buckets it may point into.  A configured bucket that does not exist stops the
-   run with an error: an empty listing must never look like an empty bucket.  A hash
-   costs about 60 bytes per distinct file (a set of Python ints) instead of the whole URL,
-   so 500,000 references take ~30 MB whatever the URL lengths; a collision can only make
-   an orphan look referenced, i.e. keep a file, never delete a used one.
-2. List each bucket page by page and classify every object: a temporary upload (under
-   `STORAGE_TEMP_PREFIX`) older than `STORAGE_TEMP_MAX_AGE_HOURS`; an orphan (not
-   referenced) older than `STORAGE_ORPHAN_MIN_AGE_DAYS` — younger orphans are kept, an
-   upload may not be linked yet; a referenced image older than `STORAGE_MEDIA_MIN_AGE_DAYS`
-   and larger than `STORAGE_RECOMPRESS_MIN_BYTES`, a candidate for recompression.
-   Candidates are spooled to a temporary file, not held in memory.
-3. Safety brake: if any bucket would lose more than `STORAGE_DELETE_BRAKE_FRACTION` of its
-   objects, the run deletes and rewrites nothing and ends as `warning` with the numbers
-   (a broken reference set must not empty a bucket); a forced run goes ahead.
-4. Re-read the references written since the scan began (rows created or updated during
-   the run), then delete the candidates in batches.
-5. Recompress each candidate with Pillow in its own format; the original is replaced only
-   when the saving reaches `STORAGE_RECOMPRESS_MIN_SAVING`, after the new bytes were
-   written and read back as a valid image, keeping key and metadata.
+1. References.  Stream every value of each source in `app.file_references.SOURCES` and
+   read it with `read_reference` (every Supabase URL form, `bucket/key` paths, bare keys);
+   keep a 64-bit hash of each key it may name, per bucket (a bare key in every bucket).  A
+   source whose table or column is missing, or a value that cannot be interpreted, is
+   reported and blocks every deletion in the buckets it might name.  A configured bucket
+   that does not exist stops the run: an empty listing must never look like an empty
+   bucket.  A hash costs about 60 bytes per distinct key, whatever the URL lengths; a
+   collision can only make an orphan look referenced, i.e. keep a file.
+2. Listing.  One pass over each bucket, page by page.  The reference check comes first, so
+   no rule ever touches a referenced object:
+   - referenced: a recompression candidate when it is a JPEG/PNG/WebP older than
+     `STORAGE_MEDIA_MIN_AGE_DAYS` and at least `STORAGE_RECOMPRESS_MIN_BYTES`;
+   - under `STORAGE_TEMP_PREFIX` and older than `STORAGE_TEMP_MAX_AGE_HOURS`: to remove;
+   - otherwise older than `STORAGE_ORPHAN_MIN_AGE_DAYS`: to remove (a younger orphan is
+     kept: its upload may not be linked yet);
+   - in the quarantine: a removed object whose key is referenced again, and free, goes
+     back; past the retention it is purged.
+   Candidates are spooled to temporary files, not held in memory.
+3. Brake (`app.safety`): moving out of a bucket more than both the count and the share of
+   `STORAGE_CLEANUP_DELETE_BRAKE_COUNT` / `_SHARE` stops the run, changing nothing, unless
+   it is forced.  The purge is not braked: it deletes what braked runs moved earlier.
+4. Images.  Each candidate is re-encoded in its own format.  Animated images (APNG,
+   animated WebP or GIF) are skipped; PNG and lossless WebP are re-encoded losslessly and
+   kept only if every pixel is unchanged; a 16-bit PNG is skipped.  The result replaces the
+   original when it saves `STORAGE_RECOMPRESS_MIN_SAVING`, after the original was copied
+   to the quarantine and the new bytes were written and read back as a valid image.
+5. Removal.  Re-read the references written since the scan began (rows linked while the
+   buckets were listed), then move each candidate still unreferenced to the quarantine,
+   put back quarantined objects referenced again, and purge those past the retention.
 
-A dry run does steps 1-3 and reports what it would delete and which images it would
-examine.  A second run finds nothing: deleted files are gone, and a recompressed image
-either looks new (S3 resets its date) or no longer compresses by the required fraction.
+A dry run does steps 1-4 without writing (it re-encodes the images in memory), so its
+counts and samples are the real run's.  A second run finds nothing: removed files are in
+the quarantine, and a recompressed image no longer compresses by the required fraction.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import io
 import json
+import re
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any
-from urllib.parse import unquote
+from typing import IO, Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from app.batching import stream_keys
 from app.config import Settings
-from app.file_references import SOURCES, Source, urls_in
+from app.file_references import SOURCES, Malformed, Source, read_reference, values_in
 from app.jobs.context import JobContext, JobRefused, JobResult
+from app.logs import EMAIL
+from app.safety import Brake
 from app.storage import (
     S3_DELETE_BATCH,
+    Move,
     ObjectChanged,
     Storage,
     StoredObject,
     storage_from_settings,
 )
 
-# Supabase serves a file under several paths; each names the bucket then the key.
-_URL_MARKERS = (
-    "/storage/v1/object/public/",
-    "/storage/v1/object/sign/",
-    "/storage/v1/object/authenticated/",
-    "/storage/v1/object/",
-    "/storage/v1/render/image/public/",
-)
 _IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
-_ERROR_SAMPLES = 5
-
-RefSet = dict[str, set[int]]
+_SAMPLES = 5
+_KINDS = ("temp", "orphan", "replaced")
+_STAMP = "%Y%m%dT%H%M%SZ"
+# Rows written while the buckets were listed are read again; this covers clock skew.
+_LATE_MARGIN = dt.timedelta(minutes=5)
 
 
 def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
-def parse_reference(url: str) -> tuple[str, str] | None:
-    """(bucket, key) of a storage URL, or None when the value is not one."""
-    # String slicing rather than urlsplit: this runs once per referencing row.
-    path = url.strip()
-    for separator in ("?", "#"):
-        cut = path.find(separator)
-        if cut >= 0:
-            path = path[:cut]
-    if "%" in path:
-        path = unquote(path)
-    for marker in _URL_MARKERS:
-        at = path.find(marker)
-        if at < 0:
-            continue
-        # The first (most specific) marker found decides: `public/x` is not bucket "public".
-        bucket, _, key = path[at + len(marker):].partition("/")
-        return (bucket, key) if bucket and key else None
-    return None
+# --- references -------------------------------------------------------------------------
+
+@dataclass
+class References:
+    """What the rows name: key hashes per bucket, plus bare keys (any bucket)."""
+
+    by_bucket: dict[str, set[int]]
+    anywhere: set[int] = field(default_factory=set)
+    rows: int = 0
+    # Buckets nothing may be deleted from, with the sources that say so.
+    blocked: dict[str, set[str]] = field(default_factory=dict)
+    uninterpretable: dict[str, int] = field(default_factory=dict)  # per source
+    samples: list[str] = field(default_factory=list)
+
+    def names(self, bucket: str, key: str) -> bool:
+        digest = key_hash(key)
+        return digest in self.by_bucket[bucket] or digest in self.anywhere
+
+    def block(self, buckets: Sequence[str], why: str) -> None:
+        for bucket in buckets:
+            if bucket in self.by_bucket:
+                self.blocked.setdefault(bucket, set()).add(why)
+
+    def not_understood(self, source: Source, reason: str, value: Any,
+                       buckets: tuple[str, ...] | None) -> None:
+        self.uninterpretable[source.name] = self.uninterpretable.get(source.name, 0) + 1
+        if len(self.samples) < _SAMPLES:
+            self.samples.append(f"{source.name}: {reason}: {_excerpt(value)}")
+        self.block(buckets or source.buckets or list(self.by_bucket),
+                   f"{source.name} (values not understood)")
+
+
+def _excerpt(value: Any) -> str:
+    """A value fit for a report: no signed-URL token, no email address, short."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = re.sub(r"(token=)[^&#\s]*", r"\1…", text)
+    text = EMAIL.sub("[email]", text)
+    return text if len(text) <= 120 else text[:119] + "…"
 
 
 def _reference_query(source: Source, since: dt.datetime | None = None) -> sa.Select[Any]:
     table = sa.table(source.table, *(sa.column(c) for c in (source.column, *source.changed)))
     col = table.c[source.column]
+    # Every value: a bare key or a `bucket/key` path protects as much as a URL.
     query = sa.select(col).where(col.is_not(None))
-    if source.kind == "url":
-        query = query.where(col.like("%/storage/v1/%"))
     if since is not None:
         query = query.where(sa.or_(*(table.c[c] >= since for c in source.changed)))
     return query
 
 
-def build_reference_set(ctx: JobContext, buckets: list[str], sources: Sequence[Source],
-                        since: dt.datetime | None = None, into: RefSet | None = None
-                        ) -> tuple[RefSet, int]:
-    """Stream each source's values once into per-bucket key hashes; (set, rows read)."""
-    refs: RefSet = into if into is not None else {bucket: set() for bucket in buckets}
-    rows = 0
+def build_references(engine: Engine, batch: int, buckets: list[str],
+                     sources: Sequence[Source], since: dt.datetime | None = None,
+                     into: References | None = None) -> References:
+    """Stream each source's values once into `References`."""
+    refs = into if into is not None else References({bucket: set() for bucket in buckets})
+    configured = frozenset(buckets)
     for source in sources:
-        for chunk in stream_keys(ctx.engine, _reference_query(source, since),
-                                 ctx.settings.batch_size):
-            rows += len(chunk)
+        for chunk in stream_keys(engine, _reference_query(source, since), batch):
+            refs.rows += len(chunk)
             for value in chunk:
-                for url in urls_in(source.kind, value):
-                    parsed = parse_reference(url)
-                    if parsed is not None and parsed[0] in refs:
-                        refs[parsed[0]].add(key_hash(parsed[1]))
-    return refs, rows
+                for item in values_in(source.kind, value):
+                    if isinstance(item, Malformed):
+                        refs.not_understood(source, item.reason, value, None)
+                        continue
+                    reading = read_reference(item, configured)
+                    if reading.problem is not None:
+                        refs.not_understood(source, reading.problem, item,
+                                            reading.problem_buckets)
+                    for bucket, key in reading.names:
+                        (refs.anywhere if bucket is None else refs.by_bucket[bucket]).add(
+                            key_hash(key))
+    return refs
 
 
 def readable_sources(ctx: JobContext) -> tuple[list[Source], dict[str, str]]:
@@ -141,52 +175,114 @@ def readable_sources(ctx: JobContext) -> tuple[list[Source], dict[str, str]]:
     return readable, missing
 
 
+# --- the quarantine ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Quarantined:
+    at: dt.datetime
+    run_id: uuid.UUID
+    kind: str  # temp | orphan | replaced
+    key: str  # where it was
+
+
+def quarantine_folder(prefix: str, at: dt.datetime, run_id: uuid.UUID) -> str:
+    return f"{prefix}{at.astimezone(dt.UTC).strftime(_STAMP)}_{run_id}/"
+
+
+def parse_quarantine_key(prefix: str, key: str) -> Quarantined | None:
+    if not key.startswith(prefix):
+        return None
+    folder, _, rest = key[len(prefix):].partition("/")
+    stamp, _, run = folder.partition("_")
+    kind, _, original = rest.partition("/")
+    if kind not in _KINDS or not original:
+        return None
+    try:
+        at = dt.datetime.strptime(stamp, _STAMP).replace(tzinfo=dt.UTC)
+        return Quarantined(at, uuid.UUID(run), kind, original)
+    except ValueError:
+        return None
+
+
+# --- one bucket -------------------------------------------------------------------------
+
+class _Samples:
+    """The first keys in sort order: the same whatever order a listing returns."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list[str]] = {}
+
+    def add(self, action: str, key: str) -> None:
+        keys = self.keys.setdefault(action, [])
+        if len(keys) < _SAMPLES or key < keys[-1]:
+            bisect.insort(keys, key)
+            del keys[_SAMPLES:]
+
+
 @dataclass
 class BucketReport:
     bucket: str
-    scanned: int = 0
+    scanned: int = 0  # objects outside the quarantine
     scanned_bytes: int = 0
     referenced: int = 0
-    # What the classification found to delete (also in a dry or braked run) ...
+    # What the rules found to remove (a dry or braked run too) ...
     temp_to_delete: int = 0
     temp_to_delete_bytes: int = 0
     orphans_to_delete: int = 0
     orphans_to_delete_bytes: int = 0
-    # ... and what was really deleted.
+    # ... and what was really removed (moved to the quarantine).
     temp_deleted: int = 0
     temp_deleted_bytes: int = 0
     orphans_deleted: int = 0
     orphans_deleted_bytes: int = 0
+    linked_during_run: int = 0  # candidates a row referenced by the time of the move
     temp_kept: int = 0
     young_orphans_kept: int = 0
     recompress_candidates: int = 0
+    recompress_to_replace: int = 0
+    recompress_to_save_bytes: int = 0
     recompressed: int = 0
     recompress_bytes_saved: int = 0
     recompress_not_worth_it: int = 0
-    delete_fraction: float = 0.0
-    braked: bool = False
-    # A reference source that could not be read may point here: nothing is deleted.
+    recompress_skipped_animated: int = 0
+    recompress_skipped_lossless: int = 0  # a lossless re-encoding was not pixel-exact
+    recompress_skipped_format: int = 0  # the bytes are not what the name says
+    quarantine_held: int = 0  # removed by earlier runs, within the retention
+    quarantine_to_return: int = 0
+    quarantine_returned: int = 0
+    quarantine_to_purge: int = 0
+    quarantine_to_purge_bytes: int = 0
+    quarantine_purged: int = 0
+    quarantine_purged_bytes: int = 0
+    quarantine_unknown: int = 0  # under the prefix, not of our layout: left alone
+    # Nothing is deleted here this run: a source unreadable, or values not understood.
     protected_by: list[str] = field(default_factory=list)
+    brake: dict[str, Any] | None = None
+    samples: dict[str, list[str]] = field(default_factory=dict)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
         self.errors += 1
-        if len(self.error_samples) < _ERROR_SAMPLES:
+        if len(self.error_samples) < _SAMPLES:
             self.error_samples.append(message[:300])
+
+    @property
+    def to_move(self) -> int:
+        return self.temp_to_delete + self.orphans_to_delete
 
 
 @dataclass
 class _Spool:
     """Candidates of one bucket, one JSON line each, on disk rather than in memory."""
 
-    deletes: IO[str]
+    removals: IO[str]
     images: IO[str]
+    quarantine: IO[str]
 
     @classmethod
     def open(cls, stack: ExitStack) -> _Spool:
-        return cls(stack.enter_context(tempfile.TemporaryFile("w+")),
-                   stack.enter_context(tempfile.TemporaryFile("w+")))
+        return cls(*(stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(3)))
 
 
 def _lines(handle: IO[str]) -> Iterator[dict[str, Any]]:
@@ -196,51 +292,86 @@ def _lines(handle: IO[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(line)
 
 
-def _classify(ctx: JobContext, storage: Storage, bucket: str, refs: set[int],
-              report: BucketReport, spool: _Spool) -> None:
+def _write(handle: IO[str], **item: Any) -> None:
+    handle.write(json.dumps(item) + "\n")
+
+
+def _classify(ctx: JobContext, storage: Storage, bucket: str, refs: References,
+              report: BucketReport, spool: _Spool, samples: _Samples) -> None:
     s = ctx.settings
     temp_before = ctx.now - dt.timedelta(hours=s.storage_temp_max_age_hours)
     orphan_before = ctx.now - dt.timedelta(days=s.storage_orphan_min_age_days)
     media_before = ctx.now - dt.timedelta(days=s.storage_media_min_age_days)
+    purge_before = ctx.now - dt.timedelta(days=s.storage_quarantine_retention_days)
+    quarantine = s.storage_quarantine_prefix
     for obj in storage.list(bucket):
+        if obj.key.startswith(quarantine):
+            _classify_quarantined(storage, bucket, obj, refs, purge_before, quarantine,
+                                  report, spool, samples)
+            continue
         report.scanned += 1
         report.scanned_bytes += obj.size
-        if obj.key.startswith(s.storage_temp_prefix):
-            if obj.last_modified < temp_before:
-                spool.deletes.write(
-                    json.dumps({"k": obj.key, "kind": "temp", "size": obj.size}) + "\n")
-                report.temp_to_delete += 1
-                report.temp_to_delete_bytes += obj.size
-            else:
-                report.temp_kept += 1
-        elif key_hash(obj.key) in refs:
+        if refs.names(bucket, obj.key):  # before any rule: nothing referenced is removed
             report.referenced += 1
             suffix = obj.key[obj.key.rfind("."):].lower() if "." in obj.key else ""
             if (suffix in _IMAGE_FORMATS and obj.last_modified < media_before
                     and obj.size >= s.storage_recompress_min_bytes):
-                spool.images.write(json.dumps(_object_json(obj)) + "\n")
+                _write(spool.images, k=obj.key, size=obj.size,
+                       lm=obj.last_modified.isoformat(), etag=obj.etag)
                 report.recompress_candidates += 1
+        elif obj.key.startswith(s.storage_temp_prefix):
+            if obj.last_modified < temp_before:
+                _write(spool.removals, k=obj.key, kind="temp", size=obj.size, etag=obj.etag)
+                report.temp_to_delete += 1
+                report.temp_to_delete_bytes += obj.size
+                samples.add("temp", obj.key)
+            else:
+                report.temp_kept += 1
         elif obj.last_modified < orphan_before:
-            spool.deletes.write(
-                json.dumps({"k": obj.key, "kind": "orphan", "size": obj.size}) + "\n")
+            _write(spool.removals, k=obj.key, kind="orphan", size=obj.size, etag=obj.etag)
             report.orphans_to_delete += 1
             report.orphans_to_delete_bytes += obj.size
+            samples.add("orphans", obj.key)
         else:
             report.young_orphans_kept += 1
 
 
-def _object_json(obj: StoredObject) -> dict[str, Any]:
-    return {"k": obj.key, "size": obj.size, "lm": obj.last_modified.isoformat(),
-            "etag": obj.etag}
+def _classify_quarantined(storage: Storage, bucket: str, obj: StoredObject,
+                          refs: References, purge_before: dt.datetime, prefix: str,
+                          report: BucketReport, spool: _Spool, samples: _Samples) -> None:
+    held = parse_quarantine_key(prefix, obj.key)
+    if held is None:
+        report.quarantine_unknown += 1
+        return
+    # A removed file a row links again goes back where the link points, if that is free
+    # (a replaced image's key holds its recompressed version: that one stays).
+    linked = held.kind != "replaced" and refs.names(bucket, held.key)
+    if linked and not storage.exists(bucket, held.key):
+        _write(spool.quarantine, k=obj.key, orig=held.key, kind=held.kind, size=obj.size,
+               action="return")
+        report.quarantine_to_return += 1
+        samples.add("return", held.key)
+    elif held.at < purge_before:
+        # (Linked but its key is taken again: the copy here is no longer what it names.)
+        _write(spool.quarantine, k=obj.key, orig=held.key, kind=held.kind, size=obj.size,
+               action="purge", linked=linked)
+        report.quarantine_to_purge += 1
+        report.quarantine_to_purge_bytes += obj.size
+        samples.add("purge", obj.key)
+    else:
+        report.quarantine_held += 1
 
 
-def _delete(storage: Storage, bucket: str, refs: set[int], report: BucketReport,
-            spool: _Spool) -> None:
+def _remove(storage: Storage, bucket: str, refs: References, folder: str,
+            report: BucketReport, spool: _Spool) -> None:
+    """Move the removal candidates still unreferenced into this run's quarantine folder."""
     def flush(batch: list[dict[str, Any]]) -> None:
-        failed = storage.delete(bucket, [item["k"] for item in batch])
+        failed = storage.move(bucket, [
+            Move(item["k"], f"{folder}{item['kind']}/{item['k']}", etag=item["etag"],
+                 size=item["size"], target_is_new=True) for item in batch])
         for item in batch:
             if item["k"] in failed:
-                report.error(f"delete {item['k']}: {failed[item['k']]}")
+                report.error(f"move {item['k']}: {failed[item['k']]}")
             elif item["kind"] == "temp":
                 report.temp_deleted += 1
                 report.temp_deleted_bytes += item["size"]
@@ -250,17 +381,124 @@ def _delete(storage: Storage, bucket: str, refs: set[int], report: BucketReport,
         batch.clear()
 
     batch: list[dict[str, Any]] = []
-    for item in _lines(spool.deletes):
-        if item["kind"] == "orphan" and key_hash(item["k"]) in refs:
-            continue  # linked while the run was scanning: no longer an orphan
+    for item in _lines(spool.removals):
+        if refs.names(bucket, item["k"]):
+            report.linked_during_run += 1  # linked while the run was listing: kept
+            continue
         batch.append(item)
         if len(batch) >= S3_DELETE_BATCH:
             flush(batch)
     flush(batch)
 
 
-def _recompress(ctx: JobContext, storage: Storage, bucket: str, report: BucketReport,
-                spool: _Spool) -> None:
+def _settle_quarantine(storage: Storage, bucket: str, refs: References,
+                       report: BucketReport, spool: _Spool, purge: bool) -> None:
+    """Put back what is referenced again; delete for good what is past the retention."""
+    returns: list[dict[str, Any]] = []
+    purges: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if returns:
+            failed = storage.move(bucket, [Move(i["k"], i["orig"], size=i["size"])
+                                           for i in returns])
+            for item in returns:
+                if item["k"] in failed:
+                    report.error(f"return {item['orig']}: {failed[item['k']]}")
+                else:
+                    report.quarantine_returned += 1
+            returns.clear()
+        if purges:
+            failed = storage.delete(bucket, [i["k"] for i in purges])
+            for item in purges:
+                if item["k"] in failed:
+                    report.error(f"purge {item['k']}: {failed[item['k']]}")
+                else:
+                    report.quarantine_purged += 1
+                    report.quarantine_purged_bytes += item["size"]
+            purges.clear()
+
+    for item in _lines(spool.quarantine):
+        if item["action"] == "return":
+            returns.append(item)
+        elif purge and (item["linked"] or item["kind"] == "replaced"
+                        or not refs.names(bucket, item["orig"])):
+            purges.append(item)  # (one linked during the run goes back next run instead)
+        if len(returns) + len(purges) >= S3_DELETE_BATCH:
+            flush()
+    flush()
+
+
+# --- images -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Encoded:
+    body: bytes | None
+    skipped: str = ""  # animated | lossless | format
+
+
+def _webp_is_lossless(body: bytes) -> bool:
+    """Whether a WebP file's image data is VP8L (lossless), read from its RIFF chunks."""
+    at = 12
+    while at + 8 <= len(body):
+        fourcc = body[at:at + 4]
+        if fourcc == b"VP8L":
+            return True
+        if fourcc == b"VP8 ":
+            return False
+        size = int.from_bytes(body[at + 4:at + 8], "little")
+        at += 8 + size + (size & 1)
+    return False
+
+
+def _png_bit_depth(body: bytes) -> int:
+    # Signature (8), IHDR length and type (8), width and height (8), then the bit depth.
+    return body[24] if len(body) > 24 else 0
+
+
+def _pixels(image: Any) -> tuple[str, Any, bytes]:
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.mode, image.size, image.tobytes()
+
+
+def _reencode(body: bytes, fmt: str, quality: int) -> _Encoded:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(body)) as image:
+        if image.format != fmt:
+            return _Encoded(None, "format")  # the name lies about the content: leave it
+        if getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) > 1:
+            return _Encoded(None, "animated")  # a re-encoding would keep one frame
+        lossless = fmt == "PNG" or (fmt == "WEBP" and _webp_is_lossless(body))
+        if fmt == "PNG" and (_png_bit_depth(body) == 16 or "gamma" in image.info
+                             or "chromaticity" in image.info):
+            # Pillow would write 8 bits, or drop what tells a viewer the colours.
+            return _Encoded(None, "lossless")
+        options: dict[str, Any] = {}
+        # Keep what a viewer needs: orientation (EXIF), colour profile, resolution.
+        for name in ("exif", "icc_profile", "dpi"):
+            if image.info.get(name):
+                options[name] = image.info[name]
+        if fmt == "JPEG":
+            options.update(quality=quality, optimize=True, progressive=True)
+        elif fmt == "PNG":
+            options.update(optimize=True)
+        elif lossless:  # WebP: lossless stays lossless, even under transparent pixels
+            options.update(lossless=True, quality=100, method=6, exact=True)
+        else:
+            options.update(quality=quality, method=6)
+        out = io.BytesIO()
+        image.save(out, format=fmt, **options)
+        encoded = out.getvalue()
+        if lossless:
+            with Image.open(io.BytesIO(encoded)) as again:
+                if _pixels(again) != _pixels(image):
+                    return _Encoded(None, "lossless")
+        return _Encoded(encoded)
+
+
+def _recompress(ctx: JobContext, storage: Storage, bucket: str, folder: str,
+                report: BucketReport, spool: _Spool, samples: _Samples, act: bool) -> None:
     from PIL import Image
 
     s = ctx.settings
@@ -270,10 +508,19 @@ def _recompress(ctx: JobContext, storage: Storage, bucket: str, report: BucketRe
         fmt = _IMAGE_FORMATS[obj.key[obj.key.rfind("."):].lower()]
         try:
             data = storage.get(bucket, obj.key)
-            smaller = _reencode(data.body, fmt, s.storage_recompress_quality)
-            if smaller is None or len(smaller) > len(data.body) * (
-                    1 - s.storage_recompress_min_saving):
+            encoded = _reencode(data.body, fmt, s.storage_recompress_quality)
+            if encoded.body is None:
+                name = f"recompress_skipped_{encoded.skipped}"
+                setattr(report, name, getattr(report, name) + 1)
+                continue
+            smaller = encoded.body
+            if len(smaller) > len(data.body) * (1 - s.storage_recompress_min_saving):
                 report.recompress_not_worth_it += 1
+                continue
+            report.recompress_to_replace += 1
+            report.recompress_to_save_bytes += len(data.body) - len(smaller)
+            samples.add("recompress", obj.key)
+            if not act:
                 continue
 
             def verify(body: bytes, fmt: str = fmt) -> None:
@@ -282,7 +529,14 @@ def _recompress(ctx: JobContext, storage: Storage, bucket: str, report: BucketRe
                         raise ValueError(f"wrote {image.format}, expected {fmt}")
                     image.load()  # decodes every pixel: a truncated file fails here
 
-            storage.replace(bucket, obj, smaller, verify)
+            # The original first goes to the quarantine, where restore finds it.
+            kept = f"{folder}replaced/{obj.key}"
+            storage.copy(bucket, obj, kept)
+            try:
+                storage.replace(bucket, obj, smaller, verify)
+            except BaseException:
+                storage.delete(bucket, [kept])
+                raise
             report.recompressed += 1
             report.recompress_bytes_saved += len(data.body) - len(smaller)
         except ObjectChanged as exc:
@@ -291,30 +545,17 @@ def _recompress(ctx: JobContext, storage: Storage, bucket: str, report: BucketRe
             report.error(f"recompress {obj.key}: {type(exc).__name__}: {exc}")
 
 
-def _reencode(body: bytes, fmt: str, quality: int) -> bytes | None:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(body)) as image:
-        if image.format != fmt:
-            return None  # extension lies about the content: leave it alone
-        options: dict[str, Any] = {"optimize": True}
-        # Keep what a viewer needs: orientation (EXIF) and colour profile.
-        for name in ("exif", "icc_profile"):
-            if image.info.get(name):
-                options[name] = image.info[name]
-        if fmt in ("JPEG", "WEBP"):
-            options["quality"] = quality
-        if fmt == "JPEG":
-            options["progressive"] = True
-        if fmt == "WEBP" and getattr(image, "is_animated", False):
-            return None
-        out = io.BytesIO()
-        image.save(out, format=fmt, **options)
-        return out.getvalue()
-
+# --- the run ----------------------------------------------------------------------------
 
 def _storage(ctx: JobContext) -> Storage:
     return storage_from_settings(ctx.settings)
+
+
+def brake(settings: Settings, bucket: str) -> Brake:
+    return Brake(f"move {bucket} objects to the quarantine",
+                 settings.storage_cleanup_delete_brake_share,
+                 settings.storage_cleanup_delete_brake_count,
+                 ("STORAGE_CLEANUP_DELETE_BRAKE_SHARE", "STORAGE_CLEANUP_DELETE_BRAKE_COUNT"))
 
 
 def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
@@ -328,110 +569,172 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
         raise JobRefused(f"storage-cleanup cannot run: bucket(s) {', '.join(absent)} do not "
                          f"exist on the {storage.name} backend; check STORAGE_BUCKETS")
     sources, unreadable = readable_sources(ctx)
+    folder = quarantine_folder(s.storage_quarantine_prefix, ctx.now, ctx.run_id)
 
     started = time.monotonic()
     scan_began = dt.datetime.now(dt.UTC)
-    refs, reference_rows = build_reference_set(ctx, buckets, sources)
+    refs = build_references(ctx.engine, s.batch_size, buckets, sources)
+    for name in unreadable:
+        source = next(src for src in SOURCES if src.name == name)
+        refs.block(source.buckets or buckets, name)
     timings["reference_set_s"] = round(time.monotonic() - started, 3)
 
     reports = {bucket: BucketReport(bucket) for bucket in buckets}
+    samples = {bucket: _Samples() for bucket in buckets}
     with ExitStack() as stack:
         spools = {bucket: _Spool.open(stack) for bucket in buckets}
         started = time.monotonic()
         for bucket in buckets:
             try:
-                _classify(ctx, storage, bucket, refs[bucket], reports[bucket], spools[bucket])
+                _classify(ctx, storage, bucket, refs, reports[bucket], spools[bucket],
+                          samples[bucket])
             except Exception as exc:
                 # Act on nothing from a partial listing.
                 reports[bucket] = BucketReport(bucket)
                 reports[bucket].error(f"listing failed: {type(exc).__name__}: {exc}")
                 spools[bucket] = _Spool.open(stack)
+                samples[bucket] = _Samples()
         timings["listing_s"] = round(time.monotonic() - started, 3)
 
-        for name, _why in unreadable.items():
-            source = next(src for src in SOURCES if src.name == name)
-            for bucket in buckets:
-                if source.buckets is None or bucket in source.buckets:
-                    reports[bucket].protected_by.append(name)
-
-        braked = []
         for bucket, report in reports.items():
-            if report.protected_by:
-                continue  # nothing is deleted there this run anyway
-            planned = report.temp_to_delete + report.orphans_to_delete
-            report.delete_fraction = round(planned / report.scanned, 4) if report.scanned else 0
-            if planned and report.delete_fraction > s.storage_delete_brake_fraction:
-                report.braked = True
-                braked.append(bucket)
-        stop = bool(braked) and not ctx.force
+            report.protected_by = sorted(refs.blocked.get(bucket, ()))
+            if not report.protected_by:  # (nothing is removed from a protected bucket)
+                report.brake = brake(s, bucket).engage(
+                    affected=report.to_move, population=report.scanned,
+                    samples=[*samples[bucket].keys.get("orphans", []),
+                             *samples[bucket].keys.get("temp", [])],
+                    force=ctx.force)
 
-        if not (ctx.dry_run or stop):
-            started = time.monotonic()
-            # Rows linked while the bucket listings ran; a margin covers clock skew.
-            build_reference_set(ctx, buckets, sources,
-                                since=scan_began - dt.timedelta(minutes=5), into=refs)
-            for bucket in buckets:
-                if not reports[bucket].protected_by:
-                    _delete(storage, bucket, refs[bucket], reports[bucket], spools[bucket])
-            timings["deletes_s"] = round(time.monotonic() - started, 3)
-            started = time.monotonic()
-            for bucket in buckets:
-                _recompress(ctx, storage, bucket, reports[bucket], spools[bucket])
-            timings["recompress_s"] = round(time.monotonic() - started, 3)
+        started = time.monotonic()
+        for bucket in buckets:
+            _recompress(ctx, storage, bucket, folder, reports[bucket], spools[bucket],
+                        samples[bucket], act=not ctx.dry_run)
+        timings["recompress_s"] = round(time.monotonic() - started, 3)
 
-    return _result(ctx, storage, reports, timings, reference_rows, braked, stop, unreadable)
+        reference_rows = refs.rows
+        if not ctx.dry_run:
+            started = time.monotonic()
+            build_references(ctx.engine, s.batch_size, buckets, sources,
+                             since=scan_began - _LATE_MARGIN, into=refs)
+            for bucket in buckets:
+                reports[bucket].protected_by = sorted(refs.blocked.get(bucket, ()))
+            timings["late_references_s"] = round(time.monotonic() - started, 3)
+            started = time.monotonic()
+            for bucket, report in reports.items():
+                if not report.protected_by:
+                    _remove(storage, bucket, refs, folder, report, spools[bucket])
+                _settle_quarantine(storage, bucket, refs, report, spools[bucket],
+                                   purge=not report.protected_by)
+            timings["moves_s"] = round(time.monotonic() - started, 3)
+
+    for bucket, report in reports.items():
+        report.samples = samples[bucket].keys
+    return _result(ctx, storage, reports, refs, reference_rows, timings, unreadable, folder)
 
 
 def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
-            timings: dict[str, float], reference_rows: int, braked: list[str],
-            stopped: bool, unreadable: dict[str, str]) -> JobResult:
+            refs: References, reference_rows: int, timings: dict[str, float],
+            unreadable: dict[str, str], folder: str) -> JobResult:
     s = ctx.settings
     every = list(reports.values())
     errors = sum(r.errors for r in every)
-    protected = sorted({r.bucket for r in every if r.protected_by})
+    protected = sorted(r.bucket for r in every if r.protected_by)
     note = ""
     if unreadable:
-        note = (f"; reference source(s) {', '.join(sorted(unreadable))} unreadable: nothing "
-                f"deleted from {', '.join(protected)}")
+        note += f"; reference source(s) {', '.join(sorted(unreadable))} unreadable"
+    if refs.uninterpretable:
+        counts = ", ".join(f"{n} in {name}" for name, n in sorted(refs.uninterpretable.items()))
+        note += f"; values not understood ({counts}, see details)"
+    if protected:
+        note += f": nothing deleted from {', '.join(protected)}"
     details: dict[str, Any] = {
         "unreadable_sources": unreadable,
+        "uninterpretable_values": refs.uninterpretable,
+        "uninterpretable_samples": refs.samples,
         "protected_buckets": protected,
         "backend": storage.name,
         "dry_run": ctx.dry_run,
         "forced": ctx.force,
-        "braked": braked,
-        "brake_fraction": s.storage_delete_brake_fraction,
+        "brake": {"share": s.storage_cleanup_delete_brake_share,
+                  "count": s.storage_cleanup_delete_brake_count},
+        "quarantine": {"folder": folder,
+                       "retention_days": s.storage_quarantine_retention_days},
         "reference_rows": reference_rows,
+        "late_reference_rows": refs.rows - reference_rows,
         "timings": timings,
         "buckets": [asdict(r) for r in every],
     }
+    status: Literal["success", "warning"] = "warning" if errors or protected else "success"
     if ctx.dry_run:
-        planned = sum(r.temp_to_delete + r.orphans_to_delete for r in every)
-        planned_bytes = sum(r.temp_to_delete_bytes + r.orphans_to_delete_bytes for r in every)
-        candidates = sum(r.recompress_candidates for r in every)
-        message = (f"would delete {planned} objects ({planned_bytes} bytes) and examine "
-                   f"{candidates} images for recompression")
-        if braked:
-            message += f"; the safety brake would stop the run ({', '.join(braked)})"
-        message += note
-        return JobResult(0, message, "warning" if braked or errors or unreadable
-                         else "success", details)
-    if stopped:
-        numbers = ", ".join(
-            f"{r.bucket}: {r.temp_to_delete + r.orphans_to_delete} of {r.scanned} objects "
-            f"({r.delete_fraction:.1%})" for r in every if r.braked)
-        message = (f"safety brake: would delete more than "
-                   f"{s.storage_delete_brake_fraction:.0%} of a bucket ({numbers}); deleted "
-                   "and rewrote nothing. Check the references, then force a run to proceed")
-        return JobResult(0, message + note, "warning", details)
+        planned = sum(r.to_move for r in every if not r.protected_by)
+        planned_bytes = sum(r.temp_to_delete_bytes + r.orphans_to_delete_bytes
+                            for r in every if not r.protected_by)
+        message = (f"would delete {planned} objects ({planned_bytes} bytes) into the "
+                   f"quarantine, recompress {sum(r.recompress_to_replace for r in every)} "
+                   f"images, put back {sum(r.quarantine_to_return for r in every)} and purge "
+                   f"{sum(r.quarantine_to_purge for r in every if not r.protected_by)} "
+                   "quarantined objects")
+        return JobResult(0, message + note, status, details)
     deleted = sum(r.temp_deleted + r.orphans_deleted for r in every)
     freed = sum(r.temp_deleted_bytes + r.orphans_deleted_bytes for r in every)
     recompressed = sum(r.recompressed for r in every)
     saved = sum(r.recompress_bytes_saved for r in every)
-    message = (f"deleted {deleted} objects ({freed} bytes), recompressed {recompressed} "
-               f"images ({saved} bytes saved)")
+    returned = sum(r.quarantine_returned for r in every)
+    purged = sum(r.quarantine_purged for r in every)
+    message = (f"deleted {deleted} objects ({freed} bytes) into the quarantine, recompressed "
+               f"{recompressed} images ({saved} bytes saved), put back {returned} and purged "
+               f"{purged} quarantined objects")
+    if deleted or recompressed:
+        message += f"; undo with: voyagesmart-cron restore {ctx.run_id}"
     if errors:
         message += f"; {errors} errors (see details)"
-    message += note
-    return JobResult(deleted + recompressed, message,
-                     "warning" if errors or unreadable else "success", details)
+    return JobResult(deleted + recompressed + returned + purged, message + note, status,
+                     details)
+
+
+# --- restore ----------------------------------------------------------------------------
+
+def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,
+            dry_run: bool) -> dict[str, Any]:
+    """Move back every object `run_id` put in the quarantine: removed objects to their
+    key (unless that key is taken again: then it stays, reported as left), replaced
+    originals over their recompressed version."""
+    storage = storage_from_settings(settings)
+    prefix = settings.storage_quarantine_prefix
+    restored: dict[str, int] = {}
+    left: dict[str, int] = {}
+    left_samples: list[str] = []
+
+    def flush(bucket: str, moves: list[Move]) -> None:
+        if dry_run:
+            failed = {m.source: f"{m.target} exists" for m in moves
+                      if not m.overwrite and storage.exists(bucket, m.target)}
+        else:
+            failed = storage.move(bucket, moves)
+        for move in moves:
+            if move.source in failed:
+                left[bucket] = left.get(bucket, 0) + 1
+                if len(left_samples) < _SAMPLES:
+                    left_samples.append(f"{bucket}/{move.target}: {failed[move.source]}")
+            else:
+                restored[bucket] = restored.get(bucket, 0) + 1
+        moves.clear()
+
+    for bucket in settings.storage_buckets:
+        if not storage.has_bucket(bucket):
+            continue
+        moves: list[Move] = []
+        for obj in storage.list(bucket, prefix):
+            held = parse_quarantine_key(prefix, obj.key)
+            if held is None or held.run_id != run_id:
+                continue
+            moves.append(Move(obj.key, held.key, overwrite=held.kind == "replaced",
+                              size=obj.size))
+            if len(moves) >= S3_DELETE_BATCH:
+                flush(bucket, moves)
+        flush(bucket, moves)
+    figures: dict[str, Any] = {"files": restored}
+    if left:
+        figures["left"] = left
+        figures["left_samples"] = left_samples
+    return figures
