@@ -48,6 +48,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from app.archive import archive_and_delete, purge_archive
 from app.batching import keys_in, stream_rows
@@ -91,10 +93,10 @@ def brakes(settings: Settings) -> dict[str, Brake]:
 
 
 # --- evidence of use ----------------------------------------------------------------------
-def _history_code_id(dialect: str) -> sa.ColumnElement[Any]:
-    """The code id a history row's details name, in the form `promo_codes.id` is stored
-    in (a uuid; 32 hex digits on SQLite), or NULL.  Details written JSON-encoded (a JSON
-    string holding the object) are read too; a value that is no uuid names nothing."""
+def _history_key(dialect: str) -> sa.ColumnElement[Any]:
+    """The code id a history row's details name, as 32 lower-case hex digits (see
+    `_code_key`), or NULL.  Details written JSON-encoded (a JSON string holding the
+    object) are read too."""
     details = history.c.details
     if dialect == "postgresql":
         raw = sa.case(
@@ -103,25 +105,26 @@ def _history_code_id(dialect: str) -> sa.ColumnElement[Any]:
                  details.op("#>>")(sa.literal_column("'{}'")),
                  sa.literal_column("""'"promo_code_id"\\s*:\\s*"([^"]*)"'"""))},
             value=sa.func.jsonb_typeof(details))
-        # PostgreSQL reads 32 hex digits as a uuid; checked by hand, as a cast would fail
-        # the whole statement on one odd value.
-        hex32 = sa.func.replace(sa.func.lower(sa.func.trim(raw)), "-", "")
-        return sa.case((sa.and_(sa.func.length(hex32) == 32,
-                                sa.func.translate(hex32, "0123456789abcdef", "") == ""),
-                        sa.cast(hex32, sa.Uuid)))
-    inner = sa.func.json_extract(details, "$")
-    raw = sa.case((sa.func.json_valid(details) == 1, sa.case(
-        (sa.func.json_type(details) == "object",
-         sa.func.json_extract(details, "$.promo_code_id")),
-        (sa.and_(sa.func.json_type(details) == "text", sa.func.json_valid(inner) == 1),
-         sa.func.json_extract(inner, "$.promo_code_id")),
-    )))
+    else:
+        inner = sa.func.json_extract(details, "$")
+        raw = sa.case((sa.func.json_valid(details) == 1, sa.case(
+            (sa.func.json_type(details) == "object",
+             sa.func.json_extract(details, "$.promo_code_id")),
+            (sa.and_(sa.func.json_type(details) == "text", sa.func.json_valid(inner) == 1),
+             sa.func.json_extract(inner, "$.promo_code_id")),
+        )))
     return sa.func.replace(sa.func.lower(sa.func.trim(raw)), "-", "")
+
+
+# A code's id as text without dashes: what `_history_key` is compared with.  Comparing
+# text, not uuids, means a value that is no uuid simply matches nothing (a cast would fail
+# the statement), and only the codes that reach the comparison pay for it.
+_code_key = sa.func.replace(sa.cast(codes.c.id, sa.Text), "-", "")
 
 
 def _named_in_history(dialect: str) -> sa.Subquery:
     """The codes the history records a redemption of, once each."""
-    return (sa.select(_history_code_id(dialect).label("code_id"))
+    return (sa.select(_history_key(dialect).label("code_key"))
             .where(history.c.event_type == REDEMPTION_EVENT)
             .distinct().subquery("named_in_history"))
 
@@ -163,7 +166,7 @@ class _Rules:
         self.cutoff = now - dt.timedelta(days=settings.promo_retention_days)
         self.complete = settings.promo_redemption_rows_complete
         named = _named_in_history(dialect)
-        self.in_history = sa.exists().where(named.c.code_id == codes.c.id)
+        self.in_history = sa.exists().where(named.c.code_key == _code_key)
 
     def deletable(self, has_rows: sa.ColumnElement[bool],
                   in_history: sa.ColumnElement[bool] | None = None
@@ -243,7 +246,7 @@ class _Model:
         named = _named_in_history(dialect)
         rows = sa.func.coalesce(rows_of.c.n, 0)
         repaired = sa.case((rows > _used, rows), else_=_used)
-        deleted = rules.deletable(rows > 0, named.c.code_id.is_not(None))
+        deleted = rules.deletable(rows > 0, named.c.code_key.is_not(None))
         lowered = rules.to_lower(rows)
         self.judged = sa.select(
             codes.c.id, codes.c.tier, codes.c.max_uses,
@@ -256,7 +259,7 @@ class _Model:
             sa.case((lowered, rows), else_=repaired).label("final_used"),
         ).select_from(
             codes.outerjoin(rows_of, rows_of.c.code_id == codes.c.id)
-            .outerjoin(named, named.c.code_id == codes.c.id)
+            .outerjoin(named, named.c.code_key == _code_key)
         ).subquery("judged")
 
     def samples(self, conn: Connection, step: str) -> list[str]:
@@ -323,6 +326,21 @@ def _address(dialect: str) -> sa.ColumnElement[Any]:
     return sa.literal_column(f"{codes.name}.{'ctid' if dialect == 'postgresql' else 'rowid'}")
 
 
+class _DeclareCursor(Executable, ClauseElement):
+    """`DECLARE <name> SCROLL CURSOR FOR <query>` (PostgreSQL), binds handled as usual."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, query: sa.Select[Any]) -> None:
+        self.name = name
+        self.query = query
+
+
+@compiles(_DeclareCursor, "postgresql")
+def _declare_cursor(element: _DeclareCursor, compiler: Any, **kw: Any) -> str:
+    return f"DECLARE {element.name} SCROLL CURSOR FOR {compiler.process(element.query, **kw)}"
+
+
 class _Doomed:
     """The codes step 3 deletes, read once: counted for the brake, then handed out in
     batches.  On PostgreSQL a scroll cursor, in a transaction of its own that lives until
@@ -344,9 +362,7 @@ class _Doomed:
                                     .where(rules.doomed())).one()
             self.counts = (int(found[0]), int(found[1]))
             return
-        compiled = self.query.compile(dialect=session.dialect)
-        session.exec_driver_sql(f"DECLARE {self.CURSOR} SCROLL CURSOR FOR {compiled}",
-                                compiled.params)
+        session.execute(_DeclareCursor(self.CURSOR, self.query))
         first = session.exec_driver_sql(f"FETCH FIRST FROM {self.CURSOR}").first()
         moved = session.exec_driver_sql(f"MOVE FORWARD ALL IN {self.CURSOR}").rowcount
         session.exec_driver_sql(f"MOVE ABSOLUTE 0 IN {self.CURSOR}")
