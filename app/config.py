@@ -135,6 +135,20 @@ class Settings(BaseSettings):
     # --- jobs ---------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     promo_retention_days: int = Field(default=90, ge=0)
+    # promo-cleanup's brakes (app/safety.py): a step stops the run when it would touch more
+    # than the count AND more than the share (of all codes; of the active ones to deactivate).
+    promo_cleanup_delete_brake_share: float = Field(default=0.1, gt=0, le=1)
+    promo_cleanup_delete_brake_count: int = Field(default=100, ge=0)
+    promo_cleanup_deactivate_brake_share: float = Field(default=0.2, gt=0, le=1)
+    promo_cleanup_deactivate_brake_count: int = Field(default=1000, ge=0)
+    # true: `promo_code_redemptions` holds every redemption, so promo-cleanup may lower a
+    # `used_count` above its rows (braked); false: counts are only ever raised.
+    promo_redemption_rows_complete: bool = False
+    promo_cleanup_lower_brake_share: float = Field(default=0.05, gt=0, le=1)
+    promo_cleanup_lower_brake_count: int = Field(default=10, ge=0)
+    # Archived rows (cron_archived_row) are kept this long, then purged by promo-cleanup:
+    # past it, a deletion is final.
+    archive_retention_days: int = Field(default=30, ge=1, le=3650)
 
     # --- notifications ----------------------------------------------------------------
     # Links in user emails point here (trip pages, notification settings).

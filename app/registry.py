@@ -125,7 +125,8 @@ JOBS: dict[str, JobSpec] = {
             schedule="0 3 * * *",
             func=_job("promo_cleanup"),
             description="Deactivate expired or used-up promo codes, raise used_count to the "
-            "redemptions recorded, purge old codes never redeemed; statistics per tier.",
+            "redemptions recorded, delete (archived) old codes never redeemed, purge the "
+            "archive past its retention; statistics per tier.",
             critical=True,
             grace=_DAILY_GRACE,
             max_runtime=dt.timedelta(minutes=5),
@@ -134,6 +135,8 @@ JOBS: dict[str, JobSpec] = {
                      "expires_at", "is_active", "updated_at",
                      writes=("UPDATE", "DELETE")),
                 uses("promo_code_redemptions", "promo_code_id"),
+                # A redemption's history row outlives its redemption row and the account.
+                uses("subscription_history", "event_type", "details"),
             ),
         ),
         JobSpec(

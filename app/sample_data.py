@@ -109,6 +109,17 @@ class AppWriter:
             conn.execute(auth_users.update().where(auth_users.c.id == user_id)
                          .values(last_sign_in_at=at))
 
+    def delete_account(self, user_id: uuid.UUID) -> None:
+        """A user deletes their account (Supabase's `auth.admin.deleteUser`): `auth.users`
+        goes, and with it, by `ON DELETE CASCADE`, `users` and `user_subscriptions`.
+        `subscription_history` has no foreign key and stays.  SQLite cannot cascade from
+        the attached `auth` file, so the cascade is spelled out there."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name != "postgresql":
+                conn.execute(subs.delete().where(subs.c.user_id == user_id))
+                conn.execute(users.delete().where(users.c.id == user_id))
+            conn.execute(auth_users.delete().where(auth_users.c.id == user_id))
+
     # --- Stripe (webhook and app routes) ----------------------------------------------
     def stripe_subscribed(self, user_id: uuid.UUID, *, tier: str, at: dt.datetime,
                           subscription_id: str | None = None,

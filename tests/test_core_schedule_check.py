@@ -161,7 +161,7 @@ def test_the_shipped_registry_reports_the_monday_0300_collision_and_stagger_clea
     report = check(shipped, start=START, hobby=True)
     [collision] = report.collisions
     assert (collision.first, collision.second) == ("promo-cleanup", "analytics")
-    assert collision.tables == ("promo_code_redemptions",)
+    assert collision.tables == ("promo_code_redemptions", "subscription_history")
     assert collision.at == _at("2026-01-05T03:00") and collision.at.weekday() == 0
     assert "promo-cleanup and analytics both fire at Mon 2026-01-05 03:00 UTC" in (
         report.messages[0])

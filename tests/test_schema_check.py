@@ -203,16 +203,20 @@ def test_row_level_security_that_hides_rows_makes_jobs_refuse(
         assert (f"trips: row-level security is on and role {role} does not bypass it"
                 in outcome.message)
         assert outcome.message.endswith("connect as the `postgres` or service role")
-        # promo_codes has no RLS in VoyageSmart: promo-cleanup runs.
-        assert Runner(make_settings(url, tmp_path), engine).run(
-            "promo-cleanup", trigger="cli").status == "success"
+        # promo_codes has no RLS in VoyageSmart, but promo-cleanup reads the redemption
+        # history (subscription_history), which has: it refuses too.
+        promo = Runner(make_settings(url, tmp_path), engine).run("promo-cleanup",
+                                                                 trigger="cli")
+        assert promo.status == "error"
+        assert promo.message.startswith("promo-cleanup cannot run on this database: "
+                                        "subscription_history: row-level security is on")
     finally:
         engine.dispose()
     result = _check(monkeypatch, url, "--ignore-settings", "--json")
     report: dict[str, Any] = json.loads(result.output)
     assert result.exit_code == 1
     assert "trip-reminders" in report["cannot_run"]
-    assert "promo-cleanup" not in report["cannot_run"]
+    assert "promo-cleanup" in report["cannot_run"]
     users = next(t for t in report["jobs"]["user-engagement"]["tables"]
                  if t["table"] == "users")
     assert users["rls"].startswith(f"row-level security is on and role {role}")
