@@ -21,7 +21,7 @@ from app.logs import configure_logging
 from app.metrics import build_registry
 from app.monitoring import observers_for
 from app.registry import JobSpec
-from app.routes import cron, dashboard, health
+from app.routes import cron, dashboard, health, unsubscribe
 from app.routes import metrics as metrics_routes
 from app.runner import Runner, RunObserver
 
@@ -95,6 +95,7 @@ def create_app(
     app.include_router(cron.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(unsubscribe.router)
     if settings.dashboard_enabled:
         app.include_router(dashboard.router)
 
