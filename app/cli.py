@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from app import registry
 from app.billing_cli import analytics_cli, report_cli
 from app.config import get_settings
+from app.consent_cli import consent_cli
 from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
 from app.schema_cli import schema_cli
 
@@ -29,6 +30,7 @@ cli.add_typer(schedule_cli, name="schedule")
 cli.add_typer(analytics_cli, name="analytics")
 cli.add_typer(report_cli, name="report")
 cli.add_typer(schema_cli, name="schema")
+cli.add_typer(consent_cli, name="consent")
 
 
 def _engine() -> Engine:

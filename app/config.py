@@ -26,6 +26,7 @@ MIN_SECRET_LENGTH = 32
 # Secrets a client presents (bearer tokens, the dashboard password): compared as sent.
 _PRESENTED_SECRETS = frozenset({"cron_secret", "cron_secret_previous", "metrics_token",
                                 "dashboard_password"})
+MIN_INACTIVITY_DAYS = 30
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "your-secret-here"}
 # VoyageSmart's subscription tiers, cheapest first (the order defines up/downgrades).
 BILLING_TIERS = ("free", "premium", "ai")
@@ -151,12 +152,12 @@ class Settings(BaseSettings):
     archive_retention_days: int = Field(default=30, ge=1, le=3650)
 
     # --- notifications ----------------------------------------------------------------
-    # Links in user emails point here (trip pages, notification settings).
+    # Links in user emails to VoyageSmart itself point here (trip pages, the app).
     app_base_url: str = "https://voyagesmart.app"
-    # List-Unsubscribe target; default: APP_BASE_URL/settings/notifications.
-    unsubscribe_url: str | None = None
     reminder_days_ahead: int = Field(default=7, ge=1, le=365)
-    inactivity_days: int = Field(default=90, ge=1, le=3650)
+    # Below a month, "inactive" catches people between two trips: a re-engagement email
+    # to them is spam.
+    inactivity_days: int = Field(default=90, ge=MIN_INACTIVITY_DAYS, le=3650)
     # Per message: attempts on a transient SMTP failure (4xx, disconnect, timeout), each
     # on a fresh connection, waiting exponentially from MAIL_RETRY_WAIT seconds.
     mail_max_attempts: int = Field(default=4, ge=1, le=20)
@@ -164,16 +165,81 @@ class Settings(BaseSettings):
     # Wait for PostgreSQL's WAL flush on every email's hand-over record (app/handover.py).
     mail_durable_claims: bool = False
 
-    @field_validator("app_base_url", "unsubscribe_url")
+    # This service's own public URL: the one-click unsubscribe links of user emails
+    # (SERVICE_BASE_URL/unsubscribe?token=...) point here.  Not APP_BASE_URL, which is
+    # VoyageSmart's.  Outside production, default http://127.0.0.1:8000.
+    service_base_url: str | None = None
+    # Signs the unsubscribe links (HMAC-SHA256); the previous one keeps old emails' links
+    # working during a rotation.  Required in production when SMTP_HOST is set.
+    unsubscribe_secret: SecretStr | None = None
+    unsubscribe_secret_previous: SecretStr | None = None
+    # Requests to /unsubscribe per client address per minute (invalid links count against
+    # AUTH_FAILURE_LIMIT instead).
+    unsubscribe_rate_limit: int = Field(default=30, ge=1, le=10_000)
+    # true: user-engagement emails only users with a consent recorded in
+    # cron_email_consent (`voyagesmart-cron consent import`).
+    engagement_require_consent: bool = False
+    # Brakes on mass email (app/safety.py): a run trips above BOTH the count and the share.
+    # user-engagement: share of all users one run may email.
+    user_engagement_send_brake_share: float = Field(default=0.25, gt=0, le=1)
+    user_engagement_send_brake_count: int = Field(default=100, ge=0)
+    # trip-reminders: the share is a multiple of the usual daily volume, the median of the
+    # last TRIP_REMINDERS_BRAKE_BASELINE_DAYS target days (days without reminders count as
+    # 0; with no history only the count applies).
+    trip_reminders_send_brake_share: float = Field(default=3.0, gt=0, le=1000)
+    trip_reminders_send_brake_count: int = Field(default=1000, ge=0)
+    trip_reminders_brake_baseline_days: int = Field(default=28, ge=1, le=366)
+
+    @field_validator("app_base_url", "service_base_url")
     @classmethod
     def _public_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and value.strip() == "" and info.field_name == "unsubscribe_url":
+        if value is not None and value.strip() == "" and info.field_name == "service_base_url":
             return None
         if value is None:
             return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("unsubscribe_secret", "unsubscribe_secret_previous")
+    @classmethod
+    def _blank_unsubscribe_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip() == "":
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _unsubscribe_links(self) -> Settings:
+        """In production the links of user emails must be signed by a real, dedicated
+        secret and point at this service's public address."""
+        if not self.is_production:
+            return self
+        for name in ("unsubscribe_secret", "unsubscribe_secret_previous"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is None:
+                continue
+            raw = secret.get_secret_value()
+            if raw.lower() in _PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name.upper()} is a placeholder; generate a random one")
+            if len(raw) < MIN_SECRET_LENGTH:
+                raise ValueError(f"{name.upper()} must be at least {MIN_SECRET_LENGTH} "
+                                 "characters in production")
+            if self.cron_secret is not None and raw == self.cron_secret.get_secret_value():
+                raise ValueError(f"{name.upper()} must differ from CRON_SECRET")
+        if self.smtp_host:
+            if self.unsubscribe_secret is None:
+                raise ValueError("UNSUBSCRIBE_SECRET is required in production when "
+                                 "SMTP_HOST is set: it signs the unsubscribe link of every "
+                                 "user email")
+            if self.service_base_url is None:
+                raise ValueError("SERVICE_BASE_URL is required in production when SMTP_HOST "
+                                 "is set: the unsubscribe links of user emails point there")
+        return self
+
+    @property
+    def public_base_url(self) -> str:
+        """Where this service answers its public links (the unsubscribe endpoint)."""
+        return self.service_base_url or "http://127.0.0.1:8000"
 
     # --- database maintenance ---------------------------------------------------------
     # Seconds a maintenance statement waits for a lock before the run gives up (so it

@@ -5,8 +5,9 @@
 * User emails are rendered from `app/templates/email/<template>/<language>/` (`subject.txt`,
   `body.txt`, `body.html`) in the language of `users.preferences["language"]` (or
   `"locale"`), English when that language has no template.
-* A user whose `users.preferences["email_notifications"]` is false gets no email at all
-  (`OPT_OUT_KEY`).
+* Every user email carries its one-click unsubscribe link (RFC 8058, app/unsubscribe.py)
+  in `List-Unsubscribe` and `List-Unsubscribe-Post` and in its footer; who may be emailed
+  at all is app/recipients.py's rule.
 * `SMTPTransport` keeps one connection open for a whole batch and retries transient
   failures (4xx replies, disconnects, timeouts) on a fresh connection with tenacity;
   a permanent 5xx for one recipient is returned as `rejected`, never raised.
@@ -52,22 +53,12 @@ import tenacity
 from app.budget import Budget
 from app.config import Settings
 
-OPT_OUT_KEY = "email_notifications"
 LANGUAGE_KEYS = ("language", "locale")
 DEFAULT_LANGUAGE = "en"
-_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 # 7bit: non-ASCII bodies go out quoted-printable, so no server needs 8BITMIME.
 _POLICY = email.policy.SMTP.clone(cte_type="7bit")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def wants_email(preferences: Mapping[str, Any] | None) -> bool:
-    """False when the user opted out (`email_notifications: false`); absent means yes."""
-    value = (preferences or {}).get(OPT_OUT_KEY, True)
-    if isinstance(value, str):
-        return value.strip().lower() not in _FALSE_WORDS
-    return value is None or bool(value)
 
 
 # --- templates -----------------------------------------------------------------------------
@@ -424,11 +415,6 @@ class Mailer:
         self.sleep = sleep
         self.budget = Budget.current()  # the run's, or the alerts', when built inside one
 
-    @property
-    def unsubscribe_url(self) -> str:
-        return self.settings.unsubscribe_url or (
-            f"{self.settings.app_base_url}/settings/notifications")
-
     @functools.cached_property
     def _sender(self) -> str:
         return parseaddr(self.settings.mail_from)[1]
@@ -460,8 +446,13 @@ class Mailer:
         return _header("From", formataddr((name, address), charset="utf-8"))
 
     def compose(self, template: str, to: str, language: str, context: Mapping[str, Any],
-                *, key: str | None = None) -> Outgoing:
-        """A user email from a template, with List-Unsubscribe and a stable Message-ID.
+                *, unsubscribe_url: str, key: str | None = None) -> Outgoing:
+        """A user email from a template, with its one-click unsubscribe link and a stable
+        Message-ID.
+
+        `unsubscribe_url` (the recipient's signed link) goes in the footer and in
+        `List-Unsubscribe`, with `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+        (RFC 8058): a mail client's unsubscribe button then POSTs there, no page needed.
 
         `key` (the notification's dedupe key) fixes the Message-ID and the MIME boundary,
         so the same notification always carries the same id wherever it ends up.  The
@@ -469,8 +460,7 @@ class Mailer:
         base64), so it is written out directly rather than through `email.generator`,
         which at thousands of emails per run was most of the time not spent on the wire.
         """
-        rendered = render(template, language,
-                          {**context, "unsubscribe_url": self.unsubscribe_url})
+        rendered = render(template, language, {**context, "unsubscribe_url": unsubscribe_url})
         digest = hashlib.sha256((key or make_msgid()).encode()).hexdigest()[:32]
         message_id = f"<{digest}@{self._domain}>"
         boundary = f"=_{digest}"  # base64 lines never start with "--": no collision
@@ -480,7 +470,9 @@ class Mailer:
             _header("Subject", rendered.subject),
             _header("Date", formatdate(localtime=False, usegmt=True)),
             _header("Message-ID", message_id),
-            _header("List-Unsubscribe", f"<{self.unsubscribe_url}>"),
+            # One line however long (RFC 5322 allows 998): folding a URL gains nothing.
+            f"List-Unsubscribe: <{''.join(unsubscribe_url.split())}>\r\n",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
             "Auto-Submitted: auto-generated\r\n"
             "MIME-Version: 1.0\r\n"
             f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n',

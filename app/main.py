@@ -24,7 +24,7 @@ from app.metrics import build_registry
 from app.monitoring import observers_for
 from app.peer import PeerMiddleware
 from app.registry import JobSpec
-from app.routes import cron, dashboard, health
+from app.routes import cron, dashboard, health, unsubscribe
 from app.routes import metrics as metrics_routes
 from app.routes.deps import single_valued_query
 from app.runner import Runner, RunObserver
@@ -127,6 +127,7 @@ def create_app(
     app.include_router(cron.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(unsubscribe.router)
     if settings.dashboard_enabled:
         app.include_router(dashboard.router)
 

@@ -7,9 +7,12 @@ decides who sends what:
 
     pending --250--> sent        pending --5xx--> failed
     pending --reply lost, or the run died with it in flight--> unconfirmed
-    pending --no longer relevant (trip started, user came back)--> expired
+    pending --no longer relevant (trip started, user came back, user unsubscribed)--> expired
 
-1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones.
+1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones,
+   all in one transaction, and asks the job's brake (app/safety.py) before it commits:
+   a tripped brake leaves nothing planned.  A dry run counts the same keys and asks the
+   same brake.
 2. `resolve_unknown` settles what a dead run left behind (below).
 3. `deliver` takes a batch of this run's pending rows (those it planned, plus unclaimed
    ones it claims with a conditional UPDATE on `run_id`) and sends it one message at a
@@ -36,7 +39,7 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from itertools import islice
@@ -48,9 +51,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.db import UTCDateTime, table_of, upsert
 from app.handover import Handover, handover_log
-from app.jobs.context import JobContext
+from app.jobs.context import JobContext, JobRefused
 from app.mail import Claim, Mailer, MailTransport, Outgoing
 from app.models import CronJobLog, CronNotification
+from app.recipients import valid_address
+from app.unsubscribe import Links
 
 notifications = table_of(CronNotification)
 job_log = table_of(CronJobLog)
@@ -88,6 +93,7 @@ class Tally:
     failed: int = 0
     unconfirmed: int = 0
     expired: int = 0
+    withdrawn: int = 0  # pending when the user unsubscribed: expired, not sent
     taken_by_other_run: int = 0  # left when this run was closed as abandoned under it
     left_pending: int = 0
     errors: list[str] = field(default_factory=list)
@@ -123,12 +129,11 @@ def _one_of(dialect: sa.Dialect, column: sa.Column[Any], values: Sequence[Any]
     return column.in_(values)
 
 
-def _statuses(engine: Engine, keys: Sequence[str]) -> list[str]:
+def _statuses(conn: Connection, keys: Sequence[str]) -> list[str]:
     c = notifications.c
-    with engine.connect() as conn:
-        return list(conn.execute(
-            sa.select(c.status).where(_one_of(engine.dialect, c.dedupe_key, keys))
-        ).scalars())
+    return list(conn.execute(
+        sa.select(c.status).where(_one_of(conn.dialect, c.dedupe_key, keys))
+    ).scalars())
 
 
 _RECORD_COLUMNS = ("dedupe_key", "user_id", "recipient", "trip_id", "reference_date",
@@ -183,57 +188,75 @@ def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
     ).scalars())
 
 
-def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally) -> None:
+# Asked once planning is counted, before it commits: raises (app/safety.py's
+# BrakeTripped) to leave nothing planned.
+BrakeCheck = Callable[[Tally], None]
+
+
+def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally,
+         brake: BrakeCheck | None = None) -> None:
     """Insert a `pending` row per new key (batched, ON CONFLICT DO NOTHING); count the rest.
 
-    New rows are claimed by this run from the start (`run_id`), so sending them costs no
-    claiming write; if the run dies, the next one releases them.  A dry run only looks the
-    keys up.
+    One transaction for the whole plan, so that `brake`, asked with the counts before the
+    commit, can undo it all.  New rows are claimed by this run from the start (`run_id`),
+    so sending them costs no claiming write; if the run dies, the next one releases them.
+    A dry run only looks the keys up, and asks the same brake.
     """
     started = time.perf_counter()
     engine = ctx.engine
     insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_generic
-    for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
-        if ctx.dry_run:
-            known = _statuses(engine, [item.key for item in chunk])
-            tally.new += len(chunk) - len(known)
-        else:
-            rows = [{"dedupe_key": item.key, "user_id": item.user_id,
-                     "recipient": item.recipient, "trip_id": item.trip_id,
-                     "reference_date": item.reference_date,
-                     "payload": {**item.payload, "language": item.language}}
-                    for item in chunk]
-            with engine.begin() as conn:
+    with engine.connect() if ctx.dry_run else engine.begin() as conn:
+        for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
+            if ctx.dry_run:
+                known = _statuses(conn, [item.key for item in chunk])
+                tally.new += len(chunk) - len(known)
+            else:
+                rows = [{"dedupe_key": item.key, "user_id": item.user_id,
+                         "recipient": item.recipient, "trip_id": item.trip_id,
+                         "reference_date": item.reference_date,
+                         "payload": {**item.payload, "language": item.language}}
+                        for item in chunk]
                 inserted = insert(conn, kind, rows, ctx.now, ctx.run_id)
-            tally.new += len(inserted)
-            rest = [item.key for item in chunk if item.key not in inserted]
-            known = _statuses(engine, rest) if rest else []
-        for status in known:
-            if status in DELIVERED:
-                tally.already_sent += 1
-            elif status == "failed":
-                tally.already_failed += 1
-            elif status == "pending":
-                tally.resumed += 1  # a run stopped early, or a racing run planned it
+                tally.new += len(inserted)
+                rest = [item.key for item in chunk if item.key not in inserted]
+                known = _statuses(conn, rest) if rest else []
+            for status in known:
+                if status in DELIVERED:
+                    tally.already_sent += 1
+                elif status == "failed":
+                    tally.already_failed += 1
+                elif status == "pending":
+                    tally.resumed += 1  # a run stopped early, or a racing run planned it
+        if brake is not None:
+            brake(tally)
     tally.timed("plan", started)
 
 
-def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tally) -> None:
-    """Unclaimed pending rows that no longer make sense (`stale`) become `expired`."""
+def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tally, *,
+           reason: str = "no longer relevant when it could be sent",
+           withdrawn: bool = False) -> None:
+    """Unclaimed pending rows that no longer make sense (`stale`) become `expired`.
+
+    Counted as `expired` (a message that should have gone and did not: the run ends as
+    `warning`), or as `withdrawn` when the user no longer wants it (not a problem).
+    """
     condition = sa.and_(notifications.c.kind == kind, notifications.c.status == "pending",
                         notifications.c.run_id.is_(None), stale)
     if ctx.dry_run:
         with ctx.engine.connect() as conn:
-            tally.expired += int(conn.execute(
+            count = int(conn.execute(
                 sa.select(sa.func.count()).select_from(notifications).where(condition)
             ).scalar_one())
-        return
-    with ctx.engine.begin() as conn:
-        tally.expired += conn.execute(
-            notifications.update().where(condition).values(
-                status="expired", updated_at=ctx.now,
-                error="no longer relevant when it could be sent")
-        ).rowcount
+    else:
+        with ctx.engine.begin() as conn:
+            count = conn.execute(
+                notifications.update().where(condition).values(
+                    status="expired", updated_at=ctx.now, error=reason)
+            ).rowcount
+    if withdrawn:
+        tally.withdrawn += count
+    else:
+        tally.expired += count
 
 
 # --- settling a batch ----------------------------------------------------------------------
@@ -322,7 +345,7 @@ def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetim
     """
     c = notifications.c
     candidates: list[sa.Row[Any]] = [*conn.execute(
-        sa.select(c.id, c.run_id, c.dedupe_key, c.recipient, c.payload)
+        sa.select(c.id, c.run_id, c.dedupe_key, c.user_id, c.recipient, c.payload)
         .where(c.kind == kind, c.status == "pending", c.id > after,
                sa.or_(c.run_id.is_(None), c.run_id == run_id))
         .order_by(c.id).limit(size)
@@ -344,17 +367,24 @@ def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetim
 
 
 class _Composer:
-    """Renders a row's message; `prepare` does it ahead, while the mail server is busy."""
+    """Renders a row's message; `prepare` does it ahead, while the mail server is busy.
 
-    def __init__(self, mailer: Mailer, template: str) -> None:
+    The message's list is its kind: its unsubscribe link names the kind and the row's
+    user (app/unsubscribe.py).
+    """
+
+    def __init__(self, mailer: Mailer, template: str, kind: str) -> None:
         self.mailer = mailer
         self.template = template
+        self.kind = kind
+        self.links = Links(mailer.settings)
         self._ready: tuple[int, Outgoing] | None = None
 
     def _compose(self, row: sa.Row[Any]) -> Outgoing:
         payload: dict[str, Any] = dict(row.payload or {})
         return self.mailer.compose(self.template, row.recipient,
                                    str(payload.get("language", "en")), payload,
+                                   unsubscribe_url=self.links.url(self.kind, row.user_id),
                                    key=row.dedupe_key)
 
     def prepare(self, row: sa.Row[Any]) -> None:
@@ -410,7 +440,19 @@ def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
     """Send `rows` in order; False when the run lost the right to send (stop)."""
     tally = batch.tally
     for row, following in zip(rows, [*rows[1:], None], strict=True):
-        message = composer.take(row)
+        # A row no message can be made for fails alone, before any SMTP exchange (nothing
+        # is handed over), instead of stopping the run on it every time.
+        if not valid_address(row.recipient):
+            batch.record(int(row.id), "failed", "not an address this service can send to")
+            tally.errors.append(f"{row.dedupe_key}: not an address this service can send to")
+            continue
+        try:
+            message = composer.take(row)
+        except Exception as exc:
+            detail = f"the message could not be composed: {type(exc).__name__}: {exc}"[:300]
+            batch.record(int(row.id), "failed", detail)
+            tally.errors.append(f"{row.dedupe_key}: {detail}")
+            continue
         batch.current = int(row.id)
         result = transport.deliver(
             message, batch.claim,
@@ -419,7 +461,7 @@ def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
             batch.last_sent = batch.current
         elif result.status == "rejected":
             batch.record(batch.current, "failed", result.detail)
-            tally.errors.append(f"{row.recipient}: {result.detail}")
+            tally.errors.append(f"{row.dedupe_key}: {result.detail}")
         elif result.status == "unconfirmed":
             batch.record(batch.current, "unconfirmed", result.detail)
         else:  # lost_claim: the runner closed this run as abandoned; another run takes over
@@ -438,7 +480,10 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     started = time.monotonic()
     budget = ctx.seconds_left(ctx.now)
     transport: MailTransport
-    composer = _Composer(mailer, template)
+    composer = _Composer(mailer, template, kind)
+    if not composer.links.configured:  # settings refuse this in production already
+        raise JobRefused("UNSUBSCRIBE_SECRET is not set: user emails cannot carry their "
+                         "unsubscribe link, so none is sent")
     after, swept = 0, False
     durable = ctx.settings.mail_durable_claims
     with mailer.connection() as transport, handover_log(ctx.engine, ctx.run_id,

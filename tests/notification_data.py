@@ -59,6 +59,7 @@ class ReminderWorld:
     not_expected: set[str]
     trip_name: str
     trip_id: uuid.UUID
+    owner_id: uuid.UUID
 
 
 def seed_reminders(engine: Engine, start: dt.date, now: dt.datetime) -> ReminderWorld:
@@ -98,6 +99,7 @@ def seed_reminders(engine: Engine, start: dt.date, now: dt.datetime) -> Reminder
                       "ghost@example.com", "later@example.com"},
         trip_name="Lisbon with friends",
         trip_id=lisbon.id,
+        owner_id=owner.id,
     )
 
 

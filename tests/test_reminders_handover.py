@@ -21,6 +21,7 @@ from app.handover import handover_log
 from app.jobs import trip_reminders
 from app.jobs.context import JobContext
 from app.models import CronJobLog, CronNotification
+from app.recipients import Screen
 from app.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
@@ -48,7 +49,8 @@ def _plan_only(engine: Engine, db_url: str, tmp_path: Path, run_id: uuid.UUID) -
     from app import notifications
 
     notifications.plan(ctx, trip_reminders.KIND,
-                       trip_reminders._planned(ctx, trip_reminders.target_date(ctx), [0]),
+                       trip_reminders._planned(ctx, trip_reminders.target_date(ctx),
+                                                  Screen(trip_reminders.KIND), []),
                        notifications.Tally())
     return [r[0] for r in rows(engine, "SELECT id FROM cron_notification ORDER BY id")]
 

@@ -152,7 +152,9 @@ def test_production_startup_names_jobs_without_their_settings(
     from app.main import create_app
 
     settings = make_settings(f"sqlite:///{tmp_path}/p.db", tmp_path, app_env="production",
-                             smtp_host="smtp.example.com")
+                             smtp_host="smtp.example.com",
+                             unsubscribe_secret="unsubscribe-key-0123456789-abcdefghij",
+                             service_base_url="https://cron.example.com")
     with caplog.at_level("WARNING", logger="app"):
         create_app(settings)
     lines = [r.getMessage() for r in caplog.records if "cannot run" in r.getMessage()]

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from app.jobs.context import JobContext
 from app.jobs.trip_reminders import target_date
 from app.runner import Runner
+from app.unsubscribe import Links
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import recipients, seed_reminders
 from tests.servers import SmtpSink
@@ -31,7 +32,8 @@ def test_the_right_people_get_exactly_one_reminder(engine: Engine, db_url: str,
                                                    tmp_path: Path, smtp_sink: SmtpSink) -> None:
     world = seed_reminders(engine, START, LATE)
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings,
-                             app_base_url="https://app.example.com")
+                             app_base_url="https://app.example.com",
+                             service_base_url="https://cron.example.com")
     outcome = Runner(settings, engine, clock=FixedClock(LATE)).run(
         "trip-reminders", trigger="github-actions")
 
@@ -44,8 +46,13 @@ def test_the_right_people_get_exactly_one_reminder(engine: Engine, db_url: str,
     by_rcpt = {str(m["To"]): m for m in smtp_sink.messages()}
     english = by_rcpt["owner@example.com"]
     assert english["Subject"] == "Lisbon with friends starts in 7 days"
-    assert english["List-Unsubscribe"] == "<https://app.example.com/settings/notifications>"
+    # The owner's own one-click link (RFC 8058), also in the footer.
+    link = Links(settings).url("trip_reminder", world.owner_id)
+    assert link.startswith("https://cron.example.com/unsubscribe?token=")
+    assert english["List-Unsubscribe"] == f"<{link}>"
+    assert english["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     text, html = _body(english, "plain"), _body(english, "html")
+    assert link in text and link in html
     for needle in ("Lisbon with friends", "Lisbon", "2026-12-05", "2026-12-11",
                    f"https://app.example.com/trips/{world.trip_id}"):
         assert needle in text and needle in html

@@ -7,15 +7,23 @@ Steps:
    slot's day, and a retry of the same slot serves the same day.
 2. Recipients, in one streamed query: the owner and every participant with
    `invitation_status = 'accepted'` of each trip starting that day, who has a `users`
-   row; pending and declined invitations get nothing.  Users who opted out
-   (`users.preferences.email_notifications = false`) are counted and skipped.
+   row; pending and declined invitations get nothing.  Each is screened
+   (app/recipients.py): who unsubscribed from trip reminders, opted out in their
+   preferences, or whose preferences or address cannot be used is skipped, counted and
+   named by user id; one bad row never stops the others' reminders.
 3. Plan: one `cron_notification` row per (reminder kind, trip, user, trip start date),
    inserted `pending` before anything is sent; a key that already exists is not planned
-   again, whatever its state.
-4. Settle what a dead run left mid-batch (from its hand-over cursor: sent, in flight or
+   again, whatever its state.  All in one transaction, committed only past the brake:
+4. Brake (app/safety.py): the reminders this run would send, against the day's usual
+   volume, the median number of reminders per target day over the last
+   `TRIP_REMINDERS_BRAKE_BASELINE_DAYS` days (a day without any counts as 0).  Above both
+   `TRIP_REMINDERS_SEND_BRAKE_COUNT` and `TRIP_REMINDERS_SEND_BRAKE_SHARE` times that
+   median (with no history: above the count), nothing is planned and the run ends `error`
+   with the figures and sample keys.
+5. Settle what a dead run left mid-batch (from its hand-over cursor: sent, in flight or
    never handed over); expire pending reminders whose trip has already started (a run
-   that stopped early days ago).
-5. Send every pending reminder over one SMTP connection, each recorded as handed over
+   that stopped early days ago), and withdraw those of travellers who unsubscribed since.
+6. Send every pending reminder over one SMTP connection, each recorded as handed over
    right before the server takes it (app/notifications.py, app/handover.py).
 
 Delivery is at-most-once: a reminder is never sent twice, even across retries, duplicate
@@ -23,12 +31,14 @@ deliveries, racing instances or a crash mid-batch; the only message that can be 
 after a crash is the one in flight (handed over, reply not yet read), and it is
 reported as `unconfirmed` rather than resent (a duplicate is the failure users notice
 and resent mail damages sender reputation).
-A dry run reports who would be emailed and writes nothing.
+A dry run reports who would be emailed, skipped and braked exactly as the real run would,
+and writes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import zoneinfo
 from collections.abc import Iterator
 from itertools import chain
@@ -40,10 +50,13 @@ from app import notifications as notify
 from app.batching import stream_rows
 from app.db import table_of
 from app.jobs.context import JobContext, JobResult
-from app.mail import resolve_language, wants_email
+from app.mail import resolve_language
 from app.models import Trip, TripParticipant, User
+from app.recipients import Screen, candidate_columns
+from app.safety import SAMPLES, Brake
+from app.unsubscribe import TRIP_REMINDERS, opted_out
 
-KIND = "trip_reminder"
+KIND = TRIP_REMINDERS
 TEMPLATE = "trip_reminder"
 
 trips = table_of(Trip)
@@ -76,7 +89,7 @@ def recipients_query(day: dt.date) -> sa.Select[Any]:
             trips.c.id.label("trip_id"), trips.c.name, trips.c.destination,
             trips.c.start_date, trips.c.end_date,
             users.c.id.label("user_id"), users.c.email, users.c.full_name,
-            users.c.preferences,
+            *candidate_columns(KIND, consent=False),
             sa.func.count().over(partition_by=travellers.c.trip_id).label("travellers"),
         )
         .select_from(travellers)
@@ -90,17 +103,20 @@ def dedupe_key(days_ahead: int, trip_id: Any, user_id: Any, start: dt.date) -> s
     return f"{KIND}:{days_ahead}d:{trip_id}:{user_id}:{start.isoformat()}"
 
 
-def _planned(ctx: JobContext, day: dt.date, opted_out: list[int]) -> Iterator[notify.Planned]:
+def _planned(ctx: JobContext, day: dt.date, screen: Screen, samples: list[str]
+             ) -> Iterator[notify.Planned]:
     settings = ctx.settings
     base = settings.app_base_url
     rows = chain.from_iterable(stream_rows(ctx.engine, recipients_query(day), 1000))
     for row in rows:
-        if not wants_email(row.preferences):
-            opted_out[0] += 1
+        if not screen.admit(row):
             continue
+        key = dedupe_key(settings.reminder_days_ahead, row.trip_id, row.user_id, day)
+        if len(samples) < SAMPLES:
+            samples.append(key)
         name = (row.full_name or "").strip() or row.email.split("@", 1)[0]
         yield notify.Planned(
-            key=dedupe_key(settings.reminder_days_ahead, row.trip_id, row.user_id, day),
+            key=key,
             user_id=row.user_id,
             recipient=row.email,
             language=resolve_language(row.preferences, TEMPLATE),
@@ -121,33 +137,82 @@ def _planned(ctx: JobContext, day: dt.date, opted_out: list[int]) -> Iterator[no
         )
 
 
+def usual_volume(ctx: JobContext, day: dt.date) -> tuple[int, list[int]]:
+    """The median number of reminders per target day over the days before `day` (a day
+    without any counts as 0), and those days' counts, oldest first."""
+    days = ctx.settings.trip_reminders_brake_baseline_days
+    first = day - dt.timedelta(days=days)
+    n = notify.notifications.c
+    with ctx.engine.connect() as conn:
+        counts: dict[dt.date, int] = dict(conn.execute(
+            sa.select(n.reference_date, sa.func.count())
+            .where(n.kind == KIND, n.reference_date >= first, n.reference_date < day)
+            .group_by(n.reference_date)
+        ).all())
+    per_day = [int(counts.get(first + dt.timedelta(days=i), 0)) for i in range(days)]
+    return round(statistics.median(per_day)), per_day
+
+
+def _brake(ctx: JobContext, day: dt.date, samples: list[str], details: dict[str, Any]
+           ) -> notify.BrakeCheck:
+    settings = ctx.settings
+    usual, per_day = usual_volume(ctx, day)
+    brake = Brake(
+        step=(f"email trip reminders for trips starting {day} (usual volume {usual}: the "
+              f"median per day of the last {len(per_day)} days)"),
+        share=settings.trip_reminders_send_brake_share,
+        count=settings.trip_reminders_send_brake_count,
+        settings=("TRIP_REMINDERS_SEND_BRAKE_SHARE", "TRIP_REMINDERS_SEND_BRAKE_COUNT"),
+    )
+
+    def check(tally: notify.Tally) -> None:
+        details["brake"] = {**brake.engage(affected=tally.new + tally.resumed,
+                                           population=usual, samples=samples,
+                                           force=ctx.force),
+                            "baseline_days": len(per_day), "usual_volume": usual}
+
+    return check
+
+
 def run(ctx: JobContext) -> JobResult:
     day = target_date(ctx)
     today = day - dt.timedelta(days=ctx.settings.reminder_days_ahead)
     tally = notify.Tally()
-    opted_out = [0]
+    screen = Screen(KIND)
+    samples: list[str] = []
+    details: dict[str, Any] = {"target_date": day.isoformat()}
 
-    notify.plan(ctx, KIND, _planned(ctx, day, opted_out), tally)
+    notify.plan(ctx, KIND, _planned(ctx, day, screen, samples), tally,
+                brake=_brake(ctx, day, samples, details))
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, notifications_started(today), tally)
+    notify.expire(ctx, KIND, opted_out(notify.notifications.c.user_id, KIND), tally,
+                  reason="the traveller unsubscribed before it could be sent",
+                  withdrawn=True)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
 
-    details = {"target_date": day.isoformat(), "opted_out": opted_out[0], **tally.as_dict()}
+    details.update(opted_out=screen.declined, **screen.as_dict(), **tally.as_dict())
+    skipped = (f", {screen.unreachable} skipped (unusable preferences or address: see "
+               "details)" if screen.unreachable else "")
     if ctx.dry_run:
         message = (f"would send {tally.new + tally.resumed} reminder(s) for trips starting "
-                   f"{day}; {tally.already_sent} already sent, {opted_out[0]} opted out")
+                   f"{day}; {tally.already_sent} already sent, {screen.declined} opted out"
+                   + skipped)
         return JobResult(records_processed=tally.new + tally.resumed, message=message,
-                         details=details)
+                         details=details,
+                         status="warning" if screen.unreachable else "success")
     message = (f"trips starting {day}: {tally.sent} sent, {tally.failed} failed, "
                f"{tally.unconfirmed} unconfirmed, {tally.already_sent} already sent, "
-               f"{opted_out[0]} opted out")
+               f"{screen.declined} opted out" + skipped)
     if tally.expired:
         message += f", {tally.expired} expired"
+    if tally.withdrawn:
+        message += f", {tally.withdrawn} withdrawn (unsubscribed)"
     if tally.left_pending:
         message += f", {tally.left_pending} left for the next run (time budget)"
+    troubled = notify.outcome_status(tally) == "warning" or screen.unreachable
     return JobResult(records_processed=tally.sent, message=message,
-                     status="warning" if notify.outcome_status(tally) == "warning"
-                     else "success", details=details)
+                     status="warning" if troubled else "success", details=details)
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

@@ -7,21 +7,30 @@ Steps:
    run; `created_at` for a user never seen) more than `INACTIVITY_DAYS` before the run,
    and no trip activity since then (owning a trip created or updated, joining a trip,
    adding media, a document or an expense).
-2. Plan one `user_engagement` notification per inactive user who did not opt out, keyed
-   by the user and the moment they were last seen: the same sleeping user has the same
-   key every month and is emailed once; after a new login, a new inactivity period gets
-   a new key.
-3. Settle what a dead run left mid-batch (at-most-once, as trip-reminders: see
+2. Screen each one (app/recipients.py): who unsubscribed from these emails, opted out in
+   their preferences, has no recorded consent while `ENGAGEMENT_REQUIRE_CONSENT` is set,
+   or whose preferences or address cannot be used is skipped, counted and named by user
+   id; one bad row never stops the others' emails, nor leaves anything pending.
+3. Plan one `user_engagement` notification per remaining user, keyed by the user and the
+   moment they were last seen: the same sleeping user has the same key every month and
+   is emailed once; after a new login, a new inactivity period gets a new key.  All in
+   one transaction, committed only past the brake:
+4. Brake (app/safety.py): above both `USER_ENGAGEMENT_SEND_BRAKE_COUNT` emails and
+   `USER_ENGAGEMENT_SEND_BRAKE_SHARE` of all users, nothing is planned and the run ends
+   `error` with the figures and sample user ids (a short `INACTIVITY_DAYS`, or an app
+   that records no sign-ins, would otherwise email everyone).
+5. Settle what a dead run left mid-batch (at-most-once, as trip-reminders: see
    app/notifications.py); expire pending emails of users who came back before they
-   could be sent.
-4. Send the pending emails over one SMTP connection.
-5. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
+   could be sent, and withdraw those of users who unsubscribed (or lack consent) since.
+6. Send the pending emails over one SMTP connection.
+7. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
    sent and failed this month, opted-out inactive users, and users emailed by the
    previous campaign who logged in after that email.  Rerunning in the same month
    rewrites the row from the database, so it stays exact.
 
 The month is the run's slot (else its start) in `CRON_TIMEZONE`.  A dry run reports who
-would be emailed and the metrics it would write, and writes nothing.
+would be emailed, skipped and braked exactly as the real run would, and the metrics it
+would write, and writes nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from app import notifications as notify
 from app.batching import stream_rows
 from app.db import table_of, upsert
 from app.jobs.context import JobContext, JobResult
-from app.mail import resolve_language, wants_email
+from app.mail import resolve_language
 from app.models import (
     CronEngagementMetrics,
     Document,
@@ -48,9 +57,12 @@ from app.models import (
     TripParticipant,
     User,
 )
+from app.recipients import Screen, candidate_columns, consented
+from app.safety import SAMPLES, Brake
+from app.unsubscribe import USER_ENGAGEMENT, opted_out
 from app.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
 
-KIND = "user_engagement"
+KIND = USER_ENGAGEMENT
 TEMPLATE = "user_engagement"
 
 users = table_of(User)
@@ -89,9 +101,11 @@ def inactive_condition(cutoff: dt.datetime, sign_ins: bool) -> sa.ColumnElement[
     return sa.and_(last_seen(sign_ins) < cutoff, ~_trip_activity_since(cutoff))
 
 
-def inactive_users_query(cutoff: dt.datetime, sign_ins: bool) -> sa.Select[Any]:
+def inactive_users_query(cutoff: dt.datetime, sign_ins: bool, *, consent: bool = False
+                         ) -> sa.Select[Any]:
     return (
-        sa.select(users.c.id, users.c.email, users.c.full_name, users.c.preferences,
+        sa.select(users.c.id.label("user_id"), users.c.email, users.c.full_name,
+                  *candidate_columns(KIND, consent=consent),
                   last_seen(sign_ins).label("last_seen"))
         .where(inactive_condition(cutoff, sign_ins))
         .order_by(users.c.id)
@@ -102,18 +116,19 @@ def dedupe_key(user_id: Any, seen: dt.datetime) -> str:
     return f"{KIND}:{user_id}:{seen.astimezone(dt.UTC).isoformat()}"
 
 
-def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date,
-             counts: dict[str, int], sign_ins: bool) -> Iterator[notify.Planned]:
-    rows = chain.from_iterable(stream_rows(ctx.engine, inactive_users_query(cutoff, sign_ins),
-                                           1000))
-    for row in rows:
+def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date, counts: dict[str, int],
+             screen: Screen, sign_ins: bool, samples: list[str]
+             ) -> Iterator[notify.Planned]:
+    query = inactive_users_query(cutoff, sign_ins, consent=screen.require_consent)
+    for row in chain.from_iterable(stream_rows(ctx.engine, query, 1000)):
         counts["inactive"] += 1
-        if not wants_email(row.preferences):
-            counts["opted_out"] += 1
+        if not screen.admit(row):
             continue
+        if len(samples) < SAMPLES:
+            samples.append(str(row.user_id))
         yield notify.Planned(
-            key=dedupe_key(row.id, row.last_seen),
-            user_id=row.id,
+            key=dedupe_key(row.user_id, row.last_seen),
+            user_id=row.user_id,
             recipient=row.email,
             language=resolve_language(row.preferences, TEMPLATE),
             reference_date=month,
@@ -132,8 +147,9 @@ def _came_back(cutoff: dt.datetime, sign_ins: bool) -> sa.ColumnElement[bool]:
                               inactive_condition(cutoff, sign_ins))
 
 
-def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int], sign_ins: bool
-             ) -> dict[str, Any]:
+def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int], sign_ins: bool,
+             tally: notify.Tally) -> dict[str, Any]:
+    """This month's row; a dry run's counts the emails it would send as sent."""
     with ctx.engine.connect() as conn:
         total = int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
         per_status: dict[str, int] = dict(conn.execute(
@@ -159,7 +175,8 @@ def _metrics(ctx: JobContext, month: dt.date, counts: dict[str, int], sign_ins: 
         "month": month,
         "active_users": total - counts["inactive"],
         "inactive_users": counts["inactive"],
-        "emails_sent": sum(int(per_status.get(s, 0)) for s in notify.DELIVERED),
+        "emails_sent": sum(int(per_status.get(s, 0)) for s in notify.DELIVERED)
+        + (tally.new + tally.resumed if ctx.dry_run else 0),
         "emails_failed": int(per_status.get("failed", 0)),
         "opted_out": counts["opted_out"],
         "returned_users": returned,
@@ -180,31 +197,75 @@ def _store(ctx: JobContext, values: dict[str, Any]) -> None:
         conn.execute(stmt)
 
 
+def _users(ctx: JobContext) -> int:
+    with ctx.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
+
+
+def _brake(ctx: JobContext, population: int, samples: list[str],
+           details: dict[str, Any]) -> notify.BrakeCheck:
+    settings = ctx.settings
+    brake = Brake(step="email inactive users (re-engagement), of all users",
+                  share=settings.user_engagement_send_brake_share,
+                  count=settings.user_engagement_send_brake_count,
+                  settings=("USER_ENGAGEMENT_SEND_BRAKE_SHARE",
+                            "USER_ENGAGEMENT_SEND_BRAKE_COUNT"))
+
+    def check(tally: notify.Tally) -> None:
+        details["brake"] = brake.engage(affected=tally.new + tally.resumed,
+                                        population=population, samples=samples,
+                                        force=ctx.force)
+
+    return check
+
+
+def _withdrawn(require_consent: bool) -> sa.ColumnElement[bool]:
+    """A pending email whose user unsubscribed (or, when consent is required, has none)."""
+    gone = opted_out(notes.c.user_id, KIND)
+    return sa.or_(gone, ~consented(notes.c.user_id, KIND)) if require_consent else gone
+
+
 def run(ctx: JobContext) -> JobResult:
     month = campaign_month(ctx)
     cutoff = (ctx.slot or ctx.now) - dt.timedelta(days=ctx.settings.inactivity_days)
     tally = notify.Tally()
-    counts = {"inactive": 0, "opted_out": 0}
+    counts = {"inactive": 0}
+    require_consent = ctx.settings.engagement_require_consent
+    screen = Screen(KIND, require_consent=require_consent)
+    samples: list[str] = []
+    details: dict[str, Any] = {}
 
     sign_ins = sign_ins_readable(ctx.schema_check())
     if not sign_ins:
         ctx.log.warning(FALLBACK_WARNING)
-    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, sign_ins), tally)
+    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, screen, sign_ins, samples),
+                tally, brake=_brake(ctx, _users(ctx), samples, details))
+    counts["opted_out"] = screen.declined
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, _came_back(cutoff, sign_ins), tally)
+    notify.expire(ctx, KIND, _withdrawn(require_consent), tally,
+                  reason="the user unsubscribed, or has no recorded consent, before it "
+                  "could be sent", withdrawn=True)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
-    values = _metrics(ctx, month, counts, sign_ins)
+    values = _metrics(ctx, month, counts, sign_ins, tally)
     if not ctx.dry_run:
         _store(ctx, values)
 
-    details: dict[str, Any] = {
+    details.update({
         **tally.as_dict(),
+        **screen.as_dict(),
         "metrics": {**values, "month": month.isoformat()},
         "inactivity_days": ctx.settings.inactivity_days,
+        "require_consent": require_consent,
         "activity_source": "auth.users.last_sign_in_at" if sign_ins else "users.last_login",
-    }
+    })
     warnings = [] if sign_ins else [FALLBACK_WARNING]
+    if screen.unreachable:
+        warnings.append(f"{screen.unreachable} inactive user(s) skipped: unusable "
+                        "preferences or address (see skipped_users)")
     details["warnings"] = warnings
+    skipped = [f"{screen.counts['no_consent']} without recorded consent"] if (
+        screen.counts["no_consent"]) else []
     if ctx.dry_run:
         return JobResult(
             records_processed=tally.new + tally.resumed, details=details,
@@ -212,10 +273,13 @@ def run(ctx: JobContext) -> JobResult:
             message=f"{counts['inactive']} inactive users; would email "
             f"{tally.new + tally.resumed}, {tally.already_sent} already emailed this "
             f"inactivity period, {counts['opted_out']} opted out"
+            + "".join(f", {s}" for s in skipped)
             + "".join(f"; warning: {w}" for w in warnings))
     message = (f"{counts['inactive']} inactive users: {tally.sent} emailed, "
                f"{tally.already_sent} already emailed this inactivity period, "
-               f"{counts['opted_out']} opted out, {tally.failed} failed; "
+               f"{counts['opted_out']} opted out"
+               + "".join(f", {s}" for s in skipped)
+               + f", {tally.failed} failed; "
                f"{values['returned_users']} came back since the last campaign"
                + "".join(f"; warning: {w}" for w in warnings))
     return JobResult(records_processed=tally.sent, message=message, details=details,

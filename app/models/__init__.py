@@ -2,7 +2,11 @@
 
 from app.models.archive import CronArchivedRow
 from app.models.billing import CronMonthlyReport, CronWeeklyAnalytics
-from app.models.notifications import CronEngagementMetrics
+from app.models.notifications import (
+    CronEmailConsent,
+    CronEmailOptOut,
+    CronEngagementMetrics,
+)
 from app.models.operators import CronRateLimit
 from app.models.service import CronAuditLog, CronJobLease, CronJobLog, CronNotification
 from app.models.voyagesmart import (
@@ -30,6 +34,8 @@ __all__ = [
     "AuthUser",
     "CronArchivedRow",
     "CronAuditLog",
+    "CronEmailConsent",
+    "CronEmailOptOut",
     "CronEngagementMetrics",
     "CronJobLease",
     "CronJobLog",
