@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Canceled subscriptions stay checked this long after their cancellation.
     subscription_sync_lookback_days: int = Field(default=30, ge=0)
     report_retention_months: int = Field(default=24, ge=1)
-    # Brakes (app/safety.py): a run that would lower more subscriptions than the count AND
+    # Brakes (app/core/safety.py): a run that would lower more subscriptions than the count AND
     # than the share of those it checked (sync) or of the paid-tier rows (expiry) changes
     # nothing and ends as error.
     subscription_sync_downgrade_brake_share: float = Field(default=0.1, gt=0, le=1)
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     # --- jobs ---------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     promo_retention_days: int = Field(default=90, ge=0)
-    # promo-cleanup's brakes (app/safety.py): a step stops the run when it would touch more
+    # promo-cleanup's brakes (app/core/safety.py): a step stops the run when it would touch more
     # than the count AND more than the share (of all codes; of the active ones to deactivate).
     promo_cleanup_delete_brake_share: float = Field(default=0.1, gt=0, le=1)
     promo_cleanup_delete_brake_count: int = Field(default=100, ge=0)
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     # on a fresh connection, waiting exponentially from MAIL_RETRY_WAIT seconds.
     mail_max_attempts: int = Field(default=4, ge=1, le=20)
     mail_retry_wait: float = Field(default=1.0, ge=0, le=60)
-    # Wait for PostgreSQL's WAL flush on every email's hand-over record (app/handover.py).
+    # Wait for PostgreSQL's WAL flush on every email's hand-over record (app/mail/handover.py).
     mail_durable_claims: bool = False
 
     # This service's own public URL: the one-click unsubscribe links of user emails
@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     # true: user-engagement emails only users with a consent recorded in
     # cron_email_consent (`voyagesmart-cron consent import`).
     engagement_require_consent: bool = False
-    # Brakes on mass email (app/safety.py): a run trips above BOTH the count and the share.
+    # Brakes on mass email (app/core/safety.py): a run trips above BOTH the count and the share.
     # user-engagement: share of all users one run may email.
     user_engagement_send_brake_share: float = Field(default=0.25, gt=0, le=1)
     user_engagement_send_brake_count: int = Field(default=100, ge=0)
@@ -281,7 +281,7 @@ class Settings(BaseSettings):
     storage_quarantine_prefix: str = ".quarantine/"
     storage_quarantine_retention_days: float = Field(default=7.0, gt=0)
     # The brake on moving objects out of a bucket: a run may move up to the count, or up
-    # to the share of the bucket, whichever is larger (app/safety.py).
+    # to the share of the bucket, whichever is larger (app/core/safety.py).
     storage_cleanup_delete_brake_share: float = Field(default=0.1, gt=0, le=1)
     storage_cleanup_delete_brake_count: int = Field(default=20, ge=0)
 

@@ -15,19 +15,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import registry
 from app.config import Settings, get_settings
+from app.core import registry
+from app.core.registry import JobSpec
+from app.core.runner import Runner, RunObserver
 from app.db import diagnose, engine_for
-from app.defenses import Defenses, guard_cron, security_headers
+from app.http import cron, dashboard, health, unsubscribe
+from app.http import metrics as metrics_routes
+from app.http.deps import single_valued_query
+from app.http.guard import Defenses, guard_cron, security_headers
+from app.http.peer import PeerMiddleware
 from app.logs import configure_logging
-from app.metrics import build_registry
-from app.monitoring import observers_for
-from app.peer import PeerMiddleware
-from app.registry import JobSpec
-from app.routes import cron, dashboard, health, unsubscribe
-from app.routes import metrics as metrics_routes
-from app.routes.deps import single_valued_query
-from app.runner import Runner, RunObserver
+from app.observe.metrics import build_registry
+from app.observe.sentry import observers_for
 
 log = logging.getLogger("app")
 
@@ -144,7 +144,7 @@ def _warn_unconfigured_jobs(settings: Settings, jobs: dict[str, JobSpec]) -> Non
     (they would refuse at their first run; /health with the secret lists them too)."""
     if not (settings.is_production and settings.enable_cron_jobs):
         return
-    from app.requirements import missing_settings
+    from app.core.requirements import missing_settings
 
     for spec in jobs.values():
         missing = missing_settings(spec.settings, settings)
@@ -153,8 +153,8 @@ def _warn_unconfigured_jobs(settings: Settings, jobs: dict[str, JobSpec]) -> Non
 
 
 def _warn_stripe_key_mode(settings: Settings) -> None:
-    """A test Stripe key in production, or a live one outside it (app/stripe_key.py)."""
-    from app.stripe_key import key_mode_problem
+    """A test Stripe key in production, or a live one outside it (app/adapters/stripe_key.py)."""
+    from app.adapters.stripe_key import key_mode_problem
 
     problem = key_mode_problem(settings)
     if problem is not None:

@@ -224,10 +224,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.config import Settings
+    from app.core.runner import Runner
     from app.db import make_engine
     from app.jobs.analytics import compute_week
     from app.jobs.subscription_report import build_report
-    from app.runner import Runner
 
     name = "vsc_bench_billing"
     url = create_database(name)

@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 
 from app.config import Settings
+from app.core.runner import Runner
 from app.db import make_engine
-from app.runner import Runner
 from bench.generate import (
     create_database,
     documents,

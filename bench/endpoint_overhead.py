@@ -25,10 +25,10 @@ import httpx
 import uvicorn
 
 from app.config import Settings
+from app.core.context import JobContext, JobResult
+from app.core.registry import JobSpec
 from app.db import make_engine
-from app.jobs.context import JobContext, JobResult
-from app.migrate import upgrade
-from app.registry import JobSpec
+from app.ops.migrate import upgrade
 from bench.generate import create_database, drop_database
 
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"

@@ -218,8 +218,8 @@ def run_job_child(url: str, now_iso: str) -> None:
     from sqlalchemy import event
 
     from app.config import Settings
+    from app.core.runner import Runner
     from app.db import make_engine
-    from app.runner import Runner
 
     now = dt.datetime.fromisoformat(now_iso)
     touches = re.compile(r"\bpromo_codes\b")

@@ -2,7 +2,7 @@
 
 A `trip-media` bucket of OBJECTS files (90% referenced, 7.5% old orphans, 2.5% stale temp
 uploads) against ~REFS referencing rows on PostgreSQL (trip media, documents, receipts
-from bench/generate.py; every other reference source of app/file_references.py is read
+from bench/generate.py; every other reference source of app/voyagesmart/file_references.py is read
 too, empty here).  Each variant runs in its own process so its
 peak RSS is its own:
 
@@ -80,7 +80,7 @@ def _fill_local(root: Path, objects: int) -> None:
 
 
 def _fill_s3(settings: Any, objects: int) -> None:
-    from app.storage import S3Storage
+    from app.adapters.storage import S3Storage
 
     client = S3Storage.from_settings(settings).client
     client.create_bucket(Bucket=BUCKET)
@@ -106,7 +106,7 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
     if name == "baseline":
         out = _baseline(settings, engine, now)
     else:
-        from app.runner import Runner
+        from app.core.runner import Runner
 
         outcome = Runner(settings, engine, clock=lambda: now).run(
             "storage-cleanup", trigger="cli")
@@ -124,9 +124,9 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
 def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    from app.file_references import SOURCES, read_reference, values_in
+    from app.adapters.storage import storage_from_settings
     from app.jobs.storage_cleanup import _reference_query
-    from app.storage import storage_from_settings
+    from app.voyagesmart.file_references import SOURCES, read_reference, values_in
 
     started = time.monotonic()
     with engine.connect() as conn:

@@ -60,8 +60,8 @@ def _fill(url: str, n: int) -> None:
 
 def _child(url: str, api: str, strategy: str) -> None:
     from app.config import Settings
+    from app.core.runner import Runner
     from app.db import make_engine
-    from app.runner import Runner
 
     settings = Settings(
         _env_file=None, app_env="development", database_url=url,  # type: ignore[call-arg]

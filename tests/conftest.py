@@ -25,7 +25,7 @@ os.environ.setdefault("APP_ENV", "test")
 
 from app.config import Settings
 from app.db import Base, auth_database_path, make_engine
-from app.migrate import upgrade
+from app.ops.migrate import upgrade
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")

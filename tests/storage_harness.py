@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from app.adapters.storage import LocalStorage, ObjectData, S3Storage, Storage
 from app.config import Settings
-from app.runner import Runner, RunOutcome
-from app.storage import LocalStorage, ObjectData, S3Storage, Storage
+from app.core.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, make_settings
 from tests.moto_s3 import MotoS3
 

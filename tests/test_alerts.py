@@ -11,11 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.context import JobContext, JobResult
+from app.core.errors import TransientError
+from app.core.registry import JobSpec, RetryPolicy
+from app.core.runner import Runner, RunOutcome
 from app.db import table_of
-from app.jobs.context import JobContext, JobResult, TransientError
 from app.models import CronJobLog
-from app.registry import JobSpec, RetryPolicy
-from app.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, auth
 from tests.servers import HttpCapture, SmtpSink, free_port
 

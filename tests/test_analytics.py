@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.runner import Runner, RunOutcome
 from app.models import CronWeeklyAnalytics
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
 
 WS = dt.datetime(2026, 11, 16, tzinfo=dt.UTC)  # Monday of 2026-W47
@@ -153,8 +153,8 @@ def test_cli_shows_a_stored_week(engine: Engine, settings: Settings, db_url: str
                                  monkeypatch: Any) -> None:
     from typer.testing import CliRunner
 
-    from app.cli import cli
     from app.config import get_settings
+    from app.ops.cli import cli
 
     _seed(engine)
     _run(engine, settings)

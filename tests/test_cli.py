@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import deploy
 from app.db import make_engine
 from app.models import VOYAGESMART_TABLES
+from app.ops import deploy
 from tests.conftest import SECRET, create_pg_database, drop_pg_database, pg_url, rows
 
 pytestmark = pytest.mark.slow

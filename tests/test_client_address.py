@@ -114,7 +114,7 @@ def test_where_the_peer_is_unseen_a_self_named_address_is_unknown_and_said_loudl
     # scope["client"] from the request's own header.
     settings = make_settings(db_url, tmp_path, cron_ip_allowlist="10.0.0.0/8")
     app = create_app(settings, engine=engine)
-    caplog.set_level(logging.WARNING, logger="app.peer")
+    caplog.set_level(logging.WARNING, logger="app.http.peer")
     with TestClient(app, client=(INSIDE, 0), raise_server_exceptions=False) as client:
         assert any("CANNOT SEE THE TCP PEER" in r.getMessage() for r in caplog.records)
         rewritten = client.get("/api/cron/promo-cleanup?dry_run=1",

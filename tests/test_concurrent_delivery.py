@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.jobs.context import JobContext, JobResult
-from app.registry import JobSpec
-from app.runner import Runner, RunOutcome
+from app.core.context import JobContext, JobResult
+from app.core.registry import JobSpec
+from app.core.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, rows
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from app.core.registry import JOBS, tables_touched
 from app.core.schedule_check import (
     EVERY_TABLE,
     Collision,
@@ -18,7 +19,6 @@ from app.core.schedule_check import (
     stagger,
     vercel_rejects,
 )
-from app.registry import JOBS, tables_touched
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # a Thursday
 

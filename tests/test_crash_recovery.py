@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from app import registry
 from app.config import Settings
-from app.runner import Runner
+from app.core import registry
+from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, auth, rows
 from tests.servers import UvicornProcess
 

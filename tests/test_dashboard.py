@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
+from app.core.registry import JOBS
 from app.db import table_of
 from app.models import CronJobLog
-from app.registry import JOBS
 from tests.conftest import FixedClock, make_settings, rows
 
 USER, PASSWORD = "ops", "dashboard-password-123"
@@ -156,7 +156,7 @@ def test_post_from_another_origin_is_refused(dash: TestClient, engine: Engine) -
 
 
 def test_csrf_token_expires_and_is_bound_to_user() -> None:
-    from app.dashboard import csrf_token, csrf_valid
+    from app.observe.dashboard_view import csrf_token, csrf_valid
 
     token = csrf_token(PASSWORD, USER, now=1_000_000)
     assert csrf_valid(PASSWORD, USER, token, now=1_000_100)

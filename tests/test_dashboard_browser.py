@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from app.core.registry import JOBS
 from app.db import make_engine, table_of
 from app.models import CronJobLog
-from app.registry import JOBS
 from tests.conftest import IN_CI, SECRET, copy_sqlite_database
 from tests.servers import ROOT, UvicornProcess
 

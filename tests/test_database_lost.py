@@ -53,7 +53,7 @@ def sqlite_db(sqlite_template: Path, tmp_path: Path) -> Path:
 def pg_db(pg_database: str) -> Iterator[str]:
     name = create_pg_database("vsc_lost")
     engine = make_engine(pg_url(name))
-    from app.migrate import upgrade
+    from app.ops.migrate import upgrade
 
     upgrade(engine)
     engine.dispose()

@@ -21,11 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.context import JobContext
+from app.core.runner import Runner, RunOutcome
 from app.db import make_engine
 from app.jobs import db_maintenance
-from app.jobs.context import JobContext
-from app.migrate import upgrade
-from app.runner import Runner, RunOutcome
+from app.ops.migrate import upgrade
 from tests.conftest import (
     PG_ADMIN_DSN,
     FixedClock,

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.core.context import JobContext
+from app.core.runner import Runner, RunOutcome
 from app.db import make_engine
 from app.jobs import db_maintenance
-from app.jobs.context import JobContext
-from app.migrate import upgrade
-from app.runner import Runner, RunOutcome
+from app.ops.migrate import upgrade
 from tests.conftest import FixedClock, make_settings
 
 NOW = dt.datetime(2026, 11, 29, 1, 0, 30, tzinfo=dt.UTC)

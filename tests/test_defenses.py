@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from app.defenses import _networks, client_address
+from app.http.guard import _networks, client_address
 from app.main import create_app
 from tests.conftest import SECRET, FixedClock, auth, make_settings, rows
 
@@ -190,7 +190,7 @@ def test_openapi_docs_hidden_in_production(db_url: str, tmp_path: Path, engine: 
 
 def test_prune_keeps_recent_windows(engine: Engine, db_url: str, tmp_path: Path,
                                     clock: FixedClock) -> None:
-    from app.defenses import Defenses
+    from app.http.guard import Defenses
 
     defenses = Defenses(make_settings(db_url, tmp_path), engine, clock)
     assert defenses.hit("k", 5, 60) is None

@@ -19,8 +19,8 @@ import yaml
 from cronsim import CronSim
 from starlette.routing import Match
 
-from app import deploy
-from app.registry import JOBS, JobSpec
+from app.core.registry import JOBS, JobSpec
+from app.ops import deploy
 
 BIN = Path(sys.executable).parent
 FIX = ("committed file drifted from the registry; regenerate it with: "

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.runner import Runner
+from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, make_settings, rows
 from tests.notification_data import add_people, recipients, user
 from tests.servers import SmtpSink

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from app.demo import seed
-from app.registry import JOBS
-from app.runner import Runner
+from app.core.registry import JOBS
+from app.core.runner import Runner
+from app.ops.demo import seed
 from tests.conftest import FixedClock, make_settings, rows
 
 NOW = dt.datetime(2026, 12, 1, 5, 0, 30, tzinfo=dt.UTC)

@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.context import JobContext, JobResult
+from app.core.health import JobFacts, evaluate, job_health
+from app.core.registry import JOBS, JobSpec
 from app.db import make_engine, table_of
-from app.health import JobFacts, evaluate, job_health
-from app.jobs.context import JobContext, JobResult
-from app.migrate import upgrade
 from app.models import CronJobLog
-from app.registry import JOBS, JobSpec
+from app.ops.migrate import upgrade
 from tests.conftest import FixedClock, auth, create_pg_database, drop_pg_database, pg_url
 from tests.servers import free_port
 

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
+from app.core.context import JobContext, JobResult
+from app.core.registry import JOBS, JobSpec, RetryPolicy
 from app.db import table_of
-from app.jobs.context import JobContext, JobResult
 from app.models import CronJobLog
-from app.registry import JOBS, JobSpec, RetryPolicy
 from tests.conftest import FixedClock, auth, make_settings
 
 TOKEN = "metrics-token-0123456789abcdef"

@@ -18,13 +18,13 @@ import pytest
 import stripe
 from sqlalchemy.engine import Engine
 
-from app import budget
-from app.alerts import send_failure_alerts
-from app.mail import Mailer
-from app.registry import JOBS
-from app.runner import Runner, RunOutcome
-from app.storage import S3Storage
-from app.stripe_gateway import StripeGateway
+from app.adapters.storage import S3Storage
+from app.adapters.stripe_gateway import StripeGateway
+from app.core import budget
+from app.core.registry import JOBS
+from app.core.runner import Runner, RunOutcome
+from app.mail.transport import Mailer
+from app.observe.alerts import send_failure_alerts
 from tests.conftest import FixedClock, make_settings
 from tests.notification_data import seed_travellers
 

@@ -1,6 +1,6 @@
 """promo-cleanup on both databases: deactivate, delete, raise counts, idempotent, dry run.
 
-Codes and redemptions are written the way the app writes them (app/sample_data.py): a
+Codes and redemptions are written the way the app writes them (app/voyagesmart/sample_data.py): a
 redemption grants the code's tier, inserts a redemption row, bumps `used_count` and adds a
 `promo_code_redemption` history row; the row and the count may each be missing (the app
 only logs their failure).
@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.runner import Runner, RunOutcome
 from app.db import table_of
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
 
 NOW = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)

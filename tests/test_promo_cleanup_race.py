@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.core.runner import Runner, RunOutcome
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
 from tests.test_promo_cleanup import DAY, NOW, _tables
 

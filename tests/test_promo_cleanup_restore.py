@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.runner import Runner
+from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, rows
 from tests.test_promo_cleanup import DAY, NOW, _bulk_codes, _seed, _tables
 

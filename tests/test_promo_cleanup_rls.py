@@ -17,10 +17,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from app.core.runner import Runner
 from app.db import make_engine
-from app.migrate import upgrade
-from app.runner import Runner
-from app.sample_data import AppWriter
+from app.ops.migrate import upgrade
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import (
     PG_ADMIN_DSN,
     FixedClock,

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from app.config import Settings
-from app.registry import JOBS
+from app.core.registry import JOBS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

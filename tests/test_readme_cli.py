@@ -75,7 +75,7 @@ def _wait_for(url: str) -> None:
 
 
 def test_cli_help_shows_flags_as_flags_and_lists_the_tasks() -> None:
-    from app.registry import JOBS
+    from app.core.registry import JOBS
 
     cli = shutil.which("voyagesmart-cron", path=str(ROOT / ".venv" / "bin"))
     assert cli is not None

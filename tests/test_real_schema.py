@@ -12,8 +12,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from app.db import make_engine
-from app.migrate import alembic_config, upgrade
-from app.sample_data import AppWriter
+from app.ops.migrate import alembic_config, upgrade
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import create_pg_database, drop_pg_database, pg_url, rows
 
 NOW = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from app.core.context import JobContext, JobResult
+from app.core.runner import Runner
 from app.db import table_of
 from app.jobs import trip_reminders
-from app.jobs.context import JobContext, JobResult
 from app.models import CronJobLog
-from app.runner import Runner
 from tests.conftest import SECRET, FixedClock, make_settings, rows
 from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
 from tests.servers import ROOT

@@ -16,13 +16,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from app.core.context import JobContext
+from app.core.runner import Runner
 from app.db import table_of
-from app.handover import handover_log
 from app.jobs import trip_reminders
-from app.jobs.context import JobContext
+from app.mail.handover import handover_log
+from app.mail.recipients import Screen
 from app.models import CronJobLog, CronNotification
-from app.recipients import Screen
-from app.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
 from tests.servers import SmtpSink
@@ -46,7 +46,7 @@ def _plan_only(engine: Engine, db_url: str, tmp_path: Path, run_id: uuid.UUID) -
     settings = make_settings(db_url, tmp_path)
     ctx = JobContext(settings=settings, engine=engine, now=NOW, run_id=run_id,
                      task="trip-reminders", slot=NOW.replace(second=0))
-    from app import notifications
+    from app.mail import delivery as notifications
 
     notifications.plan(ctx, trip_reminders.KIND,
                        trip_reminders._planned(ctx, trip_reminders.target_date(ctx),
@@ -162,7 +162,7 @@ def test_a_run_closed_as_abandoned_under_it_stops_and_the_next_run_finishes(
 def test_planned_rows_start_claimed_by_their_run_and_stay_so(engine: Engine, db_url: str,
                                                               tmp_path: Path) -> None:
     """Sending what a run planned costs it no claiming write, even after settling."""
-    from app import notifications
+    from app.mail import delivery as notifications
 
     seed_travellers(engine, START, NOW, 3)
     run_id = uuid.uuid4()

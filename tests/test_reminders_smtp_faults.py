@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from app.runner import Runner
+from app.core.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
 

@@ -15,12 +15,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from app import archive
 from app.config import Settings
-from app.jobs.context import JobContext, JobResult
-from app.registry import JobSpec
-from app.runner import Runner
-from app.safety import Brake, BrakeTripped
+from app.core import archive
+from app.core.context import JobContext, JobResult
+from app.core.registry import JobSpec
+from app.core.runner import Runner
+from app.core.safety import Brake, BrakeTripped
 from tests.conftest import SECRET, rows
 
 NOW = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)

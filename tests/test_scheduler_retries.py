@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app import deploy
-from app.registry import JOBS
+from app.core.registry import JOBS
+from app.ops import deploy
 from tests.conftest import SECRET
 from tests.servers import free_port
 

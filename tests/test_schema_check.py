@@ -16,11 +16,11 @@ from alembic import command
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
 
-from app.cli import cli
 from app.config import get_settings
+from app.core.runner import Runner
 from app.db import make_engine
-from app.migrate import alembic_config, upgrade
-from app.runner import Runner
+from app.ops.cli import cli
+from app.ops.migrate import alembic_config, upgrade
 from tests.conftest import (
     PG_ADMIN_DSN,
     auth,

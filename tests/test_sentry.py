@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from sentry_sdk.envelope import Envelope
 from sqlalchemy.engine import Engine
 
-from app.jobs.context import JobContext, JobResult
-from app.registry import JOBS, JobSpec, RetryPolicy
+from app.core.context import JobContext, JobResult
+from app.core.registry import JOBS, JobSpec, RetryPolicy
 from tests.conftest import SECRET, auth, make_settings
 from tests.servers import HttpCapture
 

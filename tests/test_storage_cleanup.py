@@ -1,7 +1,7 @@
 """storage-cleanup on the local backend and on S3 (moto_server): every kind of object is
 handled, the safety brake holds, a dry run and a second run change nothing.
 
-References are written the way the app writes them (app/sample_data.py): journal media,
+References are written the way the app writes them (app/voyagesmart/sample_data.py): journal media,
 a chat attachment and the JSONB documents of an accommodation and a transportation.
 """
 
@@ -19,10 +19,10 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.file_references import read_reference
+from app.core.runner import RunOutcome
 from app.models import Trip
-from app.runner import RunOutcome
-from app.sample_data import STORAGE_URL, AppWriter
+from app.voyagesmart.file_references import read_reference
+from app.voyagesmart.sample_data import STORAGE_URL, AppWriter
 from tests import storage_harness
 from tests.moto_s3 import moto_s3  # noqa: F401
 from tests.storage_harness import (

@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from app.jobs import storage_cleanup
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests import storage_harness
 from tests.moto_s3 import moto_s3  # noqa: F401
 from tests.storage_harness import (

@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.engine import Engine
 
+from app.core.runner import RunOutcome
 from app.models import Trip
-from app.runner import RunOutcome
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests import storage_harness
 from tests.conftest import SECRET
 from tests.moto_s3 import moto_s3  # noqa: F401
@@ -159,7 +159,7 @@ def test_restore_never_overwrites_a_key_taken_again(engine: Engine, seeded: Harn
     store = seeded
     outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
     assert outcome.status == "success", outcome.message
-    from app.storage import ObjectData
+    from app.adapters.storage import ObjectData
 
     store.storage.put("trip-media", "orphans/old.jpg", ObjectData(b"a new upload", None))
     result = _restore(engine, store, tmp_path, outcome.run_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.stripe_key import key_mode, key_mode_problem
+from app.adapters.stripe_key import key_mode, key_mode_problem
 from tests.conftest import make_settings
 
 TEST_KEY = "sk_test_51AbCdEfGhIjKlMnOpQrStUv"

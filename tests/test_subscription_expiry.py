@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from app.cli import cli
 from app.config import Settings, get_settings
+from app.core.runner import Runner, RunOutcome
 from app.models import SubscriptionHistory, UserSubscription
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.ops.cli import cli
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, auth
 
 NOW = dt.datetime(2026, 11, 28, 0, 0, 30, tzinfo=dt.UTC)

@@ -1,7 +1,7 @@
 """subscription-report: totals by email with a CSV, sent once, archived reports readable.
 
-Data is written the way the app writes it (app/sample_data.py): only Stripe subscriptions
-are paid; the sign-up trigger's year and promo codes are grants, reported apart.
+Data is written the way the app writes it (app/voyagesmart/sample_data.py): only Stripe
+subscriptions are paid; the sign-up trigger's year and promo codes are grants, reported apart.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from app.cli import cli
 from app.config import Settings, get_settings
+from app.core.runner import Runner, RunOutcome
 from app.jobs.subscription_report import read_report
 from app.models import CronMonthlyReport, Plan, SubscriptionHistory, UserSubscription
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.ops.cli import cli
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.servers import SmtpSink
 from tests.stripe_servers import StripeShapeServer, stripe_shape, subscription_json

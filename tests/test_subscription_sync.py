@@ -17,11 +17,11 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.runner import Runner, RunOutcome
 from app.jobs.subscription_sync import FIELDS, STATUS_MAP, stripe_state
 from app.models import SubscriptionHistory, UserSubscription
 from app.models.voyagesmart import SUBSCRIPTION_STATUSES
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.stripe_servers import FaultProxy, LocalStripe, localstripe, stripe_proxy
 
@@ -362,8 +362,8 @@ def test_restore_puts_back_what_one_run_changed(engine: Engine, db_url: str, tmp
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from app.cli import cli
     from app.config import get_settings
+    from app.ops.cli import cli
 
     rows = _seed(engine, world)
     before = _local(engine, rows)

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.runner import Runner, RunOutcome
 from app.models import CronJobLog, SubscriptionHistory, UserSubscription
-from app.runner import Runner, RunOutcome
-from app.sample_data import AppWriter
+from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
 from tests.servers import free_port
 from tests.stripe_servers import (

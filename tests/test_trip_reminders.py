@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from app.jobs.context import JobContext
+from app.core.context import JobContext
+from app.core.runner import Runner
 from app.jobs.trip_reminders import target_date
-from app.runner import Runner
-from app.unsubscribe import Links
+from app.mail.unsubscribe import Links
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import recipients, seed_reminders
 from tests.servers import SmtpSink

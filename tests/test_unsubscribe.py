@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.unsubscribe import ALL, TOKEN_LENGTH, Links
+from app.mail.unsubscribe import ALL, TOKEN_LENGTH, Links
 from tests.conftest import SECRET, make_settings, rows
 
 KEY = "unsubscribe-key-0123456789-abcdefghijklmnopqrstuv"

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app import notifications as notify
+from app.core.context import JobContext
+from app.core.runner import Runner
 from app.jobs import trip_reminders
-from app.jobs.context import JobContext
+from app.mail import delivery as notify
+from app.mail.recipients import Screen
+from app.mail.unsubscribe import Links
 from app.models import TripParticipant
-from app.recipients import Screen
-from app.runner import Runner
-from app.unsubscribe import Links
 from tests.conftest import SECRET, FixedClock, make_settings, rows
 from tests.notification_data import add_people, recipients, trip, user
 from tests.servers import SmtpSink, UvicornProcess, free_port

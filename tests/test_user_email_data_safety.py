@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.config import ConfigError, load_settings
+from app.core.runner import Runner, RunOutcome
 from app.db import table_of
 from app.models import CronNotification, TripParticipant, User
-from app.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import add_people, recipients, trip, user
 from tests.servers import SmtpSink
@@ -363,7 +363,7 @@ def test_a_row_without_an_address_is_skipped_and_named() -> None:
     (or a participant row joined to nothing) must not stop the run either."""
     from types import SimpleNamespace
 
-    from app.recipients import Screen
+    from app.mail.recipients import Screen
 
     screen = Screen("trip_reminder")
     base = {"unsubscribed": False, "preferences_readable": True, "preferences": None}

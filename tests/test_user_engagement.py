@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.core.runner import Runner
 from app.models import AuthUser, Expense, TripMedia, TripParticipant, User
-from app.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
 from tests.notification_data import add_people, recipients, trip, user
 from tests.servers import SmtpSink

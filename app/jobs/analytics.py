@@ -4,7 +4,7 @@
 2. Engagement: active users (signed in during the week: `auth.users.last_sign_in_at`,
    else `users.last_login` with a warning), new users, trips created, trips starting, and
    trips under way in the week with more than one accepted participant.
-3. Subscription conversion, Stripe-paid subscriptions only (app/subscription_facts.py):
+3. Subscription conversion, Stripe-paid subscriptions only (app/voyagesmart/subscription_facts.py):
    new paid subscriptions by tier, upgrades and downgrades (a history event whose tier
    ranks above or below the user's previous one), cancellations (counted in the week the
    subscription actually ended, the rule of the monthly report), conversion (users who
@@ -28,8 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from app.core.context import JobContext, JobResult
 from app.db import table_of, upsert
-from app.jobs.context import JobContext, JobResult
 from app.models import (
     CronWeeklyAnalytics,
     Document,
@@ -40,7 +40,7 @@ from app.models import (
     User,
 )
 from app.models.voyagesmart import TIERS
-from app.subscription_facts import (
+from app.voyagesmart.subscription_facts import (
     PAID_TIERS,
     between,
     grants_now,
@@ -52,7 +52,7 @@ from app.subscription_facts import (
     tier_of_rank,
     tier_rank,
 )
-from app.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
+from app.voyagesmart.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
 
 users = table_of(User)
 trips = table_of(Trip)

@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from app.jobs.context import JobContext, JobResult
+from app.core.context import JobContext, JobResult
 
 # Leftovers of an interrupted REINDEX CONCURRENTLY: the new copy (`_ccnew`) or, when the
 # swap went through, the old one (`_ccold`); PostgreSQL adds digits on name clashes.

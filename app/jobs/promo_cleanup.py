@@ -10,13 +10,13 @@ so they outlive a deleted account, which may take its redemption rows along.
 Steps:
 
 1. plan: count what each step below will change, from the state each step will find,
-   and ask every brake (app/safety.py) before anything is written: past a brake the run
+   and ask every brake (app/core/safety.py) before anything is written: past a brake the run
    changes nothing.  A dry run stops here and reports the plan (with the statistics it
    will leave, and five sample ids per step), which is exactly what the real run does;
 2. raise `used_count` to the number of redemption rows where it is lower;
 3. delete codes expired longer than `PROMO_RETENTION_DAYS` that show no sign of use:
    `used_count` 0, no redemption row, no redemption in the history.  Each goes whole into
-   the archive (app/archive.py) in its delete's transaction, for `voyagesmart-cron
+   the archive (app/core/archive.py) in its delete's transaction, for `voyagesmart-cron
    restore <run-id>`.  Brake: `PROMO_CLEANUP_DELETE_BRAKE_*`, of all codes;
 4. deactivate active codes past `expires_at` or used up (`used_count >= max_uses`; a
    NULL `max_uses` is unlimited).  Brake: `PROMO_CLEANUP_DEACTIVATE_BRAKE_*`, of the
@@ -51,14 +51,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from app.archive import archive_and_delete, purge_archive
-from app.batching import keys_in, stream_rows
 from app.config import Settings
+from app.core.archive import archive_and_delete, purge_archive
+from app.core.batching import keys_in, stream_rows
+from app.core.context import JobContext, JobResult
+from app.core.safety import SAMPLES, Brake
 from app.db import table_of
-from app.jobs.context import JobContext, JobResult
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
 from app.models.voyagesmart import TIERS
-from app.safety import SAMPLES, Brake
 
 codes = table_of(PromoCode)
 redemptions = table_of(PromoCodeRedemption)

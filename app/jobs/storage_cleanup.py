@@ -7,7 +7,7 @@ deleted for good only after `STORAGE_QUARANTINE_RETENTION_DAYS`; `restore(run_id
 
 Steps:
 
-1. References.  Stream every value of each source in `app.file_references.SOURCES` and
+1. References.  Stream every value of each source in `app.voyagesmart.file_references.SOURCES` and
    read it with `read_reference` (every Supabase URL form, `bucket/key` paths, bare keys);
    keep a 64-bit hash of each key it may name, per bucket (a bare key in every bucket).  A
    source whose table or column is missing, or a value that cannot be interpreted, is
@@ -25,7 +25,7 @@ Steps:
    - in the quarantine: a removed object whose key is referenced again, and free, goes
      back; past the retention it is purged.
    Candidates are spooled to temporary files, not held in memory.
-3. Brake (`app.safety`): moving out of a bucket more than both the count and the share of
+3. Brake (`app.core.safety`): moving out of a bucket more than both the count and the share of
    `STORAGE_CLEANUP_DELETE_BRAKE_COUNT` / `_SHARE` stops the run, changing nothing, unless
    it is forced.  The purge is not braked: it deletes what braked runs moved earlier.
 4. Images.  Each candidate is re-encoded in its own format.  Animated images (APNG,
@@ -61,13 +61,7 @@ from typing import IO, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from app.batching import stream_keys
-from app.config import Settings
-from app.file_references import SOURCES, Malformed, Source, read_reference, values_in
-from app.jobs.context import JobContext, JobRefused, JobResult
-from app.logs import EMAIL
-from app.safety import Brake
-from app.storage import (
+from app.adapters.storage import (
     S3_DELETE_BATCH,
     Move,
     ObjectChanged,
@@ -75,6 +69,13 @@ from app.storage import (
     StoredObject,
     storage_from_settings,
 )
+from app.config import Settings
+from app.core.batching import stream_keys
+from app.core.context import JobContext, JobResult
+from app.core.errors import JobRefused
+from app.core.safety import Brake
+from app.logs import EMAIL
+from app.voyagesmart.file_references import SOURCES, Malformed, Source, read_reference, values_in
 
 _IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 _SAMPLES = 5

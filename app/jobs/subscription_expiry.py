@@ -38,13 +38,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
-from app.batching import keys_in, stream_rows
 from app.config import Settings
+from app.core.batching import keys_in, stream_rows
+from app.core.context import JobContext, JobResult
+from app.core.safety import SAMPLES, Brake
 from app.db import new_uuid, table_of
-from app.jobs.context import JobContext, JobResult
 from app.models import SubscriptionHistory, UserSubscription
-from app.safety import SAMPLES, Brake
-from app.subscription_restore import restore_run
+from app.voyagesmart.subscription_restore import restore_run
 
 subs = table_of(UserSubscription)
 history = table_of(SubscriptionHistory)
@@ -158,5 +158,5 @@ def run(ctx: JobContext) -> JobResult:
 def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,
             dry_run: bool) -> dict[str, Any]:
     """Set back the rows run `run_id` moved to free, from its history rows
-    (app/subscription_restore.py); rows changed since are left and reported."""
+    (app/voyagesmart/subscription_restore.py); rows changed since are left and reported."""
     return restore_run(engine, run_id, now, dry_run, job="subscription-expiry")

@@ -1,7 +1,7 @@
 """subscription-report: last month's subscriptions, emailed once to the admins, kept.
 
 1. Compute the previous calendar month (UTC) and the month before it, per paid tier, from
-   Stripe-paid subscriptions only (app/subscription_facts.py): paid at month end, new,
+   Stripe-paid subscriptions only (app/voyagesmart/subscription_facts.py): paid at month end, new,
    canceled, MRR (paid x the tier's monthly price from the `subscriptions` plan
    catalogue, in its currency).  A cancellation counts in the month the subscription
    actually ended (for one canceled at period end, the later of the request and the
@@ -38,11 +38,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.config import Settings
+from app.core.context import JobContext, JobResult
 from app.db import table_of, upsert
-from app.jobs.context import JobContext, JobResult
-from app.mail import Mailer
+from app.mail.transport import Mailer
 from app.models import CronMonthlyReport
-from app.subscription_facts import (
+from app.voyagesmart.subscription_facts import (
     PAID_TIERS,
     between,
     grants_now,

@@ -5,7 +5,7 @@ premium year and promo-code tiers have none and are never read or written here.
 
 1. Select those rows: every `active` one, and the others updated within
    `SUBSCRIPTION_SYNC_LOOKBACK_DAYS`.
-2. Fetch their state from Stripe (`app.stripe_gateway`: rate-limited, SDK retries, 429
+2. Fetch their state from Stripe (`app.adapters.stripe_gateway`: rate-limited, SDK retries, 429
    backoff), by the cheaper of two strategies:
    - *list*: page through `subscriptions.list` (100 per call; it returns every
      non-canceled subscription), stopping as soon as every active row was seen; only what
@@ -61,16 +61,17 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy.engine import Engine, Row
 
-from app.batching import keys_in, stream_rows
+from app.adapters.stripe_gateway import PAGE_SIZE, StripeGateway, is_key_mismatch, is_missing
+from app.adapters.stripe_key import key_mode
 from app.config import Settings
+from app.core.batching import keys_in, stream_rows
+from app.core.context import JobContext, JobResult
+from app.core.errors import JobAborted, JobRefused, TransientError
+from app.core.safety import SAMPLES, Brake
 from app.db import UTCDateTime, new_uuid, table_of
-from app.jobs.context import JobAborted, JobContext, JobRefused, JobResult, TransientError
 from app.models import SubscriptionHistory, UserSubscription
 from app.models.voyagesmart import SUBSCRIPTION_STATUSES, TIERS
-from app.safety import SAMPLES, Brake
-from app.stripe_gateway import PAGE_SIZE, StripeGateway, is_key_mismatch, is_missing
-from app.stripe_key import key_mode
-from app.subscription_restore import restore_run
+from app.voyagesmart.subscription_restore import restore_run
 
 subs = table_of(UserSubscription)
 history = table_of(SubscriptionHistory)

@@ -8,13 +8,13 @@ Steps:
 2. Recipients, in one streamed query: the owner and every participant with
    `invitation_status = 'accepted'` of each trip starting that day, who has a `users`
    row; pending and declined invitations get nothing.  Each is screened
-   (app/recipients.py): who unsubscribed from trip reminders, opted out in their
+   (app/mail/recipients.py): who unsubscribed from trip reminders, opted out in their
    preferences, or whose preferences or address cannot be used is skipped, counted and
    named by user id; one bad row never stops the others' reminders.
 3. Plan: one `cron_notification` row per (reminder kind, trip, user, trip start date),
    inserted `pending` before anything is sent; a key that already exists is not planned
    again, whatever its state.  All in one transaction, committed only past the brake:
-4. Brake (app/safety.py): the reminders this run would send, against the day's usual
+4. Brake (app/core/safety.py): the reminders this run would send, against the day's usual
    volume, the median number of reminders per target day over the last
    `TRIP_REMINDERS_BRAKE_BASELINE_DAYS` days (a day without any counts as 0).  Above both
    `TRIP_REMINDERS_SEND_BRAKE_COUNT` and `TRIP_REMINDERS_SEND_BRAKE_SHARE` times that
@@ -24,7 +24,7 @@ Steps:
    never handed over); expire pending reminders whose trip has already started (a run
    that stopped early days ago), and withdraw those of travellers who unsubscribed since.
 6. Send every pending reminder over one SMTP connection, each recorded as handed over
-   right before the server takes it (app/notifications.py, app/handover.py).
+   right before the server takes it (app/mail/delivery.py, app/mail/handover.py).
 
 Delivery is at-most-once: a reminder is never sent twice, even across retries, duplicate
 deliveries, racing instances or a crash mid-batch; the only message that can be missing
@@ -46,15 +46,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app import notifications as notify
-from app.batching import stream_rows
+from app.core.batching import stream_rows
+from app.core.context import JobContext, JobResult
+from app.core.safety import SAMPLES, Brake
 from app.db import table_of
-from app.jobs.context import JobContext, JobResult
-from app.mail import resolve_language
+from app.mail import delivery as notify
+from app.mail.recipients import Screen, candidate_columns
+from app.mail.transport import resolve_language
+from app.mail.unsubscribe import TRIP_REMINDERS, opted_out
 from app.models import Trip, TripParticipant, User
-from app.recipients import Screen, candidate_columns
-from app.safety import SAMPLES, Brake
-from app.unsubscribe import TRIP_REMINDERS, opted_out
 
 KIND = TRIP_REMINDERS
 TEMPLATE = "trip_reminder"

@@ -7,7 +7,7 @@ Steps:
    run; `created_at` for a user never seen) more than `INACTIVITY_DAYS` before the run,
    and no trip activity since then (owning a trip created or updated, joining a trip,
    adding media, a document or an expense).
-2. Screen each one (app/recipients.py): who unsubscribed from these emails, opted out in
+2. Screen each one (app/mail/recipients.py): who unsubscribed from these emails, opted out in
    their preferences, has no recorded consent while `ENGAGEMENT_REQUIRE_CONSENT` is set,
    or whose preferences or address cannot be used is skipped, counted and named by user
    id; one bad row never stops the others' emails, nor leaves anything pending.
@@ -15,12 +15,12 @@ Steps:
    moment they were last seen: the same sleeping user has the same key every month and
    is emailed once; after a new login, a new inactivity period gets a new key.  All in
    one transaction, committed only past the brake:
-4. Brake (app/safety.py): above both `USER_ENGAGEMENT_SEND_BRAKE_COUNT` emails and
+4. Brake (app/core/safety.py): above both `USER_ENGAGEMENT_SEND_BRAKE_COUNT` emails and
    `USER_ENGAGEMENT_SEND_BRAKE_SHARE` of all users, nothing is planned and the run ends
    `error` with the figures and sample user ids (a short `INACTIVITY_DAYS`, or an app
    that records no sign-ins, would otherwise email everyone).
 5. Settle what a dead run left mid-batch (at-most-once, as trip-reminders: see
-   app/notifications.py); expire pending emails of users who came back before they
+   app/mail/delivery.py); expire pending emails of users who came back before they
    could be sent, and withdraw those of users who unsubscribed (or lack consent) since.
 6. Send the pending emails over one SMTP connection.
 7. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
@@ -43,11 +43,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app import notifications as notify
-from app.batching import stream_rows
+from app.core.batching import stream_rows
+from app.core.context import JobContext, JobResult
+from app.core.safety import SAMPLES, Brake
 from app.db import table_of, upsert
-from app.jobs.context import JobContext, JobResult
-from app.mail import resolve_language
+from app.mail import delivery as notify
+from app.mail.recipients import Screen, candidate_columns, consented
+from app.mail.transport import resolve_language
+from app.mail.unsubscribe import USER_ENGAGEMENT, opted_out
 from app.models import (
     CronEngagementMetrics,
     Document,
@@ -57,10 +60,7 @@ from app.models import (
     TripParticipant,
     User,
 )
-from app.recipients import Screen, candidate_columns, consented
-from app.safety import SAMPLES, Brake
-from app.unsubscribe import USER_ENGAGEMENT, opted_out
-from app.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
+from app.voyagesmart.user_activity import FALLBACK_WARNING, last_seen, sign_ins_readable
 
 KIND = USER_ENGAGEMENT
 TEMPLATE = "user_engagement"

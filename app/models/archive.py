@@ -16,7 +16,7 @@ class CronArchivedRow(Base):
     """One deleted row of a VoyageSmart table, as it was, with the run that deleted it.
 
     `row_data` holds every column: PostgreSQL's `to_jsonb(row)`, SQLite's stored values
-    (app/archive.py writes and reads both, set-based).  `restored_at` is set when
+    (app/core/archive.py writes and reads both, set-based).  `restored_at` is set when
     `voyagesmart-cron restore` put the row back.
     """
 

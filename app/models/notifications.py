@@ -33,7 +33,7 @@ class CronEngagementMetrics(Base):
 
 
 class CronEmailOptOut(Base):
-    """A user who left a mailing list (app/unsubscribe.py): no email of that list, or of
+    """A user who left a mailing list (app/mail/unsubscribe.py): no email of that list, or of
     any list when `list` is `all`, is planned or sent to them again."""
 
     __tablename__ = "cron_email_opt_out"

@@ -37,7 +37,7 @@ class CronJobLog(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     dry_run: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    # The notification this run is handing to the mail server now (app/handover.py).
+    # The notification this run is handing to the mail server now (app/mail/handover.py).
     mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     @property
@@ -61,14 +61,14 @@ class CronJobLease(Base):
 class CronNotification(Base):
     """Every notification the service sends, keyed so that no one is emailed twice.
 
-    `status` moves pending -> sent | failed | unconfirmed | expired; app/notifications.py
+    `status` moves pending -> sent | failed | unconfirmed | expired; app/mail/delivery.py
     owns the transitions and documents them.
     """
 
     __tablename__ = "cron_notification"
     __table_args__ = (
         sa.Index("ix_cron_notification_kind_reference", "kind", "reference_date"),
-        # The send queue: pending rows of a kind in id order (app/notifications.py).
+        # The send queue: pending rows of a kind in id order (app/mail/delivery.py).
         sa.Index("ix_cron_notification_pending", "kind", "id",
                  postgresql_where=sa.text("status = 'pending'"),
                  sqlite_where=sa.text("status = 'pending'")),

@@ -1,7 +1,7 @@
 """Per-run mail hand-over cursor; send-queue and run indexes on notifications.
 
 `cron_job_log.mail_cursor` is the id of the `cron_notification` row the run is handing to
-the mail server right now (app/handover.py): one small write per email that touches no
+the mail server right now (app/mail/handover.py): one small write per email that touches no
 indexed column, so PostgreSQL updates the row in place (HOT).
 
 On `cron_notification`, a partial index on pending rows gives the send queue in id order,

@@ -1,0 +1,177 @@
+"""Stripe through the official SDK, the way every job calls it.
+
+- One `StripeClient` per run, with an explicit timeout, `max_network_retries` (the SDK then
+  retries connection errors, timeouts, 409 and 5xx with its own backoff) and
+  `STRIPE_API_BASE` when set.
+- Every HTTP request, the SDK's own retries included, first passes a client-side rate
+  limiter (`STRIPE_RATE_LIMIT`, shared by all threads of the run) and is counted, so a run
+  reports exactly the calls it made.
+- HTTP 429, which the SDK never retries, is retried here with exponential backoff and
+  full jitter, honouring `Retry-After` when Stripe sends it.
+- Every request, retries included, ends within the run's time budget (app/core/budget.py): its
+  timeout is `STRIPE_TIMEOUT` or what is left, whichever is less, and once nothing is left
+  no request starts (and the SDK does not retry that).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import stripe
+import tenacity
+from pyrate_limiter import Duration, Limiter, Rate
+
+from app.config import Settings
+from app.core.budget import Budget
+
+T = TypeVar("T")
+
+PAGE_SIZE = 100  # the most subscriptions.list returns per call
+_MAX_RETRY_AFTER = 30.0
+
+
+class StripeNotConfigured(RuntimeError):
+    """No STRIPE_SECRET_KEY: retrying cannot help, the run fails at once."""
+
+
+class _MeteredHTTPClient(stripe.RequestsClient):
+    """The SDK's requests client, behind the rate limiter, with a request counter and the
+    run's time budget."""
+
+    def __init__(self, *, timeout: float, limiter: Limiter, budget: Budget) -> None:
+        self._budget = budget
+        super().__init__(timeout=timeout)
+        self._limiter = limiter
+        self._lock = threading.Lock()
+        self.calls = 0  # `requests` is the SDK's handle on the requests module
+
+    # The SDK reads `_timeout` for every request it sends: the configured one, capped by
+    # what is left of the budget when the request starts.
+    @property
+    def _timeout(self) -> float:
+        return self._budget.timeout(self._configured_timeout)
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._configured_timeout = value
+
+    def request(self, method: str, url: str, headers: Mapping[str, str] | None,
+                post_data: Any = None, *, _usage: list[str] | None = None) -> Any:
+        if self._budget.spent:
+            raise stripe.APIConnectionError(  # type: ignore[no-untyped-call]
+                "the run's time budget is spent; request not sent", should_retry=False)
+        self._limiter.try_acquire("stripe")
+        with self._lock:
+            self.calls += 1
+        return super().request(method, url, headers, post_data)
+
+
+def _limiter(requests_per_second: float) -> Limiter:
+    # pyrate-limiter counts whole requests per window: express 2.5/s as 5 per 2000 ms.
+    limit = max(1, round(requests_per_second))
+    return Limiter(Rate(limit, round(Duration.SECOND * limit / requests_per_second)))
+
+
+def _retry_after(state: tenacity.RetryCallState) -> float | None:
+    exc = state.outcome.exception() if state.outcome else None
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return min(float(value), _MAX_RETRY_AFTER) if value is not None else None
+    except ValueError:
+        return None
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep
+                 ) -> None:
+        if settings.stripe_secret_key is None:
+            raise StripeNotConfigured("STRIPE_SECRET_KEY is not set")
+        self._limiter = _limiter(settings.stripe_requests_per_second)
+        self._budget = Budget.current()  # captured here: the worker threads share it
+        self._http = _MeteredHTTPClient(timeout=settings.stripe_timeout, limiter=self._limiter,
+                                        budget=self._budget)
+        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self.client = stripe.StripeClient(
+            settings.stripe_secret_key.get_secret_value(),
+            base_addresses=base,  # type: ignore[arg-type]
+            max_network_retries=settings.stripe_max_network_retries,
+            http_client=self._http,
+        )
+        self._sleep = sleep
+        self._rate_limit_retries = settings.stripe_rate_limit_retries
+        self._lock = threading.Lock()
+        self.rate_limited = 0
+        self._backoff = tenacity.wait_random_exponential(multiplier=0.5, max=8)
+
+    @property
+    def requests(self) -> int:
+        return int(self._http.calls)
+
+    def close(self) -> None:
+        self._limiter.close()
+        self._http.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> StripeGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calls --------------------------------------------------------------------------
+    def call(self, func: Callable[[], T]) -> T:
+        """`func()`, retrying HTTP 429 with backoff; any other error propagates."""
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            hinted = _retry_after(state)
+            return hinted if hinted is not None else self._backoff(state)
+
+        def counted(_state: tenacity.RetryCallState) -> None:
+            with self._lock:
+                self.rate_limited += 1
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(stripe.RateLimitError),
+            stop=tenacity.stop_after_attempt(self._rate_limit_retries + 1)
+            | self._budget.stop(),
+            wait=wait,
+            before_sleep=counted,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(func)
+
+    def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        sub = self.call(lambda: self.client.v1.subscriptions.retrieve(subscription_id))
+        return sub.to_dict()
+
+    def list_subscriptions(self, starting_after: str | None = None
+                           ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of non-canceled subscriptions, newest first, and whether more follow."""
+        params: Any = {"limit": PAGE_SIZE}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        page = self.call(lambda: self.client.v1.subscriptions.list(params=params))
+        return [item.to_dict() for item in page.data], bool(page.has_more)
+
+
+def _not_found(exc: Exception) -> bool:
+    return (isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404
+            and exc.code in (None, "resource_missing"))
+
+
+def is_key_mismatch(exc: Exception) -> bool:
+    """A 404 because the key is of the other mode: Stripe says "a similar object exists in
+    live mode, but a test mode key was used" (or the reverse).  The object exists: the key
+    is wrong, not the subscription."""
+    message = str(getattr(exc, "user_message", None) or exc).lower()
+    return _not_found(exc) and "similar object exists in" in message
+
+
+def is_missing(exc: Exception) -> bool:
+    """The key's account does not know the object (404 `resource_missing`; some fakes omit
+    the code), and not because the key is of the other mode."""
+    return _not_found(exc) and not is_key_mismatch(exc)

@@ -1,0 +1,280 @@
+"""The one list of jobs.  Routes, CLI, /health and the deployment files all read it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cronsim import CronSim
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.core.context import JobContext, JobResult
+from app.core.requirements import ADMIN_EMAILS, SMTP_HOST, STRIPE_KEY, Setting, Uses, uses
+from app.core.schedule_check import EVERY_TABLE
+from app.voyagesmart.file_references import SOURCES
+
+JobFunc = Callable[[JobContext], JobResult]
+# Puts back what one run removed beyond archived rows (e.g. quarantined files):
+# (settings, engine, run_id, now, dry_run) -> figures for the operator.
+RestoreFunc = Callable[[Settings, Engine, uuid.UUID, dt.datetime, bool], dict[str, Any]]
+
+
+def _job(module: str) -> JobFunc:
+    """`app.jobs.<module>.run`, imported on the first run: a CLI run or a serverless
+    function imports the one job it runs, not all eight (Stripe's SDK, boto3, ...)."""
+
+    def run(ctx: JobContext) -> JobResult:
+        func: JobFunc = importlib.import_module(f"app.jobs.{module}").run
+        return func(ctx)
+
+    run.__qualname__ = f"app.jobs.{module}.run"
+    return run
+
+
+def _restorer(module: str) -> RestoreFunc:
+    """`app.jobs.<module>.restore`, imported when an operator restores a run."""
+
+    def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,
+                dry_run: bool) -> dict[str, Any]:
+        func: RestoreFunc = importlib.import_module(f"app.jobs.{module}").restore
+        return func(settings, engine, run_id, now, dry_run)
+
+    restore.__qualname__ = f"app.jobs.{module}.restore"
+    return restore
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    base_delay: float = 1.0  # seconds; exponential with full jitter
+    max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    schedule: str  # five numeric fields, UTC (Vercel's rules)
+    func: JobFunc = field(repr=False)
+    description: str
+    critical: bool = False
+    # How long after the expected fire time a missing run is still fine: scheduler
+    # lateness (Vercel Hobby fires anywhere in the hour, GitHub Actions can be late) plus
+    # the job's own runtime.
+    grace: dt.timedelta = dt.timedelta(hours=2)
+    max_runtime: dt.timedelta = dt.timedelta(minutes=5)
+    retry: RetryPolicy = RetryPolicy()
+    # What the job needs to run here (app/core/requirements.py): its tables and columns, and
+    # the settings of its integration.  `schema check`, /health and the runner read it.
+    uses: tuple[Uses, ...] = ()
+    settings: tuple[Setting, ...] = ()
+    # Archived rows are restored for every job; this puts back anything else it removed.
+    restore: RestoreFunc | None = field(default=None, repr=False)
+
+    def explain(self) -> str:
+        return str(CronSim(self.schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).explain())
+
+
+def previous_fire(schedule: str, now: dt.datetime) -> dt.datetime:
+    """The latest fire time at or before `now` (the slot a scheduled call belongs to)."""
+    start = now.astimezone(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+    return next(CronSim(schedule, start, reverse=True))
+
+
+def next_fire(schedule: str, after: dt.datetime) -> dt.datetime:
+    """The first fire time strictly after `after`."""
+    return next(CronSim(schedule, after.astimezone(dt.UTC)))
+
+
+_SUBSCRIPTION_COLUMNS = ("id", "user_id", "tier", "status", "valid_until",
+                         "stripe_subscription_id", "stripe_customer_id", "current_period_end",
+                         "cancel_at_period_end", "created_at", "updated_at")
+_HISTORY_COLUMNS = ("id", "user_id", "event_type", "tier", "status",
+                    "stripe_subscription_id", "stripe_customer_id", "event_timestamp",
+                    "details", "created_at")
+_SIGN_INS = uses("auth.users", "id", "last_sign_in_at",
+                 optional="falls back to users.last_login, which the app never updates")
+_TRIP_ACTIVITY = (
+    uses("trips", "id", "owner_id", "created_at", "updated_at"),
+    uses("trip_participants", "trip_id", "user_id", "invitation_status", "created_at"),
+    uses("trip_media", "trip_id", "user_id", "created_at"),
+    uses("documents", "trip_id", "user_id", "created_at", "updated_at"),
+    uses("expenses", "paid_by", "created_at", "updated_at"),
+)
+_BILLING = (
+    uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS),
+    uses("subscriptions", "tier", "price", "currency", "interval"),
+    uses("subscription_history", *_HISTORY_COLUMNS),
+    # A grant is a promo code's when the user has a redemption
+    # (app/voyagesmart/subscription_facts.py).
+    uses("promo_code_redemptions", "user_id"),
+)
+
+_DAILY_GRACE = dt.timedelta(hours=3)
+_WEEKLY_GRACE = dt.timedelta(hours=6)
+_MONTHLY_GRACE = dt.timedelta(hours=12)
+
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in [
+        JobSpec(
+            name="promo-cleanup",
+            schedule="0 3 * * *",
+            func=_job("promo_cleanup"),
+            description="Deactivate expired or used-up promo codes, raise used_count to the "
+            "redemptions recorded, delete (archived) old codes never redeemed, purge the "
+            "archive past its retention; statistics per tier.",
+            critical=True,
+            grace=_DAILY_GRACE,
+            max_runtime=dt.timedelta(minutes=5),
+            uses=(
+                uses("promo_codes", "id", "code", "tier", "max_uses", "used_count",
+                     "expires_at", "is_active", "updated_at",
+                     writes=("UPDATE", "DELETE")),
+                uses("promo_code_redemptions", "promo_code_id"),
+                # A redemption's history row outlives its redemption row and the account.
+                uses("subscription_history", "event_type", "details"),
+            ),
+        ),
+        JobSpec(
+            name="subscription-sync",
+            schedule="0 2 * * *",
+            func=_job("subscription_sync"),
+            description="Reconcile user_subscriptions that have a Stripe subscription with "
+            "Stripe: tier, status, billing period, cancellation; history for every change.",
+            critical=True,
+            grace=_DAILY_GRACE,
+            # Listing pages 100 subscriptions per call; the one-by-one path at 20 req/s
+            # (test key) checks about 10,000 in this budget, and stops cleanly if not.
+            max_runtime=dt.timedelta(minutes=10),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
+                uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
+            ),
+            settings=(STRIPE_KEY,),
+            restore=_restorer("subscription_sync"),
+        ),
+        JobSpec(
+            name="subscription-expiry",
+            schedule="0 0 * * *",
+            func=_job("subscription_expiry"),
+            description="Move tiers past valid_until (no Stripe subscription) or past a "
+            "period canceled at its end to free/inactive, with a subscription_expired "
+            "history row (the app's check-subscriptions route).",
+            critical=True,
+            grace=_DAILY_GRACE,
+            max_runtime=dt.timedelta(minutes=5),
+            uses=(
+                uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
+                uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
+            ),
+            restore=_restorer("subscription_expiry"),
+        ),
+        JobSpec(
+            name="analytics",
+            schedule="0 3 * * 1",
+            func=_job("analytics"),
+            description="Weekly engagement, subscription conversion and usage by tier for "
+            "the last ISO week; one row per week.",
+            grace=_WEEKLY_GRACE,
+            max_runtime=dt.timedelta(minutes=10),
+            uses=(
+                uses("users", "id", "created_at", "last_login"),
+                _SIGN_INS,
+                *_TRIP_ACTIVITY,
+                *_BILLING,
+            ),
+        ),
+        JobSpec(
+            name="subscription-report",
+            schedule="0 4 1 * *",
+            func=_job("subscription_report"),
+            description="Previous month's subscriptions and MRR by tier, emailed once to "
+            "ADMIN_EMAILS with a CSV; old reports archived.",
+            grace=_MONTHLY_GRACE,
+            max_runtime=dt.timedelta(minutes=10),
+            uses=_BILLING,
+            settings=(SMTP_HOST, ADMIN_EMAILS),
+        ),
+        JobSpec(
+            name="db-maintenance",
+            schedule="0 1 * * 0",
+            func=_job("db_maintenance"),
+            description="Vacuum and analyze tables with many dead tuples, rebuild invalid or "
+            "bloated indexes, reset query statistics.",
+            critical=True,
+            grace=_WEEKLY_GRACE,
+            # A long VACUUM must not let the lease expire under it.
+            max_runtime=dt.timedelta(hours=1),
+            retry=RetryPolicy(attempts=2, base_delay=5.0),
+        ),
+        JobSpec(
+            name="storage-cleanup",
+            schedule="0 2 * * 0",
+            func=_job("storage_cleanup"),
+            description="Delete stale temporary uploads and files no row references, "
+            "recompress old media.",
+            grace=_WEEKLY_GRACE,
+            max_runtime=dt.timedelta(hours=1),
+            retry=RetryPolicy(attempts=2, base_delay=5.0),
+            uses=tuple(source.uses() for source in SOURCES),
+            # Puts back what a run moved to the storage quarantine.
+            restore=_restorer("storage_cleanup"),
+        ),
+        JobSpec(
+            name="trip-reminders",
+            schedule="0 8 * * *",
+            func=_job("trip_reminders"),
+            description="Email the owner and accepted participants of trips starting in "
+            "REMINDER_DAYS_AHEAD days, once each.",
+            critical=True,
+            grace=_DAILY_GRACE,
+            # About 10,000 emails over one SMTP connection fit well inside; a run that
+            # reaches 90% of it stops claiming and leaves the rest pending for the next.
+            max_runtime=dt.timedelta(minutes=15),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("trips", "id", "name", "destination", "start_date", "end_date",
+                     "owner_id"),
+                uses("trip_participants", "trip_id", "user_id", "invitation_status"),
+                uses("users", "id", "email", "full_name", "preferences"),
+            ),
+            settings=(SMTP_HOST,),
+        ),
+        JobSpec(
+            name="user-engagement",
+            schedule="0 5 1 * *",
+            func=_job("user_engagement"),
+            description="Email users inactive for INACTIVITY_DAYS once per inactivity "
+            "period; store the month's engagement metrics.",
+            grace=_MONTHLY_GRACE,
+            max_runtime=dt.timedelta(minutes=30),
+            retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
+            uses=(
+                uses("users", "id", "email", "full_name", "preferences", "created_at",
+                     "last_login"),
+                _SIGN_INS,
+                *_TRIP_ACTIVITY,
+            ),
+            settings=(SMTP_HOST,),
+        ),
+    ]
+}
+
+# Paths that keep an existing schedule working: VoyageSmart's own cron route.
+ALIASES = {"check-subscriptions": "subscription-expiry"}
+
+
+def tables_touched(spec: JobSpec) -> frozenset[str]:
+    """The VoyageSmart tables a job reads or writes; a job that declares none (VACUUM,
+    REINDEX over the whole database) touches every table."""
+    return frozenset(u.table for u in spec.uses) or frozenset({EVERY_TABLE})
+
+
+def get_job(name: str) -> JobSpec | None:
+    return JOBS.get(name) or JOBS.get(ALIASES.get(name, ""))

@@ -1,0 +1,522 @@
+"""What every run goes through, whatever triggered it.
+
+1. Resolve the slot: a scheduled call belongs to the latest fire time at or before now; a
+   manual, forced or dry run belongs to no slot.
+2. Claim the task's lease with a conditional UPDATE; the row count says who won, across
+   every process and instance sharing the database.  A lease whose holder died expires
+   after the task's max runtime, and the dead run's `running` row is closed as abandoned.
+3. Under the lease, a slot that already has a successful run is answered as a duplicate.
+4. Write the `running` log row, run the job with retries of transient errors (exponential
+   backoff with full jitter, stopped before the time budget runs out), each attempt
+   recorded on the row.
+5. Close the row (also when the job raises or the process is interrupted), release the
+   lease, and alert the admins when the run failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import httpx
+import sqlalchemy as sa
+import tenacity
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.core import budget, registry
+from app.core.context import JobContext, JobResult
+from app.core.errors import JobAborted, JobRefused, TransientError
+from app.core.registry import JobSpec
+from app.core.requirements import JobCheck, check_job
+from app.db import diagnose, is_database_outage, table_of, upsert
+from app.logs import Redactor, secrets_of
+from app.models import CronJobLease, CronJobLog
+from app.observe.alerts import send_failure_alerts
+
+log = logging.getLogger("app.core.runner")
+
+lease_t = table_of(CronJobLease)
+log_t = table_of(CronJobLog)
+
+SCHEDULED_TRIGGERS = frozenset({"vercel", "github-actions", "crontab", "http"})
+MANUAL_TRIGGERS = frozenset({"cli", "dashboard", "test"})
+TRIGGERS = SCHEDULED_TRIGGERS | MANUAL_TRIGGERS
+DONE_STATUSES = ("success", "warning")
+
+# Status of an outcome -> HTTP status a scheduler can act on.
+HTTP_STATUS = {
+    "success": 200,
+    "warning": 200,
+    "duplicate": 200,
+    "running": 409,
+    "disabled": 503,
+    "unavailable": 503,
+    "error": 500,
+}
+
+
+class UnknownTask(LookupError):
+    pass
+
+
+class DatabaseUnavailable(RuntimeError):
+    """Nothing was run: the database is unreachable, missing or has no schema (the message
+    says which, and what to do)."""
+
+
+@dataclass
+class RunOutcome:
+    task: str
+    run_id: uuid.UUID | None
+    status: str
+    trigger: str
+    slot: dt.datetime | None = None
+    dry_run: bool = False
+    records_processed: int = 0
+    duration_ms: int = 0
+    message: str = ""
+    attempts: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.status, 500)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "run_id": str(self.run_id) if self.run_id else None,
+            "status": self.status,
+            "trigger": self.trigger,
+            "slot": self.slot.isoformat() if self.slot else None,
+            "dry_run": self.dry_run,
+            "records_processed": self.records_processed,
+            "duration_ms": self.duration_ms,
+            "attempts": self.attempts,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class RunObserver(Protocol):
+    """Hooks for monitoring (Sentry check-ins, metrics); must not raise."""
+
+    def run_started(self, spec: JobSpec, ctx: JobContext) -> None: ...
+
+    def run_finished(self, spec: JobSpec, outcome: RunOutcome) -> None: ...
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network, rate-limit, 5xx and disconnect failures: the same work may succeed later."""
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError | httpx.TransportError):
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, smtplib.SMTPServerDisconnected | smtplib.SMTPConnectError):
+        return True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    try:
+        import stripe
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    if isinstance(exc, stripe.StripeError):
+        return (exc.http_status or 0) >= 500
+    return False
+
+
+def _error_summary(exc: BaseException, redact: Redactor) -> str:
+    """First line of the error, with secrets and email addresses taken out: it is stored
+    in the run log and returned in the HTTP answer."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = redact(text, hide_emails=True)
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        observers: Sequence[RunObserver] = (),
+        jobs: dict[str, JobSpec] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.sleep = sleep
+        self.observers = list(observers)
+        self.jobs = jobs if jobs is not None else registry.JOBS
+        self._redact = Redactor(secrets_of(settings))
+
+    # --- public -------------------------------------------------------------------------
+    def run(
+        self,
+        task: str,
+        *,
+        trigger: str = "cli",
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> RunOutcome:
+        spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
+        if spec is None:
+            raise UnknownTask(task)
+        now = self.clock()
+        scheduled = trigger in SCHEDULED_TRIGGERS and not force and not dry_run
+        slot = registry.previous_fire(spec.schedule, now) if scheduled else None
+        if not self.settings.enable_cron_jobs:
+            return RunOutcome(task, None, "disabled", trigger, slot, dry_run,
+                              message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+        try:
+            return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force)
+        except sa_exc.SQLAlchemyError as exc:
+            # Raised only from the bookkeeping around the job: the job's own database
+            # errors are retried and recorded inside _execute.
+            if not is_database_outage(exc):
+                raise
+            problem = diagnose(exc)
+            log.error("%s: %s not run (%s)", problem, task, type(exc).__name__)
+            raise DatabaseUnavailable(problem) from exc
+
+    # --- the run ------------------------------------------------------------------------
+    def _run(self, spec: JobSpec, now: dt.datetime, slot: dt.datetime | None, trigger: str,
+             *, dry_run: bool, force: bool) -> RunOutcome:
+        run_id = uuid.uuid4()
+        if not dry_run:
+            if slot is not None:
+                done = self._done_run(spec.name, slot)
+                if done is not None:
+                    return self._duplicate(spec, trigger, slot, done)
+            refusal = self._claim(spec, run_id, now, slot, trigger)
+            if refusal is not None:
+                return refusal
+        else:
+            with self.engine.begin() as conn:
+                self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
+                conn.execute(log_t.insert().values(
+                    **self._running_row(spec, run_id, now, None, trigger, dry_run=True)))
+        try:
+            # A real run's lease is released in the transaction that closes its log row.
+            return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run, force=force)
+        except BaseException:
+            if not dry_run:
+                self._release(spec.name, run_id)
+            raise
+
+    def _execute(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+                 slot: dt.datetime | None, trigger: str, *, dry_run: bool, force: bool
+                 ) -> RunOutcome:
+        # The `running` row was written with the claim (or, for a dry run, just before).
+        started = time.monotonic()
+        deadline = now + spec.max_runtime
+        outcome = RunOutcome(spec.name, run_id, "error", trigger, slot, dry_run)
+        attempt_errors: list[dict[str, Any]] = []
+        base_ctx = JobContext(
+            settings=self.settings, engine=self.engine, now=now, run_id=run_id,
+            task=spec.name, slot=slot, dry_run=dry_run, force=force, trigger=trigger,
+            deadline=deadline, log=logging.getLogger(f"app.jobs.{spec.name}"),
+        )
+        self._notify("run_started", spec, base_ctx)
+        closed = False
+        succeeded = 0  # the attempt that returned is not among attempt_errors
+        try:
+            base_ctx = replace(base_ctx, schema=self._preflight(spec))
+            result = self._attempts(spec, base_ctx, attempt_errors, started)
+            succeeded = 1
+            outcome.status = result.status
+            outcome.records_processed = result.records_processed
+            outcome.message = result.message or "done"
+            outcome.details = result.details
+        except JobRefused as exc:
+            # Not retried, no traceback: the line says what to fix.
+            outcome.status = "error"
+            outcome.message = self._redact(str(exc), hide_emails=True)[:1000]
+            outcome.details = {**exc.details, "refused": True}
+            log.error("run %s of %s refused: %s", run_id, spec.name, outcome.message)
+        except JobAborted as exc:
+            outcome.status = "warning"
+            outcome.message = str(exc) or "stopped cleanly"
+        except Exception as exc:
+            outcome.status = "error"
+            outcome.message = f"failed after {len(attempt_errors)} attempt(s): " + (
+                _error_summary(exc, self._redact))
+            log.error("run %s of %s failed", run_id, spec.name, exc_info=exc)
+        except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM): close the row, re-raise
+            outcome.status = "error"
+            outcome.message = f"interrupted: {type(exc).__name__}"
+            outcome.attempts = max(len(attempt_errors), 1)
+            outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            self._close(outcome, attempt_errors)
+            closed = True
+            raise
+        finally:
+            if not closed:
+                outcome.attempts = max(len(attempt_errors) + succeeded, 1)
+                outcome.duration_ms = int((time.monotonic() - started) * 1000)
+                self._close(outcome, attempt_errors)
+        if outcome.status == "error":
+            # Their own short budget: a dead mail server delays the answer by at most this.
+            with budget.limited(self.settings.alert_timeout):
+                outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
+            self._record_details(outcome)
+        self._notify("run_finished", spec, outcome)
+        log.info(
+            "run finished",
+            extra={"task": spec.name, "run_id": str(run_id), "status": outcome.status,
+                   "duration_ms": outcome.duration_ms, "records": outcome.records_processed},
+        )
+        return outcome
+
+    def _preflight(self, spec: JobSpec) -> JobCheck:
+        """Can the job run here?  Raises JobRefused with the one line saying why not."""
+        check = check_job(self.engine, self.settings, spec)
+        refusal = check.refusal()
+        if refusal is not None:
+            raise JobRefused(refusal)
+        return check
+
+    def _attempts(self, spec: JobSpec, base_ctx: JobContext,
+                  attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
+        budget_seconds = spec.max_runtime.total_seconds()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(spec.retry.attempts)
+            | tenacity.stop_before_delay(budget_seconds),
+            wait=tenacity.wait_random_exponential(
+                multiplier=spec.retry.base_delay, max=spec.retry.max_delay
+            ),
+            retry=tenacity.retry_if_exception(is_transient),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            number = attempt.retry_state.attempt_number
+            ctx = replace(base_ctx, attempt=number)
+            self._record_attempt(base_ctx.run_id, number, attempt_errors)
+            with attempt:
+                try:
+                    # Every outbound call of the job ends by the end of the run's budget.
+                    with budget.limited(budget_seconds - (time.monotonic() - started)):
+                        return spec.func(ctx)
+                except Exception as exc:
+                    attempt_errors.append({
+                        "attempt": number,
+                        "error": _error_summary(exc, self._redact),
+                        "transient": is_transient(exc),
+                        "at_ms": int((time.monotonic() - started) * 1000),
+                    })
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def _record_attempt(self, run_id: uuid.UUID, number: int,
+                        attempt_errors: list[dict[str, Any]]) -> None:
+        # Committed at once so an operator watching the log sees each attempt live.  The
+        # first attempt was written with the row itself.
+        if number == 1:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                log_t.update().where(log_t.c.run_id == run_id).values(
+                    attempts=number,
+                    error_details={"attempts": attempt_errors} if attempt_errors else None,
+                    message=f"running (attempt {number})",
+                )
+            )
+
+    def _close(self, outcome: RunOutcome, attempt_errors: list[dict[str, Any]]) -> None:
+        ended = self.clock()
+        error_details: dict[str, Any] | None = None
+        if attempt_errors:
+            error_details = {"attempts": attempt_errors}
+        if outcome.status == "error" and outcome.run_id is not None:
+            error_details = {**(error_details or {}), "error": outcome.message}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    log_t.update().where(log_t.c.run_id == outcome.run_id).values(
+                        status=outcome.status, ended_at=ended, message=outcome.message,
+                        records_processed=outcome.records_processed,
+                        attempts=outcome.attempts, error_details=error_details,
+                        details=outcome.details or None,
+                    )
+                )
+                if not outcome.dry_run and outcome.run_id is not None:
+                    conn.execute(self._release_stmt(outcome.task, outcome.run_id))
+        except sa_exc.SQLAlchemyError:
+            # The row stays `running`; the next run closes it as abandoned.
+            log.error("could not close log row %s:\n%s", outcome.run_id,
+                      traceback.format_exc(limit=3))
+            if not outcome.dry_run and outcome.run_id is not None:
+                self._release(outcome.task, outcome.run_id)
+
+    def _record_details(self, outcome: RunOutcome) -> None:
+        """Details learnt after the row was closed (what the alerts did)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(log_t.update().where(log_t.c.run_id == outcome.run_id)
+                             .values(details=outcome.details or None))
+        except sa_exc.SQLAlchemyError as exc:
+            log.warning("could not record the alerts of run %s: %s", outcome.run_id,
+                        type(exc).__name__)
+
+    @staticmethod
+    def _running_row(spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+                     slot: dt.datetime | None, trigger: str, *, dry_run: bool
+                     ) -> dict[str, Any]:
+        return {"run_id": run_id, "job_name": spec.name, "slot": slot, "trigger": trigger,
+                "started_at": now, "status": "running", "records_processed": 0,
+                "attempts": 1, "dry_run": dry_run, "message": "running (attempt 1)"}
+
+    def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
+               slot: dt.datetime | None, trigger: str) -> RunOutcome | None:
+        """Take the task's lease and write the run's `running` row in one transaction.
+
+        Whoever finds the lease taken therefore also finds the run holding it, and answers
+        a delivery of the same slot as a duplicate naming that run (never a 409 naming no
+        run).  Returns None once claimed, else the answer to give.  A holder that let go
+        between our attempt and our read is tried again.
+        """
+        for _attempt in range(3):
+            with self.engine.connect() as conn:
+                settled, outcome = self._claim_once(conn, spec, run_id, now, slot, trigger)
+            if settled:
+                return outcome
+        return RunOutcome(spec.name, None, "running", trigger, slot,
+                          message=f"{spec.name} is being claimed by another run; retry later")
+
+    def _claim_once(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
+                    now: dt.datetime, slot: dt.datetime | None, trigger: str
+                    ) -> tuple[bool, RunOutcome | None]:
+        """(settled, refusal): not settled when the holder let go before we could read it."""
+        with conn.begin() as transaction:
+            conn.execute(
+                upsert(conn.dialect, lease_t).values(task=spec.name).on_conflict_do_nothing()
+            )
+            # On PostgreSQL a concurrent claimer waits on the row lock here, then sees the
+            # new holder; on SQLite the write lock serialises the whole transaction.
+            claimed = conn.execute(
+                lease_t.update()
+                .where(lease_t.c.task == spec.name)
+                .where(sa.or_(lease_t.c.holder.is_(None), lease_t.c.expires_at <= now))
+                .values(holder=run_id, acquired_at=now, expires_at=now + spec.max_runtime)
+            ).rowcount == 1
+            if not claimed:
+                holder = conn.execute(
+                    sa.select(lease_t.c.holder, log_t.c.slot)
+                    .select_from(lease_t.outerjoin(log_t, log_t.c.run_id == lease_t.c.holder))
+                    .where(lease_t.c.task == spec.name)
+                ).first()
+                transaction.rollback()
+                if holder is None or holder.holder is None:
+                    return False, None
+                return True, self._busy(spec, trigger, slot, holder.holder, holder.slot)
+            if slot is not None:
+                # Under the lease this answer is final: the slot may have finished between
+                # the first check and the claim.
+                done = self._done_run(spec.name, slot, conn)
+                if done is not None:
+                    transaction.rollback()  # the claim never happened
+                    return True, self._duplicate(spec, trigger, slot, done)
+            # Closes the rows of runs whose holder died, in the same transaction.
+            self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=True)
+            conn.execute(log_t.insert().values(
+                **self._running_row(spec, run_id, now, slot, trigger, dry_run=False)))
+        return True, None
+
+    @staticmethod
+    def _release_stmt(task: str, run_id: uuid.UUID) -> sa.Update:
+        return (
+            lease_t.update()
+            .where(lease_t.c.task == task, lease_t.c.holder == run_id)
+            .values(holder=None, expires_at=None)
+        )
+
+    def _release(self, task: str, run_id: uuid.UUID) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._release_stmt(task, run_id))
+        except sa_exc.SQLAlchemyError:
+            log.error("could not release lease of %s; it expires on its own", task)
+
+    def _abandon_dead_runs(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
+                           now: dt.datetime, *, holds_lease: bool) -> None:
+        """Close `running` rows whose process died.
+
+        Holding the lease proves every other real run of the task is dead (its lease
+        expired).  Dry runs take no lease, so only those past max runtime are known dead.
+        """
+        stale_dry = sa.and_(log_t.c.dry_run.is_(True),
+                            log_t.c.started_at <= now - spec.max_runtime)
+        condition = log_t.c.dry_run.is_(False) if holds_lease else sa.false()
+        conn.execute(
+            log_t.update()
+            .where(log_t.c.job_name == spec.name, log_t.c.status == "running",
+                   log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
+            .values(status="abandoned", ended_at=now,
+                    message="abandoned: the process running it stopped before it "
+                    "finished (lease expired)")
+        )
+
+    def _done_run(self, task: str, slot: dt.datetime, conn: sa.Connection | None = None
+                  ) -> tuple[uuid.UUID, str] | None:
+        query = (
+            sa.select(log_t.c.run_id, log_t.c.status)
+            .where(log_t.c.job_name == task, log_t.c.slot == slot,
+                   log_t.c.status.in_(DONE_STATUSES), log_t.c.dry_run.is_(False))
+            .order_by(log_t.c.started_at)
+            .limit(1)
+        )
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).first()
+        return (row[0], row[1]) if row else None
+
+    def _duplicate(self, spec: JobSpec, trigger: str, slot: dt.datetime,
+                   done: tuple[uuid.UUID, str]) -> RunOutcome:
+        return RunOutcome(
+            spec.name, done[0], "duplicate", trigger, slot,
+            message=f"slot {slot.isoformat()} already ran (run {done[0]}, {done[1]}); "
+            "nothing done",
+        )
+
+    @staticmethod
+    def _busy(spec: JobSpec, trigger: str, slot: dt.datetime | None, holder: uuid.UUID,
+              holder_slot: dt.datetime | None) -> RunOutcome:
+        """The lease is held by run `holder`: the same slot is a duplicate (200), anything
+        else (another slot, a manual run) collides with it (409)."""
+        if slot is not None and holder_slot == slot:
+            return RunOutcome(spec.name, holder, "duplicate", trigger, slot,
+                              message=f"slot {slot.isoformat()} is being run now by run "
+                              f"{holder}; nothing done")
+        return RunOutcome(spec.name, holder, "running", trigger, slot,
+                          message=f"{spec.name} is already running (run {holder})")
+
+    def _notify(self, hook: str, spec: JobSpec, arg: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(spec, arg)
+            except Exception:  # monitoring must never break a run
+                log.warning("observer %s.%s failed", type(observer).__name__, hook,
+                            exc_info=True)

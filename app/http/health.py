@@ -1,0 +1,90 @@
+"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from app.adapters.stripe_key import key_mode_problem
+from app.core import health
+from app.core.requirements import check_jobs
+from app.db import DATABASE_PROBLEMS, database_state, ping
+from app.http.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
+from app.http.guard import refuse_failed_auth
+from app.http.responses import HEALTH_RESPONSES
+
+router = APIRouter(tags=["health"])
+
+
+# Uptime monitors often probe with HEAD; the same answer without its body.
+@router.head("/health", include_in_schema=False)
+@router.get("/health", summary="Service health: database probe, overdue and stuck jobs",
+            responses=HEALTH_RESPONSES)
+def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
+    now = request.app.state.clock()
+    jobs = request.app.state.jobs
+    detailed = has_cron_secret(request, settings)
+    if not detailed and "authorization" in request.headers:
+        # A wrong bearer here would otherwise be a free oracle for guessing the secret.
+        refused = refuse_failed_auth(request)
+        if refused is not None:
+            return refused
+        error = AuthError("invalid credentials")
+        return JSONResponse({"error": error.detail}, status_code=401, headers=error.headers)
+    body: dict[str, Any] = {"checked_at": now.isoformat()}
+    try:
+        ping(engine)
+        facts, baseline = health.read_facts(engine, jobs)
+    except sa_exc.SQLAlchemyError as exc:
+        state = database_state(exc)
+        body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
+        if detailed:
+            body["database_error"] = type(exc).__name__
+        return JSONResponse(body, status_code=503)
+    results, issues = health.evaluate(jobs, facts, now, baseline)
+    warnings: list[str] = []
+    stripe_key = key_mode_problem(settings)
+    if stripe_key is not None:
+        (issues if stripe_key.severity == "issue" else warnings).append(stripe_key.message)
+    body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
+    if not settings.enable_cron_jobs:
+        warnings.append("cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+    if warnings:
+        body["warnings"] = warnings
+    if detailed:
+        try:
+            checks = check_jobs(engine, settings, jobs)
+        except sa_exc.SQLAlchemyError as exc:
+            checks = {}
+            body["schema_check_error"] = type(exc).__name__
+        # Jobs that would refuse to run here: their tables do not fit this database, row-
+        # level security would hide rows, or their integration lacks settings.
+        body["cannot_run"] = {name: check.refusal() for name, check in checks.items()
+                              if not check.can_run}
+        schema_warnings = {name: check.warnings for name, check in checks.items()
+                           if check.warnings}
+        if schema_warnings:
+            body["schema_warnings"] = schema_warnings
+        body["jobs"] = {
+            item.name: {
+                "critical": item.critical,
+                "overdue": item.overdue,
+                "stuck": item.stuck,
+                "failing": item.failing,
+                "last_success": _iso(item.facts.last_success),
+                "last_run": _iso(item.facts.last_run),
+                "last_status": item.facts.last_status,
+                "last_message": item.facts.last_message,
+                "due_by": _iso(item.due_by),
+                "next_fire": _iso(item.next_fire),
+            }
+            for item in results
+        }
+    return JSONResponse(body, status_code=503 if issues else 200)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,547 @@
+"""The notification record: plan each email once, send it at most once, never lose track.
+
+Every user email is a `cron_notification` row with a unique `dedupe_key` (for a trip
+reminder: kind, trip, user and trip start date), inserted `pending` before anything is sent.
+Its `status` moves only through conditional UPDATEs, so the database, not a Python flag,
+decides who sends what:
+
+    pending --250--> sent        pending --5xx--> failed
+    pending --reply lost, or the run died with it in flight--> unconfirmed
+    pending --no longer relevant (trip started, user came back, user unsubscribed)--> expired
+
+1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones,
+   all in one transaction, and asks the job's brake (app/core/safety.py) before it commits:
+   a tripped brake leaves nothing planned.  A dry run counts the same keys and asks the
+   same brake.
+2. `resolve_unknown` settles what a dead run left behind (below).
+3. `deliver` takes a batch of this run's pending rows (those it planned, plus unclaimed
+   ones it claims with a conditional UPDATE on `run_id`) and sends it one message at a
+   time, in id order, over one mail connection.  Before each SMTP end-of-data mark the
+   run moves its hand-over cursor to the message (app/mail/handover.py: one in-place write,
+   committed before the server can take the message, refused once the run has been
+   closed as abandoned).  A refusal or a lost reply is written at once; the 250s are
+   written for the whole batch in one statement when it ends (`_settle`).
+
+So after a crash, a batch is read off its cursor `C`: its still-`pending` rows below `C`
+had their 250 (`sent`), `C` was in flight (`unconfirmed`: it may or may not have been
+taken), and the rows above `C` were never handed over (released and sent by the next run).
+A process that fails without dying (an exception, SIGTERM) settles its batch itself.
+
+That is **at-most-once**: in the one ambiguous window (cursor committed, reply not yet
+read) we prefer a possibly-missing reminder, made visible, over a duplicate in a user's
+inbox.  The window is one message of one SMTP transaction per crash, and it is reported:
+an `unconfirmed` row makes the run end as `warning`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field, fields
+from itertools import islice
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+
+from app.core.context import JobContext
+from app.core.errors import JobRefused
+from app.db import UTCDateTime, table_of, upsert
+from app.mail.handover import Handover, handover_log
+from app.mail.recipients import valid_address
+from app.mail.transport import Claim, Mailer, MailTransport, Outgoing
+from app.mail.unsubscribe import Links
+from app.models import CronJobLog, CronNotification
+
+notifications = table_of(CronNotification)
+job_log = table_of(CronJobLog)
+
+DELIVERED = ("sent", "unconfirmed")
+# Messages per batch: one claiming read and one settling write each.
+CLAIM_BATCH = 1000
+# A run stops claiming new messages once this share of its time budget is spent, leaving
+# the rest `pending` for the next run instead of being killed mid-batch.
+BUDGET_SHARE = 0.9
+UNCONFIRMED_NOTE = ("outcome unknown: the run stopped while handing the message to the mail "
+                    "server; presumed delivered, not sent again")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One email a job wants sent; `payload` is the template context."""
+
+    key: str
+    user_id: uuid.UUID
+    recipient: str
+    language: str
+    payload: dict[str, Any]
+    trip_id: uuid.UUID | None = None
+    reference_date: dt.date | None = None
+
+
+@dataclass
+class Tally:
+    new: int = 0  # planned now for the first time
+    resumed: int = 0  # planned before, still pending (a run stopped early)
+    already_sent: int = 0
+    already_failed: int = 0
+    sent: int = 0
+    failed: int = 0
+    unconfirmed: int = 0
+    expired: int = 0
+    withdrawn: int = 0  # pending when the user unsubscribed: expired, not sent
+    taken_by_other_run: int = 0  # left when this run was closed as abandoned under it
+    left_pending: int = 0
+    errors: list[str] = field(default_factory=list)
+    # Wall time per step, for operators (and the benchmark) to see where a run goes.
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    def timed(self, step: str, started: float) -> None:
+        self.timings_ms[step] = (self.timings_ms.get(step, 0)
+                                 + int((time.perf_counter() - started) * 1000))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["errors"] = self.errors[:20]
+        return out
+
+
+def _chunks(items: Iterable[Planned], size: int) -> Iterator[list[Planned]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def _one_of(dialect: sa.Dialect, column: sa.Column[Any], values: Sequence[Any]
+            ) -> sa.ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL one array parameter instead of one per value
+    (psycopg rewrites every placeholder of a statement in Python)."""
+    if dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(
+            f"{column.name}_values", list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def _statuses(conn: Connection, keys: Sequence[str]) -> list[str]:
+    c = notifications.c
+    return list(conn.execute(
+        sa.select(c.status).where(_one_of(conn.dialect, c.dedupe_key, keys))
+    ).scalars())
+
+
+_RECORD_COLUMNS = ("dedupe_key", "user_id", "recipient", "trip_id", "reference_date",
+                   "payload")
+
+
+def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
+               now: dt.datetime, run_id: uuid.UUID) -> set[str]:
+    """The whole chunk as one JSON parameter, unpacked by the server: one statement, no
+    per-value placeholders for psycopg to rewrite."""
+    record = (
+        sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=postgresql.JSONB))
+        .table_valued(*(sa.column(name, notifications.c[name].type)
+                        for name in _RECORD_COLUMNS))
+        .render_derived(name="planned", with_types=True)
+    )
+    stamp = sa.bindparam("now", now, type_=UTCDateTime)
+    source = sa.select(
+        *(record.c[name] for name in _RECORD_COLUMNS),
+        sa.literal(kind), sa.literal("pending"), sa.literal(0), stamp, stamp,
+        sa.literal(run_id, notifications.c.run_id.type),
+    )
+    stmt = (
+        postgresql.insert(notifications)
+        .from_select([*_RECORD_COLUMNS, "kind", "status", "attempts", "created_at",
+                      "updated_at", "run_id"], source)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(notifications.c.dedupe_key)
+    )
+    records = [{name: _json_value(value) for name, value in row.items()} for row in rows]
+    return set(conn.execute(stmt, {"rows": records}).scalars())
+
+
+def _json_value(value: Any) -> Any:
+    """Ids and dates as the text PostgreSQL casts back (`jsonb_to_recordset`)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
+                    now: dt.datetime, run_id: uuid.UUID) -> set[str]:
+    values = [{**row, "kind": kind, "status": "pending", "attempts": 0, "created_at": now,
+               "updated_at": now, "run_id": run_id} for row in rows]
+    return set(conn.execute(
+        upsert(conn.dialect, notifications)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(notifications.c.dedupe_key),
+        values,
+    ).scalars())
+
+
+# Asked once planning is counted, before it commits: raises (app/core/safety.py's
+# BrakeTripped) to leave nothing planned.
+BrakeCheck = Callable[[Tally], None]
+
+
+def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally,
+         brake: BrakeCheck | None = None) -> None:
+    """Insert a `pending` row per new key (batched, ON CONFLICT DO NOTHING); count the rest.
+
+    One transaction for the whole plan, so that `brake`, asked with the counts before the
+    commit, can undo it all.  New rows are claimed by this run from the start (`run_id`),
+    so sending them costs no claiming write; if the run dies, the next one releases them.
+    A dry run only looks the keys up, and asks the same brake.
+    """
+    started = time.perf_counter()
+    engine = ctx.engine
+    insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_generic
+    with engine.connect() if ctx.dry_run else engine.begin() as conn:
+        for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
+            if ctx.dry_run:
+                known = _statuses(conn, [item.key for item in chunk])
+                tally.new += len(chunk) - len(known)
+            else:
+                rows = [{"dedupe_key": item.key, "user_id": item.user_id,
+                         "recipient": item.recipient, "trip_id": item.trip_id,
+                         "reference_date": item.reference_date,
+                         "payload": {**item.payload, "language": item.language}}
+                        for item in chunk]
+                inserted = insert(conn, kind, rows, ctx.now, ctx.run_id)
+                tally.new += len(inserted)
+                rest = [item.key for item in chunk if item.key not in inserted]
+                known = _statuses(conn, rest) if rest else []
+            for status in known:
+                if status in DELIVERED:
+                    tally.already_sent += 1
+                elif status == "failed":
+                    tally.already_failed += 1
+                elif status == "pending":
+                    tally.resumed += 1  # a run stopped early, or a racing run planned it
+        if brake is not None:
+            brake(tally)
+    tally.timed("plan", started)
+
+
+def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tally, *,
+           reason: str = "no longer relevant when it could be sent",
+           withdrawn: bool = False) -> None:
+    """Unclaimed pending rows that no longer make sense (`stale`) become `expired`.
+
+    Counted as `expired` (a message that should have gone and did not: the run ends as
+    `warning`), or as `withdrawn` when the user no longer wants it (not a problem).
+    """
+    condition = sa.and_(notifications.c.kind == kind, notifications.c.status == "pending",
+                        notifications.c.run_id.is_(None), stale)
+    if ctx.dry_run:
+        with ctx.engine.connect() as conn:
+            count = int(conn.execute(
+                sa.select(sa.func.count()).select_from(notifications).where(condition)
+            ).scalar_one())
+    else:
+        with ctx.engine.begin() as conn:
+            count = conn.execute(
+                notifications.update().where(condition).values(
+                    status="expired", updated_at=ctx.now, error=reason)
+            ).rowcount
+    if withdrawn:
+        tally.withdrawn += count
+    else:
+        tally.expired += count
+
+
+# --- settling a batch ----------------------------------------------------------------------
+
+
+def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[Any],
+            sent_below: int | None, in_flight: int | None, release: bool,
+            sent_at: dt.datetime, now: dt.datetime) -> int:
+    """Write the outcome of `run_id`'s batch (of `kind`) and clear its cursor; the number
+    of rows it made `unconfirmed`.
+
+    `sent_below`: its pending rows with a lower id had their 250.  `in_flight`: that row
+    may or may not have been taken.  `release`: the run is gone; its other pending rows
+    were never handed over and go back to any run.
+    """
+    c = notifications.c
+    mine = sa.and_(c.run_id == run_id, c.status == "pending")
+    unconfirmed = 0
+    if sent_below is not None:
+        conn.execute(
+            notifications.update().where(mine, c.kind == kind, c.id < sent_below)
+            .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now))
+    if in_flight is not None:
+        unconfirmed = conn.execute(
+            notifications.update().where(mine, c.id == in_flight)
+            .values(status="unconfirmed", attempts=c.attempts + 1, updated_at=now,
+                    error=UNCONFIRMED_NOTE)
+        ).rowcount
+    if release:
+        conn.execute(notifications.update().where(mine).values(run_id=None, updated_at=now))
+    conn.execute(job_log.update().where(job_log.c.run_id == run_id).values(mail_cursor=None))
+    return unconfirmed
+
+
+def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
+    """Settle what runs no longer running left behind, and this run's interrupted attempt.
+
+    A dead run's batch is read off its hand-over cursor (see the module docstring; the
+    cursor row's kind is the batch's) and the rest of its rows are released, as are the
+    rows of a run that left no log row at all.  This run's own rows stay claimed: an
+    earlier attempt that could not settle its batch left only its cursor to read.
+    """
+    if ctx.dry_run:
+        return
+    c = notifications.c
+    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == "running")
+    with ctx.engine.begin() as conn:
+        runs = set(conn.execute(
+            sa.select(c.run_id).distinct()
+            .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None), gone)
+        ).scalars())
+        runs.add(ctx.run_id)
+        for run_id in runs:
+            log = conn.execute(
+                sa.select(job_log.c.mail_cursor, job_log.c.started_at)
+                .where(job_log.c.run_id == run_id)
+            ).first()
+            cursor = log.mail_cursor if log is not None else None
+            own = run_id == ctx.run_id
+            if own and cursor is None:
+                continue
+            batch_kind = (sa.select(c.kind).where(c.id == cursor).scalar_subquery())
+            unconfirmed = _settle(conn, run_id, kind=batch_kind, sent_below=cursor,
+                                  in_flight=cursor, release=not own,
+                                  sent_at=log.started_at if log is not None else ctx.now,
+                                  now=ctx.now)
+            if not own:  # this run's own rows are counted by `deliver`
+                tally.unconfirmed += unconfirmed
+
+
+# --- delivering ----------------------------------------------------------------------------
+
+
+def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetime,
+                 after: int, size: int) -> tuple[list[sa.Row[Any]], int | None]:
+    """This run's next `size` pending rows with an id above `after`, claiming loose ones.
+
+    Returns the rows, in id order, and the last candidate id (None: nothing left above
+    `after`).  Rows this run planned are its own already (`plan` inserts them claimed);
+    unclaimed ones (left by a run that stopped) are taken by a conditional UPDATE checked
+    again on each row as it is updated, so two runs racing for them get disjoint shares.
+    The candidates are read first, by an ordered range scan of the pending index, rather
+    than inside the UPDATE: PostgreSQL plans `UPDATE … WHERE id IN (SELECT … LIMIT)` as a
+    nested loop over the whole pending set when the table's statistics are not yet there
+    (right after planning thousands of rows).
+    """
+    c = notifications.c
+    candidates: list[sa.Row[Any]] = [*conn.execute(
+        sa.select(c.id, c.run_id, c.dedupe_key, c.user_id, c.recipient, c.payload)
+        .where(c.kind == kind, c.status == "pending", c.id > after,
+               sa.or_(c.run_id.is_(None), c.run_id == run_id))
+        .order_by(c.id).limit(size)
+    )]
+    if not candidates:
+        return [], None
+    loose = [row.id for row in candidates if row.run_id is None]
+    won: set[int] = set()
+    if loose:
+        won = set(conn.execute(
+            notifications.update()
+            .where(_one_of(conn.dialect, c.id, loose), c.run_id.is_(None),
+                   c.status == "pending")
+            .values(run_id=run_id, updated_at=now)
+            .returning(c.id)
+        ).scalars())
+    mine = [row for row in candidates if row.run_id == run_id or row.id in won]
+    return mine, int(candidates[-1].id)
+
+
+class _Composer:
+    """Renders a row's message; `prepare` does it ahead, while the mail server is busy.
+
+    The message's list is its kind: its unsubscribe link names the kind and the row's
+    user (app/mail/unsubscribe.py).
+    """
+
+    def __init__(self, mailer: Mailer, template: str, kind: str) -> None:
+        self.mailer = mailer
+        self.template = template
+        self.kind = kind
+        self.links = Links(mailer.settings)
+        self._ready: tuple[int, Outgoing] | None = None
+
+    def _compose(self, row: sa.Row[Any]) -> Outgoing:
+        payload: dict[str, Any] = dict(row.payload or {})
+        return self.mailer.compose(self.template, row.recipient,
+                                   str(payload.get("language", "en")), payload,
+                                   unsubscribe_url=self.links.url(self.kind, row.user_id),
+                                   key=row.dedupe_key)
+
+    def prepare(self, row: sa.Row[Any]) -> None:
+        try:
+            self._ready = (int(row.id), self._compose(row))
+        except Exception:  # `take` composes it again and raises, outside the SMTP exchange
+            self._ready = None
+
+    def take(self, row: sa.Row[Any]) -> Outgoing:
+        ready, self._ready = self._ready, None
+        if ready is not None and ready[0] == row.id:
+            return ready[1]
+        return self._compose(row)
+
+
+class _Batch:
+    """One claimed batch on its way out: what is known of each message so far."""
+
+    def __init__(self, ctx: JobContext, kind: str, handover: Handover, tally: Tally) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self.handover = handover
+        self.tally = tally
+        self.last_sent: int | None = None  # the last 250; every pending row below had one
+        self.current = 0
+
+    def claim(self) -> Claim:
+        return self.handover.claim(self.current)
+
+    def record(self, row_id: int, status: str, detail: str) -> None:
+        """A refusal or a lost reply, written before the cursor moves past the row."""
+        c = notifications.c
+        with self.ctx.engine.begin() as conn:
+            conn.execute(
+                notifications.update()
+                .where(c.id == row_id, c.run_id == self.ctx.run_id, c.status == "pending")
+                .values(status=status, error=detail or None, updated_at=self.ctx.now,
+                        attempts=c.attempts + 1)
+            )
+
+    def settle(self, in_flight: int | None = None) -> None:
+        """The batch's outcome; rows it did not reach stay this run's, for its next
+        batch or attempt."""
+        with self.ctx.engine.begin() as conn:
+            _settle(conn, self.ctx.run_id, kind=self.kind,
+                    sent_below=None if self.last_sent is None else self.last_sent + 1,
+                    in_flight=in_flight, release=False, sent_at=self.ctx.now,
+                    now=self.ctx.now)
+
+
+def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
+                rows: list[sa.Row[Any]]) -> bool:
+    """Send `rows` in order; False when the run lost the right to send (stop)."""
+    tally = batch.tally
+    for row, following in zip(rows, [*rows[1:], None], strict=True):
+        # A row no message can be made for fails alone, before any SMTP exchange (nothing
+        # is handed over), instead of stopping the run on it every time.
+        if not valid_address(row.recipient):
+            batch.record(int(row.id), "failed", "not an address this service can send to")
+            tally.errors.append(f"{row.dedupe_key}: not an address this service can send to")
+            continue
+        try:
+            message = composer.take(row)
+        except Exception as exc:
+            detail = f"the message could not be composed: {type(exc).__name__}: {exc}"[:300]
+            batch.record(int(row.id), "failed", detail)
+            tally.errors.append(f"{row.dedupe_key}: {detail}")
+            continue
+        batch.current = int(row.id)
+        result = transport.deliver(
+            message, batch.claim,
+            None if following is None else functools.partial(composer.prepare, following))
+        if result.status == "sent":
+            batch.last_sent = batch.current
+        elif result.status == "rejected":
+            batch.record(batch.current, "failed", result.detail)
+            tally.errors.append(f"{row.dedupe_key}: {result.detail}")
+        elif result.status == "unconfirmed":
+            batch.record(batch.current, "unconfirmed", result.detail)
+        else:  # lost_claim: the runner closed this run as abandoned; another run takes over
+            tally.taken_by_other_run += len(rows) - rows.index(row)
+            return False
+    return True
+
+
+def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
+            mailer: Mailer | None = None) -> None:
+    """Send every pending row of `kind` this run can claim, over one mail connection."""
+    if ctx.dry_run:
+        return
+    clock = time.perf_counter()
+    mailer = mailer or Mailer(ctx.settings)
+    started = time.monotonic()
+    budget = ctx.seconds_left(ctx.now)
+    transport: MailTransport
+    composer = _Composer(mailer, template, kind)
+    if not composer.links.configured:  # settings refuse this in production already
+        raise JobRefused("UNSUBSCRIBE_SECRET is not set: user emails cannot carry their "
+                         "unsubscribe link, so none is sent")
+    after, swept = 0, False
+    durable = ctx.settings.mail_durable_claims
+    with mailer.connection() as transport, handover_log(ctx.engine, ctx.run_id,
+                                                        durable=durable) as handover:
+        while True:
+            if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
+                tally.left_pending += _count_pending(ctx.engine, kind)
+                break
+            with ctx.engine.begin() as conn:
+                rows, last = _claim_batch(conn, kind, ctx.run_id, ctx.now, after, CLAIM_BATCH)
+            if last is None:
+                if after == 0 or swept:
+                    break
+                # One last sweep from the start: rows released behind the walk (a run that
+                # died meanwhile).  Once only, so the loop always ends.
+                resolve_unknown(ctx, kind, tally)
+                after, swept = 0, True
+                continue
+            after = last
+            if not rows:
+                continue  # a racing run took these candidates
+            batch = _Batch(ctx, kind, handover, tally)
+            try:
+                going_on = _send_batch(transport, batch, composer, rows)
+            except BaseException:
+                # SIGTERM or a failure: a message the server may hold is unconfirmed, the
+                # rest stays pending.  If even that write fails, the next run reads the
+                # batch off the cursor.
+                with suppress(Exception):
+                    batch.settle(in_flight=batch.current if transport.in_doubt else None)
+                raise
+            batch.settle()
+            if not going_on:
+                break
+    # Across the runner's attempts of this run, not only this attempt's share.
+    with ctx.engine.connect() as conn:
+        mine: dict[str, int] = dict(conn.execute(
+            sa.select(notifications.c.status, sa.func.count())
+            .where(notifications.c.run_id == ctx.run_id, notifications.c.kind == kind)
+            .group_by(notifications.c.status)
+        ).all())
+    tally.sent = int(mine.get("sent", 0))
+    tally.failed = int(mine.get("failed", 0))
+    tally.unconfirmed += int(mine.get("unconfirmed", 0))
+    tally.timed("deliver", clock)
+
+
+def _count_pending(engine: Engine, kind: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(notifications)
+            .where(notifications.c.kind == kind, notifications.c.status == "pending")
+        ).scalar_one())
+
+
+def outcome_status(tally: Tally) -> str:
+    """`warning` when a message failed, is unconfirmed, expired or was left for later."""
+    troubled = (tally.failed + tally.unconfirmed + tally.expired + tally.left_pending
+                + tally.taken_by_other_run)
+    return "warning" if troubled else "success"

@@ -1,0 +1,151 @@
+"""Prometheus metrics, read from the database at scrape time.
+
+Vercel spreads runs over many short-lived instances and a scrape reaches only one of them,
+so counters kept in process memory would show a random slice.  The run log and the audit
+log are the one record every instance shares: each scrape turns them into metrics with a
+handful of grouped queries (no query per job).  Each app gets its own CollectorRegistry,
+never the process-global one, so many apps (tests, workers) never collide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+
+from app.core import health
+from app.core.registry import JobSpec
+from app.db import table_of
+from app.models import CronAuditLog, CronJobLog
+
+log_t = table_of(CronJobLog)
+audit_t = table_of(CronAuditLog)
+
+# Seconds; covers a sub-second no-op up to Vercel Pro's 800 s function limit and beyond.
+DURATION_BUCKETS = (0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
+RUN_STATUSES = ("success", "warning", "error", "abandoned", "running", "skipped")
+AUTH_FAILURE_OUTCOMES = ("auth_failed",)
+REFUSAL_OUTCOMES = ("auth_failed", "rate_limited", "ip_refused")
+RECENT = dt.timedelta(hours=1)
+
+
+def _duration_seconds(engine: Engine) -> sa.ColumnElement[float]:
+    if engine.dialect.name == "postgresql":
+        return sa.cast(sa.extract("epoch", log_t.c.ended_at - log_t.c.started_at), sa.Float)
+    return (sa.func.julianday(log_t.c.ended_at) - sa.func.julianday(log_t.c.started_at)) * 86400.0
+
+
+class RunLogCollector(Collector):
+    def __init__(self, engine: Engine, jobs: Callable[[], dict[str, JobSpec]],
+                 clock: Callable[[], dt.datetime]) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily: describing would query the database at register time
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = self.jobs()
+        names = list(jobs)
+        now = self.clock()
+        real = log_t.c.dry_run.is_(False)
+        duration = _duration_seconds(self.engine)
+        with self.engine.connect() as conn:
+            by_status = conn.execute(
+                sa.select(log_t.c.job_name, log_t.c.status, sa.func.count())
+                .where(log_t.c.job_name.in_(names), real)
+                .group_by(log_t.c.job_name, log_t.c.status)
+            ).all()
+            bucket_cols = [
+                sa.func.sum(sa.case((duration <= bound, 1), else_=0)) for bound in DURATION_BUCKETS
+            ]
+            histogram = conn.execute(
+                sa.select(log_t.c.job_name, sa.func.count(), sa.func.sum(duration),
+                          sa.func.sum(log_t.c.records_processed), *bucket_cols)
+                .where(log_t.c.job_name.in_(names), real, log_t.c.ended_at.is_not(None))
+                .group_by(log_t.c.job_name)
+            ).all()
+            refusals: dict[str, int] = {outcome: int(n) for outcome, n in conn.execute(
+                sa.select(audit_t.c.outcome, sa.func.count())
+                .where(audit_t.c.created_at >= now - RECENT,
+                       audit_t.c.outcome.in_(REFUSAL_OUTCOMES))
+                .group_by(audit_t.c.outcome)
+            )}
+        facts, baseline = health.read_facts(self.engine, jobs)
+        results, _issues = health.evaluate(jobs, facts, now, baseline)
+
+        runs = CounterMetricFamily("cron_runs", "Runs recorded in the run log (dry runs "
+                                   "excluded), by task and status.", labels=["task", "status"])
+        counts = {(task, status): 0 for task in names for status in RUN_STATUSES}
+        counts.update({(task, status): int(n) for task, status, n in by_status})
+        for (task, status), n in sorted(counts.items()):
+            runs.add_metric([task, status], n)
+        yield runs
+
+        durations = HistogramMetricFamily(
+            "cron_run_duration_seconds", "Duration of finished runs.", labels=["task"])
+        records = CounterMetricFamily("cron_records_processed",
+                                      "Records processed by finished runs.", labels=["task"])
+        seen = {row[0]: row for row in histogram}
+        for task in names:
+            row = seen.get(task)
+            total, seconds, processed = (int(row[1]), float(row[2] or 0), int(row[3] or 0)
+                                         ) if row else (0, 0.0, 0)
+            cumulative = [int(v or 0) for v in row[4:]] if row else [0] * len(DURATION_BUCKETS)
+            buckets = [(_le(b), n) for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)]
+            buckets.append(("+Inf", total))
+            durations.add_metric([task], buckets, sum_value=seconds)
+            records.add_metric([task], processed)
+        yield durations
+        yield records
+
+        last_success = GaugeMetricFamily(
+            "cron_last_success_timestamp_seconds",
+            "Start of the last successful run (0 when never).", labels=["task"])
+        overdue = GaugeMetricFamily("cron_job_overdue", "1 when the job missed its schedule "
+                                    "plus grace (as /health decides).",
+                                    labels=["task", "critical"])
+        stuck = GaugeMetricFamily("cron_job_stuck", "1 when a run is still running past its "
+                                  "max runtime.", labels=["task"])
+        next_fire = GaugeMetricFamily("cron_job_next_fire_timestamp_seconds",
+                                      "Next scheduled fire time.", labels=["task"])
+        for item in results:
+            success = item.facts.last_success
+            last_success.add_metric([item.name], success.timestamp() if success else 0)
+            overdue.add_metric([item.name, str(item.critical).lower()], int(item.overdue))
+            stuck.add_metric([item.name], int(item.stuck))
+            next_fire.add_metric([item.name], item.next_fire.timestamp())
+        yield from (last_success, overdue, stuck, next_fire)
+
+        auth = GaugeMetricFamily("cron_auth_failures_last_hour",
+                                 "Failed authentications in the last hour (audit log).")
+        auth.add_metric([], sum(refusals.get(o, 0) for o in AUTH_FAILURE_OUTCOMES))
+        yield auth
+        refused = GaugeMetricFamily("cron_refused_requests_last_hour",
+                                    "Requests refused in the last hour, by reason.",
+                                    labels=["reason"])
+        for outcome in REFUSAL_OUTCOMES:
+            refused.add_metric([outcome], refusals.get(outcome, 0))
+        yield refused
+
+
+def _le(bound: float) -> str:
+    return str(float(bound))
+
+
+def build_registry(engine: Engine, jobs: Callable[[], dict[str, JobSpec]],
+                   clock: Callable[[], dt.datetime]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunLogCollector(engine, jobs, clock))
+    return registry

@@ -1,0 +1,239 @@
+"""`voyagesmart-cron` (also `python -m app`): the same runner from a terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import sys
+from types import FrameType
+from typing import Annotated
+
+import typer
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from app.config import get_settings
+from app.core import registry
+from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
+from app.ops.billing_cli import analytics_cli, report_cli
+from app.ops.consent_cli import consent_cli
+from app.ops.schema_cli import schema_cli
+
+# Plain help (rich_markup_mode=None): typer's rich panels show every flag as
+# `--dry-run <bool>`, as if it took a value.
+cli = typer.Typer(help="VoyageSmart Cron: scheduled maintenance jobs.", no_args_is_help=True,
+                  add_completion=False, rich_markup_mode=None)
+schedule_cli = typer.Typer(help="Deployment files generated from the job registry.",
+                           no_args_is_help=True, rich_markup_mode=None)
+cli.add_typer(schedule_cli, name="schedule")
+cli.add_typer(analytics_cli, name="analytics")
+cli.add_typer(report_cli, name="report")
+cli.add_typer(schema_cli, name="schema")
+cli.add_typer(consent_cli, name="consent")
+
+
+def _engine() -> Engine:
+    return engine_for(get_settings().database_url)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(
+        help="uvicorn's log level: info logs every request (redacted), warning only "
+        "problems.")] = "info",
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    get_settings()  # fail fast, with the variable named, before uvicorn starts
+    # The app reads each connection's peer itself (app/http/peer.py); uvicorn's own rewrite from
+    # X-Forwarded-For is off here too, so its access log shows the real peer.
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False,
+                log_level=log_level)
+
+
+@cli.command()
+def migrate(
+    service_only: Annotated[bool, typer.Option(
+        "--service-only",
+        help="Create or upgrade only the service's own tables (for an existing VoyageSmart "
+        "database, whose tables must not be altered).")] = False,
+) -> None:
+    """Apply the database migrations."""
+    from app.ops.migrate import upgrade
+
+    # The one command that may create the database (and the SQLite file's directory).
+    try:
+        engine = make_engine(get_settings().database_url, may_create=True)
+    except DatabaseFileError as exc:
+        typer.echo(f"invalid configuration: DATABASE_URL: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        upgrade(engine, service_only=service_only)
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was migrated", err=True)
+        raise typer.Exit(3) from None
+    finally:
+        engine.dispose()
+    typer.echo("migrations applied" + (" (service tables only)" if service_only else ""))
+
+
+@cli.command("list")
+def list_jobs() -> None:
+    """Jobs, schedules, next fire time and last status."""
+    from app.core.health import read_facts
+
+    now = dt.datetime.now(dt.UTC)
+    problem = None
+    try:
+        facts, _ = read_facts(_engine(), registry.JOBS)
+    except sa_exc.SQLAlchemyError as exc:  # the listing is still useful without a database
+        if not is_database_outage(exc):
+            raise
+        problem = diagnose(exc)
+        typer.echo(f"run log unavailable: {problem}", err=True)
+        facts = {}
+    header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
+    typer.echo(header)
+    for spec in registry.JOBS.values():
+        fact = facts.get(spec.name)
+        last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
+            fact and fact.last_run) else "never run"
+        if problem is not None:
+            last = "unknown (no run log)"
+        nxt = registry.next_fire(spec.schedule, now)
+        typer.echo(f"{spec.name:<22} {spec.schedule:<12} {'yes' if spec.critical else 'no':<5} "
+                   f"{nxt:%Y-%m-%d %H:%M} {last}")
+    if problem is not None:
+        raise typer.Exit(3)
+
+
+# "\b" keeps click from rewrapping the list (it would split names at their hyphens).
+_TASKS_EPILOG = "\b\nTasks:\n" + "\n".join(
+    f"  {spec.name:<22} {spec.explain()} (UTC)" for spec in registry.JOBS.values())
+
+
+@cli.command(epilog=_TASKS_EPILOG)
+def run(
+    task: Annotated[str, typer.Argument(help="The task to run (listed below).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
+) -> None:
+    """Run one job now (a manual run: not tied to a slot, never overlapping)."""
+    from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
+
+    def _terminate(signum: int, _frame: FrameType | None) -> None:
+        # Turn SIGTERM into SystemExit so the runner closes the log row and the lease.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    settings = get_settings()
+    from app.observe.sentry import observers_for
+
+    # Sentry check-ins for hand-run jobs too, so the monitor sees every real run.
+    runner = Runner(settings, _engine(), observers=observers_for(settings))
+    try:
+        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force)
+    except UnknownTask:
+        typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
+        raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        typer.echo(f"{exc}; nothing was run", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(outcome.as_json(), indent=2, default=str))
+    if outcome.http_status >= 400:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def restore(
+    run_id: Annotated[str, typer.Argument(help="The run whose removals to put back.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+) -> None:
+    """Put back what one run removed: archived rows, and anything else its job kept."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from app.core import archive
+    from app.models import CronJobLog
+
+    try:
+        run = uuid.UUID(run_id)
+    except ValueError:
+        typer.echo(f"not a run id: {run_id[:80]!r}", err=True)
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    engine = _engine()
+    with engine.connect() as conn:
+        job = conn.execute(sa.select(CronJobLog.job_name).where(CronJobLog.run_id == run)
+                           ).scalar_one_or_none()
+    if job is None:
+        typer.echo(f"no run {run} in the run log", err=True)
+        raise typer.Exit(2)
+    now = dt.datetime.now(dt.UTC)
+    summary: dict[str, object] = {"run_id": str(run), "task": job, "dry_run": dry_run}
+    with engine.begin() as conn:
+        if dry_run:
+            summary["rows"] = archive.pending_restore(conn, run)
+        else:
+            report = archive.restore_rows(conn, run, now)
+            summary["rows"] = report.restored
+            summary["rows_left"] = report.left
+    spec = registry.JOBS.get(job)
+    other: dict[str, object] = {}
+    if spec is not None and spec.restore is not None:
+        other = spec.restore(settings, engine, run, now, dry_run)
+        summary["other"] = other
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    if summary.get("rows_left") or other.get("left"):
+        raise typer.Exit(1)  # something could not come back: the operator must look
+
+
+@cli.command("seed-demo")
+def seed_demo() -> None:
+    """Load a small, realistic VoyageSmart dataset (embedded development database)."""
+    from app.ops.demo import seed
+
+    settings = get_settings()
+    root = settings.storage_root if settings.storage_backend == "local" else None
+    try:
+        counts = seed(_engine(), now=dt.datetime.now(dt.UTC), storage_root=root)
+    except sa_exc.SQLAlchemyError as exc:
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was loaded", err=True)
+        raise typer.Exit(3) from None
+    typer.echo("demo data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@schedule_cli.command("export")
+def schedule_export(
+    fmt: Annotated[str, typer.Option(
+        "--format", help="vercel | crontab | call | github")] = "vercel",
+    write: Annotated[bool, typer.Option("--write", help="Write the file in place.")] = False,
+) -> None:
+    """Print (or write) a scheduler's configuration generated from the registry."""
+    from app.ops import deploy
+
+    try:
+        text = deploy.render(fmt)
+    except KeyError:
+        typer.echo(f"unknown format {fmt!r}; use {', '.join(deploy.RENDERERS)}", err=True)
+        raise typer.Exit(2) from None
+    if write:
+        path = deploy.write(fmt)
+        typer.echo(f"wrote {path}")
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    cli()
