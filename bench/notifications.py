@@ -53,7 +53,7 @@ from sqlalchemy.engine import Engine
 from app.config import Settings
 from app.db import make_engine
 from app.jobs.trip_reminders import KIND, TEMPLATE, recipients_query
-from app.mail.transport import Mailer
+from app.mail.smtp import Mailer
 from app.mail.unsubscribe import Links
 from app.ops.migrate import upgrade
 from bench.generate import (

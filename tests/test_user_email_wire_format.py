@@ -6,7 +6,7 @@ import email
 import email.policy
 from pathlib import Path
 
-from app.mail.transport import Mailer
+from app.mail.smtp import Mailer
 from tests.conftest import make_settings
 
 # Long enough that a folding header writer would split it.

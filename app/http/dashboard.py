@@ -23,9 +23,10 @@ from fastapi.templating import Jinja2Templates
 from app.core.runner import DatabaseUnavailable, UnknownTask
 from app.http.deps import EngineDep, RunnerDep, SettingsDep, shown
 from app.http.guard import defenses_of, refuse_failed_auth
+from app.mail import templates
 from app.observe import dashboard_view as dashboard
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+TEMPLATES = Jinja2Templates(env=templates.ENV)
 TEMPLATES.env.globals.update(age=dashboard.age, seconds_text=dashboard.seconds_text)
 STYLE = (Path(__file__).resolve().parent.parent / "templates" / "dashboard" / "style.css"
          ).read_text()

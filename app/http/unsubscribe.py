@@ -14,7 +14,6 @@ row keeps the path only) and the page names the list, never the address.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -24,10 +23,10 @@ from sqlalchemy import exc as sa_exc
 
 from app.http.deps import EngineDep
 from app.http.guard import Verdict, defenses_of, refuse_failed_auth
-from app.mail import unsubscribe
+from app.mail import templates, unsubscribe
 from app.mail.unsubscribe import ALL, Links, Subscription
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+TEMPLATES = Jinja2Templates(env=templates.ENV)
 # No script, no style from anywhere; the one form posts back here.
 CSP = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 ONE_CLICK = "One-Click"

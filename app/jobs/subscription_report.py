@@ -30,17 +30,16 @@ import csv
 import datetime as dt
 import io
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.config import Settings
 from app.core.context import JobContext, JobResult
 from app.db import table_of, upsert
-from app.mail.transport import Mailer
+from app.mail import templates
+from app.mail.smtp import Mailer
 from app.models import CronMonthlyReport
 from app.voyagesmart.subscription_facts import (
     PAID_TIERS,
@@ -55,13 +54,6 @@ from app.voyagesmart.subscription_facts import (
 
 reports = table_of(CronMonthlyReport)
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
-    autoescape=jinja2.select_autoescape(["html"]),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 _COUNTS = ("active", "new", "canceled")
 
 
@@ -204,8 +196,8 @@ def report_csv(report: dict[str, Any]) -> str:
 
 def _message(settings: Settings, report: dict[str, Any], csv_text: str) -> Any:
     context = {"report": report, "tiers": list(report["tiers"].items())}
-    text = _TEMPLATES.get_template("subscription_report.txt").render(context)
-    html = _TEMPLATES.get_template("subscription_report.html").render(context)
+    text = templates.template("subscription_report.txt").render(context)
+    html = templates.template("subscription_report.html").render(context)
     mrr = ", ".join(f"{a} {c}" for c, a in report["totals"]["mrr"].items())
     corrected = sorted({c["month"] for c in report["corrections"]})
     message = Mailer(settings).build(

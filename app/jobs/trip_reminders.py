@@ -20,17 +20,12 @@ Steps:
    `TRIP_REMINDERS_SEND_BRAKE_COUNT` and `TRIP_REMINDERS_SEND_BRAKE_SHARE` times that
    median (with no history: above the count), nothing is planned and the run ends `error`
    with the figures and sample keys.
-5. Settle what a dead run left mid-batch (from its hand-over cursor: sent, in flight or
-   never handed over); expire pending reminders whose trip has already started (a run
-   that stopped early days ago), and withdraw those of travellers who unsubscribed since.
-6. Send every pending reminder over one SMTP connection, each recorded as handed over
-   right before the server takes it (app/mail/delivery.py, app/mail/handover.py).
+5. Settle what a dead run left mid-batch (app/mail/delivery.py); expire pending reminders
+   whose trip has already started (a run that stopped early days ago), and withdraw those
+   of travellers who unsubscribed since.
+6. Send every pending reminder over one SMTP connection, at most once
+   (app/mail/delivery.py states the rule and its one ambiguous window).
 
-Delivery is at-most-once: a reminder is never sent twice, even across retries, duplicate
-deliveries, racing instances or a crash mid-batch; the only message that can be missing
-after a crash is the one in flight (handed over, reply not yet read), and it is
-reported as `unconfirmed` rather than resent (a duplicate is the failure users notice
-and resent mail damages sender reputation).
 A dry run reports who would be emailed, skipped and braked exactly as the real run would,
 and writes nothing.
 """
@@ -51,8 +46,9 @@ from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
 from app.db import table_of
 from app.mail import delivery as notify
+from app.mail.ledger import notifications
 from app.mail.recipients import Screen, candidate_columns
-from app.mail.transport import resolve_language
+from app.mail.templates import resolve_language
 from app.mail.unsubscribe import TRIP_REMINDERS, opted_out
 from app.models import Trip, TripParticipant, User
 
@@ -142,7 +138,7 @@ def usual_volume(ctx: JobContext, day: dt.date) -> tuple[int, list[int]]:
     without any counts as 0), and those days' counts, oldest first."""
     days = ctx.settings.trip_reminders_brake_baseline_days
     first = day - dt.timedelta(days=days)
-    n = notify.notifications.c
+    n = notifications.c
     with ctx.engine.connect() as conn:
         counts: dict[dt.date, int] = dict(conn.execute(
             sa.select(n.reference_date, sa.func.count())
@@ -186,7 +182,7 @@ def run(ctx: JobContext) -> JobResult:
                 brake=_brake(ctx, day, samples, details))
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, notifications_started(today), tally)
-    notify.expire(ctx, KIND, opted_out(notify.notifications.c.user_id, KIND), tally,
+    notify.expire(ctx, KIND, opted_out(notifications.c.user_id, KIND), tally,
                   reason="the traveller unsubscribed before it could be sent",
                   withdrawn=True)
     notify.deliver(ctx, KIND, TEMPLATE, tally)
@@ -217,4 +213,4 @@ def run(ctx: JobContext) -> JobResult:
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:
     """A pending reminder whose trip starts today or earlier is too late to send."""
-    return notify.notifications.c.reference_date <= today
+    return notifications.c.reference_date <= today

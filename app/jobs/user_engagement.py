@@ -48,8 +48,9 @@ from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
 from app.db import table_of, upsert
 from app.mail import delivery as notify
+from app.mail.ledger import notifications
 from app.mail.recipients import Screen, candidate_columns, consented
-from app.mail.transport import resolve_language
+from app.mail.templates import resolve_language
 from app.mail.unsubscribe import USER_ENGAGEMENT, opted_out
 from app.models import (
     CronEngagementMetrics,
@@ -72,7 +73,7 @@ media = table_of(TripMedia)
 documents = table_of(Document)
 expenses = table_of(Expense)
 metrics = table_of(CronEngagementMetrics)
-notes = notify.notifications
+notes = notifications
 
 
 def campaign_month(ctx: JobContext) -> dt.date:

@@ -1,4 +1,7 @@
-"""The notification record: plan each email once, send it at most once, never lose track.
+"""At-most-once user email: plan each email once, send it at most once, never lose track.
+
+This module is the one place the rule is written; the transport (app/mail/smtp.py), the
+hand-over write (app/mail/handover.py) and the jobs rely on it and point here.
 
 Every user email is a `cron_notification` row with a unique `dedupe_key` (for a trip
 reminder: kind, trip, user and trip start date), inserted `pending` before anything is sent.
@@ -9,23 +12,28 @@ decides who sends what:
     pending --reply lost, or the run died with it in flight--> unconfirmed
     pending --no longer relevant (trip started, user came back, user unsubscribed)--> expired
 
-1. `plan` inserts a row per new key (ON CONFLICT DO NOTHING) and counts the known ones,
-   all in one transaction, and asks the job's brake (app/core/safety.py) before it commits:
-   a tripped brake leaves nothing planned.  A dry run counts the same keys and asks the
-   same brake.
-2. `resolve_unknown` settles what a dead run left behind (below).
-3. `deliver` takes a batch of this run's pending rows (those it planned, plus unclaimed
-   ones it claims with a conditional UPDATE on `run_id`) and sends it one message at a
-   time, in id order, over one mail connection.  Before each SMTP end-of-data mark the
-   run moves its hand-over cursor to the message (app/mail/handover.py: one in-place write,
-   committed before the server can take the message, refused once the run has been
-   closed as abandoned).  A refusal or a lost reply is written at once; the 250s are
-   written for the whole batch in one statement when it ends (`_settle`).
+1. **Plan.** `plan` inserts a row per new key (ON CONFLICT DO NOTHING), claimed by this run
+   (`run_id`), and counts the known ones, all in one transaction, and asks the job's brake
+   (app/core/safety.py) before it commits: a tripped brake leaves nothing planned.  A dry
+   run counts the same keys and asks the same brake.  `resolve_unknown` first settles what
+   a dead run left behind (below).
+2. **Claim.** `deliver` takes a batch of this run's pending rows (those it planned, plus
+   unclaimed ones it claims with a conditional UPDATE on `run_id`, so racing runs get
+   disjoint shares).
+3. **Send.** The batch goes one message at a time, in ascending id order, over one mail
+   connection.  Before each SMTP end-of-data mark the run writes the message's id into its
+   own `cron_job_log.mail_cursor` (the hand-over cursor, app/mail/handover.py), on the
+   condition that the run is still `running`: committed before the server can take the
+   message, and refused once the runner has closed the run as abandoned, so a run declared
+   dead cannot hand over one more message.  Every outcome other than a 250 (refused, reply
+   lost, not taken) is written before the cursor moves on.
+4. **Settle.** The 250s are written for the whole batch in one statement when it ends
+   (`_settle`).  A process that fails without dying (an exception, SIGTERM) settles its
+   batch itself.
 
 So after a crash, a batch is read off its cursor `C`: its still-`pending` rows below `C`
 had their 250 (`sent`), `C` was in flight (`unconfirmed`: it may or may not have been
 taken), and the rows above `C` were never handed over (released and sent by the next run).
-A process that fails without dying (an exception, SIGTERM) settles its batch itself.
 
 That is **at-most-once**: in the one ambiguous window (cursor committed, reply not yet
 read) we prefer a possibly-missing reminder, made visible, over a duplicate in a user's
@@ -39,26 +47,25 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
-from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from app.core.context import JobContext
 from app.core.errors import JobRefused
-from app.db import UTCDateTime, table_of, upsert
+from app.db import table_of
+from app.mail import ledger
+from app.mail.compose import NotificationMessages
 from app.mail.handover import Handover, handover_log
+from app.mail.ledger import notifications as notifications  # the table, for callers
 from app.mail.recipients import valid_address
-from app.mail.transport import Claim, Mailer, MailTransport, Outgoing
-from app.mail.unsubscribe import Links
-from app.models import CronJobLog, CronNotification
+from app.mail.smtp import Claim, Mailer, MailTransport
+from app.models import CronJobLog
 
-notifications = table_of(CronNotification)
 job_log = table_of(CronJobLog)
 
 DELIVERED = ("sent", "unconfirmed")
@@ -111,82 +118,7 @@ class Tally:
         return out
 
 
-def _chunks(items: Iterable[Planned], size: int) -> Iterator[list[Planned]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 # --- planning ------------------------------------------------------------------------------
-
-
-def _one_of(dialect: sa.Dialect, column: sa.Column[Any], values: Sequence[Any]
-            ) -> sa.ColumnElement[bool]:
-    """`column IN values`; on PostgreSQL one array parameter instead of one per value
-    (psycopg rewrites every placeholder of a statement in Python)."""
-    if dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(
-            f"{column.name}_values", list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(values)
-
-
-def _statuses(conn: Connection, keys: Sequence[str]) -> list[str]:
-    c = notifications.c
-    return list(conn.execute(
-        sa.select(c.status).where(_one_of(conn.dialect, c.dedupe_key, keys))
-    ).scalars())
-
-
-_RECORD_COLUMNS = ("dedupe_key", "user_id", "recipient", "trip_id", "reference_date",
-                   "payload")
-
-
-def _insert_pg(conn: Connection, kind: str, rows: list[dict[str, Any]],
-               now: dt.datetime, run_id: uuid.UUID) -> set[str]:
-    """The whole chunk as one JSON parameter, unpacked by the server: one statement, no
-    per-value placeholders for psycopg to rewrite."""
-    record = (
-        sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=postgresql.JSONB))
-        .table_valued(*(sa.column(name, notifications.c[name].type)
-                        for name in _RECORD_COLUMNS))
-        .render_derived(name="planned", with_types=True)
-    )
-    stamp = sa.bindparam("now", now, type_=UTCDateTime)
-    source = sa.select(
-        *(record.c[name] for name in _RECORD_COLUMNS),
-        sa.literal(kind), sa.literal("pending"), sa.literal(0), stamp, stamp,
-        sa.literal(run_id, notifications.c.run_id.type),
-    )
-    stmt = (
-        postgresql.insert(notifications)
-        .from_select([*_RECORD_COLUMNS, "kind", "status", "attempts", "created_at",
-                      "updated_at", "run_id"], source)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(notifications.c.dedupe_key)
-    )
-    records = [{name: _json_value(value) for name, value in row.items()} for row in rows]
-    return set(conn.execute(stmt, {"rows": records}).scalars())
-
-
-def _json_value(value: Any) -> Any:
-    """Ids and dates as the text PostgreSQL casts back (`jsonb_to_recordset`)."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
-
-
-def _insert_generic(conn: Connection, kind: str, rows: list[dict[str, Any]],
-                    now: dt.datetime, run_id: uuid.UUID) -> set[str]:
-    values = [{**row, "kind": kind, "status": "pending", "attempts": 0, "created_at": now,
-               "updated_at": now, "run_id": run_id} for row in rows]
-    return set(conn.execute(
-        upsert(conn.dialect, notifications)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(notifications.c.dedupe_key),
-        values,
-    ).scalars())
 
 
 # Asked once planning is counted, before it commits: raises (app/core/safety.py's
@@ -205,11 +137,10 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally,
     """
     started = time.perf_counter()
     engine = ctx.engine
-    insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_generic
     with engine.connect() if ctx.dry_run else engine.begin() as conn:
-        for chunk in _chunks(planned, min(ctx.settings.batch_size, 1000)):
+        for chunk in ledger.chunks(planned, min(ctx.settings.batch_size, 1000)):
             if ctx.dry_run:
-                known = _statuses(conn, [item.key for item in chunk])
+                known = ledger.statuses(conn, [item.key for item in chunk])
                 tally.new += len(chunk) - len(known)
             else:
                 rows = [{"dedupe_key": item.key, "user_id": item.user_id,
@@ -217,10 +148,10 @@ def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally,
                          "reference_date": item.reference_date,
                          "payload": {**item.payload, "language": item.language}}
                         for item in chunk]
-                inserted = insert(conn, kind, rows, ctx.now, ctx.run_id)
+                inserted = ledger.insert_planned(conn, kind, rows, ctx.now, ctx.run_id)
                 tally.new += len(inserted)
                 rest = [item.key for item in chunk if item.key not in inserted]
-                known = _statuses(conn, rest) if rest else []
+                known = ledger.statuses(conn, rest) if rest else []
             for status in known:
                 if status in DELIVERED:
                     tally.already_sent += 1
@@ -358,47 +289,13 @@ def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetim
     if loose:
         won = set(conn.execute(
             notifications.update()
-            .where(_one_of(conn.dialect, c.id, loose), c.run_id.is_(None),
+            .where(ledger.one_of(conn.dialect, c.id, loose), c.run_id.is_(None),
                    c.status == "pending")
             .values(run_id=run_id, updated_at=now)
             .returning(c.id)
         ).scalars())
     mine = [row for row in candidates if row.run_id == run_id or row.id in won]
     return mine, int(candidates[-1].id)
-
-
-class _Composer:
-    """Renders a row's message; `prepare` does it ahead, while the mail server is busy.
-
-    The message's list is its kind: its unsubscribe link names the kind and the row's
-    user (app/mail/unsubscribe.py).
-    """
-
-    def __init__(self, mailer: Mailer, template: str, kind: str) -> None:
-        self.mailer = mailer
-        self.template = template
-        self.kind = kind
-        self.links = Links(mailer.settings)
-        self._ready: tuple[int, Outgoing] | None = None
-
-    def _compose(self, row: sa.Row[Any]) -> Outgoing:
-        payload: dict[str, Any] = dict(row.payload or {})
-        return self.mailer.compose(self.template, row.recipient,
-                                   str(payload.get("language", "en")), payload,
-                                   unsubscribe_url=self.links.url(self.kind, row.user_id),
-                                   key=row.dedupe_key)
-
-    def prepare(self, row: sa.Row[Any]) -> None:
-        try:
-            self._ready = (int(row.id), self._compose(row))
-        except Exception:  # `take` composes it again and raises, outside the SMTP exchange
-            self._ready = None
-
-    def take(self, row: sa.Row[Any]) -> Outgoing:
-        ready, self._ready = self._ready, None
-        if ready is not None and ready[0] == row.id:
-            return ready[1]
-        return self._compose(row)
 
 
 class _Batch:
@@ -436,7 +333,7 @@ class _Batch:
                     now=self.ctx.now)
 
 
-def _send_batch(transport: MailTransport, batch: _Batch, composer: _Composer,
+def _send_batch(transport: MailTransport, batch: _Batch, composer: NotificationMessages,
                 rows: list[sa.Row[Any]]) -> bool:
     """Send `rows` in order; False when the run lost the right to send (stop)."""
     tally = batch.tally
@@ -481,7 +378,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     started = time.monotonic()
     budget = ctx.seconds_left(ctx.now)
     transport: MailTransport
-    composer = _Composer(mailer, template, kind)
+    composer = NotificationMessages(mailer, template, kind)
     if not composer.links.configured:  # settings refuse this in production already
         raise JobRefused("UNSUBSCRIBE_SECRET is not set: user emails cannot carry their "
                          "unsubscribe link, so none is sent")
@@ -491,7 +388,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
                                                         durable=durable) as handover:
         while True:
             if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
-                tally.left_pending += _count_pending(ctx.engine, kind)
+                tally.left_pending += ledger.count_pending(ctx.engine, kind)
                 break
             with ctx.engine.begin() as conn:
                 rows, last = _claim_batch(conn, kind, ctx.run_id, ctx.now, after, CLAIM_BATCH)
@@ -530,14 +427,6 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     tally.failed = int(mine.get("failed", 0))
     tally.unconfirmed += int(mine.get("unconfirmed", 0))
     tally.timed("deliver", clock)
-
-
-def _count_pending(engine: Engine, kind: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(notifications)
-            .where(notifications.c.kind == kind, notifications.c.status == "pending")
-        ).scalar_one())
 
 
 def outcome_status(tally: Tally) -> str:

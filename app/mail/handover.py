@@ -1,20 +1,10 @@
-"""The hand-over record: which email a run is giving to the mail server right now.
+"""The hand-over cursor write: one small database write per email, before its end-of-data
+mark, that says which message a run is giving to the mail server right now.
 
-Before the SMTP end-of-data mark that makes a server take a message, the run writes the
-message's `cron_notification.id` into its own `cron_job_log.mail_cursor`, on the condition
-that the run is still `running`.  One write per email, and a cheap one: a single row,
-no indexed column changed (PostgreSQL updates it in place), no result rows.
-
-What the cursor proves (app/mail/delivery.py relies on it):
-
-* a run sends its claimed batch one message at a time, in ascending id order, and records
-  every outcome other than a 250 (refused, reply lost, not taken) before it moves the cursor
-  on.  So when the cursor says `C`, every still-`pending` row of the run's batch below `C`
-  was accepted with a 250, `C` itself is in flight, and every row above `C` was never
-  handed over;
-* the write fails (zero rows) once the runner has closed the run as abandoned, so a run
-  that was declared dead cannot hand over one more message: the database, not the process,
-  decides.
+Why it exists and what it proves is the once-only rule of app/mail/delivery.py.  This
+module only makes the write cheap: a single row of `cron_job_log` (`mail_cursor`, on the
+condition that the run is still `running`), no indexed column changed (PostgreSQL updates
+it in place), no result rows.
 
 On PostgreSQL the write is pipelined: `claim()` sends it and returns at once, the SMTP
 envelope travels meanwhile, and `Claim.result()` waits for the commit just before the
@@ -36,11 +26,12 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import pq
 from psycopg.pq.abc import PGresult
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.errors import TransientError
 from app.db import table_of
-from app.mail.transport import Claim
+from app.mail.smtp import Claim
 from app.models import CronJobLog
 
 job_log = table_of(CronJobLog)
@@ -63,25 +54,38 @@ class _Done:
         return self.won
 
 
+# The one write: the run's cursor moves to `cursor` while the run is still `running`.
+_WRITE = (job_log.update()
+          .where(job_log.c.run_id == sa.bindparam("run", type_=job_log.c.run_id.type),
+                 job_log.c.status == sa.bindparam("status", "running"))
+          .values(mail_cursor=sa.bindparam("cursor", type_=job_log.c.mail_cursor.type)))
+
+
 class _SqlHandover:
     """Any SQLAlchemy database: one autocommit statement per email, run synchronously."""
 
     def __init__(self, engine: Engine, run_id: uuid.UUID) -> None:
         self.conn: Connection = engine.connect().execution_options(
             isolation_level="AUTOCOMMIT")
-        self.stmt = (job_log.update()
-                     .where(job_log.c.run_id == run_id, job_log.c.status == "running")
-                     .values(mail_cursor=sa.bindparam("cursor")))
+        self.run_id = run_id
 
     def claim(self, row_id: int) -> Claim:
-        return _Done(self.conn.execute(self.stmt, {"cursor": row_id}).rowcount == 1)
+        result = self.conn.execute(_WRITE, {"cursor": row_id, "run": self.run_id})
+        return _Done(result.rowcount == 1)
 
     def close(self) -> None:
         self.conn.close()
 
 
 _STATEMENT = "vsc_mail_handover"
-_SQL = "UPDATE cron_job_log SET mail_cursor = $1 WHERE run_id = $2 AND status = 'running'"
+
+
+def _prepared() -> tuple[str, tuple[str, ...]]:
+    """`_WRITE` as PostgreSQL's own `$n` placeholders (for PREPARE), and the parameter
+    names in their order."""
+    dialect = PGDialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+    compiled = _WRITE.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup or ())
 
 
 class _PgClaim:
@@ -113,9 +117,10 @@ class _PgHandover:
         conn.autocommit = True
         if not durable:
             conn.execute("SET synchronous_commit = off")
-        conn.execute(f"PREPARE {_STATEMENT} (bigint, uuid) AS {_SQL}")
+        sql, self._names = _prepared()
+        conn.execute(f"PREPARE {_STATEMENT} AS {sql}")
         self.pg = conn.pgconn
-        self.run = str(run_id).encode()
+        self._fixed = {"run": str(run_id).encode(), "status": b"running"}
         self._poll = select.poll()
         self._poll.register(self.pg.socket, select.POLLIN)
         self._in_flight = False
@@ -127,7 +132,9 @@ class _PgHandover:
         if self._in_flight:
             self.collect()
         try:
-            self.pg.send_query_prepared(_STATEMENT.encode(), [str(row_id).encode(), self.run])
+            values = {**self._fixed, "cursor": str(row_id).encode()}
+            self.pg.send_query_prepared(_STATEMENT.encode(),
+                                        [values[name] for name in self._names])
             while self.pg.flush():  # nonblocking connection: the rest goes when writable
                 self._wait(select.POLLOUT)
         except psycopg.Error as exc:

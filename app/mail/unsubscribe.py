@@ -2,7 +2,7 @@
 
 1. Every user email belongs to a list, named by its notification kind (`LISTS`).  Its
    headers carry `List-Unsubscribe: <SERVICE_BASE_URL/unsubscribe?token=T>` and
-   `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (app/mail/transport.py), and its footer the
+   `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (app/mail/compose.py), and its footer the
    same link.
 2. `T` names the list and the user (`users.id`) and carries an HMAC-SHA256 of both under
    `UNSUBSCRIBE_SECRET`, a secret of its own (not CRON_SECRET), cut to 128 bits.  Without

@@ -16,7 +16,7 @@ import httpx
 
 from app.config import Settings
 from app.core.budget import Budget
-from app.mail.transport import Mailer
+from app.mail.smtp import Mailer
 
 if TYPE_CHECKING:
     from app.core.runner import RunOutcome

@@ -1,35 +1,26 @@
-"""Outgoing mail: templates, one SMTP connection per batch, or `.eml` files without a host.
+"""The transport: one SMTP connection per batch, or `.eml` files when there is no server.
 
 * Without `SMTP_HOST` (the embedded default) every message is written under
   `<DATA_DIR>/outbox/` so a newcomer can open what the service would have sent.
-* User emails are rendered from `app/templates/email/<template>/<language>/` (`subject.txt`,
-  `body.txt`, `body.html`) in the language of `users.preferences["language"]` (or
-  `"locale"`), English when that language has no template.
-* Every user email carries its one-click unsubscribe link (RFC 8058, app/mail/unsubscribe.py)
-  in `List-Unsubscribe` and `List-Unsubscribe-Post` and in its footer; who may be emailed
-  at all is app/mail/recipients.py's rule.
 * `SMTPTransport` keeps one connection open for a whole batch and retries transient
-  failures (4xx replies, disconnects, timeouts) on a fresh connection with tenacity;
-  a permanent 5xx for one recipient is returned as `rejected`, never raised.
-* `deliver()` is the at-most-once primitive used by app/mail/delivery.py: it starts the
-  caller's hand-over record (`claim`, app/mail/handover.py, written on the database while the
-  envelope travels), waits for it after the server's `354`, and only then sends the
-  message with the end-of-data mark that makes the server take it.  Before that mark a
-  failure delivers nothing and the send is safe to retry; after it, a lost reply is
-  `unconfirmed`.
+  failures on a fresh connection with tenacity; a permanent 5xx for one recipient is
+  returned as `rejected`, never raised.
+* The SMTP rule lives here, once (`is_transient`): 4xx replies, lost or refused
+  connections and timeouts may go through later; other SMTP failures will not.  When the
+  retries are spent an smtplib failure leaves this module as the project's error
+  (`MailUnavailable`, a `TransientError`, or the permanent `MailRefused`), so the runner
+  decides without knowing smtplib.  Socket errors (`ConnectionRefusedError`, `TimeoutError`
+  …) are Python's own and leave as they are: the runner and the alerts read them as such.
+* `deliver()` is the once-only primitive of app/mail/delivery.py (which states the rule it
+  serves): the caller's hand-over claim travels with the envelope and is awaited after the
+  server's `354`; only a claim won lets the end-of-data mark go.
 * Every SMTP operation ends within the time budget the mailer was built under
-  (app/core/budget.py): connecting and each later exchange wait `SMTP_TIMEOUT` or what is left,
-  whichever is less, and retries stop when the budget would be spent.
-* User emails (`Mailer.compose`) are assembled straight into their wire bytes
-  (`Outgoing`): the email package's generator and header folding cost more per message
-  than the SMTP exchange itself.
+  (app/core/budget.py): connecting and each later exchange wait `SMTP_TIMEOUT` or what is
+  left, whichever is less, and retries stop when the budget would be spent.
 """
 
 from __future__ import annotations
 
-import base64
-import email.policy
-import functools
 import hashlib
 import os
 import re
@@ -38,88 +29,53 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
-from email.header import Header
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import jinja2
 import tenacity
 
 from app.config import Settings
 from app.core.budget import Budget
-
-LANGUAGE_KEYS = ("language", "locale")
-DEFAULT_LANGUAGE = "en"
-
-# 7bit: non-ASCII bodies go out quoted-printable, so no server needs 8BITMIME.
-_POLICY = email.policy.SMTP.clone(cte_type="7bit")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
+from app.core.errors import TransientError
+from app.mail.compose import Composer, Outgoing
 
 
-# --- templates -----------------------------------------------------------------------------
-
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("app", "templates"),
-    autoescape=jinja2.select_autoescape(["html"]),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    auto_reload=False,  # templates ship with the code; no stat() per message
-)
+class MailUnavailable(TransientError):
+    """The mail server could not take the message now (4xx, connection lost or refused,
+    timeout); the same send may go through later."""
 
 
-@functools.cache
-def template_languages(template: str) -> frozenset[str]:
-    prefix = f"email/{template}/"
-    return frozenset(
-        name[len(prefix):].split("/", 1)[0]
-        for name in _env.list_templates()
-        if name.startswith(prefix) and name.endswith("/body.txt")
-    )
+class MailRefused(Exception):
+    """The mail server refused for good (a 5xx to the sender, authentication, a missing
+    feature): sending again would get the same answer."""
 
 
-def resolve_language(preferences: Mapping[str, Any] | None, template: str) -> str:
-    """The user's language when a template exists for it (`pt-BR` -> `pt`), else English."""
-    available = template_languages(template)
-    for key in LANGUAGE_KEYS:
-        raw = (preferences or {}).get(key)
-        if isinstance(raw, str) and raw.strip():
-            code = re.split(r"[-_]", raw.strip().lower(), maxsplit=1)[0]
-            if code in available:
-                return code
-    return DEFAULT_LANGUAGE
+def is_transient(exc: BaseException) -> bool:
+    """The SMTP rule: may the same message go through later?"""
+    if isinstance(exc, smtplib.SMTPServerDisconnected | smtplib.SMTPConnectError):
+        return True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    if isinstance(exc, smtplib.SMTPException):  # refused recipients, unsupported features
+        return False
+    return isinstance(exc, OSError)  # refused/reset connections, timeouts, TLS hiccups
 
 
-@functools.cache
-def _template(name: str) -> jinja2.Template:
-    return _env.get_template(name)
+@contextmanager
+def _project_errors() -> Iterator[None]:
+    """smtplib's failures, once retries are spent, as the project's."""
+    try:
+        yield
+    except smtplib.SMTPException as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        if is_transient(exc):
+            raise MailUnavailable(detail) from exc
+        raise MailRefused(detail) from exc
 
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    text: str
-    html: str
-
-
-def render(template: str, language: str, context: Mapping[str, Any]) -> Rendered:
-    if language not in template_languages(template):
-        language = DEFAULT_LANGUAGE
-    base = f"email/{template}/{language}/"
-    return Rendered(
-        subject=" ".join(_template(base + "subject.txt").render(context).split()),
-        text=_template(base + "body.txt").render(context),
-        html=_template(base + "body.html").render(context),
-    )
-
-
-# --- transports ----------------------------------------------------------------------------
 
 DeliveryStatus = Literal["sent", "rejected", "unconfirmed", "lost_claim"]
 
@@ -129,9 +85,8 @@ class Delivery:
     """What happened to one message.
 
     sent: the server accepted it (250).  rejected: a permanent refusal (5xx) for this
-    recipient.  unconfirmed: the whole message was handed over but the reply was lost, so
-    it was probably delivered and is never sent again.  lost_claim: the hand-over claim
-    was refused (the run is no longer `running`); the SMTP transaction was abandoned.
+    recipient.  unconfirmed: the whole message was handed over but the reply was lost.
+    lost_claim: the hand-over claim was refused; the SMTP transaction was abandoned.
     """
 
     status: DeliveryStatus
@@ -151,22 +106,6 @@ class Claim(Protocol):
 StartClaim = Callable[[], Claim]
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """A single-recipient user email (`data`: CRLF line ends) and its SMTP DATA form
-    (`wire`: dot-stuffed, ending with the end-of-data mark), made once when composed."""
-
-    sender: str
-    recipient: str
-    subject: str
-    message_id: str
-    data: bytes
-    wire: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "wire", _LEADING_DOT.sub(b"..", self.data) + b".\r\n")
-
-
 class MailTransport(Protocol):
     # True while a message has been handed over (end-of-data sent) and its reply is not yet
     # read: if the caller is interrupted then, the message may have been taken.
@@ -177,33 +116,6 @@ class MailTransport(Protocol):
     def deliver(self, message: Outgoing, claim: StartClaim,
                 meanwhile: Callable[[], None] | None = None) -> Delivery:
         """`meanwhile` runs once while the server takes the message (it must not raise)."""
-
-
-def is_transient_smtp(exc: BaseException) -> bool:
-    """4xx replies, lost connections and timeouts: the same message may go through later."""
-    if isinstance(exc, smtplib.SMTPServerDisconnected | smtplib.SMTPConnectError):
-        return True
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return 400 <= exc.smtp_code < 500
-    if isinstance(exc, smtplib.SMTPException):  # refused recipients, unsupported features
-        return False
-    return isinstance(exc, OSError)  # refused/reset connections, timeouts, TLS hiccups
-
-
-def _header(name: str, value: str) -> str:
-    """One header line, RFC 2047-encoded and folded only when it has to be."""
-    value = " ".join(value.split())  # no CR/LF from data can start a header of its own
-    if value.isascii() and len(name) + len(value) < 77:
-        return f"{name}: {value}\r\n"
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    encoded = Header(value, charset, header_name=name).encode(linesep="\r\n")
-    return f"{name}: {encoded}\r\n"
-
-
-def _part(boundary: str, subtype: str, text: str) -> bytes:
-    body = base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
-    return (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-            "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii") + body
 
 
 def _collect(claim: Claim) -> None:
@@ -301,7 +213,7 @@ class SMTPTransport:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts) | self.budget.stop(),
             wait=tenacity.wait_random_exponential(multiplier=self.retry_wait, max=30),
-            retry=tenacity.retry_if_exception(is_transient_smtp),
+            retry=tenacity.retry_if_exception(is_transient),
             sleep=self.sleep,
             reraise=True,
         )
@@ -309,14 +221,15 @@ class SMTPTransport:
     # --- sending -------------------------------------------------------------------------
     def send(self, message: EmailMessage) -> None:
         """At-least-once send (admin mail): a lost reply is retried like any other failure."""
-        for attempt in self._retrying():
-            with attempt:
-                try:
-                    self._session().send_message(message)
-                except BaseException:
-                    # Whatever failed, the session may be mid-transaction: start afresh.
-                    self._drop()
-                    raise
+        with _project_errors():
+            for attempt in self._retrying():
+                with attempt:
+                    try:
+                        self._session().send_message(message)
+                    except BaseException:
+                        # Whatever failed, the session may be mid-transaction: start afresh.
+                        self._drop()
+                        raise
 
     def deliver(self, message: Outgoing, claim: StartClaim,
                 meanwhile: Callable[[], None] | None = None) -> Delivery:
@@ -327,16 +240,17 @@ class SMTPTransport:
         """
         attempts = 0
         pending = [meanwhile] if meanwhile is not None else []
-        for attempt in self._retry:
-            with attempt:
-                attempts += 1
-                try:
-                    result = self._transaction(message.wire, message.sender,
-                                               message.recipient, claim, pending)
-                except BaseException:
-                    # Whatever failed, the session may be mid-transaction: start afresh.
-                    self._drop()
-                    raise
+        with _project_errors():
+            for attempt in self._retry:
+                with attempt:
+                    attempts += 1
+                    try:
+                        result = self._transaction(message.wire, message.sender,
+                                                   message.recipient, claim, pending)
+                    except BaseException:
+                        # Whatever failed, the session may be mid-transaction: start afresh.
+                        self._drop()
+                        raise
         while pending:  # not reached on this path (a refusal, say): run it anyway
             pending.pop()()
         return replace(result, attempts=attempts)
@@ -405,85 +319,15 @@ class SMTPTransport:
             self._drop()
 
 
-# --- the mailer ----------------------------------------------------------------------------
+class Mailer(Composer):
+    """Composes messages (app/mail/compose.py) and sends them over the configured transport,
+    within the time budget current when it was built (the run's, or the alerts')."""
 
-
-class Mailer:
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep
                  ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.sleep = sleep
-        self.budget = Budget.current()  # the run's, or the alerts', when built inside one
-
-    @functools.cached_property
-    def _sender(self) -> str:
-        return parseaddr(self.settings.mail_from)[1]
-
-    @functools.cached_property
-    def _domain(self) -> str:
-        address = self._sender
-        return address.rsplit("@", 1)[1] if "@" in address else "voyagesmart-cron"
-
-    def build(self, to: list[str] | str, subject: str, text: str, html: str | None = None,
-              *, message_id: str | None = None, headers: Mapping[str, str] | None = None
-              ) -> EmailMessage:
-        message = EmailMessage(policy=_POLICY)
-        message["From"] = self.settings.mail_from
-        message["To"] = ", ".join(to) if isinstance(to, list) else to
-        message["Subject"] = subject
-        message["Date"] = formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = message_id or make_msgid(domain="voyagesmart-cron")
-        for name, value in (headers or {}).items():
-            message[name] = value
-        message.set_content(text)
-        if html is not None:
-            message.add_alternative(html, subtype="html")
-        return message
-
-    @functools.cached_property
-    def _from_header(self) -> str:
-        name, address = parseaddr(self.settings.mail_from)
-        return _header("From", formataddr((name, address), charset="utf-8"))
-
-    def compose(self, template: str, to: str, language: str, context: Mapping[str, Any],
-                *, unsubscribe_url: str, key: str | None = None) -> Outgoing:
-        """A user email from a template, with its one-click unsubscribe link and a stable
-        Message-ID.
-
-        `unsubscribe_url` (the recipient's signed link) goes in the footer and in
-        `List-Unsubscribe`, with `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
-        (RFC 8058): a mail client's unsubscribe button then POSTs there, no page needed.
-
-        `key` (the notification's dedupe key) fixes the Message-ID and the MIME boundary,
-        so the same notification always carries the same id wherever it ends up.  The
-        multipart/alternative structure is fixed (a text and an HTML part, both UTF-8 and
-        base64), so it is written out directly rather than through `email.generator`,
-        which at thousands of emails per run was most of the time not spent on the wire.
-        """
-        rendered = render(template, language, {**context, "unsubscribe_url": unsubscribe_url})
-        digest = hashlib.sha256((key or make_msgid()).encode()).hexdigest()[:32]
-        message_id = f"<{digest}@{self._domain}>"
-        boundary = f"=_{digest}"  # base64 lines never start with "--": no collision
-        head = "".join((
-            self._from_header,
-            _header("To", to),
-            _header("Subject", rendered.subject),
-            _header("Date", formatdate(localtime=False, usegmt=True)),
-            _header("Message-ID", message_id),
-            # One line however long (RFC 5322 allows 998): folding a URL gains nothing.
-            f"List-Unsubscribe: <{''.join(unsubscribe_url.split())}>\r\n",
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-            "Auto-Submitted: auto-generated\r\n"
-            "MIME-Version: 1.0\r\n"
-            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n',
-        ))
-        data = b"".join((
-            head.encode("ascii"),
-            _part(boundary, "plain", rendered.text),
-            _part(boundary, "html", rendered.html),
-            f"--{boundary}--\r\n".encode("ascii"),
-        ))
-        return Outgoing(self._sender, to, rendered.subject, message_id, data)
+        self.budget = Budget.current()
 
     def _open_smtp(self) -> smtplib.SMTP:
         s = self.settings
