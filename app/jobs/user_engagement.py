@@ -19,10 +19,10 @@ Steps:
    `USER_ENGAGEMENT_SEND_BRAKE_SHARE` of all users, nothing is planned and the run ends
    `error` with the figures and sample user ids (a short `INACTIVITY_DAYS`, or an app
    that records no sign-ins, would otherwise email everyone).
-5. Settle what a dead run left mid-batch (at-most-once, as trip-reminders: see
-   app/mail/delivery.py); expire pending emails of users who came back before they
-   could be sent, and withdraw those of users who unsubscribed (or lack consent) since.
-6. Send the pending emails over one SMTP connection.
+5. Settle what a dead run left mid-batch (app/mail/delivery.py); expire pending emails of
+   users who came back before they could be sent, and withdraw those of users who
+   unsubscribed (or lack consent) since.
+6. Send the pending emails over one SMTP connection, at most once (app/mail/delivery.py).
 7. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
    sent and failed this month, opted-out inactive users, and users emailed by the
    previous campaign who logged in after that email.  Rerunning in the same month
