@@ -102,6 +102,11 @@ class _PgHandover:
     statement and settings never reach another user), driven through libpq's asynchronous
     calls: `claim()` sends, `_PgClaim.result()` reads.  Claims are strictly sequential; a
     claim is always collected before the next one is sent.
+
+    Behind a transaction pooler (the engine turned psycopg's prepared statements off) each
+    write must stand alone: no PREPARE and no session setting, since the next write may
+    reach another server connection.  Each write is then one simple query, with its own
+    `SET LOCAL` when commits are asynchronous.
     """
 
     def __init__(self, engine: Engine, run_id: uuid.UUID, *, durable: bool) -> None:
@@ -111,10 +116,14 @@ class _PgHandover:
         assert isinstance(conn, psycopg.Connection)
         self._conn = conn
         conn.autocommit = True
-        if not durable:
-            conn.execute("SET synchronous_commit = off")
-        conn.execute(f"PREPARE {_STATEMENT} (bigint, uuid) AS {_SQL}")
+        self._pooled = conn.prepare_threshold is None
+        self._async_commit = "SET LOCAL synchronous_commit = off; " if not durable else ""
+        if not self._pooled:
+            if not durable:
+                conn.execute("SET synchronous_commit = off")
+            conn.execute(f"PREPARE {_STATEMENT} (bigint, uuid) AS {_SQL}")
         self.pg = conn.pgconn
+        self.run_id = run_id
         self.run = str(run_id).encode()
         self._poll = select.poll()
         self._poll.register(self.pg.socket, select.POLLIN)
@@ -127,7 +136,13 @@ class _PgHandover:
         if self._in_flight:
             self.collect()
         try:
-            self.pg.send_query_prepared(_STATEMENT.encode(), [str(row_id).encode(), self.run])
+            if self._pooled:  # literals: an int and a UUID, nothing to quote
+                self.pg.send_query(f"{self._async_commit}UPDATE cron_job_log SET mail_cursor = "
+                                   f"{int(row_id)} WHERE run_id = '{self.run_id}' "
+                                   "AND status = 'running'".encode())
+            else:
+                self.pg.send_query_prepared(_STATEMENT.encode(),
+                                            [str(row_id).encode(), self.run])
             while self.pg.flush():  # nonblocking connection: the rest goes when writable
                 self._wait(select.POLLOUT)
         except psycopg.Error as exc:
@@ -151,7 +166,7 @@ class _PgHandover:
         if not self._in_flight:
             raise RuntimeError("no hand-over write is in flight")
         self._in_flight = False
-        first: PGresult | None = None
+        results: list[PGresult] = []
         try:
             while True:
                 while self.pg.is_busy():
@@ -160,15 +175,16 @@ class _PgHandover:
                 res = self.pg.get_result()
                 if res is None:
                     break
-                first = first or res
+                results.append(res)
         except psycopg.Error as exc:
             self._broken = True
             raise TransientError(f"could not record the hand-over: {exc}") from exc
-        if first is None or first.status != pq.ExecStatus.COMMAND_OK:
+        failed = next((r for r in results if r.status != pq.ExecStatus.COMMAND_OK), None)
+        if not results or failed is not None:
             self._broken = True
-            detail = first.error_message.decode(errors="replace") if first else "no answer"
+            detail = failed.error_message.decode(errors="replace") if failed else "no answer"
             raise TransientError(f"could not record the hand-over: {detail.strip()}")
-        return first.command_tuples == 1
+        return results[-1].command_tuples == 1  # the UPDATE's (after any SET LOCAL)
 
     def close(self) -> None:
         try:
