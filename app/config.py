@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     app_env: Literal["production", "development", "test"] = "production"
     vercel_env: str | None = None
     database_url: str = "sqlite:///./data/voyagesmart-cron.db"
+    # auto = `transaction` on Supavisor's port 6543 (docs/serverless.md).
+    database_pooler: Literal["auto", "transaction", "session", "none"] = "auto"
+    vercel: bool = False  # VERCEL=1 in Vercel's functions
     cron_secret: SecretStr | None = None
     cron_secret_previous: SecretStr | None = None
     enable_cron_jobs: bool = True
@@ -477,6 +480,21 @@ class Settings(BaseSettings):
             raise ValueError("has leading or trailing whitespace (a newline or a space); "
                              "remove it")
         return value
+
+    @model_validator(mode="after")
+    def _vercel(self) -> Settings:
+        """A Vercel function's files are gone after the invocation (APP_ENV=test: the
+        suite's stand-in for Vercel's runtime, on a local disk).  docs/serverless.md"""
+        if not self.vercel or self.app_env == "test":
+            return self
+        if self.is_sqlite:
+            raise ValueError("DATABASE_URL: SQLite loses its data between Vercel invocations "
+                             "(VERCEL=1); use a PostgreSQL URL through the Supabase pooler "
+                             "(postgres://…pooler.supabase.com:6543/postgres)")
+        if not self.smtp_host:
+            raise ValueError("SMTP_HOST is required on Vercel (VERCEL=1): without it email "
+                             "goes to a local .eml outbox, lost after each invocation")
+        return self
 
     @model_validator(mode="after")
     def _secrets_in_production(self) -> Settings:

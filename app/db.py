@@ -10,15 +10,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -184,9 +185,13 @@ def _watch_sqlite_file(engine: Engine, path: str, *, may_create: bool) -> None:
     event.listen(engine, "checkout", checkout)
 
 
-def make_engine(url: str, *, may_create: bool = True, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, may_create: bool = True, transaction_pooler: bool | None = None,
+                serverless: bool = False, **kwargs: Any) -> Engine:
     """An engine for `url`.  `may_create=False` (the service and its commands, except
-    `migrate`) never creates a SQLite file or its directory as a side effect."""
+    `migrate`) never creates a SQLite file or its directory as a side effect.  On
+    PostgreSQL, `transaction_pooler` (default: guessed from the URL, see
+    `behind_transaction_pooler`) turns prepared statements off; it and `serverless` drop
+    the connection pool."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
         on_disk = bool(path) and path != ":memory:" and not path.startswith("file:")
@@ -202,17 +207,68 @@ def make_engine(url: str, *, may_create: bool = True, **kwargs: Any) -> Engine:
         if on_disk:
             _watch_sqlite_file(engine, path, may_create=may_create)
         return engine
-    connect_args = {"connect_timeout": 5, "application_name": "voyagesmart-cron"}
+    connect_args: dict[str, Any] = {"connect_timeout": 5,
+                                    "application_name": "voyagesmart-cron"}
+    if transaction_pooler is None:
+        transaction_pooler = behind_transaction_pooler(url)
+    if transaction_pooler:
+        # A transaction pooler hands each transaction to whichever server connection is
+        # free: a statement prepared on one is unknown on the next ("prepared statement
+        # ... does not exist") or clashes with another client's ("already exists").
+        # psycopg prepares a query from its fifth execution on; None means never.
+        connect_args["prepare_threshold"] = None
+    if transaction_pooler or serverless:
+        # No pool (docs/serverless.md).  Behind a pooler, the pooler is the pool: a
+        # connection to it costs a handshake, not a server backend.  In a serverless
+        # function, 5 + 5 idle connections kept in every warm instance add up to the
+        # database's limit under fan-out; opened per use, an instance holds a connection
+        # only while it works.  Not a pool of one: a run uses two connections at once (its
+        # session and the mail hand-over record), so a pool of one would deadlock it.
+        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args,
+                                **kwargs)
     return sa.create_engine(
         url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args, **kwargs
     )
 
 
+# Supabase's Supavisor answers in transaction mode on this port (session mode on 5432).
+SUPAVISOR_TRANSACTION_PORT = 6543
+
+
+def behind_transaction_pooler(url: str, declared: str = "auto") -> bool:
+    """Whether `url` reaches PostgreSQL through a transaction-mode pooler: as declared
+    (`DATABASE_POOLER=transaction`, `session` or `none`), else guessed from Supavisor's
+    transaction port.  Declare it for any other pooler (PgBouncer's port is its own)."""
+    if declared != "auto":
+        return declared == "transaction"
+    parsed = make_url(url)
+    return (parsed.get_backend_name() in ("postgresql", "postgres")
+            and parsed.port == SUPAVISOR_TRANSACTION_PORT)
+
+
 @functools.lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, *, pooler: str = "auto", serverless: bool = False) -> Engine:
     """One engine per URL per process (Vercel functions reuse a warm process).  It never
     creates a database: only `migrate` does (`make_engine(url, may_create=True)`)."""
-    return make_engine(url, may_create=False)
+    return make_engine(url, may_create=False,
+                       transaction_pooler=behind_transaction_pooler(url, pooler),
+                       serverless=serverless)
+
+
+class _DatabaseSettings(Protocol):
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def database_pooler(self) -> str: ...
+    @property
+    def vercel(self) -> bool: ...
+
+
+def service_engine(settings: _DatabaseSettings) -> Engine:
+    """The engine the service and its commands use, shaped by where they run:
+    DATABASE_POOLER and VERCEL (docs/serverless.md)."""
+    return engine_for(settings.database_url, pooler=settings.database_pooler,
+                      serverless=settings.vercel)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

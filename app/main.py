@@ -19,7 +19,7 @@ from app.config import Settings, get_settings
 from app.core import registry
 from app.core.registry import JobSpec
 from app.core.runner import Runner, RunObserver
-from app.db import diagnose, engine_for
+from app.db import diagnose, service_engine
 from app.http import cron, dashboard, health, unsubscribe
 from app.http import metrics as metrics_routes
 from app.http.deps import single_valued_query
@@ -72,7 +72,7 @@ def create_app(
     app.state.settings = settings
     if engine is None:
         _warn_if_no_database_file(settings)
-    app.state.engine = engine or engine_for(settings.database_url)
+    app.state.engine = engine or service_engine(settings)
     app.state.clock = clock
     app.state.jobs = jobs if jobs is not None else registry.JOBS
     app.state.observers = [*observers_for(settings), *(observers or [])]

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 ENV_EXAMPLE = (ROOT / ".env.example").read_text()
 # Set by the platform, not by an operator.
-NOT_OPERATOR_SETTINGS = {"VERCEL_ENV"}
+NOT_OPERATOR_SETTINGS = {"VERCEL_ENV", "VERCEL"}
 
 
 def _section(title: str) -> str:

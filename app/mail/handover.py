@@ -54,11 +54,15 @@ class _Done:
         return self.won
 
 
-# The one write: the run's cursor moves to `cursor` while the run is still `running`.
-_WRITE = (job_log.update()
-          .where(job_log.c.run_id == sa.bindparam("run", type_=job_log.c.run_id.type),
-                 job_log.c.status == sa.bindparam("status", "running"))
-          .values(mail_cursor=sa.bindparam("cursor", type_=job_log.c.mail_cursor.type)))
+def _write(cursor: object, run: object) -> sa.Update:
+    """The one write: the run's cursor moves to `cursor` while the run is still `running`."""
+    return (job_log.update()
+            .where(job_log.c.run_id == run, job_log.c.status == "running")
+            .values(mail_cursor=cursor))
+
+
+_WRITE = _write(sa.bindparam("cursor", type_=job_log.c.mail_cursor.type),
+                sa.bindparam("run", type_=job_log.c.run_id.type))
 
 
 class _SqlHandover:
@@ -80,12 +84,23 @@ class _SqlHandover:
 _STATEMENT = "vsc_mail_handover"
 
 
-def _prepared() -> tuple[str, tuple[str, ...]]:
-    """`_WRITE` as PostgreSQL's own `$n` placeholders (for PREPARE), and the parameter
-    names in their order."""
+def _prepared() -> tuple[str, tuple[str, ...], dict[str, bytes]]:
+    """`_WRITE` as PostgreSQL's own `$n` placeholders (for PREPARE), the parameter names in
+    their order, and the values the statement fixes itself (the `running` status)."""
     dialect = PGDialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
     compiled = _WRITE.compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ())
+    fixed = {name: str(value).encode() for name, value in compiled.params.items()
+             if value is not None}
+    return str(compiled), tuple(compiled.positiontup or ()), fixed
+
+
+def _literal(row_id: int, run_id: uuid.UUID) -> str:
+    """`_WRITE` with its values written in (an int and a UUID): for a transaction pooler,
+    where no statement may be prepared."""
+    stmt = _write(sa.literal(int(row_id), job_log.c.mail_cursor.type),
+                  sa.literal(run_id, job_log.c.run_id.type))
+    return str(stmt.compile(dialect=PGDialect(),  # type: ignore[no-untyped-call]
+                            compile_kwargs={"literal_binds": True}))
 
 
 class _PgClaim:
@@ -106,6 +121,11 @@ class _PgHandover:
     statement and settings never reach another user), driven through libpq's asynchronous
     calls: `claim()` sends, `_PgClaim.result()` reads.  Claims are strictly sequential; a
     claim is always collected before the next one is sent.
+
+    Behind a transaction pooler (the engine turned psycopg's prepared statements off) each
+    write must stand alone: no PREPARE and no session setting, since the next write may
+    reach another server connection.  Each write is then one simple query, with its own
+    `SET LOCAL` when commits are asynchronous.
     """
 
     def __init__(self, engine: Engine, run_id: uuid.UUID, *, durable: bool) -> None:
@@ -115,12 +135,16 @@ class _PgHandover:
         assert isinstance(conn, psycopg.Connection)
         self._conn = conn
         conn.autocommit = True
-        if not durable:
-            conn.execute("SET synchronous_commit = off")
-        sql, self._names = _prepared()
-        conn.execute(f"PREPARE {_STATEMENT} AS {sql}")
+        self._pooled = conn.prepare_threshold is None
+        self._async_commit = "SET LOCAL synchronous_commit = off; " if not durable else ""
+        if not self._pooled:
+            if not durable:
+                conn.execute("SET synchronous_commit = off")
+            sql, self._names, fixed = _prepared()
+            conn.execute(f"PREPARE {_STATEMENT} AS {sql}")
+            self._fixed = {**fixed, "run": str(run_id).encode()}
         self.pg = conn.pgconn
-        self._fixed = {"run": str(run_id).encode(), "status": b"running"}
+        self.run_id = run_id
         self._poll = select.poll()
         self._poll.register(self.pg.socket, select.POLLIN)
         self._in_flight = False
@@ -132,9 +156,13 @@ class _PgHandover:
         if self._in_flight:
             self.collect()
         try:
-            values = {**self._fixed, "cursor": str(row_id).encode()}
-            self.pg.send_query_prepared(_STATEMENT.encode(),
-                                        [values[name] for name in self._names])
+            if self._pooled:  # one simple query: SET LOCAL and the write in one transaction
+                self.pg.send_query(f"{self._async_commit}{_literal(row_id, self.run_id)}"
+                                   .encode())
+            else:
+                values = {**self._fixed, "cursor": str(row_id).encode()}
+                self.pg.send_query_prepared(_STATEMENT.encode(),
+                                            [values[name] for name in self._names])
             while self.pg.flush():  # nonblocking connection: the rest goes when writable
                 self._wait(select.POLLOUT)
         except psycopg.Error as exc:
@@ -158,7 +186,7 @@ class _PgHandover:
         if not self._in_flight:
             raise RuntimeError("no hand-over write is in flight")
         self._in_flight = False
-        first: PGresult | None = None
+        results: list[PGresult] = []
         try:
             while True:
                 while self.pg.is_busy():
@@ -167,15 +195,16 @@ class _PgHandover:
                 res = self.pg.get_result()
                 if res is None:
                     break
-                first = first or res
+                results.append(res)
         except psycopg.Error as exc:
             self._broken = True
             raise TransientError(f"could not record the hand-over: {exc}") from exc
-        if first is None or first.status != pq.ExecStatus.COMMAND_OK:
+        failed = next((r for r in results if r.status != pq.ExecStatus.COMMAND_OK), None)
+        if not results or failed is not None:
             self._broken = True
-            detail = first.error_message.decode(errors="replace") if first else "no answer"
+            detail = failed.error_message.decode(errors="replace") if failed else "no answer"
             raise TransientError(f"could not record the hand-over: {detail.strip()}")
-        return first.command_tuples == 1
+        return results[-1].command_tuples == 1  # the UPDATE's (after any SET LOCAL)
 
     def close(self) -> None:
         try:

@@ -10,7 +10,7 @@ import typer
 from sqlalchemy.engine import Connection
 
 from app.config import get_settings
-from app.db import engine_for
+from app.db import service_engine
 
 analytics_cli = typer.Typer(help="Weekly analytics stored by the `analytics` job.",
                             no_args_is_help=True, rich_markup_mode=None)
@@ -30,7 +30,7 @@ def _stored(label: str, parse: Callable[[str], object], shape: str, kind: str,
     except ValueError:
         typer.echo(f"{label!r} is not {shape}", err=True)
         raise typer.Exit(2) from None
-    with engine_for(get_settings().database_url).connect() as conn:
+    with service_engine(get_settings()).connect() as conn:
         row = read(conn, label)
     if row is None:
         typer.echo(f"no {kind} stored for {label}", err=True)

@@ -15,7 +15,14 @@ from sqlalchemy.engine import Engine
 
 from app.config import get_settings
 from app.core import registry
-from app.db import DatabaseFileError, diagnose, engine_for, is_database_outage, make_engine
+from app.db import (
+    DatabaseFileError,
+    behind_transaction_pooler,
+    diagnose,
+    is_database_outage,
+    make_engine,
+    service_engine,
+)
 from app.ops.billing_cli import analytics_cli, report_cli
 from app.ops.consent_cli import consent_cli
 from app.ops.schema_cli import schema_cli
@@ -34,7 +41,7 @@ cli.add_typer(consent_cli, name="consent")
 
 
 def _engine() -> Engine:
-    return engine_for(get_settings().database_url)
+    return service_engine(get_settings())
 
 
 @cli.command()
@@ -68,7 +75,9 @@ def migrate(
 
     # The one command that may create the database (and the SQLite file's directory).
     try:
-        engine = make_engine(get_settings().database_url, may_create=True)
+        s = get_settings()
+        engine = make_engine(s.database_url, may_create=True, transaction_pooler=
+                             behind_transaction_pooler(s.database_url, s.database_pooler))
     except DatabaseFileError as exc:
         typer.echo(f"invalid configuration: DATABASE_URL: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from app.config import get_settings
-from app.db import engine_for
+from app.db import service_engine
 
 consent_cli = typer.Typer(help="Recorded consent to user emails (cron_email_consent).",
                           no_args_is_help=True)
@@ -39,7 +39,7 @@ def consent_import(
     if not source.strip():
         typer.echo("--source must say where the consent comes from", err=True)
         raise typer.Exit(2)
-    engine = engine_for(get_settings().database_url)
+    engine = service_engine(get_settings())
     with csv_file.open(newline="", encoding="utf-8-sig") as fh:
         try:
             report = import_consent(engine, fh, list_name=USER_ENGAGEMENT,

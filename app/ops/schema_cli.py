@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from app.config import get_settings
-from app.db import engine_for
+from app.db import service_engine
 
 schema_cli = typer.Typer(help="What the jobs need from the database, and what it has.",
                          no_args_is_help=True)
@@ -37,7 +37,7 @@ def schema_check(
         typer.echo(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}", err=True)
         raise typer.Exit(2)
     jobs = {name: spec for name, spec in JOBS.items() if not job or name in job}
-    engine = engine_for(settings.database_url)
+    engine = service_engine(settings)
     try:
         results = check_jobs(engine, settings, jobs)
         service = service_tables_present(engine)
