@@ -51,6 +51,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.core.context import JobContext
 from app.core.errors import JobRefused
+from app.core.status import JobStatus, RunStatus
 from app.db import UTCDateTime, table_of, upsert
 from app.mail.handover import Handover, handover_log
 from app.mail.recipients import valid_address
@@ -303,7 +304,7 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
     if ctx.dry_run:
         return
     c = notifications.c
-    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == "running")
+    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == RunStatus.RUNNING)
     with ctx.engine.begin() as conn:
         runs = set(conn.execute(
             sa.select(c.run_id).distinct()
@@ -540,8 +541,8 @@ def _count_pending(engine: Engine, kind: str) -> int:
         ).scalar_one())
 
 
-def outcome_status(tally: Tally) -> str:
+def outcome_status(tally: Tally) -> JobStatus:
     """`warning` when a message failed, is unconfirmed, expired or was left for later."""
     troubled = (tally.failed + tally.unconfirmed + tally.expired + tally.left_pending
                 + tally.taken_by_other_run)
-    return "warning" if troubled else "success"
+    return RunStatus.WARNING if troubled else RunStatus.SUCCESS

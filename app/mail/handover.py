@@ -39,6 +39,7 @@ from psycopg.pq.abc import PGresult
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.errors import TransientError
+from app.core.status import RunStatus
 from app.db import table_of
 from app.mail.transport import Claim
 from app.models import CronJobLog
@@ -70,7 +71,7 @@ class _SqlHandover:
         self.conn: Connection = engine.connect().execution_options(
             isolation_level="AUTOCOMMIT")
         self.stmt = (job_log.update()
-                     .where(job_log.c.run_id == run_id, job_log.c.status == "running")
+                     .where(job_log.c.run_id == run_id, job_log.c.status == RunStatus.RUNNING)
                      .values(mail_cursor=sa.bindparam("cursor")))
 
     def claim(self, row_id: int) -> Claim:
@@ -81,7 +82,8 @@ class _SqlHandover:
 
 
 _STATEMENT = "vsc_mail_handover"
-_SQL = "UPDATE cron_job_log SET mail_cursor = $1 WHERE run_id = $2 AND status = 'running'"
+_SQL = ("UPDATE cron_job_log SET mail_cursor = $1 WHERE run_id = $2 "
+        f"AND status = '{RunStatus.RUNNING}'")
 
 
 class _PgClaim:
