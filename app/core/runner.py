@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import httpx
 import sqlalchemy as sa
 import tenacity
 from sqlalchemy import exc as sa_exc
@@ -115,8 +114,10 @@ class RunObserver(Protocol):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Network, rate-limit, 5xx and disconnect failures: the same work may succeed later."""
-    if isinstance(exc, TransientError | ConnectionError | TimeoutError | httpx.TransportError):
+    """May the same work succeed later?  Adapters raise TransientError for their library's
+    passing failures (app/adapters/, app/mail/); what is left to decide here is the
+    project's own and the database's: network, timeout and disconnect failures."""
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError):
         return True
     if isinstance(exc, sa_exc.OperationalError | sa_exc.DisconnectionError):
         return True
@@ -124,16 +125,6 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
-    try:
-        import stripe
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
-        return True
-    if isinstance(exc, stripe.StripeError):
-        return (exc.http_status or 0) >= 500
     return False
 
 
