@@ -31,6 +31,9 @@ stops before anything is rewritten.
 The report (the log row's details) names, per table and index, the action, the reason,
 dead tuples and sizes before and after, and the duration.  A dry run reads the same
 statistics and reports what it would do.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; each step's SQL differs per database and is kept next to the step.
 """
 
 from __future__ import annotations

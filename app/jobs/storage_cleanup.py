@@ -40,6 +40,10 @@ Steps:
 A dry run does steps 1-4 without writing (it re-encodes the images in memory), so its
 counts and samples are the real run's.  A second run finds nothing: removed files are in
 the quarantine, and a recompressed image no longer compresses by the required fraction.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; the storage itself is in app/adapters/storage.py and the references it checks
+in app/voyagesmart/file_references.py.
 """
 
 from __future__ import annotations

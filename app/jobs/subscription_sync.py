@@ -44,6 +44,9 @@ premium year and promo-code tiers have none and are never read or written here.
 
 A dry run fetches, compares and engages the same brake, and writes nothing: it predicts
 the real run's counts and samples.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; Stripe itself is in app/adapters/stripe_gateway.py.
 """
 
 from __future__ import annotations
