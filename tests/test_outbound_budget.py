@@ -19,7 +19,7 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from app.adapters.storage import S3Storage
-from app.adapters.stripe_gateway import StripeGateway
+from app.adapters.stripe_gateway import StripeGateway, StripeUnavailable
 from app.core import budget
 from app.core.registry import JOBS
 from app.core.runner import Runner, RunOutcome
@@ -88,7 +88,9 @@ def test_a_stripe_request_ends_with_the_budget(dead: DeadServer, tmp_path: Path)
                              stripe_max_network_retries=2)
     with budget.limited(2.0), StripeGateway(settings) as gateway:
         elapsed, result = _timed(gateway.retrieve_subscription, "sub_123")
-    assert isinstance(result, stripe.APIConnectionError), result
+    # The gateway hands the runner the project's TransientError, chained to Stripe's error.
+    assert isinstance(result, StripeUnavailable), result
+    assert isinstance(result.__cause__, stripe.APIConnectionError), result.__cause__
     assert elapsed < 2.0 + SLACK, elapsed
 
 

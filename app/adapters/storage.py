@@ -7,6 +7,10 @@ bounded memory.  `replace` swaps an object's bytes only after the new bytes were
 and read back intact, and keeps its key and metadata.  `move` and `copy` keep an object's
 bytes and metadata (the local backend its modification time too): storage-cleanup moves
 what it removes into a quarantine prefix, and a restore moves it back.
+
+Longer than the usual 400 lines: the interface and its two implementations are kept side by
+side so that each guarantee (a copy of one version only, an object that changed underneath)
+reads the same in both.
 """
 
 from __future__ import annotations

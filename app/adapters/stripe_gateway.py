@@ -11,13 +11,18 @@
 - Every request, retries included, ends within the run's time budget (app/core/budget.py): its
   timeout is `STRIPE_TIMEOUT` or what is left, whichever is less, and once nothing is left
   no request starts (and the SDK does not retry that).
+- A failure that may pass (429 once our own retries are spent, no connection, a 5xx)
+  leaves the gateway as `StripeUnavailable`, the project's `TransientError`, chained to
+  Stripe's exception: the runner retries the run without knowing Stripe.  Any other Stripe
+  error (a bad key, a 404) leaves as Stripe raised it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import stripe
@@ -26,6 +31,7 @@ from pyrate_limiter import Duration, Limiter, Rate
 
 from app.config import Settings
 from app.core.budget import Budget
+from app.core.errors import TransientError
 
 T = TypeVar("T")
 
@@ -35,6 +41,26 @@ _MAX_RETRY_AFTER = 30.0
 
 class StripeNotConfigured(RuntimeError):
     """No STRIPE_SECRET_KEY: retrying cannot help, the run fails at once."""
+
+
+class StripeUnavailable(TransientError):
+    """Stripe did not answer, or answered 429 or 5xx: the same call may succeed later."""
+
+    def __init__(self, original: stripe.StripeError) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+@contextmanager
+def _transient_as_project_error() -> Iterator[None]:
+    try:
+        yield
+    except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
+        raise StripeUnavailable(exc) from exc
+    except stripe.StripeError as exc:
+        if (exc.http_status or 0) >= 500:
+            raise StripeUnavailable(exc) from exc
+        raise
 
 
 class _MeteredHTTPClient(stripe.RequestsClient):
@@ -123,7 +149,8 @@ class StripeGateway:
 
     # --- calls --------------------------------------------------------------------------
     def call(self, func: Callable[[], T]) -> T:
-        """`func()`, retrying HTTP 429 with backoff; any other error propagates."""
+        """`func()`, retrying HTTP 429 with backoff; a failure that may pass raises
+        StripeUnavailable, any other error propagates."""
 
         def wait(state: tenacity.RetryCallState) -> float:
             hinted = _retry_after(state)
@@ -142,7 +169,8 @@ class StripeGateway:
             sleep=self._sleep,
             reraise=True,
         )
-        return retrying(func)
+        with _transient_as_project_error():
+            return retrying(func)
 
     def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
         sub = self.call(lambda: self.client.v1.subscriptions.retrieve(subscription_id))

@@ -12,12 +12,13 @@ import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.core.requirements import JobCheck, check_job
+from app.core.status import JobStatus, RunStatus
 
 
 @dataclass(frozen=True)
@@ -56,5 +57,5 @@ class JobContext:
 class JobResult:
     records_processed: int = 0
     message: str = ""
-    status: Literal["success", "warning"] = "success"
+    status: JobStatus = RunStatus.SUCCESS
     details: dict[str, Any] = field(default_factory=dict)

@@ -22,12 +22,11 @@ from sqlalchemy.engine import Engine
 
 from app.core import registry
 from app.core.registry import JobSpec
+from app.core.status import DONE, FAILED, RunStatus
 from app.db import table_of
 from app.models import CronJobLog
 
 log_t = table_of(CronJobLog)
-
-FAILED_STATUSES = ("error", "abandoned")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def job_health(spec: JobSpec, facts: JobFacts, now: dt.datetime,
         due_by = registry.next_fire(spec.schedule, reference) + spec.grace
         overdue = now > due_by
     stuck = facts.running_since is not None and now > facts.running_since + spec.max_runtime
-    failing = facts.last_outcome in FAILED_STATUSES
+    failing = facts.last_outcome in FAILED
     return JobHealth(spec.name, spec.critical, overdue, stuck, failing, due_by,
                      registry.next_fire(spec.schedule, now), facts)
 
@@ -83,17 +82,17 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
     with engine.connect() as conn:
         success = dict(conn.execute(
             sa.select(log_t.c.job_name, sa.func.max(log_t.c.started_at))
-            .where(log_t.c.job_name.in_(names), log_t.c.status.in_(("success", "warning")), real)
+            .where(log_t.c.job_name.in_(names), log_t.c.status.in_(DONE), real)
             .group_by(log_t.c.job_name)
         ).all())
         running = dict(conn.execute(
             sa.select(log_t.c.job_name, sa.func.min(log_t.c.started_at))
-            .where(log_t.c.job_name.in_(names), log_t.c.status == "running")
+            .where(log_t.c.job_name.in_(names), log_t.c.status == RunStatus.RUNNING)
             .group_by(log_t.c.job_name)
         ).all())
         last_rows = _latest(conn, names, real)
         outcomes = {name: row.status for name, row in
-                    _latest(conn, names, real, log_t.c.status != "running").items()}
+                    _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING).items()}
         baseline = conn.execute(sa.select(sa.func.min(log_t.c.started_at))).scalar()
     facts = {}
     for name in names:

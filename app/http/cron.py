@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from app.core.runner import DatabaseUnavailable, UnknownTask
+from app.core.status import RunStatus
 from app.http.deps import RunnerDep, require_cron_secret, shown
 from app.http.responses import CRON_QUERY, CRON_RESPONSES
 
@@ -53,7 +54,7 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
         raise HTTPException(404, f"unknown task {shown(task)}; known: "
                                  f"{', '.join(sorted(runner.jobs))}") from None
     except DatabaseUnavailable as exc:
-        return JSONResponse({"task": task, "status": "unavailable",
+        return JSONResponse({"task": task, "status": RunStatus.UNAVAILABLE,
                              "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     request.state.run_id = outcome.run_id

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.core.context import JobContext, JobResult
+from app.core.status import RunStatus
 from app.db import table_of, upsert
 from app.models import (
     CronWeeklyAnalytics,
@@ -263,7 +264,7 @@ def run(ctx: JobContext) -> JobResult:
     message = (("would store " if ctx.dry_run else "stored ") + summary
                + "".join(f"; warning: {w}" for w in warnings))
     return JobResult(records_processed=1, message=message,
-                     status="warning" if warnings else "success",
+                     status=RunStatus.WARNING if warnings else RunStatus.SUCCESS,
                      details={"iso_week": label, "metrics": metrics, "warnings": warnings})
 
 

@@ -31,6 +31,9 @@ stops before anything is rewritten.
 The report (the log row's details) names, per table and index, the action, the reason,
 dead tuples and sizes before and after, and the duration.  A dry run reads the same
 statistics and reports what it would do.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; each step's SQL differs per database and is kept next to the step.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from app.core.context import JobContext, JobResult
+from app.core.status import JobStatus, RunStatus
 
 # Leftovers of an interrupted REINDEX CONCURRENTLY: the new copy (`_ccnew`) or, when the
 # swap went through, the old one (`_ccold`); PostgreSQL adds digits on name clashes.
@@ -131,14 +135,14 @@ def _result(ctx: JobContext, report: _Report) -> JobResult:
     message = f"{verb} {len(acted)} tables and {len(rebuilt)} indexes"
     if report.skipped:
         message += f"; skipped {len(report.skipped)} (see details)"
-    status: Any = "success"
+    status: JobStatus = RunStatus.SUCCESS
     if report.gave_up:
         message = (f"gave up at {report.gave_up['step']} {report.gave_up['target']}: "
                    f"{report.gave_up['reason']}; steps after it did not run. " + message)
-        status = "warning"
+        status = RunStatus.WARNING
     if report.errors:
         message += f"; {len(report.errors)} errors: " + "; ".join(report.errors[:3])
-        status = "warning"
+        status = RunStatus.WARNING
     records = 0 if ctx.dry_run else len(acted) + len(rebuilt)
     return JobResult(records, message[:1000], status, report.as_details())
 

@@ -32,6 +32,9 @@ Steps:
 Steps 2, 3 and 5 read their candidates once and write them in batches of `BATCH_SIZE`;
 step 4 walks the table in ranges.  Each batch is its own short transaction and re-checks
 its step's condition.  Nothing here ever sets `is_active` true or deletes a redemption row.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; each step re-checks its own condition where it writes, so that check stays by it.
 """
 
 from __future__ import annotations

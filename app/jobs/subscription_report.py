@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from app.config import Settings
 from app.core.context import JobContext, JobResult
+from app.core.status import RunStatus
 from app.db import table_of, upsert
 from app.mail import templates
 from app.mail.smtp import Mailer
@@ -260,7 +261,8 @@ def run(ctx: JobContext) -> JobResult:
                   else "would not send")
         return JobResult(int(send) + to_archive,
                          f"{summary}; {action}; would archive {to_archive}",
-                         status="warning" if not send and not already_sent else "success",
+                         status=RunStatus.WARNING if not send and not already_sent
+                         else RunStatus.SUCCESS,
                          details=details)
 
     if not already_sent or ctx.force:
@@ -290,7 +292,8 @@ def run(ctx: JobContext) -> JobResult:
         outcome = "stored, not sent: ADMIN_EMAILS is empty"
     return JobResult(records_processed=int(send) + archived,
                      message=f"{summary}; {outcome}; archived {archived}",
-                     status="warning" if not send and not already_sent else "success",
+                     status=RunStatus.WARNING if not send and not already_sent
+                     else RunStatus.SUCCESS,
                      details=details)
 
 

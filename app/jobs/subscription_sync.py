@@ -44,6 +44,9 @@ premium year and promo-code tiers have none and are never read or written here.
 
 A dry run fetches, compares and engages the same brake, and writes nothing: it predicts
 the real run's counts and samples.
+
+Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
+steps above; Stripe itself is in app/adapters/stripe_gateway.py.
 """
 
 from __future__ import annotations
@@ -61,13 +64,20 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy.engine import Engine, Row
 
-from app.adapters.stripe_gateway import PAGE_SIZE, StripeGateway, is_key_mismatch, is_missing
+from app.adapters.stripe_gateway import (
+    PAGE_SIZE,
+    StripeGateway,
+    StripeUnavailable,
+    is_key_mismatch,
+    is_missing,
+)
 from app.adapters.stripe_key import key_mode
 from app.config import Settings
 from app.core.batching import keys_in, stream_rows
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobAborted, JobRefused, TransientError
 from app.core.safety import SAMPLES, Brake
+from app.core.status import RunStatus
 from app.db import UTCDateTime, new_uuid, table_of
 from app.models import SubscriptionHistory, UserSubscription
 from app.models.voyagesmart import SUBSCRIPTION_STATUSES, TIERS
@@ -338,6 +348,8 @@ class _Sync:
                 return row, self.gateway.retrieve_subscription(row.stripe_subscription_id), None
             except (stripe.AuthenticationError, stripe.PermissionError):
                 raise  # the key is wrong: every call would fail the same way
+            except StripeUnavailable as exc:
+                return row, None, exc.original  # one row's failure, named as Stripe said
             except stripe.StripeError as exc:
                 return row, None, exc
 
@@ -582,7 +594,7 @@ def run(ctx: JobContext) -> JobResult:
     }
     attention = t.failures or unmapped or t.incomplete_items or t.unknown_statuses
     return JobResult(records_processed=t.changed, message=message,
-                     status="warning" if attention else "success", details=details)
+                     status=RunStatus.WARNING if attention else RunStatus.SUCCESS, details=details)
 
 
 def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,

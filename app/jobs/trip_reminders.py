@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from app.core.batching import stream_rows
 from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
+from app.core.status import RunStatus
 from app.db import table_of
 from app.mail import delivery as notify
 from app.mail.ledger import notifications
@@ -196,7 +197,7 @@ def run(ctx: JobContext) -> JobResult:
                    + skipped)
         return JobResult(records_processed=tally.new + tally.resumed, message=message,
                          details=details,
-                         status="warning" if screen.unreachable else "success")
+                         status=RunStatus.WARNING if screen.unreachable else RunStatus.SUCCESS)
     message = (f"trips starting {day}: {tally.sent} sent, {tally.failed} failed, "
                f"{tally.unconfirmed} unconfirmed, {tally.already_sent} already sent, "
                f"{screen.declined} opted out" + skipped)
@@ -206,9 +207,9 @@ def run(ctx: JobContext) -> JobResult:
         message += f", {tally.withdrawn} withdrawn (unsubscribed)"
     if tally.left_pending:
         message += f", {tally.left_pending} left for the next run (time budget)"
-    troubled = notify.outcome_status(tally) == "warning" or screen.unreachable
+    troubled = notify.outcome_status(tally) == RunStatus.WARNING or screen.unreachable
     return JobResult(records_processed=tally.sent, message=message,
-                     status="warning" if troubled else "success", details=details)
+                     status=RunStatus.WARNING if troubled else RunStatus.SUCCESS, details=details)
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from app.core.batching import stream_rows
 from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
+from app.core.status import RunStatus
 from app.db import table_of, upsert
 from app.mail import delivery as notify
 from app.mail.ledger import notifications
@@ -270,7 +271,7 @@ def run(ctx: JobContext) -> JobResult:
     if ctx.dry_run:
         return JobResult(
             records_processed=tally.new + tally.resumed, details=details,
-            status="warning" if warnings else "success",
+            status=RunStatus.WARNING if warnings else RunStatus.SUCCESS,
             message=f"{counts['inactive']} inactive users; would email "
             f"{tally.new + tally.resumed}, {tally.already_sent} already emailed this "
             f"inactivity period, {counts['opted_out']} opted out"
@@ -284,5 +285,6 @@ def run(ctx: JobContext) -> JobResult:
                f"{values['returned_users']} came back since the last campaign"
                + "".join(f"; warning: {w}" for w in warnings))
     return JobResult(records_processed=tally.sent, message=message, details=details,
-                     status="warning" if warnings or notify.outcome_status(tally) == "warning"
-                     else "success")
+                     status=RunStatus.WARNING
+                     if warnings or notify.outcome_status(tally) == RunStatus.WARNING
+                     else RunStatus.SUCCESS)

@@ -60,6 +60,7 @@ from sqlalchemy.engine import Connection
 
 from app.core.context import JobContext
 from app.core.errors import JobRefused
+from app.core.status import JobStatus, RunStatus
 from app.db import table_of
 from app.mail import ledger
 from app.mail.compose import NotificationMessages
@@ -237,7 +238,7 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
     if ctx.dry_run:
         return
     c = notifications.c
-    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == "running")
+    gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == RunStatus.RUNNING)
     with ctx.engine.begin() as conn:
         runs = set(conn.execute(
             sa.select(c.run_id).distinct()
@@ -432,8 +433,8 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     tally.timed("deliver", clock)
 
 
-def outcome_status(tally: Tally) -> str:
+def outcome_status(tally: Tally) -> JobStatus:
     """`warning` when a message failed, is unconfirmed, expired or was left for later."""
     troubled = (tally.failed + tally.unconfirmed + tally.expired + tally.left_pending
                 + tally.taken_by_other_run)
-    return "warning" if troubled else "success"
+    return RunStatus.WARNING if troubled else RunStatus.SUCCESS

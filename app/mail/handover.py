@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.errors import TransientError
+from app.core.status import RunStatus
 from app.db import table_of
 from app.mail.smtp import Claim
 from app.models import CronJobLog
@@ -57,7 +58,7 @@ class _Done:
 def _write(cursor: object, run: object) -> sa.Update:
     """The one write: the run's cursor moves to `cursor` while the run is still `running`."""
     return (job_log.update()
-            .where(job_log.c.run_id == run, job_log.c.status == "running")
+            .where(job_log.c.run_id == run, job_log.c.status == RunStatus.RUNNING)
             .values(mail_cursor=cursor))
 
 

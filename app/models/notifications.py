@@ -1,17 +1,51 @@
-"""Tables of the user notifications: monthly engagement metrics, opt-outs and consent.
-
-The notifications themselves live in `cron_notification` (app/models/service.py).
-"""
+"""Tables of the user notifications: the notifications sent, the monthly engagement
+metrics, and the opt-outs and consent that decide who may be emailed."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, UUIDType
+from app.db import Base, JSONType, UTCDateTime, UUIDType
+
+
+class CronNotification(Base):
+    """Every notification the service sends, keyed so that no one is emailed twice.
+
+    `status` moves pending -> sent | failed | unconfirmed | expired; app/mail/delivery.py
+    owns the transitions and documents them.
+    """
+
+    __tablename__ = "cron_notification"
+    __table_args__ = (
+        sa.Index("ix_cron_notification_kind_reference", "kind", "reference_date"),
+        # The send queue: pending rows of a kind in id order (app/mail/delivery.py).
+        sa.Index("ix_cron_notification_pending", "kind", "id",
+                 postgresql_where=sa.text("status = 'pending'"),
+                 sqlite_where=sa.text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    dedupe_key: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
+    recipient: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, index=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # What the message is about (trip start date, campaign month) and what it says.
+    trip_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    reference_date: Mapped[dt.date | None] = mapped_column(sa.Date)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class CronEngagementMetrics(Base):

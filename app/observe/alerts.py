@@ -1,8 +1,9 @@
 """Failure alerts: an email to the admins and a JSON POST to `WEBHOOK_URL`.
 
 Each channel reports `sent` only once its server accepted the alert, `skipped` when it is
-not configured, `failed: <error>` otherwise.  An alert that cannot be sent is logged and
-swallowed: it must never hide or change the job's own status.
+not configured, `failed: <error>` otherwise, naming the library's exception (httpx's,
+smtplib's).  An alert that cannot be sent is logged and swallowed here: it must never hide or
+change the job's own status, so no channel's error ever reaches the runner to be classified.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from app.core import health
 from app.core.registry import JobSpec
+from app.core.status import FAILED, LOGGED
 from app.db import table_of
 from app.models import CronJobLog
 
@@ -28,8 +29,7 @@ log_t = table_of(CronJobLog)
 
 CHART_RUNS = 50
 PAGE_SIZE = 25
-STATUSES = ("success", "warning", "error", "abandoned", "running", "skipped")
-FAILED = frozenset({"error", "abandoned"})
+STATUSES = LOGGED
 CSRF_MAX_AGE = 8 * 3600
 
 # --- CSRF ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from app.core import health
 from app.core.registry import JobSpec
+from app.core.status import LOGGED
 from app.db import table_of
 from app.models import CronAuditLog, CronJobLog
 
@@ -33,7 +34,6 @@ audit_t = table_of(CronAuditLog)
 
 # Seconds; covers a sub-second no-op up to Vercel Pro's 800 s function limit and beyond.
 DURATION_BUCKETS = (0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
-RUN_STATUSES = ("success", "warning", "error", "abandoned", "running", "skipped")
 AUTH_FAILURE_OUTCOMES = ("auth_failed",)
 REFUSAL_OUTCOMES = ("auth_failed", "rate_limited", "ip_refused")
 RECENT = dt.timedelta(hours=1)
@@ -87,7 +87,7 @@ class RunLogCollector(Collector):
 
         runs = CounterMetricFamily("cron_runs", "Runs recorded in the run log (dry runs "
                                    "excluded), by task and status.", labels=["task", "status"])
-        counts = {(task, status): 0 for task in names for status in RUN_STATUSES}
+        counts = {(task, status): 0 for task in names for status in LOGGED}
         counts.update({(task, status): int(n) for task, status, n in by_status})
         for (task, status), n in sorted(counts.items()):
             runs.add_metric([task, status], n)

@@ -24,6 +24,7 @@ from sentry_sdk.crons.consts import MonitorStatus
 
 from app.config import Settings
 from app.core.registry import JobSpec
+from app.core.status import DONE
 from app.logs import EMAIL, Redactor, secrets_of
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class SentryCronObserver:
         with self._lock:
             check_in_id = self._open.pop(outcome.run_id, None) if outcome.run_id else None
         if check_in_id is not None:
-            ok = outcome.status in ("success", "warning")
+            ok = outcome.status in DONE
             capture_checkin(monitor_slug=spec.name, check_in_id=check_in_id,
                             status=MonitorStatus.OK if ok else MonitorStatus.ERROR,
                             duration=outcome.duration_ms / 1000)

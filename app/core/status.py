@@ -1,0 +1,38 @@
+"""The statuses of a run: the one list every module refers to.
+
+A run's log row (`cron_job_log.status`) is written `running` and closed `success`,
+`warning` or `error`; a row whose process died is closed `abandoned` by a later run.  Three
+more statuses only ever answer a call and are never stored: `duplicate` (the slot already
+ran, or is running now), `disabled` (ENABLE_CRON_JOBS=false) and `unavailable` (the
+database could not be reached, so nothing ran).
+
+Members are `str`s equal to their value, so a status compares, serialises to JSON and binds
+in SQL exactly as the bare string did.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    ABANDONED = "abandoned"
+    DUPLICATE = "duplicate"
+    DISABLED = "disabled"
+    UNAVAILABLE = "unavailable"
+
+
+# What the run log holds, in the order metrics and the dashboard list them.
+LOGGED = (RunStatus.SUCCESS, RunStatus.WARNING, RunStatus.ERROR, RunStatus.ABANDONED,
+          RunStatus.RUNNING)
+# A slot with a run in one of these has run: a later delivery of it is a duplicate.
+DONE = (RunStatus.SUCCESS, RunStatus.WARNING)
+# A run that ended in one of these failed: health calls its task failing, the dashboard red.
+FAILED = (RunStatus.ERROR, RunStatus.ABANDONED)
+# What a job may return: a job that fails raises instead (app/core/errors.py).
+JobStatus = Literal[RunStatus.SUCCESS, RunStatus.WARNING]

@@ -1,0 +1,58 @@
+"""Tables of the runs: the run log and the per-task leases (app/core/runner.py writes both)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, UTCDateTime, UUIDType
+
+
+class CronJobLog(Base):
+    """One row per run, written before the job starts and closed whatever happens."""
+
+    __tablename__ = "cron_job_log"
+    __table_args__ = (
+        sa.Index("ix_cron_job_log_job_started", "job_name", "started_at"),
+        sa.Index("ix_cron_job_log_job_slot", "job_name", "slot"),
+        sa.Index("ix_cron_job_log_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(UUIDType, unique=True)
+    job_name: Mapped[str] = mapped_column(sa.String(64))
+    slot: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    trigger: Mapped[str] = mapped_column(sa.String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    records_processed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    error_details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    dry_run: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The notification this run is handing to the mail server now (app/mail/handover.py).
+    mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.ended_at is None:
+            return None
+        return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+
+class CronJobLease(Base):
+    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead."""
+
+    __tablename__ = "cron_job_lease"
+
+    task: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    holder: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
