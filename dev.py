@@ -96,7 +96,11 @@ def serve(args: list[str]) -> int:
               f"{env['DASHBOARD_PASSWORD']})", flush=True)
     else:
         print("dashboard: off (set DASHBOARD_USER and DASHBOARD_PASSWORD in .env)", flush=True)
-    return subprocess.call([*cli, "serve", *args], cwd=ROOT)
+    server_env = dict(os.environ)
+    if not env.get("SERVICE_BASE_URL") and not os.environ.get("SERVICE_BASE_URL"):
+        # The unsubscribe links in the mails this server sends must reach this server.
+        server_env["SERVICE_BASE_URL"] = url
+    return subprocess.call([*cli, "serve", *args], cwd=ROOT, env=server_env)
 
 
 def test(args: list[str]) -> int:
