@@ -3,8 +3,10 @@
 
     python3 dev.py serve    # set up, migrate, load demo data, serve on http://127.0.0.1:8000
     python3 dev.py test     # set up with test dependencies, run the whole test suite
+    python3 dev.py lint     # ruff check and mypy --strict
+    python3 dev.py docs     # regenerate docs/settings.md from app/config.py
 
-Both create `.venv/` on first use and reinstall only when pyproject.toml changes.
+Each creates `.venv/` on first use and reinstalls only when pyproject.toml changes.
 Extra arguments after `test` go to pytest; after `serve`, to `voyagesmart-cron serve`
 (`--port 8001` or `--port=8001`, `--host …`).
 """
@@ -94,7 +96,11 @@ def serve(args: list[str]) -> int:
               f"{env['DASHBOARD_PASSWORD']})", flush=True)
     else:
         print("dashboard: off (set DASHBOARD_USER and DASHBOARD_PASSWORD in .env)", flush=True)
-    return subprocess.call([*cli, "serve", *args], cwd=ROOT)
+    server_env = dict(os.environ)
+    if not env.get("SERVICE_BASE_URL") and not os.environ.get("SERVICE_BASE_URL"):
+        # The unsubscribe links in the mails this server sends must reach this server.
+        server_env["SERVICE_BASE_URL"] = url
+    return subprocess.call([*cli, "serve", *args], cwd=ROOT, env=server_env)
 
 
 def test(args: list[str]) -> int:
@@ -102,8 +108,21 @@ def test(args: list[str]) -> int:
     return subprocess.call([str(PYTHON), "-m", "pytest", *args], cwd=ROOT)
 
 
+def lint(args: list[str]) -> int:
+    _setup("[dev]")
+    ruff = subprocess.call([str(BIN / "ruff"), "check", ".", *args], cwd=ROOT)
+    mypy = subprocess.call([str(BIN / "mypy")], cwd=ROOT)
+    return ruff or mypy
+
+
+def docs(args: list[str]) -> int:
+    _setup("[dev]")
+    return subprocess.call([str(PYTHON), "-m", "app.ops.settings_doc", "--write", *args],
+                           cwd=ROOT)
+
+
 def main() -> int:
-    commands = {"serve": serve, "test": test}
+    commands = {"serve": serve, "test": test, "lint": lint, "docs": docs}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2

@@ -128,7 +128,9 @@ class LocalStorage:
     name = "local"
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # Absolute once: the default root is relative (./data/storage), and keys are read
+        # off paths that _path() resolves.
+        self.root = root.resolve()
 
     def _path(self, bucket: str, key: str) -> Path:
         base = (self.root / bucket).resolve()
@@ -145,7 +147,7 @@ class LocalStorage:
         return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
-        base = self.root / bucket
+        base = (self.root / bucket).resolve()
         if not base.is_dir():
             return
         # Walk only the folder the prefix is in.

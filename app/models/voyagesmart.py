@@ -3,8 +3,8 @@
 The source is VoyageSmart's repository: its SQL (`supabase/schema.sql`,
 `supabase/migrations/20240601_update_existing_users_to_premium.sql`,
 `supabase/subscription_history.sql`) and, where that SQL is silent, the columns its code
-writes (the Stripe webhook, the promo-code routes, uploads, chat).  The README's "The
-VoyageSmart tables" section says which is which.
+writes (the Stripe webhook, the promo-code routes, uploads, chat).  "The VoyageSmart
+tables" in docs/deploy.md says which is which.
 
 The service reads and writes these tables; it never alters them on an existing VoyageSmart
 database (the `voyagesmart` migration branch creates them only on a fresh one).  A model
