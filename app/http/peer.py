@@ -108,7 +108,7 @@ class PeerMiddleware:
         elif config.proxy_headers:
             log.info("uvicorn rewrites client addresses from X-Forwarded-For sent by %s "
                      "(--proxy-headers); this service ignores that and reads each "
-                     "connection's peer itself: only TRUSTED_PROXIES are believed",
+                     "connection's peer itself: only its own trusted proxies are believed",
                      config.forwarded_allow_ips)
         if os.environ.get("VERCEL") and not _trusts_loopback(self.settings):
             log.warning("on Vercel every request reaches the service from the runtime's "
