@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
@@ -23,8 +23,9 @@ from app.db import diagnose, service_engine
 from app.http import cron, dashboard, health, unsubscribe
 from app.http import metrics as metrics_routes
 from app.http.deps import single_valued_query
-from app.http.guard import Defenses, guard_cron, security_headers
-from app.http.peer import PeerMiddleware
+from app.http.guard import Defenses, guard_cron
+from app.http.headers import no_store, security_headers
+from app.http.peer import PeerSeeingFastAPI
 from app.logs import configure_logging
 from app.observe.metrics import build_registry
 from app.observe.sentry import observers_for
@@ -59,7 +60,7 @@ def create_app(
     _warn_unconfigured_jobs(settings, jobs if jobs is not None else registry.JOBS)
     _warn_stripe_key_mode(settings)
     docs = not settings.is_production
-    app = FastAPI(
+    app = PeerSeeingFastAPI(
         title="VoyageSmart Cron",
         version="0.1.0",
         description="Scheduled maintenance jobs for VoyageSmart, behind a bearer secret.",
@@ -83,18 +84,13 @@ def create_app(
         observers=app.state.observers,
     )
 
-    @app.middleware("http")
-    async def no_store(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    app.middleware("http")(no_store)
     # Added last = runs first: headers wrap every answer, including the guard's refusals.
     app.middleware("http")(guard_cron)
     app.middleware("http")(security_headers)
-    # Outermost: the client address is the connection's peer, however the server was started.
-    app.add_middleware(PeerMiddleware, settings=settings)
+    # Outermost, before FastAPI's own layers: the client address is the connection's peer,
+    # however the server was started (app/http/peer.py).
+    app.see_peers(settings)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,10 +9,16 @@ then forwards each request from 127.0.0.1.  Usage: python tests/vercel_runtime.p
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import sys
 from pathlib import Path
+
+# Run as a script, this file's directory comes first on sys.path, and its tests/http package
+# would shadow the standard library's `http`.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+import importlib.util
+import socket
 from typing import Any
 
 import uvicorn

@@ -7,15 +7,17 @@ from fastapi.responses import JSONResponse
 
 from app.core.runner import DatabaseUnavailable, UnknownTask
 from app.core.status import RunStatus
-from app.http.deps import RunnerDep, require_cron_secret, shown
+from app.http.audit import note_run
+from app.http.deps import RunnerDep, cron_caller, shown
 from app.http.responses import CRON_QUERY, CRON_RESPONSES
 
 ALLOWED_PARAMS = frozenset({"dry_run", "force"})
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-# Authenticate the router, not each route: a new cron route cannot forget the check.
-router = APIRouter(prefix="/api/cron", tags=["cron"], dependencies=[Depends(require_cron_secret)])
+# Authenticate the router, not each route: a new cron route cannot forget the check.  The
+# guard in front (app/http/guard.py) audits each call with the same decision.
+router = APIRouter(prefix="/api/cron", tags=["cron"], dependencies=[Depends(cron_caller)])
 
 
 def trigger_of(request: Request) -> str:
@@ -57,9 +59,7 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
         return JSONResponse({"task": task, "status": RunStatus.UNAVAILABLE,
                              "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
-    request.state.run_id = outcome.run_id
-    request.state.run_status = outcome.status
-    request.state.task = task
+    note_run(request, task, outcome.run_id, outcome.status)
     return JSONResponse(outcome.as_json(), status_code=outcome.http_status)
 
 

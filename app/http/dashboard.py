@@ -9,20 +9,18 @@ same Runner as the scheduler (trigger `dashboard`), then redirect to the job's h
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.core.runner import DatabaseUnavailable, UnknownTask
-from app.http.deps import EngineDep, RunnerDep, SettingsDep, shown
-from app.http.guard import defenses_of, refuse_failed_auth
+from app.http.auth import Auth
+from app.http.deps import EngineDep, Operator, RunnerDep, SettingsDep, shown
+from app.http.guard import defenses_of
 from app.mail import templates
 from app.observe import dashboard_view as dashboard
 
@@ -35,44 +33,6 @@ STYLE = (Path(__file__).resolve().parent.parent / "templates" / "dashboard" / "s
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 
-def basic_credentials(request: Request) -> tuple[str, str] | None:
-    """User and password of an `Authorization: Basic` header, None when absent or malformed.
-
-    Parsed here rather than by fastapi's HTTPBasic, which answers a malformed header itself
-    and so would skip the failure count and the audit row.
-    """
-    scheme, _, param = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic" or not param.strip() or len(param) > 1024:
-        return None
-    try:
-        decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, separator, password = decoded.partition(":")
-    return (user, password) if separator else None
-
-
-def require_operator(request: Request, settings: SettingsDep) -> str:
-    user = settings.dashboard_user or ""
-    password = settings.dashboard_password.get_secret_value() if settings.dashboard_password \
-        else ""
-    credentials = basic_credentials(request)
-    given_user, given_password = credentials or ("", "")
-    # Both compared every time, in constant time, so timing says nothing about which failed.
-    ok = hmac.compare_digest(given_user.encode(), user.encode())
-    ok &= hmac.compare_digest(given_password.encode(), password.encode())
-    if credentials is None or not ok or not user:
-        refused = refuse_failed_auth(request)
-        if refused is not None:
-            raise HTTPException(429, "too many failed authentications; retry later",
-                                headers={"Retry-After": refused.headers["Retry-After"]})
-        raise HTTPException(401, "dashboard credentials required",
-                            headers={"WWW-Authenticate":
-                                     'Basic realm="voyagesmart-cron dashboard"'})
-    return user
-
-
-OperatorDep = Annotated[str, Depends(require_operator)]
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
@@ -86,7 +46,8 @@ def _page(request: Request, template: str, context: dict[str, Any],
     return response
 
 
-def _common(request: Request, user: str) -> dict[str, Any]:
+def _common(request: Request, operator: Auth) -> dict[str, Any]:
+    user = operator.who or ""
     settings = request.app.state.settings
     password = settings.dashboard_password.get_secret_value()
     return {"now": request.app.state.clock(), "user": user,
@@ -95,19 +56,19 @@ def _common(request: Request, user: str) -> dict[str, Any]:
 
 @router.get("")
 @router.get("/", name="dashboard_index")
-def index(request: Request, user: OperatorDep, engine: EngineDep) -> HTMLResponse:
-    common = _common(request, user)
+def index(request: Request, operator: Operator, engine: EngineDep) -> HTMLResponse:
+    common = _common(request, operator)
     jobs = dashboard.overview(engine, request.app.state.jobs, common["now"])
     return _page(request, "dashboard/index.html", {**common, "jobs": jobs})
 
 
 @router.get("/style.css")
-def style(_user: OperatorDep) -> Response:
+def style(_operator: Operator) -> Response:
     return Response(STYLE, media_type="text/css")
 
 
 @router.get("/jobs/{task}")
-def job(request: Request, task: str, user: OperatorDep, engine: EngineDep,
+def job(request: Request, task: str, operator: Operator, engine: EngineDep,
         page: Annotated[int, Query(ge=1)] = 1, status: str | None = None,
         ran: str | None = None, outcome: str | None = None) -> HTMLResponse:
     jobs = request.app.state.jobs
@@ -118,7 +79,7 @@ def job(request: Request, task: str, user: OperatorDep, engine: EngineDep,
     if status is not None and status not in dashboard.STATUSES:
         raise HTTPException(400, f"unknown status filter {shown(status)}; one of "
                                  f"{', '.join(dashboard.STATUSES)}")
-    common = _common(request, user)
+    common = _common(request, operator)
     view = next(v for v in dashboard.overview(engine, {task: jobs[task]}, common["now"]))
     hist = dashboard.history(engine, task, page=page, status=status)
     return _page(request, "dashboard/job.html", {
@@ -136,13 +97,14 @@ def _same_origin(request: Request) -> bool:
 
 
 @router.post("/jobs/{task}/run")
-def run_job(request: Request, task: str, user: OperatorDep, runner: RunnerDep,
+def run_job(request: Request, task: str, operator: Operator, runner: RunnerDep,
             settings: SettingsDep,
             csrf_token: Annotated[str | None, Form()] = None,
             mode: Annotated[str, Form()] = "run") -> Response:
     password = settings.dashboard_password.get_secret_value() if settings.dashboard_password \
         else ""
-    if not _same_origin(request) or not dashboard.csrf_valid(password, user, csrf_token):
+    if not _same_origin(request) or not dashboard.csrf_valid(password, operator.who or "",
+                                                                 csrf_token):
         raise HTTPException(403, "missing or invalid CSRF token; reload the dashboard")
     if mode not in ("run", "dry_run", "force"):
         raise HTTPException(400, "mode must be run, dry_run or force")

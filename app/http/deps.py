@@ -1,18 +1,21 @@
-"""Dependencies shared by the routes: settings, engine, runner, bearer authentication."""
+"""Dependencies shared by the routes: settings, engine, runner, and authentication.
+
+Authentication is one dependency per surface, each the same call: `authentication`
+(app/http/auth.py) decides, a refusal is counted against the address's failure budget and
+audited (app/http/guard.py), and the route receives the `Auth` the audit reads too.
+"""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.core.runner import Runner
-
-MAX_AUTH_HEADER = 1024
+from app.http.auth import Auth, Surface, authentication
+from app.http.guard import refuse_failed_auth
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -54,65 +57,42 @@ def shown(value: str, limit: int = 64) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} chars)"
 
 
-class AuthError(HTTPException):
-    def __init__(self, reason: str, status_code: int = 401) -> None:
-        headers = {"WWW-Authenticate": 'Bearer realm="voyagesmart-cron"'}
-        super().__init__(status_code=status_code, detail=reason, headers=headers)
+# --- authentication: one dependency per surface, one rule (app/http/auth.py) -----------
+def _authenticated(request: Request, settings: Settings, surface: Surface) -> Auth:
+    """The request's `Auth` for `surface`; a refusal is counted, audited and raised."""
+    auth = authentication(request, settings, surface)
+    if not auth.refused:
+        return auth
+    if surface is not Surface.CRON:
+        # The cron guard counted and audits this call itself (app/http/guard.py).
+        refused = refuse_failed_auth(request)
+        if refused is not None:
+            raise HTTPException(429, "too many failed authentications; retry later",
+                                headers={"Retry-After": refused.headers["Retry-After"]})
+    raise auth.error()
 
 
-def presented_token(request: Request) -> str:
-    """The bearer token of the request, or an AuthError saying what is wrong with it."""
-    header = request.headers.get("authorization")
-    if header is None:
-        raise AuthError("missing Authorization header (expected 'Bearer <CRON_SECRET>')")
-    if len(header) > MAX_AUTH_HEADER:
-        raise AuthError("Authorization header too long", status_code=400)
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("Authorization header must use the Bearer scheme")
-    return token.strip()
+def cron_caller(request: Request, settings: SettingsDep) -> Auth:
+    return _authenticated(request, settings, Surface.CRON)
 
 
-def matching_secret(token: str, candidates: list[SecretStr | None]) -> int | None:
-    """Index of the candidate equal to `token`, compared in constant time, or None.
-
-    Every candidate is compared, so timing does not say which one matched.
-    """
-    presented = token.encode()
-    found: int | None = None
-    for index, secret in enumerate(candidates):
-        if secret is not None and hmac.compare_digest(
-            presented, secret.get_secret_value().encode()
-        ):
-            found = index
-    return found
+def metrics_reader(request: Request, settings: SettingsDep) -> Auth:
+    return _authenticated(request, settings, Surface.METRICS)
 
 
-def secret_matches(settings: Settings, token: str) -> bool:
-    """The current secret or, during rotation, the previous one."""
-    return matching_secret(token, [settings.cron_secret, settings.cron_secret_previous]) is not None
+def health_viewer(request: Request, settings: SettingsDep) -> Auth:
+    """Anonymous is fine here; only a credential that is wrong is refused."""
+    return _authenticated(request, settings, Surface.HEALTH)
 
 
-def require_cron_secret(request: Request, settings: SettingsDep) -> None:
-    if "secret" in request.query_params or "token" in request.query_params:
-        raise AuthError("the secret is never accepted in the query string; "
-                        "send 'Authorization: Bearer <CRON_SECRET>'")
-    token = presented_token(request)
-    if not settings.cron_secret:
-        raise AuthError("CRON_SECRET is not configured on this service")
-    matched = matching_secret(token, [settings.cron_secret, settings.cron_secret_previous])
-    if matched is None:
-        raise AuthError("invalid credentials")
-    if matched == 1:
-        # Accepted through the previous secret: the audit log marks the call so an operator
-        # rotating the secret can see which callers still need the new one.
-        request.state.previous_secret = True
+def operator(request: Request, settings: SettingsDep) -> Auth:
+    return _authenticated(request, settings, Surface.DASHBOARD)
 
 
-def has_cron_secret(request: Request, settings: Settings) -> bool:
-    """True when the request carries a valid bearer secret (used for optional details)."""
-    try:
-        token = presented_token(request)
-    except HTTPException:
-        return False
-    return bool(settings.cron_secret) and secret_matches(settings, token)
+# Every route declares one of these (tests/http/test_route_authentication.py walks them).
+AUTHENTICATIONS = (cron_caller, metrics_reader, health_viewer, operator)
+
+CronCaller = Annotated[Auth, Depends(cron_caller)]
+MetricsReader = Annotated[Auth, Depends(metrics_reader)]
+HealthViewer = Annotated[Auth, Depends(health_viewer)]
+Operator = Annotated[Auth, Depends(operator)]

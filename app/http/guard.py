@@ -1,4 +1,4 @@
-"""What stands in front of the routes: client address, IP allowlist, rate limits, audit log.
+"""What stands in front of the routes: client address, IP allowlist, rate limits.
 
 1. The client address is the TCP peer (app/http/peer.py puts it back even where the server
    rewrote it from forwarding headers), unless the peer is in `TRUSTED_PROXIES`: then
@@ -12,15 +12,13 @@
    against `CRON_RATE_LIMIT`, failed authentications (cron, metrics, dashboard) against
    `AUTH_FAILURE_LIMIT` (one budget for every surface: cron, metrics, dashboard, `/health`
    with a bearer).  A flood of bad tokens exhausts only the failure budget, so valid
-   credentials pass on every surface, even from the same shared egress address.
+   credentials pass on every surface, even from the same shared egress address.  Which
+   budget a call meets is the authentication's decision (app/http/auth.py), read here.
 4. Over budget: 429 with `Retry-After`.  The instance then remembers the block until the
    window ends and answers without touching the database, so a flood costs one upsert per
    instance and window, not one per request.
-5. Every cron call and every failed authentication writes one `cron_audit_log` row: time,
-   address, user agent, method, path, task, outcome, status, run id; never the token.
-   Rows older than `AUDIT_RETENTION_DAYS` (and spent rate-limit windows) are pruned
-   opportunistically, at most once an hour per instance, by a request that writes an
-   audit row: no job or scheduler entry is needed for it.
+5. Every cron call and every failed authentication writes one audit row (app/http/audit.py).
+   Spent rate-limit windows are pruned with the audit rows, at most once an hour.
 """
 
 from __future__ import annotations
@@ -42,11 +40,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.db import table_of, upsert
-from app.models import CronAuditLog, CronRateLimit
+from app.http.audit import RUN_STATUSES, AuditLog, cron_outcome, noted_run
+from app.http.auth import Surface, authentication
+from app.models import CronRateLimit
 
 log = logging.getLogger("app.http.guard")
 
-audit_t = table_of(CronAuditLog)
 limit_t = table_of(CronRateLimit)
 
 CRON_PREFIX = "/api/cron"
@@ -117,6 +116,7 @@ class Defenses:
         self._blocked: dict[str, dt.datetime] = {}
         self._lock = threading.Lock()
         self._last_prune: dt.datetime | None = None
+        self.audit_log = AuditLog(settings, engine, clock)
 
     # --- addresses ----------------------------------------------------------------------
     def address_of(self, request: Request) -> str | None:
@@ -194,23 +194,11 @@ class Defenses:
     # --- audit --------------------------------------------------------------------------
     def audit(self, request: Request, *, outcome: str, status_code: int,
               task: str | None = None, run_id: Any = None) -> None:
-        now = self.clock()
-        row = {
-            "created_at": now,
-            "client_ip": (self.address_of(request) or "")[:64] or None,
-            "user_agent": (request.headers.get("user-agent") or "")[:512] or None,
-            "method": request.method[:8],
-            # The path only: a query string could carry a secret someone pasted there.
-            "path": request.url.path[:512],
-            "task": task[:64] if task else None,
-            "outcome": outcome[:32],
-            "status_code": status_code,
-            "run_id": run_id,
-        }
+        """One audit row (app/http/audit.py) from this request's client address."""
         try:
-            with self.engine.begin() as conn:
-                conn.execute(audit_t.insert().values(**row))
-            self._maybe_prune(now)
+            self.audit_log.write(request, self.address_of(request), outcome=outcome,
+                                 status_code=status_code, task=task, run_id=run_id)
+            self._maybe_prune(self.clock())
         except sa_exc.SQLAlchemyError as exc:
             log.warning("audit row not written: %s", type(exc).__name__)
 
@@ -223,13 +211,11 @@ class Defenses:
 
     def prune(self, now: dt.datetime) -> tuple[int, int]:
         """Delete audit rows past retention and rate-limit windows long over."""
-        audit_cutoff = now - dt.timedelta(days=self.settings.audit_retention_days)
         longest = max(self.settings.cron_rate_window_seconds,
                       self.settings.auth_failure_window_seconds)
         window_cutoff = now - dt.timedelta(seconds=2 * longest)
+        audits = self.audit_log.prune(now)
         with self.engine.begin() as conn:
-            audits = conn.execute(
-                audit_t.delete().where(audit_t.c.created_at < audit_cutoff)).rowcount
             windows = conn.execute(
                 limit_t.delete().where(limit_t.c.window_start < window_cutoff)).rowcount
         return audits, windows
@@ -245,8 +231,8 @@ def _task_of(path: str) -> str | None:
     return rest.split("/", 1)[0] if rest else None
 
 
-_OUTCOME_BY_STATUS = {200: "ok", 400: "bad_request", 401: "auth_failed", 404: "unknown_task",
-                      409: "busy", 429: "rate_limited", 500: "failed", 503: "unavailable"}
+def _failures_refused(wait: int) -> Verdict:
+    return Verdict(429, "too many failed authentications; retry later", "rate_limited", wait)
 
 
 async def guard_cron(request: Request,
@@ -255,50 +241,40 @@ async def guard_cron(request: Request,
     path = request.url.path
     if path != CRON_PREFIX and not path.startswith(CRON_PREFIX + "/"):
         return await call_next(request)
-    from app.http.deps import has_cron_secret
-
     defenses = defenses_of(request)
-    settings = defenses.settings
     address = defenses.address_of(request)
     task = _task_of(path)
     verdict: Verdict | None = None
-    authenticated = False
+    # The same decision the route's dependency reads (computed once per request).
+    auth = authentication(request, defenses.settings, Surface.CRON)
     if not defenses.allowed(address):
         verdict = Verdict(403, "this address may not call the cron endpoints", "ip_refused")
+    elif auth.accepted:
+        wait = await run_in_threadpool(defenses.cron_call, address)
+        if wait is not None:
+            verdict = Verdict(429, "too many cron calls from this address; retry later",
+                              "rate_limited", wait)
     else:
-        authenticated = (has_cron_secret(request, settings)
-                         and "secret" not in request.query_params
-                         and "token" not in request.query_params)
-        if authenticated:
-            wait = await run_in_threadpool(defenses.cron_call, address)
-            if wait is not None:
-                verdict = Verdict(429, "too many cron calls from this address; retry later",
-                                  "rate_limited", wait)
-        else:
-            blocked = defenses.failure_wait(address)
-            if blocked is not None:
-                # Already blocked here: no database work at all for the flood.
-                return Verdict(429, "too many failed authentications; retry later",
-                               "rate_limited", blocked).response()
-            wait = await run_in_threadpool(defenses.auth_failure, address)
-            if wait is not None:
-                verdict = Verdict(429, "too many failed authentications; retry later",
-                                  "rate_limited", wait)
+        blocked = defenses.failure_wait(address)
+        if blocked is not None:
+            # Already blocked here: no database work at all for the flood.
+            return _failures_refused(blocked).response()
+        wait = await run_in_threadpool(defenses.auth_failure, address)
+        if wait is not None:
+            verdict = _failures_refused(wait)
     if verdict is not None:
         await run_in_threadpool(defenses.audit, request, outcome=verdict.outcome,
                                 status_code=verdict.status, task=task)
         return verdict.response()
     response = await call_next(request)
-    state = request.state
-    outcome = getattr(state, "run_status", None) or _OUTCOME_BY_STATUS.get(
-        response.status_code, f"http_{response.status_code}")
-    if not authenticated and response.status_code in (400, 401):
-        outcome = "auth_failed"
-    elif getattr(state, "previous_secret", False):
-        outcome = f"{outcome}+old_secret"
-    await run_in_threadpool(defenses.audit, request, outcome=outcome,
+    run = noted_run(request)
+    if run is None and auth.accepted and response.status_code in RUN_STATUSES:
+        log.error("%s %s answered %d without noting its run for the audit log "
+                  "(app/http/audit.py note_run)", request.method, path, response.status_code)
+    await run_in_threadpool(defenses.audit, request,
+                            outcome=cron_outcome(auth, response.status_code, run),
                             status_code=response.status_code, task=task,
-                            run_id=getattr(state, "run_id", None))
+                            run_id=run.run_id if run is not None else None)
     return response
 
 
@@ -316,43 +292,11 @@ def refuse_failed_auth(request: Request) -> JSONResponse | None:
     address = defenses.address_of(request)
     blocked = defenses.failure_wait(address)
     if blocked is not None:
-        return Verdict(429, "too many failed authentications; retry later", "rate_limited",
-                       blocked).response()
+        return _failures_refused(blocked).response()
     wait = defenses.auth_failure(address)
     status = 429 if wait is not None else 401
     defenses.audit(request, outcome="rate_limited" if wait else "auth_failed",
                    status_code=status)
     if wait is None:
         return None
-    return Verdict(429, "too many failed authentications; retry later", "rate_limited",
-                   wait).response()
-
-
-# --- security headers ------------------------------------------------------------------
-_STRICT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-_BASE_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
-    "Cache-Control": "no-store",
-}
-# Swagger UI (development only) loads its script and styles from a CDN.
-_DOCS_PATHS = ("/docs", "/redoc")
-
-
-async def security_headers(request: Request,
-                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    response = await call_next(request)
-    for name, value in _BASE_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if not request.url.path.startswith(_DOCS_PATHS):
-        # A route that serves HTML (the dashboard) sets its own, narrower-than-default CSP.
-        response.headers.setdefault("Content-Security-Policy", _STRICT_CSP)
-    settings: Settings = request.app.state.settings
-    if settings.is_production:
-        response.headers.setdefault("Strict-Transport-Security",
-                                    "max-age=63072000; includeSubDomains")
-    return response
+    return _failures_refused(wait).response()

@@ -12,8 +12,7 @@ from app.adapters.stripe_key import key_mode_problem
 from app.core import health
 from app.core.requirements import check_jobs
 from app.db import DATABASE_PROBLEMS, database_state, ping
-from app.http.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
-from app.http.guard import refuse_failed_auth
+from app.http.deps import EngineDep, HealthViewer, SettingsDep
 from app.http.responses import HEALTH_RESPONSES
 
 router = APIRouter(tags=["health"])
@@ -23,17 +22,12 @@ router = APIRouter(tags=["health"])
 @router.head("/health", include_in_schema=False)
 @router.get("/health", summary="Service health: database probe, overdue and stuck jobs",
             responses=HEALTH_RESPONSES)
-def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONResponse:
+def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
+               viewer: HealthViewer) -> JSONResponse:
     now = request.app.state.clock()
     jobs = request.app.state.jobs
-    detailed = has_cron_secret(request, settings)
-    if not detailed and "authorization" in request.headers:
-        # A wrong bearer here would otherwise be a free oracle for guessing the secret.
-        refused = refuse_failed_auth(request)
-        if refused is not None:
-            return refused
-        error = AuthError("invalid credentials")
-        return JSONResponse({"error": error.detail}, status_code=401, headers=error.headers)
+    # Anonymous, or the cron secret (details); a wrong bearer was refused by `viewer`.
+    detailed = viewer.accepted
     body: dict[str, Any] = {"checked_at": now.isoformat()}
     try:
         ping(engine)

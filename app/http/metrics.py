@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app.http.deps import AuthError, SettingsDep, matching_secret, presented_token
-from app.http.guard import refuse_failed_auth
+from app.http.deps import MetricsReader
 
 router = APIRouter(tags=["monitoring"])
 
@@ -27,19 +25,6 @@ _ERROR = {"content": {"application/json": {"schema": {
         429: {"description": "too many failed authentications from this address", **_ERROR},
     },
 )
-def get_metrics(request: Request, settings: SettingsDep) -> Response:
-    try:
-        token = presented_token(request)
-        candidates = [settings.metrics_token]
-        if settings.cron_secret:
-            candidates += [settings.cron_secret, settings.cron_secret_previous]
-        if matching_secret(token, candidates) is None:
-            raise AuthError("invalid credentials")
-    except HTTPException as exc:
-        refused = refuse_failed_auth(request)
-        if refused is not None:
-            return refused
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
-                            headers=exc.headers)
+def get_metrics(request: Request, _reader: MetricsReader) -> Response:
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,11 @@ app's outermost layer, puts the connection's real peer back into `scope["client"
    taken to be rewritten: the request counts as coming from an unknown address (refused by
    `CRON_IP_ALLOWLIST`, one shared failure budget), never from the address it chose.  The
    service says so loudly at startup, and again the first time it happens.
+
+"Outermost" means before FastAPI itself: `FastAPI.__call__` wraps the lifespan's `receive`
+(its telemetry; the HTTP one too when OpenTelemetry is on), and behind that wrapper no
+middleware can reach uvicorn's connection.  So the app is a `PeerSeeingFastAPI`, whose
+`__call__` runs `PeerMiddleware` first and FastAPI's own `__call__` inside it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from fastapi import FastAPI
 
 from app.config import Settings
 
@@ -101,7 +108,7 @@ class PeerMiddleware:
         elif config.proxy_headers:
             log.info("uvicorn rewrites client addresses from X-Forwarded-For sent by %s "
                      "(--proxy-headers); this service ignores that and reads each "
-                     "connection's peer itself: only TRUSTED_PROXIES are believed",
+                     "connection's peer itself: only its own trusted proxies are believed",
                      config.forwarded_allow_ips)
         if os.environ.get("VERCEL") and not _trusts_loopback(self.settings):
             log.warning("on Vercel every request reaches the service from the runtime's "
@@ -118,3 +125,21 @@ class PeerMiddleware:
                     "from an unknown address (refused by CRON_IP_ALLOWLIST, one shared "
                     "failure budget).  Serve with uvicorn (voyagesmart-cron serve) to get "
                     "real client addresses")
+
+
+class PeerSeeingFastAPI(FastAPI):
+    """FastAPI with `PeerMiddleware` in front of FastAPI's own `__call__` (see above).
+
+    Still a FastAPI instance, so `fastapi run`, Vercel and the tests find and use it as one.
+    """
+
+    _peer: PeerMiddleware | None = None
+
+    def see_peers(self, settings: Settings) -> None:
+        self._peer = PeerMiddleware(super().__call__, settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._peer is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self._peer(scope, receive, send)
