@@ -15,6 +15,7 @@ from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.http.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.http.guard import refuse_failed_auth
 from app.http.responses import HEALTH_RESPONSES
+from app.observe import run_marks, trends
 
 router = APIRouter(tags=["health"])
 
@@ -38,6 +39,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     try:
         ping(engine)
         facts, baseline = health.read_facts(engine, jobs)
+        marks = run_marks.latest_marks(engine, list(jobs))
+        outlook = trends.job_trends(engine, jobs, now)
     except sa_exc.SQLAlchemyError as exc:
         state = database_state(exc)
         body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
@@ -52,6 +55,11 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
     if not settings.enable_cron_jobs:
         warnings.append("cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+    # Unusual runs and budgets in sight are warnings: the jobs still work (app/observe/).
+    warnings += [marks[name].warning(detailed=detailed) for name in jobs if name in marks]
+    warnings += trends.warnings(outlook)
+    if marks:
+        body["anomalies"] = {name: marks[name].kinds for name in jobs if name in marks}
     if warnings:
         body["warnings"] = warnings
     if detailed:
@@ -80,6 +88,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
                 "last_message": item.facts.last_message,
                 "due_by": _iso(item.due_by),
                 "next_fire": _iso(item.next_fire),
+                "anomalies": marks[item.name].as_dict() if item.name in marks else None,
+                "trend": outlook[item.name].as_dict(),
             }
             for item in results
         }
