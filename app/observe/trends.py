@@ -32,7 +32,7 @@ from app.observe.projection import Outlook, Point, Projection, project
 
 log_t = table_of(CronJobLog)
 
-HISTORY = 100  # runs per job; the fit is O(n^2) in it
+HISTORY = 50  # runs per job: the fit is O(n^2) in it, and /health runs it for every job
 WARN_WITHIN = dt.timedelta(days=30)
 NOISE_FLOOR_S = 1.0  # a median below this is scheduler noise: no trend is projected
 WARNED = (Outlook.SOON, Outlook.PAST)
