@@ -10,7 +10,8 @@
    backoff with full jitter, stopped before the time budget runs out), each attempt
    recorded on the row.
 5. Close the row (also when the job raises or the process is interrupted), release the
-   lease, and alert the admins when the run failed.
+   lease, and alert the admins when the run failed, or mark the row when a run that did its
+   work is unlike the job's recent runs (app/observe/run_marks.py).
 
 Longer than the usual 400 lines because a run's claim, lease, retries and closing are one
 story told in order, and the execution-model rework (the issue "Runs that outlive one
@@ -44,6 +45,7 @@ from app.db import diagnose, is_database_outage, table_of, upsert
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
 from app.observe.alerts import send_failure_alerts
+from app.observe.run_marks import JUDGED, mark_run
 
 log = logging.getLogger("app.core.runner")
 
@@ -87,6 +89,7 @@ class RunOutcome:
     message: str = ""
     attempts: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)  # app/observe/run_marks.py
 
     @property
     def http_status(self) -> int:
@@ -265,6 +268,8 @@ class Runner:
             with budget.limited(self.settings.alert_timeout):
                 outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
             self._record_details(outcome)
+        elif outcome.status in JUDGED and not dry_run:
+            outcome.anomalies = mark_run(self.engine, spec.name, run_id)
         self._notify("run_finished", spec, outcome)
         log.info(
             "run finished",

@@ -14,6 +14,7 @@ from app.core.requirements import check_jobs
 from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.http.deps import EngineDep, HealthViewer, SettingsDep
 from app.http.responses import HEALTH_RESPONSES
+from app.observe import run_marks, trends
 
 router = APIRouter(tags=["health"])
 
@@ -32,6 +33,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
     try:
         ping(engine)
         facts, baseline = health.read_facts(engine, jobs)
+        marks = run_marks.latest_marks(engine, list(jobs))
+        outlook = trends.job_trends(engine, jobs, now)
     except sa_exc.SQLAlchemyError as exc:
         state = database_state(exc)
         body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
@@ -46,6 +49,11 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
     body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
     if not settings.enable_cron_jobs:
         warnings.append("cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+    # Unusual runs and budgets in sight are warnings: the jobs still work (app/observe/).
+    warnings += [marks[name].warning(detailed=detailed) for name in jobs if name in marks]
+    warnings += trends.warnings(outlook)
+    if marks:
+        body["anomalies"] = {name: marks[name].kinds for name in jobs if name in marks}
     if warnings:
         body["warnings"] = warnings
     if detailed:
@@ -74,6 +82,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
                 "last_message": item.facts.last_message,
                 "due_by": _iso(item.due_by),
                 "next_fire": _iso(item.next_fire),
+                "anomalies": marks[item.name].as_dict() if item.name in marks else None,
+                "trend": outlook[item.name].as_dict(),
             }
             for item in results
         }

@@ -75,6 +75,7 @@ class RunRow:
     attempts: int
     dry_run: bool
     error_details: str | None
+    anomalies: tuple[dict[str, Any], ...] = ()  # marks (app/observe/run_marks.py)
 
     @property
     def duration_s(self) -> float | None:
@@ -86,7 +87,7 @@ class RunRow:
 _RUN_COLUMNS = (log_t.c.run_id, log_t.c.job_name, log_t.c.trigger, log_t.c.status,
                 log_t.c.started_at, log_t.c.ended_at, log_t.c.message,
                 log_t.c.records_processed, log_t.c.attempts, log_t.c.dry_run,
-                log_t.c.error_details)
+                log_t.c.error_details, log_t.c.anomalies)
 
 
 def _run_row(row: Any) -> RunRow:
@@ -97,6 +98,7 @@ def _run_row(row: Any) -> RunRow:
         message=row.message or "", records_processed=row.records_processed or 0,
         attempts=row.attempts or 0, dry_run=bool(row.dry_run),
         error_details=json.dumps(details, indent=2, sort_keys=True) if details else None,
+        anomalies=tuple(row.anomalies or ()),
     )
 
 

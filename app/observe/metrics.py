@@ -28,6 +28,7 @@ from app.core.registry import JobSpec
 from app.core.status import LOGGED
 from app.db import table_of
 from app.models import CronAuditLog, CronJobLog
+from app.observe import run_marks, trends
 
 log_t = table_of(CronJobLog)
 audit_t = table_of(CronAuditLog)
@@ -127,6 +128,7 @@ class RunLogCollector(Collector):
             stuck.add_metric([item.name], int(item.stuck))
             next_fire.add_metric([item.name], item.next_fire.timestamp())
         yield from (last_success, overdue, stuck, next_fire)
+        yield from _foresight(self.engine, jobs, now)
 
         auth = GaugeMetricFamily("cron_auth_failures_last_hour",
                                  "Failed authentications in the last hour (audit log).")
@@ -138,6 +140,39 @@ class RunLogCollector(Collector):
         for outcome in REFUSAL_OUTCOMES:
             refused.add_metric([outcome], refusals.get(outcome, 0))
         yield refused
+
+
+def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
+               ) -> Iterator[Metric]:
+    """Unusual latest runs (app/observe/run_marks.py) and duration trends against each
+    job's budget (app/observe/trends.py), as /health reports them."""
+    marks = run_marks.latest_marks(engine, list(jobs))
+    outlook = trends.job_trends(engine, jobs, now)
+    anomalous = GaugeMetricFamily("cron_job_anomalous", "1 when the job's latest finished "
+                                  "run is far outside its recent successful runs.",
+                                  labels=["task"])
+    factor = GaugeMetricFamily("cron_job_anomaly_factor", "How far outside: the factor of "
+                               "each mark on the latest run (duration / p95, records / "
+                               "median).", labels=["task", "kind"])
+    warned = GaugeMetricFamily("cron_job_budget_warning", "1 when the job's duration trend "
+                               "crosses its time budget within 30 days.", labels=["task"])
+    growth = GaugeMetricFamily("cron_job_duration_growth_per_day", "Fitted growth of the "
+                               "job's duration per day (0.05 = +5%).", labels=["task"])
+    crossing = GaugeMetricFamily("cron_job_budget_crossing_timestamp_seconds", "When the "
+                                 "fitted duration trend reaches the job's time budget.",
+                                 labels=["task"])
+    for name in jobs:
+        latest = marks.get(name)
+        anomalous.add_metric([name], int(latest is not None))
+        for mark in latest.marks if latest else ():
+            factor.add_metric([name, str(mark["kind"])], float(mark["factor"]))
+        trend = outlook[name]
+        warned.add_metric([name], int(trend.warn))
+        if trend.projection is not None:
+            growth.add_metric([name], trend.projection.growth_per_day)
+            if trend.projection.crosses_at is not None:
+                crossing.add_metric([name], trend.projection.crosses_at.timestamp())
+    yield from (anomalous, factor, warned, growth, crossing)
 
 
 def _le(bound: float) -> str:

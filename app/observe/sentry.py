@@ -4,7 +4,10 @@ With `SENTRY_DSN` set, errors (including the runner's "run failed" log line, thr
 SDK's logging integration) reach Sentry tagged with `task` and `run_id`.  Every real run
 sends an `in_progress` check-in and then `ok` or `error` with its duration under the same
 check-in id, with a monitor config built from the registry, so Sentry creates the monitor
-itself and alerts when a run is missed, late or too long.
+itself and alerts when a run is missed, late or too long.  A run that finished but is far
+outside its job's recent runs (app/observe/run_marks.py) also sends one warning event with
+its marks as the `anomalies` context, in the same trace as the run's check-ins: Sentry
+keeps only the trace context on a check-in and shows the events of its trace beside it.
 
 Nothing personal leaves: default PII stays off, local variables are not attached,
 and `before_send` replaces every configured secret, bearer/basic credentials, the
@@ -119,6 +122,8 @@ class SentryCronObserver:
     def run_finished(self, spec: JobSpec, outcome: RunOutcome) -> None:
         with self._lock:
             check_in_id = self._open.pop(outcome.run_id, None) if outcome.run_id else None
+        if outcome.anomalies:
+            _report_anomalies(spec, outcome)
         if check_in_id is not None:
             ok = outcome.status in DONE
             capture_checkin(monitor_slug=spec.name, check_in_id=check_in_id,
@@ -127,6 +132,18 @@ class SentryCronObserver:
         scope = sentry_sdk.get_isolation_scope()
         for tag in ("task", "run_id", "trigger"):
             scope.remove_tag(tag)
+
+
+def _report_anomalies(spec: JobSpec, outcome: RunOutcome) -> None:
+    kinds = sorted({str(mark["kind"]) for mark in outcome.anomalies})
+    with sentry_sdk.new_scope() as scope:
+        scope.set_context("anomalies", {"run_id": str(outcome.run_id),
+                                        "marks": outcome.anomalies})
+        scope.set_tag("anomaly", ",".join(kinds))
+        # One issue per job and kind of mark, not one per run.
+        scope.fingerprint = ["cron-anomaly", spec.name, *kinds]
+        reasons = "; ".join(str(mark["reason"]) for mark in outcome.anomalies)
+        sentry_sdk.capture_message(f"{spec.name}: unusual run: {reasons}", level="warning")
 
 
 def observers_for(settings: Settings) -> list[RunObserver]:
