@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     cron_secret_previous: SecretStr | None = None
     enable_cron_jobs: bool = True
     cron_timezone: str = "UTC"
+    # A live run renews its heartbeat (and lease) every HEARTBEAT_INTERVAL seconds; a run
+    # not renewed for DEAD_AFTER seconds is dead: /health says so, the next call takes over.
+    heartbeat_interval: float = Field(default=15.0, gt=0, le=60)
+    dead_after: float = Field(default=60.0, gt=0, le=3600)
     # Sent by our GitHub workflow and crontab lines so the run log can name the trigger.
     data_dir: Path = Path("./data")
 
@@ -237,6 +241,14 @@ class Settings(BaseSettings):
             if self.service_base_url is None:
                 raise ValueError("SERVICE_BASE_URL is required in production when SMTP_HOST "
                                  "is set: the unsubscribe links of user emails point there")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_window(self) -> Settings:
+        """A run must get at least two renewals into the window before it is called dead."""
+        if self.dead_after < 2 * self.heartbeat_interval:
+            raise ValueError("DEAD_AFTER must be at least twice HEARTBEAT_INTERVAL "
+                             f"({self.dead_after:g} s < 2 x {self.heartbeat_interval:g} s)")
         return self
 
     @property

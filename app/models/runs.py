@@ -39,6 +39,9 @@ class CronJobLog(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # The notification this run is handing to the mail server now (app/mail/handover.py).
     mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Renewed by the live run every HEARTBEAT_INTERVAL; older than DEAD_AFTER: its process
+    # is dead (app/core/runner.py).  None on rows written before heartbeats existed.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def duration_ms(self) -> int | None:
@@ -48,7 +51,10 @@ class CronJobLog(Base):
 
 
 class CronJobLease(Base):
-    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead."""
+    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead.
+
+    The holder pushes `expires_at` to DEAD_AFTER past each heartbeat: a holder that stops
+    renewing lets go of it within DEAD_AFTER, whatever the job's max runtime."""
 
     __tablename__ = "cron_job_lease"
 
