@@ -116,6 +116,32 @@ def test_a_run_renewing_its_heartbeat_past_its_max_runtime_is_not_dead(
     assert _holders(engine) == [None]
 
 
+def test_the_renewal_does_not_wait_for_the_jobs_own_long_transaction(
+        engine: Engine, db_url: str, tmp_path: Path, dialect: str) -> None:
+    """The job keeps one transaction open for 2 s (on PostgreSQL a writing one; SQLite has
+    a single writer, so there a reading one): its heartbeat goes on meanwhile."""
+    seen: list[dt.datetime] = []
+
+    def job(ctx: JobContext) -> JobResult:
+        with ctx.engine.begin() as conn:
+            if dialect == "postgresql":
+                conn.execute(lease_t.insert().values(task="held-by-the-job"))
+            conn.execute(sa.select(log_t.c.id)).all()
+            time.sleep(2.0)
+            with ctx.engine.connect() as other:
+                seen.append(other.execute(sa.select(log_t.c.heartbeat_at)
+                                          .where(log_t.c.run_id == ctx.run_id)).scalar_one())
+        return JobResult()
+
+    spec = JobSpec(name="one-long-transaction", schedule="0 3 * * *", func=job,
+                   description="test")
+    settings = make_settings(db_url, tmp_path, heartbeat_interval=0.2, dead_after=1.0)
+    outcome = Runner(settings, engine, jobs={spec.name: spec}).run(spec.name)
+    assert outcome.status == RunStatus.SUCCESS, outcome.message
+    started = _log(engine)[0].started_at
+    assert seen and seen[0] >= started + dt.timedelta(seconds=1.5), (started, seen)
+
+
 def _dead_run(engine: Engine, task: str, heartbeat: dt.datetime, dead_after: dt.timedelta,
               slot: dt.datetime | None = None) -> uuid.UUID:
     """What a killed process leaves: its `running` row and its lease, both unrenewed."""
