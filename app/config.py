@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     cron_timezone: str = "UTC"
     """Time zone for calendar rules inside jobs ("7 days from today").  Schedules are
     UTC."""
+    heartbeat_interval: float = Field(default=15.0, gt=0, le=60)
+    """Seconds between a live run's heartbeats (each renews its lease)."""
+    dead_after: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds without a heartbeat after which a run is dead: /health reports it, the next
+    call takes its slot up.  At least twice HEARTBEAT_INTERVAL."""
     data_dir: Path = Path("./data")
     """Where the embedded defaults live (SQLite file, outbox of .eml files, local
     storage)."""
@@ -373,6 +378,14 @@ class Settings(BaseSettings):
             if self.service_base_url is None:
                 raise ValueError("SERVICE_BASE_URL is required in production when SMTP_HOST "
                                  "is set: the unsubscribe links of user emails point there")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_window(self) -> Settings:
+        """A run must get at least two renewals into the window before it is called dead."""
+        if self.dead_after < 2 * self.heartbeat_interval:
+            raise ValueError("DEAD_AFTER must be at least twice HEARTBEAT_INTERVAL "
+                             f"({self.dead_after:g} s < 2 x {self.heartbeat_interval:g} s)")
         return self
 
     @property

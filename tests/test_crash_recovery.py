@@ -1,4 +1,5 @@
-"""A server killed mid-run: its `running` row and lease survive, then expire after max runtime."""
+"""A server killed mid-run: its `running` row and lease survive, then expire once its
+heartbeat has stopped for DEAD_AFTER (not after the job's max runtime)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 # Blocking a job at a precise point mid-run needs a table lock another session holds:
 # PostgreSQL only (in WAL mode SQLite never makes a reader wait for a writer).
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_killed_run_is_abandoned_after_max_runtime(
+def test_killed_run_is_abandoned_once_its_heartbeat_stops(
     db_url: str, engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    max_runtime = registry.JOBS["promo-cleanup"].max_runtime
+    dead_after = dt.timedelta(seconds=settings.dead_after)
+    assert dead_after < registry.JOBS["promo-cleanup"].max_runtime
     psycopg_url = db_url.replace("postgresql+psycopg://", "postgresql://")
     server = UvicornProcess({"APP_ENV": "test", "DATABASE_URL": db_url, "CRON_SECRET": SECRET,
                              "DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path).start()
@@ -59,10 +61,11 @@ def test_killed_run_is_abandoned_after_max_runtime(
         dead_run = logged[0].run_id
         lease = rows(engine, "SELECT holder, expires_at FROM cron_job_lease")
         assert [r.holder for r in lease] == [dead_run]
-        assert lease[0].expires_at >= started + max_runtime - dt.timedelta(minutes=1)
+        # DEAD_AFTER past its last heartbeat, which was before the kill.
+        assert started - dt.timedelta(minutes=1) <= lease[0].expires_at - dead_after <= started
 
-        # Before max runtime the lease still holds: another caller is told it is running.
-        busy_clock = FixedClock(dt.datetime.now(dt.UTC) + max_runtime / 2)
+        # Before DEAD_AFTER the lease still holds: another caller is told it is running.
+        busy_clock = FixedClock(dt.datetime.now(dt.UTC) + dead_after / 2)
         busy = Runner(settings, engine, clock=busy_clock).run("promo-cleanup", force=True)
         assert (busy.http_status, busy.status, busy.run_id) == (409, "running", dead_run)
     finally:
@@ -71,7 +74,7 @@ def test_killed_run_is_abandoned_after_max_runtime(
         server.stop()
 
     # The dead server's backend, now unblocked, finds its client gone and rolls back.
-    later = FixedClock(dt.datetime.now(dt.UTC) + max_runtime + dt.timedelta(seconds=1))
+    later = FixedClock(dt.datetime.now(dt.UTC) + dead_after + dt.timedelta(seconds=1))
     outcome = Runner(settings, engine, clock=later).run("promo-cleanup", trigger="http")
     assert outcome.status == "success", outcome.message
     logged = rows(engine, "SELECT run_id, status, message FROM cron_job_log ORDER BY id")

@@ -80,7 +80,7 @@ def test_a_process_killed_mid_batch_is_finished_by_the_next_run_without_duplicat
     assert left[0][0] > 0, "the kill must land mid-batch"
     assert rows(engine, "SELECT status FROM cron_job_log") == [("running",)]
 
-    # The dead process holds the lease until the task's max runtime has passed.
+    # The dead process holds the lease until its heartbeat is DEAD_AFTER old.
     slow_smtp.delay = 0.0
     later = FixedClock(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=16))
     settings = make_settings(db_url, tmp_path, **slow_smtp.settings, mail_retry_wait=0.0)

@@ -6,6 +6,9 @@ grace absorbs scheduler lateness (Vercel Hobby fires anywhere in the hour; GitHu
 can be hours late) and the job's own runtime.  A job that never succeeded is measured
 from the first run the service ever recorded, so a fresh deployment is not flagged before
 its first slot could have happened.  A run still `running` past its max runtime is stuck.
+A run whose heartbeat (app/core/heartbeat.py) is older than DEAD_AFTER is dead, and stuck,
+at once: its process stopped, and the next call takes its work up.  A run that keeps
+renewing its heartbeat is never dead, even past its max runtime (it is then only stuck).
 A job whose latest finished real run ended `error` or `abandoned` is failing until a run
 succeeds (the way healthchecks.io treats a fail signal): for a critical job that is an
 issue at once, not a day later when it becomes overdue.
@@ -14,6 +17,7 @@ issue at once, not a day later when it becomes overdue.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,9 @@ from app.models import CronJobLog
 
 log_t = table_of(CronJobLog)
 
+# The default of settings.dead_after: a run whose heartbeat is older is dead.
+DEAD_AFTER = dt.timedelta(seconds=60)
+
 
 @dataclass(frozen=True)
 class JobFacts:
@@ -41,6 +48,9 @@ class JobFacts:
     # Status of the latest real run that finished (a run in progress does not clear a
     # failure before it succeeds).
     last_outcome: str | None = None
+    # The `running` row with the oldest heartbeat, and that heartbeat.
+    heartbeat_run: uuid.UUID | None = None
+    heartbeat_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -53,30 +63,34 @@ class JobHealth:
     due_by: dt.datetime | None  # when it becomes overdue (next fire after last success + grace)
     next_fire: dt.datetime
     facts: JobFacts
+    dead: bool = False  # a run stopped renewing its heartbeat (it is stuck too)
 
     @property
     def ok(self) -> bool:
-        return not (self.overdue or self.stuck or self.failing)
+        return not (self.overdue or self.stuck or self.dead or self.failing)
 
 
 def job_health(spec: JobSpec, facts: JobFacts, now: dt.datetime,
-               baseline: dt.datetime | None) -> JobHealth:
+               baseline: dt.datetime | None, dead_after: dt.timedelta = DEAD_AFTER
+               ) -> JobHealth:
     reference = facts.last_success or baseline
     due_by = None
     overdue = False
     if reference is not None:
         due_by = registry.next_fire(spec.schedule, reference) + spec.grace
         overdue = now > due_by
-    stuck = facts.running_since is not None and now > facts.running_since + spec.max_runtime
+    dead = facts.heartbeat_at is not None and now > facts.heartbeat_at + dead_after
+    stuck = dead or (facts.running_since is not None
+                     and now > facts.running_since + spec.max_runtime)
     failing = facts.last_outcome in FAILED
     return JobHealth(spec.name, spec.critical, overdue, stuck, failing, due_by,
-                     registry.next_fire(spec.schedule, now), facts)
+                     registry.next_fire(spec.schedule, now), facts, dead)
 
 
 def read_facts(engine: Engine, jobs: dict[str, JobSpec]
                ) -> tuple[dict[str, JobFacts], dt.datetime | None]:
-    """Last success, last run, last finished run and oldest live `running` row per job:
-    four grouped reads."""
+    """Last success, last run, last finished run, oldest live `running` row and oldest
+    heartbeat of a `running` row per job: four grouped reads and one of the live rows."""
     names = list(jobs)
     real = log_t.c.dry_run.is_(False)
     with engine.connect() as conn:
@@ -94,6 +108,13 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
         outcomes = {name: row.status for name, row in
                     _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING).items()}
         baseline = conn.execute(sa.select(sa.func.min(log_t.c.started_at))).scalar()
+        # Newest first, so each job keeps its oldest heartbeat.
+        heartbeats = {row.job_name: row for row in conn.execute(
+            sa.select(log_t.c.job_name, log_t.c.run_id, log_t.c.heartbeat_at)
+            .where(log_t.c.job_name.in_(names), log_t.c.status == RunStatus.RUNNING,
+                   log_t.c.heartbeat_at.is_not(None))
+            .order_by(log_t.c.heartbeat_at.desc())
+        )}
     facts = {}
     for name in names:
         row = last_rows.get(name)
@@ -104,6 +125,8 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             last_message=row.message if row else None,
             running_since=running.get(name),
             last_outcome=outcomes.get(name),
+            heartbeat_run=heartbeats[name].run_id if name in heartbeats else None,
+            heartbeat_at=heartbeats[name].heartbeat_at if name in heartbeats else None,
         )
     return facts, baseline
 
@@ -127,15 +150,22 @@ def _latest(conn: sa.Connection, names: list[str], *conditions: sa.ColumnElement
 
 
 def evaluate(jobs: dict[str, JobSpec], facts: dict[str, JobFacts], now: dt.datetime,
-             baseline: dt.datetime | None) -> tuple[list[JobHealth], list[str]]:
+             baseline: dt.datetime | None, dead_after: dt.timedelta = DEAD_AFTER
+             ) -> tuple[list[JobHealth], list[str]]:
     """Every job's health and the list of problems that make the service unhealthy."""
-    results = [job_health(spec, facts[name], now, baseline) for name, spec in jobs.items()]
+    results = [job_health(spec, facts[name], now, baseline, dead_after)
+               for name, spec in jobs.items()]
     issues = []
     for item in results:
         if item.overdue and item.critical:
             issues.append(f"{item.name} is overdue: no successful run since "
                           f"{_fmt(item.facts.last_success)}; was due by {_fmt(item.due_by)}")
-        if item.stuck:
+        if item.dead:
+            issues.append(f"{item.name} is dead: run {item.facts.heartbeat_run} stopped "
+                          f"renewing its heartbeat at {_fmt(item.facts.heartbeat_at)}, over "
+                          f"{dead_after.total_seconds():g} s ago; the next call takes up "
+                          "its work")
+        elif item.stuck:
             issues.append(f"{item.name} is stuck: running since "
                           f"{_fmt(item.facts.running_since)}, past its max runtime")
         if item.failing and item.critical:

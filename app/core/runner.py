@@ -3,8 +3,19 @@
 1. Resolve the slot: a scheduled call belongs to the latest fire time at or before now; a
    manual, forced or dry run belongs to no slot.
 2. Claim the task's lease with a conditional UPDATE; the row count says who won, across
-   every process and instance sharing the database.  A lease whose holder died expires
-   after the task's max runtime, and the dead run's `running` row is closed as abandoned.
+   every process and instance sharing the database.  While the run lives, its heartbeat
+   (app/core/heartbeat.py) renews the lease every HEARTBEAT_INTERVAL; a holder that stopped
+   renewing lets go of it DEAD_AFTER later, not after the job's whole max runtime.  The
+   next call for the task then takes the lease, closes the dead run's `running` row as
+   abandoned (saying when its heartbeat stopped and which run took over) and runs the slot
+   again as a new run with its own row: the slot is done by the new run.
+   A new row rather than the dead one continued, because a run id is one process's claim:
+   the mail rows it claimed carry it, and its hand-over cursor says which message it had in
+   flight.  Closing the dead row is what settles that (app/mail/delivery.py reads the
+   cursor of a run no longer running, releases the rest, and refuses any further hand-over
+   of a run closed under it), so a process only thought dead can never send once more
+   under the id the new run would share.  No email goes twice; at most the message in
+   flight ends `unconfirmed`.
 3. Under the lease, a slot that already has a successful run is answered as a duplicate.
 4. Write the `running` log row, run the job with retries of transient errors (exponential
    backoff with full jitter, stopped before the time budget runs out), each attempt
@@ -38,6 +49,7 @@ from app.config import Settings
 from app.core import budget, registry
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobAborted, JobRefused, TransientError
+from app.core.heartbeat import Heartbeat
 from app.core.registry import JobSpec
 from app.core.requirements import JobCheck, check_job
 from app.core.status import DONE, RunStatus
@@ -204,9 +216,14 @@ class Runner:
                 self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
                 conn.execute(log_t.insert().values(
                     **self._running_row(spec, run_id, now, None, trigger, dry_run=True)))
+        heartbeat = Heartbeat(self.engine, spec.name, run_id, now,
+                              interval=self.settings.heartbeat_interval,
+                              dead_after=self.settings.dead_after, holds_lease=not dry_run)
         try:
             # A real run's lease is released in the transaction that closes its log row.
-            return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run, force=force)
+            with heartbeat:
+                return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run,
+                                     force=force)
         except BaseException:
             if not dry_run:
                 self._release(spec.name, run_id)
@@ -375,7 +392,8 @@ class Runner:
                      slot: dt.datetime | None, trigger: str, *, dry_run: bool
                      ) -> dict[str, Any]:
         return {"run_id": run_id, "job_name": spec.name, "slot": slot, "trigger": trigger,
-                "started_at": now, "status": RunStatus.RUNNING, "records_processed": 0,
+                "started_at": now, "heartbeat_at": now, "status": RunStatus.RUNNING,
+                "records_processed": 0,
                 "attempts": 1, "dry_run": dry_run, "message": "running (attempt 1)"}
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
@@ -409,7 +427,7 @@ class Runner:
                 lease_t.update()
                 .where(lease_t.c.task == spec.name)
                 .where(sa.or_(lease_t.c.holder.is_(None), lease_t.c.expires_at <= now))
-                .values(holder=run_id, acquired_at=now, expires_at=now + spec.max_runtime)
+                .values(holder=run_id, acquired_at=now, expires_at=now + self._dead_after)
             ).rowcount == 1
             if not claimed:
                 holder = conn.execute(
@@ -449,24 +467,44 @@ class Runner:
         except sa_exc.SQLAlchemyError:
             log.error("could not release lease of %s; it expires on its own", task)
 
+    @property
+    def _dead_after(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.settings.dead_after)
+
     def _abandon_dead_runs(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
                            now: dt.datetime, *, holds_lease: bool) -> None:
-        """Close `running` rows whose process died.
+        """Close `running` rows whose process died, each saying what happened.
 
-        Holding the lease proves every other real run of the task is dead (its lease
-        expired).  Dry runs take no lease, so only those past max runtime are known dead.
+        Holding the lease proves every other real run of the task is dead (it stopped
+        renewing the lease).  Dry runs take no lease: those whose heartbeat stopped
+        DEAD_AFTER ago are dead, and those without one (written before heartbeats) once
+        past max runtime.
         """
-        stale_dry = sa.and_(log_t.c.dry_run.is_(True),
-                            log_t.c.started_at <= now - spec.max_runtime)
+        heartbeat = log_t.c.heartbeat_at
+        stale_dry = sa.and_(log_t.c.dry_run.is_(True), sa.or_(
+            heartbeat <= now - self._dead_after,
+            sa.and_(heartbeat.is_(None), log_t.c.started_at <= now - spec.max_runtime)))
         condition = log_t.c.dry_run.is_(False) if holds_lease else sa.false()
-        conn.execute(
-            log_t.update()
+        dead = conn.execute(
+            sa.select(log_t.c.run_id, log_t.c.heartbeat_at, log_t.c.dry_run)
             .where(log_t.c.job_name == spec.name, log_t.c.status == RunStatus.RUNNING,
                    log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
-            .values(status=RunStatus.ABANDONED, ended_at=now,
-                    message="abandoned: the process running it stopped before it "
-                    "finished (lease expired)")
-        )
+        ).all()
+        for row in dead:
+            if row.heartbeat_at is None:
+                message = ("abandoned: the process running it stopped before it finished "
+                           "(lease expired)")
+            else:
+                message = (f"abandoned: the process running it stopped renewing its heartbeat "
+                           f"at {row.heartbeat_at.isoformat(timespec='seconds')} (dead after "
+                           f"{self.settings.dead_after:g} s); found by run {run_id}"
+                           + ("" if row.dry_run else ", which takes up its work"))
+            conn.execute(
+                log_t.update()
+                .where(log_t.c.run_id == row.run_id, log_t.c.status == RunStatus.RUNNING)
+                .values(status=RunStatus.ABANDONED, ended_at=now, message=message)
+            )
+            log.warning("run %s of %s %s", row.run_id, spec.name, message)
 
     def _done_run(self, task: str, slot: dt.datetime, conn: sa.Connection | None = None
                   ) -> tuple[uuid.UUID, str] | None:

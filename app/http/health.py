@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -41,7 +42,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
         if detailed:
             body["database_error"] = type(exc).__name__
         return JSONResponse(body, status_code=503)
-    results, issues = health.evaluate(jobs, facts, now, baseline)
+    results, issues = health.evaluate(jobs, facts, now, baseline,
+                                      dt.timedelta(seconds=settings.dead_after))
     warnings: list[str] = []
     stripe_key = key_mode_problem(settings)
     if stripe_key is not None:
@@ -75,6 +77,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
                 "critical": item.critical,
                 "overdue": item.overdue,
                 "stuck": item.stuck,
+                "dead": item.dead,
                 "failing": item.failing,
                 "last_success": _iso(item.facts.last_success),
                 "last_run": _iso(item.facts.last_run),

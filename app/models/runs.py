@@ -41,6 +41,9 @@ class CronJobLog(Base):
     mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
     # What was unusual about this run, with figures (app/observe/run_marks.py); NULL: nothing.
     anomalies: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    # Renewed by the live run every HEARTBEAT_INTERVAL; older than DEAD_AFTER: its process
+    # is dead (app/core/runner.py).  None on rows written before heartbeats existed.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def duration_ms(self) -> int | None:
@@ -50,7 +53,10 @@ class CronJobLog(Base):
 
 
 class CronJobLease(Base):
-    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead."""
+    """One row per task; a run holds it while `holder` is set and `expires_at` is ahead.
+
+    The holder pushes `expires_at` to DEAD_AFTER past each heartbeat: a holder that stops
+    renewing lets go of it within DEAD_AFTER, whatever the job's max runtime."""
 
     __tablename__ = "cron_job_lease"
 
