@@ -28,6 +28,8 @@ from app.observe import dashboard_view as dashboard
 
 TEMPLATES = Jinja2Templates(env=templates.ENV)
 TEMPLATES.env.globals.update(age=dashboard.age, seconds_text=dashboard.seconds_text)
+TEMPLATES.env.globals.update(usage_text=dashboard.usage_text, chart_runs=dashboard.CHART_RUNS,
+                             spark_runs=dashboard.SPARK_RUNS)
 STYLE = (Path(__file__).resolve().parent.parent / "templates" / "dashboard" / "style.css"
          ).read_text()
 
@@ -98,7 +100,8 @@ def _common(request: Request, user: str) -> dict[str, Any]:
 def index(request: Request, user: OperatorDep, engine: EngineDep) -> HTMLResponse:
     common = _common(request, user)
     jobs = dashboard.overview(engine, request.app.state.jobs, common["now"])
-    return _page(request, "dashboard/index.html", {**common, "jobs": jobs})
+    return _page(request, "dashboard/index.html", {**common, "jobs": jobs,
+                                                    "summary": dashboard.summarize(jobs)})
 
 
 @router.get("/style.css")
@@ -119,7 +122,7 @@ def job(request: Request, task: str, user: OperatorDep, engine: EngineDep,
         raise HTTPException(400, f"unknown status filter {shown(status)}; one of "
                                  f"{', '.join(dashboard.STATUSES)}")
     common = _common(request, user)
-    view = next(v for v in dashboard.overview(engine, {task: jobs[task]}, common["now"]))
+    view = dashboard.job_view(engine, jobs[task], common["now"])
     hist = dashboard.history(engine, task, page=page, status=status)
     return _page(request, "dashboard/job.html", {
         **common, "job": view, "history": hist, "statuses": dashboard.STATUSES,

@@ -39,6 +39,8 @@ class CronJobLog(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # The notification this run is handing to the mail server now (app/mail/handover.py).
     mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # What the run cost: memory, CPU, database time, outbound calls (app/observe/usage.py).
+    resource_usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     @property
     def duration_ms(self) -> int | None:
