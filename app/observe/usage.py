@@ -7,7 +7,8 @@ run's log row (`resource_usage`); the dashboard charts it beside the duration an
 1. Memory: `ru_maxrss`, the process's high-water mark, read at the start and at the end.
    `peak_memory_bytes` is the mark at the end (the run's own peak in a process that runs
    one job, as a Vercel function or the CLI does); `memory_growth_bytes` is how much the
-   run raised it (in a long-lived server, a run that stays under an earlier peak shows 0).
+   run raised it (in a long-lived server, a run that stays under an earlier peak shows 0;
+   on Linux a process inherits the peak of the one that started it).
    tracemalloc would see the run's own allocations but slows every one of them.
 2. CPU: process time, not the thread's, because jobs hand work to threads (Stripe reads,
    S3 copies).  In a server running other requests at the same time this is an upper bound.
