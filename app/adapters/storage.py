@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from app.config import Settings
 from app.core.budget import Budget
+from app.observe import usage
 
 # Files the local backend writes next to the original while replacing it; never listed.
 _PARTIAL_SUFFIX = ".vsc-partial"
@@ -302,7 +303,7 @@ class S3Storage:
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"),
         )
-        client.meta.events.register("before-send.s3", _within(budget))
+        client.meta.events.register("before-send.s3", _within(budget, usage.Meter.current()))
         # Staged copies live under the temp prefix: if a run dies, the next run's temp
         # cleanup removes them.
         return cls(client, settings.storage_temp_prefix.rstrip("/") + "/.recompress/")
@@ -453,12 +454,14 @@ class S3Storage:
         return failed
 
 
-def _within(budget: Budget) -> Callable[..., None]:
+def _within(budget: Budget, meter: usage.Meter | None = None) -> Callable[..., None]:
     """A botocore `before-send` hook: each attempt (retries included) reads its answer for
     at most what is left of the run's budget, and none starts once it is spent (botocore
-    does not retry the BudgetSpent raised here)."""
+    does not retry the BudgetSpent raised here).  Each attempt counts as one call of the
+    run's meter."""
 
     def hook(request: Any, **_kwargs: Any) -> None:
+        usage.count(usage.Service.STORAGE, meter)
         context = getattr(request, "context", None)
         read_timeout = budget.timeout(S3_READ_TIMEOUT)
         if context is not None:

@@ -32,6 +32,7 @@ from pyrate_limiter import Duration, Limiter, Rate
 from app.config import Settings
 from app.core.budget import Budget
 from app.core.errors import TransientError
+from app.observe import usage
 
 T = TypeVar("T")
 
@@ -73,6 +74,7 @@ class _MeteredHTTPClient(stripe.RequestsClient):
         self._limiter = limiter
         self._lock = threading.Lock()
         self.calls = 0  # `requests` is the SDK's handle on the requests module
+        self._meter = usage.Meter.current()  # the run's, shared by its threads like the budget
 
     # The SDK reads `_timeout` for every request it sends: the configured one, capped by
     # what is left of the budget when the request starts.
@@ -92,6 +94,7 @@ class _MeteredHTTPClient(stripe.RequestsClient):
         self._limiter.try_acquire("stripe")
         with self._lock:
             self.calls += 1
+        usage.count(usage.Service.STRIPE, self._meter)
         return super().request(method, url, headers, post_data)
 
 

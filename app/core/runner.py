@@ -56,6 +56,7 @@ from app.core.status import DONE, RunStatus
 from app.db import diagnose, is_database_outage, table_of, upsert
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
+from app.observe import usage
 from app.observe.alerts import send_failure_alerts
 from app.observe.run_marks import JUDGED, mark_run
 
@@ -102,6 +103,7 @@ class RunOutcome:
     attempts: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     anomalies: list[dict[str, Any]] = field(default_factory=list)  # app/observe/run_marks.py
+    usage: dict[str, Any] | None = None  # app/observe/usage.py; not in the HTTP answer
 
     @property
     def http_status(self) -> int:
@@ -169,6 +171,7 @@ class Runner:
         self.observers = list(observers)
         self.jobs = jobs if jobs is not None else registry.JOBS
         self._redact = Redactor(secrets_of(settings))
+        usage.instrument(engine)
 
     # --- public -------------------------------------------------------------------------
     def run(
@@ -244,10 +247,12 @@ class Runner:
         )
         self._notify("run_started", spec, base_ctx)
         closed = False
+        meter = usage.Meter()
         succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
             base_ctx = replace(base_ctx, schema=self._preflight(spec))
-            result = self._attempts(spec, base_ctx, attempt_errors, started)
+            with meter:
+                result = self._attempts(spec, base_ctx, attempt_errors, started)
             succeeded = 1
             outcome.status = result.status
             outcome.records_processed = result.records_processed
@@ -272,6 +277,7 @@ class Runner:
             outcome.message = f"interrupted: {type(exc).__name__}"
             outcome.attempts = max(len(attempt_errors), 1)
             outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            outcome.usage = meter.figures()
             self._close(outcome, attempt_errors)
             closed = True
             raise
@@ -279,6 +285,7 @@ class Runner:
             if not closed:
                 outcome.attempts = max(len(attempt_errors) + succeeded, 1)
                 outcome.duration_ms = int((time.monotonic() - started) * 1000)
+                outcome.usage = meter.figures()
                 self._close(outcome, attempt_errors)
         if outcome.status == RunStatus.ERROR:
             # Their own short budget: a dead mail server delays the answer by at most this.
@@ -365,7 +372,7 @@ class Runner:
                         status=outcome.status, ended_at=ended, message=outcome.message,
                         records_processed=outcome.records_processed,
                         attempts=outcome.attempts, error_details=error_details,
-                        details=outcome.details or None,
+                        details=outcome.details or None, resource_usage=outcome.usage,
                     )
                 )
                 if not outcome.dry_run and outcome.run_id is not None:

@@ -27,6 +27,8 @@ from app.observe import trends
 
 TEMPLATES = Jinja2Templates(env=templates.ENV)
 TEMPLATES.env.globals.update(age=dashboard.age, seconds_text=dashboard.seconds_text)
+TEMPLATES.env.globals.update(usage_text=dashboard.usage_text, chart_runs=dashboard.CHART_RUNS,
+                             spark_runs=dashboard.SPARK_RUNS)
 STYLE = (Path(__file__).resolve().parent.parent / "templates" / "dashboard" / "style.css"
          ).read_text()
 
@@ -60,7 +62,8 @@ def _common(request: Request, operator: Auth) -> dict[str, Any]:
 def index(request: Request, operator: Operator, engine: EngineDep) -> HTMLResponse:
     common = _common(request, operator)
     jobs = dashboard.overview(engine, request.app.state.jobs, common["now"])
-    return _page(request, "dashboard/index.html", {**common, "jobs": jobs})
+    return _page(request, "dashboard/index.html", {**common, "jobs": jobs,
+                                                    "summary": dashboard.summarize(jobs)})
 
 
 @router.get("/style.css")
@@ -81,7 +84,7 @@ def job(request: Request, task: str, operator: Operator, engine: EngineDep,
         raise HTTPException(400, f"unknown status filter {shown(status)}; one of "
                                  f"{', '.join(dashboard.STATUSES)}")
     common = _common(request, operator)
-    view = next(v for v in dashboard.overview(engine, {task: jobs[task]}, common["now"]))
+    view = dashboard.job_view(engine, jobs[task], common["now"])
     hist = dashboard.history(engine, task, page=page, status=status)
     trend = trends.job_trends(engine, {task: jobs[task]}, common["now"])[task]
     return _page(request, "dashboard/job.html", {

@@ -42,6 +42,7 @@ from app.config import Settings
 from app.core.budget import Budget
 from app.core.errors import TransientError
 from app.mail.compose import Composer, Outgoing
+from app.observe import usage
 
 
 class MailUnavailable(TransientError):
@@ -175,6 +176,7 @@ class SMTPTransport:
         self.sleep = sleep
         self.timeout = timeout  # per operation; None: whatever `connect` set
         self.budget = budget or Budget()
+        self.meter = usage.Meter.current()  # built in the run: its threads count into it
         self.connections_opened = 0
         self.in_doubt = False
         self._retry = self._retrying()  # reused: built once, not once per message
@@ -225,6 +227,7 @@ class SMTPTransport:
             for attempt in self._retrying():
                 with attempt:
                     try:
+                        usage.count(usage.Service.SMTP, self.meter)
                         self._session().send_message(message)
                     except BaseException:
                         # Whatever failed, the session may be mid-transaction: start afresh.
@@ -258,6 +261,7 @@ class SMTPTransport:
     def _transaction(self, data: bytes, sender: str, recipient: str, start: StartClaim,
                      meanwhile: list[Callable[[], None]]) -> Delivery:
         smtp = self._session()
+        usage.count(usage.Service.SMTP, self.meter)
         smtp.putcmd("mail", f"FROM:{smtplib.quoteaddr(sender)}")
         claim = start()  # sent while the server reads MAIL, written while the envelope goes
         try:

@@ -44,6 +44,8 @@ class CronJobLog(Base):
     # Renewed by the live run every HEARTBEAT_INTERVAL; older than DEAD_AFTER: its process
     # is dead (app/core/runner.py).  None on rows written before heartbeats existed.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # What the run cost: memory, CPU, database time, outbound calls (app/observe/usage.py).
+    resource_usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     @property
     def duration_ms(self) -> int | None:

@@ -1,4 +1,11 @@
-"""What the operators' dashboard shows: job overview, run history, duration charts, CSRF.
+"""What the operators' dashboard shows: job overview, run history, charts, CSRF.
+
+The overview is dense, the way healthchecks.io lists checks: a header counting jobs ok,
+failing, overdue, running and anomalous, and one row per job with a sparkline of its last
+runs (height: duration; colour: outcome).  The full charts live on each job's page: the
+duration of the last runs (with a fitted trend line when one is given), and beside it what
+each run cost (app/observe/usage.py): peak memory, CPU seconds, time in the database and
+outbound calls.
 
 Reads are set-based: the overview is the three grouped reads of `/health` plus one
 windowed query for every job's last runs; a history page is one page query and one count.
@@ -8,12 +15,16 @@ Content-Security-Policy that allows no script at all.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import itertools
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +39,7 @@ from app.models import CronJobLog
 log_t = table_of(CronJobLog)
 
 CHART_RUNS = 50
+SPARK_RUNS = 20
 PAGE_SIZE = 25
 STATUSES = LOGGED
 CSRF_MAX_AGE = 8 * 3600
@@ -76,6 +88,11 @@ class RunRow:
     dry_run: bool
     error_details: str | None
     anomalies: tuple[dict[str, Any], ...] = ()  # marks (app/observe/run_marks.py)
+    usage: dict[str, Any] | None = None  # app/observe/usage.py; None before it existed
+
+    @property
+    def anomalous(self) -> bool:
+        return bool(self.anomalies)
 
     @property
     def duration_s(self) -> float | None:
@@ -83,11 +100,21 @@ class RunRow:
             return None
         return max(0.0, (self.ended_at - self.started_at).total_seconds())
 
+    def used(self, figure: str) -> float | None:
+        """One figure of the run's resource usage (`calls` is their total)."""
+        if not self.usage:
+            return None
+        value = self.usage.get(figure)
+        if figure == "calls" and isinstance(value, dict):
+            return float(sum(value.values()))
+        return float(value) if isinstance(value, int | float) else None
 
+
+# Marks written by the anomaly check (app/observe/anomalies.py) when the run log has them.
 _RUN_COLUMNS = (log_t.c.run_id, log_t.c.job_name, log_t.c.trigger, log_t.c.status,
                 log_t.c.started_at, log_t.c.ended_at, log_t.c.message,
                 log_t.c.records_processed, log_t.c.attempts, log_t.c.dry_run,
-                log_t.c.error_details, log_t.c.anomalies)
+                log_t.c.error_details, log_t.c.anomalies, log_t.c.resource_usage)
 
 
 def _run_row(row: Any) -> RunRow:
@@ -99,6 +126,7 @@ def _run_row(row: Any) -> RunRow:
         attempts=row.attempts or 0, dry_run=bool(row.dry_run),
         error_details=json.dumps(details, indent=2, sort_keys=True) if details else None,
         anomalies=tuple(row.anomalies or ()),
+        usage=row.resource_usage or None,
     )
 
 
@@ -145,21 +173,87 @@ def history(engine: Engine, task: str, *, page: int = 1, status: str | None = No
 
 # --- overview --------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Trend:
+    """A fitted duration line drawn over the job page's duration chart.
+
+    The hook for the projection (app/observe/projection.py): its `fitted` and `ahead`
+    points, converted to seconds, and its sentence; `job_view` leaves it None until the
+    job page asks for one.
+    """
+
+    fitted: Sequence[tuple[dt.datetime, float]]  # (time, seconds) over the runs' history
+    ahead: Sequence[tuple[dt.datetime, float]] = ()  # from the last run onward
+    sentence: str = ""
+    warn: bool = False
+
+
+@dataclass(frozen=True)
 class JobView:
     spec: JobSpec
     health: health.JobHealth
-    chart: Chart
+    runs: list[RunRow]
+    trend: Trend | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def anomalous(self) -> bool:
+        """Its latest finished real run carries anomaly marks."""
+        last = next((r for r in reversed(self.runs)
+                     if r.ended_at is not None and not r.dry_run), None)
+        return last is not None and last.anomalous
+
+    @cached_property
+    def chart(self) -> Chart:
+        return chart(self.runs, trend=self.trend)
+
+    @cached_property
+    def spark(self) -> Chart:
+        return sparkline(self.runs[-SPARK_RUNS:])
+
+    @cached_property
+    def usage_charts(self) -> list[Chart]:
+        return [chart(self.runs, value=measure.value, text=measure.text, label=measure.label,
+                      measure=measure.key, mark_peak=False)
+                for measure in USAGE_MEASURES]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The counts above the jobs table.  A job may count twice (failing and overdue)."""
+
+    total: int
+    ok: int
+    failing: int
+    overdue: int
+    running: int
+    anomalous: int
+
+
+def summarize(views: Sequence[JobView]) -> Summary:
+    return Summary(
+        total=len(views),
+        ok=sum(v.health.ok for v in views),
+        failing=sum(v.health.failing for v in views),
+        overdue=sum(v.health.overdue for v in views),
+        running=sum(v.health.facts.running_since is not None for v in views),
+        anomalous=sum(v.anomalous for v in views),
+    )
 
 
 def overview(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime) -> list[JobView]:
     facts, baseline = health.read_facts(engine, jobs)
     results, _issues = health.evaluate(jobs, facts, now, baseline)
     runs = recent_runs(engine, list(jobs))
-    return [JobView(jobs[item.name], item, chart(runs[item.name])) for item in results]
+    return [JobView(jobs[item.name], item, runs[item.name]) for item in results]
+
+
+def job_view(engine: Engine, spec: JobSpec, now: dt.datetime) -> JobView:
+    """One job for its page.  A duration projection is drawn by giving the view a trend:
+    `dataclasses.replace(view, trend=Trend(...))`."""
+    return overview(engine, {spec.name: spec}, now)[0]
 
 
 def age(moment: dt.datetime | None, now: dt.datetime) -> str:
@@ -184,6 +278,48 @@ def seconds_text(value: float | None) -> str:
     return f"{value / 60:.1f} min"
 
 
+def bytes_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def count_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def usage_text(run: RunRow) -> str:
+    """One line of what the run cost, for the history table."""
+    if not run.usage:
+        return ""
+    calls = run.usage.get("calls") or {}
+    called = ", ".join(f"{service} {n}" for service, n in sorted(calls.items()) if n)
+    return (f"cpu {seconds_text(run.used('cpu_seconds'))} · db "
+            f"{seconds_text(run.used('db_seconds'))} ({count_text(run.used('db_queries'))} "
+            f"queries) · peak {bytes_text(run.used('peak_memory_bytes'))}"
+            f"{' · calls: ' + called if called else ''}")
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    value: Callable[[RunRow], float | None]
+    text: Callable[[float | None], str]
+
+
+USAGE_MEASURES = (
+    Measure("peak_memory", "Peak memory", lambda r: r.used("peak_memory_bytes"), bytes_text),
+    Measure("cpu", "CPU seconds", lambda r: r.used("cpu_seconds"), seconds_text),
+    Measure("db", "Time in the database", lambda r: r.used("db_seconds"), seconds_text),
+    Measure("calls", "Outbound calls (Stripe, SMTP, storage)", lambda r: r.used("calls"),
+            count_text),
+)
+
+
 # --- chart -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Bar:
@@ -195,6 +331,7 @@ class Bar:
     failed: bool
     slowest: bool
     title: str
+    anomalous: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +342,11 @@ class Chart:
     bottom: int
     max_label: str
     bars: list[Bar] = field(default_factory=list)
+    measure: str = "duration"
+    label: str = "Duration"
+    trend: str = ""  # SVG polyline points of the fitted line over the runs
+    ahead: str = ""  # and of its continuation past the last run
+    trend_sentence: str = ""
 
     @property
     def slowest(self) -> Bar | None:
@@ -214,22 +356,39 @@ class Chart:
     def failed(self) -> list[Bar]:
         return [b for b in self.bars if b.failed]
 
+    @property
+    def empty(self) -> bool:
+        return not self.bars
 
-def chart(runs: list[RunRow], width: int = 600, height: int = 150) -> Chart:
-    """Bars of the last runs' durations, oldest left; failed runs and the slowest marked."""
+
+def _title(run: RunRow, text: str) -> str:
+    return (f"{run.started_at:%Y-%m-%d %H:%M} UTC · {run.status}"
+            f"{' (dry run)' if run.dry_run else ''} · {text}")
+
+
+def chart(runs: list[RunRow], width: int = 600, height: int = 150, *,
+          value: Callable[[RunRow], float | None] = lambda r: r.duration_s,
+          text: Callable[[float | None], str] = seconds_text, label: str = "Duration",
+          measure: str = "duration", mark_peak: bool = True, trend: Trend | None = None
+          ) -> Chart:
+    """Bars of one measure of the last runs, oldest left; failed runs marked, and the
+    highest (the slowest, for durations) when `mark_peak`.  Runs without the measure (not
+    finished, or logged before it was recorded) leave a gap."""
     top, bottom, left = 22, 18, 4
     plot_h = height - top - bottom
-    finished = [r.duration_s for r in runs if r.duration_s is not None]
-    longest = max(finished, default=0.0)
+    values = [value(r) for r in runs]
+    known = [v for v in values if v is not None]
+    longest = max(known, default=0.0)
     scale = longest if longest > 0 else 1.0
     slot = (width - 2 * left) / CHART_RUNS
-    slowest_index = None
-    if longest > 0:
-        slowest_index = max(range(len(runs)), key=lambda i: runs[i].duration_s or -1.0)
+    peak_index = None
+    if mark_peak and longest > 0:
+        peak_index = max(range(len(runs)), key=lambda i: values[i] or -1.0)
     bars = []
-    for index, run in enumerate(runs):
-        seconds = run.duration_s
-        h = max(2.0, plot_h * (seconds or 0.0) / scale)
+    for index, (run, amount) in enumerate(zip(runs, values, strict=True)):
+        if amount is None and measure != "duration":
+            continue
+        h = max(2.0, plot_h * (amount or 0.0) / scale)
         bars.append(Bar(
             x=round(left + index * slot + slot * 0.1, 2),
             y=round(top + plot_h - h, 2),
@@ -237,9 +396,60 @@ def chart(runs: list[RunRow], width: int = 600, height: int = 150) -> Chart:
             height=round(h, 2),
             status=run.status,
             failed=run.status in FAILED,
-            slowest=index == slowest_index,
-            title=(f"{run.started_at:%Y-%m-%d %H:%M} UTC · {run.status}"
-                   f"{' (dry run)' if run.dry_run else ''} · {seconds_text(seconds)}"),
+            slowest=index == peak_index,
+            title=_title(run, text(amount)),
+            anomalous=run.anomalous,
         ))
-    return Chart(width, height, top, bottom, seconds_text(longest if finished else None),
-                 bars)
+    result = Chart(width, height, top, bottom, text(longest if known else None), bars,
+                   measure=measure, label=label)
+    if trend is None or not runs:
+        return result
+    centres = [(r.started_at, left + i * slot + slot / 2) for i, r in enumerate(runs)]
+
+    def polyline(points: Sequence[tuple[dt.datetime, float]]) -> str:
+        placed = []
+        for at, seconds in points:
+            x = _x_at(at, centres, slot)
+            y = top + plot_h - plot_h * seconds / scale
+            placed.append(f"{round(min(x, width - left), 2)},{round(max(y, top), 2)}")
+        return " ".join(placed)
+
+    return dataclasses.replace(result, trend=polyline(trend.fitted),
+                               ahead=polyline(trend.ahead), trend_sentence=trend.sentence)
+
+
+def _x_at(at: dt.datetime, centres: list[tuple[dt.datetime, float]], slot: float) -> float:
+    """Where a moment falls on a chart whose bars are placed by run, not by time: between
+    the two runs around it, or past the last at the history's average pace."""
+    first, last = centres[0], centres[-1]
+    if at <= first[0]:
+        return first[1]
+    for (t0, x0), (t1, x1) in itertools.pairwise(centres):
+        if t0 <= at <= t1:
+            span = (t1 - t0).total_seconds()
+            return x0 if span <= 0 else x0 + (x1 - x0) * (at - t0).total_seconds() / span
+    elapsed = (last[0] - first[0]).total_seconds()
+    pace = (len(centres) - 1) / elapsed if elapsed > 0 else 0.0  # runs per second
+    return last[1] + slot * pace * (at - last[0]).total_seconds()
+
+
+def sparkline(runs: list[RunRow], width: int = 122, height: int = 26) -> Chart:
+    """The overview's per-job line of the last runs, healthchecks.io style: one tick per
+    run, as high as its duration (a floor keeps a quick run visible), coloured by outcome."""
+    slot, floor = width / SPARK_RUNS, 4.0
+    finished = [r.duration_s for r in runs if r.duration_s is not None]
+    scale = max(finished, default=0.0) or 1.0
+    offset = width - slot * len(runs)  # newest at the right edge, like the charts
+    bars = []
+    for index, run in enumerate(runs):
+        seconds = run.duration_s
+        h = height if run.status in FAILED or seconds is None else max(
+            floor, (height - 2) * seconds / scale)
+        bars.append(Bar(
+            x=round(offset + index * slot + 0.5, 2), y=round(height - h, 2),
+            width=round(slot - 1.5, 2), height=round(h, 2), status=run.status,
+            failed=run.status in FAILED, slowest=False,
+            title=_title(run, seconds_text(seconds)), anomalous=run.anomalous,
+        ))
+    return Chart(width, height, 0, 0, seconds_text(max(finished, default=None)), bars,
+                 measure="spark", label="Recent runs")

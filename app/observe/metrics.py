@@ -3,7 +3,8 @@
 Vercel spreads runs over many short-lived instances and a scrape reaches only one of them,
 so counters kept in process memory would show a random slice.  The run log and the audit
 log are the one record every instance shares: each scrape turns them into metrics with a
-handful of grouped queries (no query per job).  Each app gets its own CollectorRegistry,
+handful of grouped queries (no query per job).  What runs cost (app/observe/usage.py) is
+summed from each row's `resource_usage` in the same way.  Each app gets its own CollectorRegistry,
 never the process-global one, so many apps (tests, workers) never collide.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -29,6 +31,7 @@ from app.core.status import LOGGED
 from app.db import table_of
 from app.models import CronAuditLog, CronJobLog
 from app.observe import run_marks, trends
+from app.observe.usage import Service
 
 log_t = table_of(CronJobLog)
 audit_t = table_of(CronAuditLog)
@@ -38,6 +41,26 @@ DURATION_BUCKETS = (0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
 AUTH_FAILURE_OUTCOMES = ("auth_failed",)
 REFUSAL_OUTCOMES = ("auth_failed", "rate_limited", "ip_refused")
 RECENT = dt.timedelta(hours=1)
+
+
+def _usage_sums(engine: Engine, names: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Per task: CPU seconds, database seconds, statements and calls per service, summed
+    over real runs that recorded them; and the peak memory of the latest such run."""
+    used = log_t.c.resource_usage
+    recorded = [log_t.c.job_name.in_(names), log_t.c.dry_run.is_(False), used.is_not(None)]
+    sums = sa.select(
+        log_t.c.job_name, sa.func.sum(used["cpu_seconds"].as_float()),
+        sa.func.sum(used["db_seconds"].as_float()), sa.func.sum(used["db_queries"].as_integer()),
+        *[sa.func.sum(used[("calls", str(s))].as_integer()) for s in Service],
+    ).where(*recorded).group_by(log_t.c.job_name)
+    rank = sa.func.row_number().over(partition_by=log_t.c.job_name,
+                                     order_by=log_t.c.id.desc()).label("rank")
+    ranked = sa.select(log_t.c.job_name, used["peak_memory_bytes"].as_float().label("peak"),
+                       rank).where(*recorded).subquery()
+    peaks = sa.select(ranked.c.job_name, ranked.c.peak).where(ranked.c.rank == 1)
+    with engine.connect() as conn:
+        latest = {task: peak for task, peak in conn.execute(peaks)}
+        return {row[0]: (*row, latest.get(row[0])) for row in conn.execute(sums)}
 
 
 def _duration_seconds(engine: Engine) -> sa.ColumnElement[float]:
@@ -110,6 +133,7 @@ class RunLogCollector(Collector):
             records.add_metric([task], processed)
         yield durations
         yield records
+        yield from self._usage(names)
 
         last_success = GaugeMetricFamily(
             "cron_last_success_timestamp_seconds",
@@ -140,6 +164,32 @@ class RunLogCollector(Collector):
         for outcome in REFUSAL_OUTCOMES:
             refused.add_metric([outcome], refusals.get(outcome, 0))
         yield refused
+
+
+    def _usage(self, names: list[str]) -> Iterator[Metric]:
+        cpu = CounterMetricFamily("cron_run_cpu_seconds", "CPU seconds of the process during "
+                                  "runs (real runs that recorded it).", labels=["task"])
+        db = CounterMetricFamily("cron_run_db_seconds", "Seconds runs spent waiting on "
+                                 "database statements.", labels=["task"])
+        queries = CounterMetricFamily("cron_run_db_statements", "Database statements "
+                                      "executed by runs.", labels=["task"])
+        calls = CounterMetricFamily("cron_run_outbound_calls", "Outbound calls made by runs "
+                                    "(HTTP requests to Stripe and S3, SMTP transactions), "
+                                    "retries included.", labels=["task", "service"])
+        peak = GaugeMetricFamily("cron_run_peak_memory_bytes", "Peak resident memory of "
+                                 "the process when the task's latest run ended (0 when "
+                                 "never recorded).", labels=["task"])
+        seen = _usage_sums(self.engine, names)
+        for task in names:
+            row = seen.get(task)
+            figures = [float(v or 0) for v in row[1:]] if row else [0.0] * (4 + len(Service))
+            cpu.add_metric([task], figures[0])
+            db.add_metric([task], figures[1])
+            queries.add_metric([task], figures[2])
+            for service, n in zip(Service, figures[3:3 + len(Service)], strict=True):
+                calls.add_metric([task, str(service)], n)
+            peak.add_metric([task], figures[-1])
+        yield from (cpu, db, queries, calls, peak)
 
 
 def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime

@@ -6,8 +6,8 @@ process (app/core/health.py says so at once, the next call takes the slot up).  
 indexed: the renewal touches no indexed column, so PostgreSQL updates the row in place.
 Rows written before this revision have none and are judged by their max runtime as before.
 
-Revision ID: svc_0009
-Revises: svc_0008
+Revision ID: svc_0010
+Revises: svc_0009
 Create Date: 2026-12-02
 """
 
