@@ -208,4 +208,4 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 
 # Real local servers (aiosmtpd sink, HTTP capture) available to every test module.
-from tests.servers import http_capture, smtp_sink  # noqa: E402,F401
+from tests.support.servers import http_capture, smtp_sink  # noqa: E402,F401

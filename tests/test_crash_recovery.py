@@ -18,7 +18,7 @@ from app.config import Settings
 from app.core import registry
 from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, auth, rows
-from tests.servers import UvicornProcess
+from tests.support.servers import UvicornProcess
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from app.core.runner import Runner, RunOutcome
 from app.mail.transport import Mailer
 from app.observe.alerts import send_failure_alerts
 from tests.conftest import FixedClock, make_settings
-from tests.notification_data import seed_travellers
+from tests.support.notification_data import seed_travellers
 
 # Each test is bounded: without the budget these calls took minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

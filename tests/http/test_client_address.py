@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from app.main import create_app
 from tests.conftest import SECRET, auth, make_settings, rows
-from tests.servers import WAYS_TO_SERVE, UvicornProcess
+from tests.support.servers import WAYS_TO_SERVE, UvicornProcess
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_where_the_peer_is_unseen_a_self_named_address_is_unknown_and_said_loudl
 
 def test_on_vercel_the_startup_log_says_how_to_read_client_addresses(
         db_url: str, tmp_path: Path) -> None:
-    from tests.servers import VercelRuntimeProcess
+    from tests.support.servers import VercelRuntimeProcess
 
     env: dict[str, Any] = {"APP_ENV": "test", "DATABASE_URL": db_url, "CRON_SECRET": SECRET,
                            "DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "text"}

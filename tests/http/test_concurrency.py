@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from app.db import table_of
 from app.models import PromoCode
 from tests.conftest import SECRET, auth, rows
-from tests.servers import UvicornProcess
+from tests.support.servers import UvicornProcess
 
 pytestmark = pytest.mark.slow
 

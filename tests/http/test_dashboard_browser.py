@@ -16,7 +16,7 @@ from app.core.registry import JOBS
 from app.db import make_engine, table_of
 from app.models import CronJobLog
 from tests.conftest import IN_CI, SECRET, copy_sqlite_database
-from tests.servers import ROOT, UvicornProcess
+from tests.support.servers import ROOT, UvicornProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 USER, PASSWORD = "ops", "dashboard-password-123"

@@ -19,7 +19,7 @@ from app.db import make_engine, table_of
 from app.models import CronJobLog
 from app.ops.migrate import upgrade
 from tests.conftest import FixedClock, auth, create_pg_database, drop_pg_database, pg_url
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 UTC = dt.UTC
 VERCEL = {**auth(), "User-Agent": "vercel-cron/1.0"}

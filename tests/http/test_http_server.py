@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from tests.conftest import SECRET, auth, rows
-from tests.servers import UvicornProcess
+from tests.support.servers import UvicornProcess
 
 NEW_SECRET = "rotated-secret-abcdefghijklmnopqrstuvwxyz-0123"
 

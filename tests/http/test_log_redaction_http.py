@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import SECRET, auth
-from tests.servers import WAYS_TO_SERVE
+from tests.support.servers import WAYS_TO_SERVE
 
 pytestmark = pytest.mark.slow
 

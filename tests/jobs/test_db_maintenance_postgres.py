@@ -36,7 +36,7 @@ from tests.conftest import (
     pg_url,
     rows,
 )
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 NOW = dt.datetime(2026, 11, 29, 1, 0, 30, tzinfo=dt.UTC)
 

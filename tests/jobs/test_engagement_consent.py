@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, make_settings, rows
-from tests.notification_data import add_people, recipients, user
-from tests.servers import SmtpSink
+from tests.support.notification_data import add_people, recipients, user
+from tests.support.servers import SmtpSink
 
 RUN = dt.datetime(2026, 12, 1, 5, 0, 40, tzinfo=dt.UTC)
 LONG_AGO = RUN - dt.timedelta(days=400)

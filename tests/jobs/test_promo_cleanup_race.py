@@ -23,7 +23,7 @@ from app.config import Settings
 from app.core.runner import Runner, RunOutcome
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
-from tests.test_promo_cleanup import DAY, NOW, _tables
+from tests.jobs.test_promo_cleanup import DAY, NOW, _tables
 
 
 def _waiting_on_a_lock(dsn: str, deadline: float) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from app.config import Settings
 from app.core.runner import Runner
 from tests.conftest import SECRET, FixedClock, rows
-from tests.test_promo_cleanup import DAY, NOW, _bulk_codes, _seed, _tables
+from tests.jobs.test_promo_cleanup import DAY, NOW, _bulk_codes, _seed, _tables
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from tests.conftest import (
     make_settings,
     pg_url,
 )
-from tests.test_promo_cleanup import DAY, NOW, _bulk_codes, _tables
+from tests.jobs.test_promo_cleanup import DAY, NOW, _bulk_codes, _tables
 
 
 @pytest.fixture

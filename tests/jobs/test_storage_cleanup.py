@@ -23,9 +23,9 @@ from app.core.runner import RunOutcome
 from app.models import Trip
 from app.voyagesmart.file_references import read_reference
 from app.voyagesmart.sample_data import STORAGE_URL, AppWriter
-from tests import storage_harness
-from tests.moto_s3 import moto_s3  # noqa: F401
-from tests.storage_harness import (
+from tests.support import storage_harness
+from tests.support.moto_s3 import moto_s3  # noqa: F401
+from tests.support.storage_harness import (
     BUCKETS,
     NOW,
     Harness,

@@ -18,9 +18,9 @@ from sqlalchemy.engine import Engine
 
 from app.jobs import storage_cleanup
 from app.voyagesmart.sample_data import AppWriter
-from tests import storage_harness
-from tests.moto_s3 import moto_s3  # noqa: F401
-from tests.storage_harness import (
+from tests.support import storage_harness
+from tests.support.moto_s3 import moto_s3  # noqa: F401
+from tests.support.storage_harness import (
     NOW,
     Harness,
     Item,

@@ -25,8 +25,8 @@ from app.models import CronMonthlyReport, Plan, SubscriptionHistory, UserSubscri
 from app.ops.cli import cli
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
-from tests.servers import SmtpSink
-from tests.stripe_servers import StripeShapeServer, stripe_shape, subscription_json
+from tests.support.servers import SmtpSink
+from tests.support.stripe_servers import StripeShapeServer, stripe_shape, subscription_json
 
 __all__ = ["stripe_shape"]
 

@@ -23,7 +23,7 @@ from app.models import SubscriptionHistory, UserSubscription
 from app.models.voyagesmart import SUBSCRIPTION_STATUSES
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
-from tests.stripe_servers import FaultProxy, LocalStripe, localstripe, stripe_proxy
+from tests.support.stripe_servers import FaultProxy, LocalStripe, localstripe, stripe_proxy
 
 __all__ = ["localstripe", "stripe_proxy"]
 

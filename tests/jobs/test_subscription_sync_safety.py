@@ -20,8 +20,8 @@ from app.core.runner import Runner, RunOutcome
 from app.models import CronJobLog, SubscriptionHistory, UserSubscription
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, make_settings
-from tests.servers import free_port
-from tests.stripe_servers import (
+from tests.support.servers import free_port
+from tests.support.stripe_servers import (
     FaultProxy,
     StripeShapeServer,
     localstripe,

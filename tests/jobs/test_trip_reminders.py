@@ -14,8 +14,8 @@ from app.core.runner import Runner
 from app.jobs.trip_reminders import target_date
 from app.mail.unsubscribe import Links
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import recipients, seed_reminders
-from tests.servers import SmtpSink
+from tests.support.notification_data import recipients, seed_reminders
+from tests.support.servers import SmtpSink
 
 # The 08:00 slot of 28 Nov, fired two hours late (GitHub Actions can be that late).
 LATE = dt.datetime(2026, 11, 28, 10, 5, tzinfo=dt.UTC)

@@ -1,7 +1,7 @@
 """user-engagement: the exact inactive set, one email per inactivity period, monthly metrics.
 
 Activity is Supabase's `auth.users.last_sign_in_at`; `users.last_login` stays at sign-up,
-as the app leaves it (tests/notification_data.py).
+as the app leaves it (tests/support/notification_data.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from app.core.runner import Runner
 from app.models import AuthUser, Expense, TripMedia, TripParticipant, User
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import add_people, recipients, trip, user
-from tests.servers import SmtpSink
+from tests.support.notification_data import add_people, recipients, trip, user
+from tests.support.servers import SmtpSink
 
 # The 1 December 05:00 slot; 90 days of inactivity means last seen before 2 September.
 SLOT = dt.datetime(2026, 12, 1, 5, 0, 0, tzinfo=dt.UTC)

@@ -22,8 +22,8 @@ from app.db import table_of
 from app.jobs import trip_reminders
 from app.models import CronJobLog
 from tests.conftest import SECRET, FixedClock, make_settings, rows
-from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
-from tests.servers import ROOT
+from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.servers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from app.mail.handover import handover_log
 from app.mail.recipients import Screen
 from app.models import CronJobLog, CronNotification
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
-from tests.servers import SmtpSink
+from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.servers import SmtpSink
 
 NOW = dt.datetime(2026, 11, 28, 8, 0, 20, tzinfo=dt.UTC)
 START = dt.date(2026, 12, 5)

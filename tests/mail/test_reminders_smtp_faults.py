@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from app.core.runner import Runner
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
 
 NOW = dt.datetime(2026, 11, 28, 8, 0, 20, tzinfo=dt.UTC)
 START = dt.date(2026, 12, 5)

@@ -22,8 +22,8 @@ from app.mail.recipients import Screen
 from app.mail.unsubscribe import Links
 from app.models import TripParticipant
 from tests.conftest import SECRET, FixedClock, make_settings, rows
-from tests.notification_data import add_people, recipients, trip, user
-from tests.servers import SmtpSink, UvicornProcess, free_port
+from tests.support.notification_data import add_people, recipients, trip, user
+from tests.support.servers import SmtpSink, UvicornProcess, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from app.core.runner import Runner, RunOutcome
 from app.db import table_of
 from app.models import CronNotification, TripParticipant, User
 from tests.conftest import FixedClock, make_settings, rows
-from tests.notification_data import add_people, recipients, trip, user
-from tests.servers import SmtpSink
+from tests.support.notification_data import add_people, recipients, trip, user
+from tests.support.servers import SmtpSink
 
 # trip-reminders: the 08:00 slot of 28 Nov; trips starting 5 Dec are reminded.
 REMINDER_RUN = dt.datetime(2026, 11, 28, 8, 0, 30, tzinfo=dt.UTC)

@@ -18,7 +18,7 @@ from app.core.runner import Runner, RunOutcome
 from app.db import table_of
 from app.models import CronJobLog
 from tests.conftest import FixedClock, auth
-from tests.servers import HttpCapture, SmtpSink, free_port
+from tests.support.servers import HttpCapture, SmtpSink, free_port
 
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from app.core.context import JobContext, JobResult
 from app.core.registry import JOBS, JobSpec, RetryPolicy
 from tests.conftest import SECRET, auth, make_settings
-from tests.servers import HttpCapture
+from tests.support.servers import HttpCapture
 
 LEAKY_EMAIL = "alice.traveller@example.com"
 

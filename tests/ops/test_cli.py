@@ -133,7 +133,7 @@ def test_seed_demo_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_run_against_an_unreachable_database_says_so(tmp_path: Path) -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     result = _cli(url, tmp_path, "run", "promo-cleanup")

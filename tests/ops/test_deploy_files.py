@@ -98,7 +98,7 @@ def test_crontab_lines_call_every_job_safely() -> None:
         assert spec.schedule == schedule
         assert int(argv[2]) > spec.max_runtime.total_seconds()
     # The script reads the secret's header from a file and calls curl with a time limit
-    # (how often it calls is tests/test_scheduler_retries.py).
+    # (how often it calls is tests/ops/test_scheduler_retries.py).
     script = deploy.PATHS["call"].read_text()
     assert '-H @"$2"' in script and '"$conf/auth-header"' in script
     assert '--max-time "$4"' in script
@@ -146,7 +146,7 @@ def test_workflow_has_schedule_dispatch_concurrency_and_secret_via_env() -> None
     [step] = job["steps"]
     assert step["env"]["CRON_SECRET"] == "${{ secrets.CRON_SECRET }}"
     assert "secrets." not in step["run"], "the secret must reach the script through env"
-    # Retried only where safe, by call_task (tests/test_scheduler_retries.py), not curl's
+    # Retried only where safe, by call_task (tests/ops/test_scheduler_retries.py), not curl's
     # --retry, which also retries a 500.
     assert "call_task()" in step["run"] and "--retry" not in step["run"]
     for spec in JOBS.values():

@@ -26,7 +26,7 @@ import yaml
 from app.core.registry import JOBS
 from app.ops import deploy
 from tests.conftest import SECRET
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 

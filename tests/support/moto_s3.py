@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import SubprocessServer
+from tests.support.servers import SubprocessServer
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.models import AuthUser, Trip, TripParticipant, User
-from tests.servers import ReceivedMail, SmtpSink, free_port
+from tests.support.servers import ReceivedMail, SmtpSink, free_port
 
 
 def user(email_addr: str, *, name: str | None = None, prefs: dict[str, Any] | None = None,

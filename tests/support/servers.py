@@ -23,7 +23,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -262,7 +262,7 @@ class FastapiRunProcess(UvicornProcess):
 
 class VercelRuntimeProcess(UvicornProcess):
     """The app served the way Vercel's Python runtime serves an ASGI entrypoint
-    (tests/vercel_runtime.py: app/index.py loaded from its file, uvicorn on a bound socket
+    (tests/support/vercel_runtime.py: app/index.py loaded from its file, uvicorn on a bound socket
     with default proxy headers, no access log)."""
 
     name = "vercel runtime"
@@ -272,7 +272,8 @@ class VercelRuntimeProcess(UvicornProcess):
         super().__init__({"VERCEL": "1", **env}, port, cwd, log_level)
 
     def argv(self) -> list[str]:
-        return [sys.executable, str(ROOT / "tests" / "vercel_runtime.py"), str(self.port)]
+        runtime = ROOT / "tests" / "support" / "vercel_runtime.py"
+        return [sys.executable, str(runtime), str(self.port)]
 
 
 # Every supported way to start the app, by name (tests parametrize over these).

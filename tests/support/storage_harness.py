@@ -22,7 +22,7 @@ from app.adapters.storage import LocalStorage, ObjectData, S3Storage, Storage
 from app.config import Settings
 from app.core.runner import Runner, RunOutcome
 from tests.conftest import FixedClock, make_settings
-from tests.moto_s3 import MotoS3
+from tests.support.moto_s3 import MotoS3
 
 NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 BUCKETS = ["trip-media", "trip-documents"]

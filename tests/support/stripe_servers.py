@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.servers import ROOT, SubprocessServer
+from tests.support.servers import ROOT, SubprocessServer
 
 _HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 

@@ -9,8 +9,8 @@ from email.message import EmailMessage
 import httpx
 import pytest
 
-from tests.servers import HttpCapture, SmtpSink
-from tests.stripe_servers import FaultProxy, LocalStripe, localstripe
+from tests.support.servers import HttpCapture, SmtpSink
+from tests.support.stripe_servers import FaultProxy, LocalStripe, localstripe
 
 __all__ = ["localstripe"]
 

@@ -4,7 +4,7 @@ The runtime (vercel/vercel, packages/python/vc_init.py) loads the entrypoint fil
 module by its path, wraps the `app` it finds in a pass-through middleware of its own, and
 runs uvicorn on a socket it bound itself, with uvicorn's defaults otherwise: proxy headers
 on (trusting 127.0.0.1), lifespan auto, no access log, log level warning.  Its own proxy
-then forwards each request from 127.0.0.1.  Usage: python tests/vercel_runtime.py PORT
+then forwards each request from 127.0.0.1.  Usage: python tests/support/vercel_runtime.py PORT
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RuntimeMiddleware:

@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 
 from app.voyagesmart.file_references import Malformed, read_reference, values_in
 from app.voyagesmart.sample_data import STORAGE_URL, AppWriter, public_url, signed_url
-from tests import storage_harness
-from tests.moto_s3 import moto_s3  # noqa: F401
-from tests.storage_harness import (
+from tests.support import storage_harness
+from tests.support.moto_s3 import moto_s3  # noqa: F401
+from tests.support.storage_harness import (
     BUCKETS,
     NOW,
     Harness,
