@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import Runner
 from app.models import CronWeeklyAnalytics
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock
+from tests.conftest import FixedClock, JobRun
 
 WS = dt.datetime(2026, 11, 16, tzinfo=dt.UTC)  # Monday of 2026-W47
 NOW = dt.datetime(2026, 11, 23, 3, 0, 20, tzinfo=dt.UTC)  # the Monday after, 03:00
@@ -72,13 +72,6 @@ def _seed(engine: Engine) -> dict[str, uuid.UUID]:
     return u
 
 
-def _run(engine: Engine, settings: Settings, *, dry_run: bool = False) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW))
-    outcome = runner.run("analytics", trigger="cli", dry_run=dry_run)
-    assert outcome.status == "success", outcome.message
-    return outcome
-
-
 def _stored(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(
@@ -109,9 +102,10 @@ EXPECTED = {
 }
 
 
-def test_week_figures_match_the_hand_count(engine: Engine, settings: Settings) -> None:
+def test_week_figures_match_the_hand_count(engine: Engine, settings: Settings,
+                                           run_job: JobRun) -> None:
     _seed(engine)
-    outcome = _run(engine, settings)
+    outcome = run_job("analytics", settings, at=NOW, expect="success")
     assert outcome.details["iso_week"] == "2026-W47"
     assert outcome.details["metrics"] == EXPECTED
     [row] = _stored(engine)
@@ -123,25 +117,27 @@ def test_week_figures_match_the_hand_count(engine: Engine, settings: Settings) -
     assert row["metrics"] == EXPECTED
 
 
-def test_rerun_for_the_same_week_leaves_one_row(engine: Engine, settings: Settings) -> None:
+def test_rerun_for_the_same_week_leaves_one_row(engine: Engine, settings: Settings,
+                                                run_job: JobRun) -> None:
     _seed(engine)
-    _run(engine, settings)
+    run_job("analytics", settings, at=NOW, expect="success")
     AppWriter(engine).sign_up("late@example.com", at=WS + 6 * D)
-    _run(engine, settings)
+    run_job("analytics", settings, at=NOW, expect="success")
     [row] = _stored(engine)
     assert row["new_users"] == 3 and row["active_users"] == 5
 
 
-def test_dry_run_stores_nothing(engine: Engine, settings: Settings) -> None:
+def test_dry_run_stores_nothing(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     _seed(engine)
-    outcome = _run(engine, settings, dry_run=True)
+    outcome = run_job("analytics", settings, at=NOW, dry_run=True, expect="success")
     assert outcome.details["metrics"] == EXPECTED
     assert outcome.message.startswith("would store 2026-W47")
     assert _stored(engine) == []
 
 
-def test_empty_database_gives_zeros_not_errors(engine: Engine, settings: Settings) -> None:
-    outcome = _run(engine, settings)
+def test_empty_database_gives_zeros_not_errors(engine: Engine, settings: Settings,
+                                               run_job: JobRun) -> None:
+    outcome = run_job("analytics", settings, at=NOW, expect="success")
     metrics = outcome.details["metrics"]
     assert metrics["engagement"]["active_users"] == 0
     assert metrics["conversion"]["conversion_rate"] is None
@@ -150,14 +146,14 @@ def test_empty_database_gives_zeros_not_errors(engine: Engine, settings: Setting
 
 
 def test_cli_shows_a_stored_week(engine: Engine, settings: Settings, db_url: str,
-                                 monkeypatch: Any) -> None:
+                                 monkeypatch: Any, run_job: JobRun) -> None:
     from typer.testing import CliRunner
 
     from app.config import get_settings
     from app.ops.cli import cli
 
     _seed(engine)
-    _run(engine, settings)
+    run_job("analytics", settings, at=NOW, expect="success")
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("APP_ENV", "test")
     get_settings.cache_clear()
@@ -172,10 +168,10 @@ def test_cli_shows_a_stored_week(engine: Engine, settings: Settings, db_url: str
     assert missing.exit_code == 1 and bad.exit_code == 2
 
 
-def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings) -> None:
+def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     _seed(engine)
-    dry = _run(engine, settings, dry_run=True)
-    real = _run(engine, settings)
+    dry = run_job("analytics", settings, at=NOW, dry_run=True, expect="success")
+    real = run_job("analytics", settings, at=NOW, expect="success")
     assert (dry.status, dry.records_processed) == (real.status, real.records_processed) == (
         "success", 1)
     assert dry.message.replace("would store", "stored") == real.message
@@ -183,7 +179,7 @@ def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings) -> No
 
 
 def test_churn_counts_a_cancellation_in_the_week_its_period_ended(
-        engine: Engine, settings: Settings) -> None:
+        engine: Engine, settings: Settings, run_job: JobRun) -> None:
     app = AppWriter(engine)
     users = {name: app.sign_up(f"{name}@example.com", at=WS - 90 * D)
              for name in ("c1", "c2", "p")}
@@ -199,7 +195,8 @@ def test_churn_counts_a_cancellation_in_the_week_its_period_ended(
     expiry = Runner(settings, engine, clock=FixedClock(WS + 7 * D + dt.timedelta(seconds=30)))
     assert expiry.run("subscription-expiry", trigger="cli").details["expired"] == 2
 
-    conversion = _run(engine, settings).details["metrics"]["conversion"]
+    conversion = run_job("analytics", settings, at=NOW,
+                         expect="success").details["metrics"]["conversion"]
 
     assert conversion["cancellations_by_tier"] == {"premium": 1, "ai": 1}
     assert conversion["paid_at_start"] == 3

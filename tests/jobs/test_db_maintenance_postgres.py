@@ -22,13 +22,13 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.core.context import JobContext
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import RunOutcome
 from app.db import make_engine
 from app.jobs import db_maintenance
 from app.ops.migrate import upgrade
 from tests.conftest import (
     PG_ADMIN_DSN,
-    FixedClock,
+    JobRun,
     _pg_reachable,
     create_pg_database,
     drop_pg_database,
@@ -76,11 +76,6 @@ def _settings(engine: Engine, tmp_path: Path, **overrides: Any) -> Settings:
     return make_settings(engine.url.render_as_string(hide_password=False), tmp_path, **values)
 
 
-def _run(engine: Engine, settings: Settings, **kwargs: Any) -> RunOutcome:
-    return Runner(settings, engine, clock=FixedClock(NOW)).run(
-        "db-maintenance", trigger="cli", **kwargs)
-
-
 def _bulk_history(engine: Engine, total: int, delete: int) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
@@ -119,9 +114,9 @@ def _step(outcome: RunOutcome, name: str) -> dict[str, Any]:
     return next(s for s in outcome.details["steps"] if s["step"] == name)
 
 
-def test_bulk_deletes_are_vacuumed(pg: Engine, tmp_path: Path) -> None:
+def test_bulk_deletes_are_vacuumed(pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     _bulk_history(pg, total=20_000, delete=15_000)
-    outcome = _run(pg, _settings(pg, tmp_path))
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert outcome.status == "success", outcome.message
     entry = _table(outcome, "public.subscription_history")
     assert entry["action"] == "vacuum-analyze" and entry["status"] == "done"
@@ -134,13 +129,13 @@ def test_bulk_deletes_are_vacuumed(pg: Engine, tmp_path: Path) -> None:
     assert [t["table"] for t in outcome.details["tables"]] == ["public.subscription_history"]
     assert _step(outcome, "reindex-database")["status"] == "skipped"
     # Nothing left to do the second time.
-    again = _run(pg, _settings(pg, tmp_path))
+    again = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert again.status == "success" and again.details["tables"] == []
 
 
-def test_dry_run_reports_and_vacuums_nothing(pg: Engine, tmp_path: Path) -> None:
+def test_dry_run_reports_and_vacuums_nothing(pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     _bulk_history(pg, total=5_000, delete=4_000)
-    outcome = _run(pg, _settings(pg, tmp_path), dry_run=True)
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg, dry_run=True)
     assert outcome.status == "success", outcome.message
     assert _table(outcome, "public.subscription_history")["status"] == "planned"
     assert outcome.message.startswith("would maintain 1 tables")
@@ -169,12 +164,13 @@ def _valid(engine: Engine, name: str) -> bool | None:
     return bool(found[0][0]) if found else None
 
 
-def test_invalid_index_is_rebuilt_and_leftover_dropped(pg: Engine, tmp_path: Path) -> None:
+def test_invalid_index_is_rebuilt_and_leftover_dropped(pg: Engine, tmp_path: Path,
+                                                       run_job: JobRun) -> None:
     _make_invalid_index(pg, "ix_history_tier")
     _make_invalid_index(pg, "ix_subscription_history_user_id_ccnew")
     with pg.begin() as conn:  # the duplicates are gone: a rebuild can now succeed
         conn.exec_driver_sql("DELETE FROM subscription_history")
-    outcome = _run(pg, _settings(pg, tmp_path))
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert outcome.status == "success", outcome.message
     by_name = {i["index"]: i for i in outcome.details["indexes"]}
     rebuilt = by_name["public.ix_history_tier"]
@@ -188,18 +184,20 @@ def test_invalid_index_is_rebuilt_and_leftover_dropped(pg: Engine, tmp_path: Pat
 
 
 def test_an_index_that_cannot_be_rebuilt_is_reported_and_leaves_nothing(
-        pg: Engine, tmp_path: Path) -> None:
+        pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     _make_invalid_index(pg, "ix_history_tier")  # duplicates still there: rebuild fails
-    outcome = _run(pg, _settings(pg, tmp_path))
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert outcome.status == "warning"
     entry = outcome.details["indexes"][0]
     assert entry["status"] == "error" and "is duplicated" in entry["error"]
     assert rows(pg, "SELECT count(*) FROM pg_class WHERE relname LIKE '%ccnew%'")[0][0] == 0
 
 
-def test_bloated_index_is_rebuilt(pg: Engine, tmp_path: Path) -> None:
+def test_bloated_index_is_rebuilt(pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     _bulk_history(pg, total=100_000, delete=95_000)
-    outcome = _run(pg, _settings(pg, tmp_path, maintenance_reindex_bloat_fraction=0.5))
+    outcome = run_job("db-maintenance",
+                      _settings(pg, tmp_path, maintenance_reindex_bloat_fraction=0.5),
+                      at=NOW, engine=pg)
     assert outcome.status == "success", outcome.message
     entry = next(i for i in outcome.details["indexes"]
                  if i["index"] == "public.pk_subscription_history")
@@ -207,27 +205,29 @@ def test_bloated_index_is_rebuilt(pg: Engine, tmp_path: Path) -> None:
     assert entry["after"]["bytes"] < entry["before"]["bytes"] / 5
 
 
-def test_without_pg_stat_statements_the_step_is_skipped(pg: Engine, tmp_path: Path) -> None:
-    outcome = _run(pg, _settings(pg, tmp_path))
+def test_without_pg_stat_statements_the_step_is_skipped(pg: Engine, tmp_path: Path,
+                                                        run_job: JobRun) -> None:
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert outcome.status == "success"
     assert outcome.details["pg_stat_statements"] == {
         "status": "skipped", "reason": "extension not installed in this database"}
 
 
 def test_installed_but_not_loaded_pg_stat_statements_is_skipped(
-        pg: Engine, tmp_path: Path) -> None:
+        pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     preload = rows(pg, "SHOW shared_preload_libraries")[0][0]
     if "pg_stat_statements" in preload:
         pytest.skip("this server preloads pg_stat_statements")
     with pg.begin() as conn:
         conn.exec_driver_sql("CREATE EXTENSION pg_stat_statements")
-    outcome = _run(pg, _settings(pg, tmp_path))
+    outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert outcome.status == "success"
     step = outcome.details["pg_stat_statements"]
     assert step["status"] == "skipped" and "shared_preload_libraries" in step["reason"]
 
 
-def test_a_lock_held_too_long_makes_the_run_give_up_cleanly(pg: Engine, tmp_path: Path
+def test_a_lock_held_too_long_makes_the_run_give_up_cleanly(pg: Engine, tmp_path: Path,
+                                                            run_job: JobRun
                                                             ) -> None:
     _bulk_history(pg, total=5_000, delete=4_000)
     _make_invalid_index(pg, "ix_history_tier")
@@ -236,7 +236,8 @@ def test_a_lock_held_too_long_makes_the_run_give_up_cleanly(pg: Engine, tmp_path
     holder.exec_driver_sql("LOCK TABLE subscription_history IN SHARE UPDATE EXCLUSIVE MODE")
     try:
         started = time.monotonic()
-        outcome = _run(pg, _settings(pg, tmp_path, maintenance_lock_timeout=0.3))
+        outcome = run_job("db-maintenance", _settings(pg, tmp_path, maintenance_lock_timeout=0.3),
+                          at=NOW, engine=pg)
         assert time.monotonic() - started < 10
     finally:
         tx.rollback()
@@ -252,7 +253,8 @@ def test_a_lock_held_too_long_makes_the_run_give_up_cleanly(pg: Engine, tmp_path
     assert _valid(pg, "ix_history_tier") is False
     assert rows(pg, "SELECT count(*) FROM pg_class WHERE relname LIKE '%ccnew%'")[0][0] == 0
     # Once the lock is gone, the next run does the work.
-    assert _run(pg, _settings(pg, tmp_path)).status == "warning"  # duplicates remain
+    assert run_job("db-maintenance", _settings(pg, tmp_path), at=NOW,
+                   engine=pg).status == "warning"  # duplicates remain
 
 
 def test_tables_the_role_may_not_maintain_are_skipped_with_the_reason(
@@ -355,7 +357,7 @@ def test_loaded_pg_stat_statements_is_reset_for_this_database(tmp_path: Path) ->
 
 
 def test_a_reindex_stopped_by_a_lock_is_finished_by_the_next_run(
-        pg: Engine, tmp_path: Path) -> None:
+        pg: Engine, tmp_path: Path, run_job: JobRun) -> None:
     """REINDEX CONCURRENTLY waits for open writers; past lock_timeout the run gives up, and
     the invalid copy it could not drop while the writer held on is dropped next time."""
     _make_invalid_index(pg, "ix_history_tier")
@@ -368,7 +370,7 @@ def test_a_reindex_stopped_by_a_lock_is_finished_by_the_next_run(
         "created_at) VALUES (gen_random_uuid(), gen_random_uuid(), 'subscription_created', "
         "now(), now())")
     try:
-        outcome = _run(pg, _settings(pg, tmp_path))
+        outcome = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     finally:
         tx.rollback()
         writer.close()
@@ -376,7 +378,7 @@ def test_a_reindex_stopped_by_a_lock_is_finished_by_the_next_run(
     assert outcome.details["gave_up"]["step"] == "reindex"
     assert outcome.details["indexes"][0]["status"] == "gave-up"
     assert _valid(pg, "ix_history_tier") is False  # the original is as it was
-    again = _run(pg, _settings(pg, tmp_path))
+    again = run_job("db-maintenance", _settings(pg, tmp_path), at=NOW, engine=pg)
     assert again.status == "success", again.message
     assert _valid(pg, "ix_history_tier") is True
     assert rows(pg, "SELECT count(*) FROM pg_class WHERE relname LIKE '%ccnew%'")[0][0] == 0

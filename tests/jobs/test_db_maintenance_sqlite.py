@@ -9,15 +9,13 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-from app.config import Settings
 from app.core.context import JobContext
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import RunOutcome
 from app.db import make_engine
 from app.jobs import db_maintenance
 from app.ops.migrate import upgrade
-from tests.conftest import FixedClock, make_settings
+from tests.conftest import JobRun, make_settings
 
 NOW = dt.datetime(2026, 11, 29, 1, 0, 30, tzinfo=dt.UTC)
 
@@ -42,24 +40,15 @@ def _database(tmp_path: Path) -> tuple[str, Path]:
     return url, path
 
 
-def _run(url: str, tmp_path: Path, **kwargs: Any) -> RunOutcome:
-    settings: Settings = make_settings(url, tmp_path, maintenance_lock_timeout=0.3)
-    engine = make_engine(url)
-    try:
-        return Runner(settings, engine, clock=FixedClock(NOW)).run(
-            "db-maintenance", trigger="cli", **kwargs)
-    finally:
-        engine.dispose()
-
-
 def _steps(outcome: RunOutcome) -> dict[str, str]:
     return {s["step"]: s["status"] for s in outcome.details["steps"]}
 
 
-def test_integrity_check_and_vacuum_shrink_the_file(tmp_path: Path) -> None:
+def test_integrity_check_and_vacuum_shrink_the_file(tmp_path: Path, run_job: JobRun) -> None:
     url, path = _database(tmp_path)
     size_before = os.path.getsize(path)
-    outcome = _run(url, tmp_path)
+    outcome = run_job("db-maintenance", make_settings(url, tmp_path, maintenance_lock_timeout=0.3),
+                      at=NOW)
     assert outcome.status == "success", outcome.message
     assert _steps(outcome) == {"integrity_check": "done", "analyze": "done",
                                "optimize": "done", "vacuum": "done", "wal_checkpoint": "done"}
@@ -70,10 +59,11 @@ def test_integrity_check_and_vacuum_shrink_the_file(tmp_path: Path) -> None:
     assert os.path.getsize(path) < size_before / 2
 
 
-def test_dry_run_checks_integrity_and_rewrites_nothing(tmp_path: Path) -> None:
+def test_dry_run_checks_integrity_and_rewrites_nothing(tmp_path: Path, run_job: JobRun) -> None:
     url, path = _database(tmp_path)
     size_before = os.path.getsize(path)
-    outcome = _run(url, tmp_path, dry_run=True)
+    outcome = run_job("db-maintenance", make_settings(url, tmp_path, maintenance_lock_timeout=0.3),
+                      at=NOW, dry_run=True)
     assert outcome.status == "success", outcome.message
     assert _steps(outcome)["integrity_check"] == "done"
     assert _steps(outcome)["vacuum"] == "planned"

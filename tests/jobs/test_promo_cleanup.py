@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import RunOutcome
 from app.db import table_of
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock
+from tests.conftest import JobRun
 
 NOW = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -81,15 +81,7 @@ def _tables(engine: Engine) -> dict[str, dict[Any, tuple[Any, ...]]]:
                 for t in (codes_t, redemptions_t)}
 
 
-def _outcome(engine: Engine, settings: Settings, *, dry_run: bool = False,
-             force: bool = False) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW))
-    return runner.run("promo-cleanup", trigger="cli", dry_run=dry_run, force=force)
-
-
-def _run(engine: Engine, settings: Settings, *, dry_run: bool = False) -> dict[str, Any]:
-    outcome = _outcome(engine, settings, dry_run=dry_run)
-    assert outcome.status == "success", outcome.message
+def _steps(outcome: RunOutcome) -> dict[str, Any]:
     return {**outcome.details["steps"], "by_tier": outcome.details["by_tier"]}
 
 
@@ -105,9 +97,10 @@ def _bulk_codes(engine: Engine, prefix: str, n: int, *, expires_at: dt.datetime 
             for i in range(n)])
 
 
-def test_cleanup_fixes_every_kind_of_problem(engine: Engine, settings: Settings) -> None:
+def test_cleanup_fixes_every_kind_of_problem(engine: Engine, settings: Settings,
+                                             run_job: JobRun) -> None:
     _seed(engine)
-    steps = _run(engine, settings)
+    steps = _steps(run_job("promo-cleanup", settings, at=NOW, expect="success"))
     assert steps["codes_deactivated"] == 5
     assert steps["codes_deleted"] == 1
     assert steps["used_counts_raised"] == 1
@@ -129,18 +122,20 @@ def test_cleanup_fixes_every_kind_of_problem(engine: Engine, settings: Settings)
                                         "uses": 0}
 
 
-def test_second_run_changes_nothing(engine: Engine, settings: Settings) -> None:
+def test_second_run_changes_nothing(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     _seed(engine)
-    _run(engine, settings)
+    _steps(run_job("promo-cleanup", settings, at=NOW, expect="success"))
     before = _state(engine)
-    steps = _run(engine, settings)
+    steps = _steps(run_job("promo-cleanup", settings, at=NOW, expect="success"))
     assert {k: steps[k] for k in STEPS} == dict.fromkeys(STEPS, 0)
     assert _state(engine) == before
 
 
-def test_small_batches_give_the_same_result(engine: Engine, settings: Settings) -> None:
+def test_small_batches_give_the_same_result(engine: Engine, settings: Settings,
+                                            run_job: JobRun) -> None:
     _seed(engine)
-    steps = _run(engine, settings.model_copy(update={"batch_size": 1}))
+    steps = _steps(run_job("promo-cleanup", settings.model_copy(update={"batch_size": 1}), at=NOW,
+                           expect="success"))
     assert steps["codes_deactivated"] == 5
     assert steps["codes_deleted"] == 1
 
@@ -168,7 +163,7 @@ def redemptions_cascade(engine: Engine) -> Iterator[None]:
 
 
 def test_codes_redeemed_by_deleted_accounts_or_with_purged_rows_are_never_deleted(
-        engine: Engine, settings: Settings, redemptions_cascade: None) -> None:
+        engine: Engine, settings: Settings, redemptions_cascade: None, run_job: JobRun) -> None:
     app = AppWriter(engine)
     ids: dict[str, uuid.UUID] = {}
     for name in ("GONE_ACCOUNT", "ROWS_PURGED", "STRING_DETAILS", "NEVER"):
@@ -192,15 +187,17 @@ def test_codes_redeemed_by_deleted_accounts_or_with_purged_rows_are_never_delete
         ).values(details=json.dumps({"promo_code": "STRING_DETAILS",
                                      "promo_code_id": str(ids["STRING_DETAILS"])})))
 
-    steps = _run(engine, settings)
+    steps = _steps(run_job("promo-cleanup", settings, at=NOW, expect="success"))
 
     assert steps["codes_deleted"] == 1
     assert set(_state(engine)) == {"GONE_ACCOUNT", "ROWS_PURGED", "STRING_DETAILS"}
-    assert _run(engine, settings)["codes_deleted"] == 0
+    assert _steps(run_job("promo-cleanup", settings, at=NOW,
+                          expect="success"))["codes_deleted"] == 0
 
 
 def test_exhausted_and_admin_seeded_counts_are_never_lowered(engine: Engine,
-                                                            settings: Settings) -> None:
+                                                            settings: Settings,
+                                                            run_job: JobRun) -> None:
     app = AppWriter(engine)
     users = [app.sign_up(f"u{i}@example.com", at=NOW - 400 * DAY) for i in range(4)]
     closed = app.promo_code("CLOSED", tier="ai", at=NOW - 100 * DAY, max_uses=10,
@@ -215,7 +212,7 @@ def test_exhausted_and_admin_seeded_counts_are_never_lowered(engine: Engine,
         app.redeem(user, still_open, NOW - 10 * DAY, count_use=False)
 
     for _ in range(2):
-        steps = _run(engine, settings)
+        steps = _steps(run_job("promo-cleanup", settings, at=NOW, expect="success"))
         assert steps["used_counts_lowered"] == 0
         assert _state(engine) == {"CLOSED": (False, 10), "OPEN_BUT_USED_UP": (False, 10),
                                   "SEEDED": (True, 40)}
@@ -243,10 +240,10 @@ def _lowering_data(engine: Engine) -> dict[str, uuid.UUID]:
 
 
 def test_complete_rows_lower_counts_but_never_reopen_or_unredeem_a_code(
-        engine: Engine, settings: Settings) -> None:
+        engine: Engine, settings: Settings, run_job: JobRun) -> None:
     ids = _lowering_data(engine)
     complete = settings.model_copy(update={"promo_redemption_rows_complete": True})
-    outcome = _outcome(engine, complete)
+    outcome = run_job("promo-cleanup", complete, at=NOW)
     assert outcome.status == "success", outcome.message
     assert outcome.details["steps"]["used_counts_lowered"] == 2
     assert outcome.details["samples"]["used_counts_lowered"] == sorted(
@@ -262,14 +259,14 @@ def test_complete_rows_lower_counts_but_never_reopen_or_unredeem_a_code(
     assert "lowered" in outcome.message
 
 
-def test_lowering_has_its_own_brake(engine: Engine, settings: Settings) -> None:
+def test_lowering_has_its_own_brake(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     _lowering_data(engine)
     before = _tables(engine)
     braked = settings.model_copy(update={"promo_redemption_rows_complete": True,
                                          "promo_cleanup_lower_brake_count": 1,
                                          "promo_cleanup_lower_brake_share": 0.25})
     for dry_run in (True, False):
-        outcome = _outcome(engine, braked, dry_run=dry_run)
+        outcome = run_job("promo-cleanup", braked, at=NOW, dry_run=dry_run)
         assert outcome.status == "error" and outcome.attempts == 1
         assert outcome.message.startswith(
             "safety brake: would lower used_count of promo codes: 2 of 4 (50%)")
@@ -280,12 +277,12 @@ def test_lowering_has_its_own_brake(engine: Engine, settings: Settings) -> None:
 
 # --- brakes -------------------------------------------------------------------------------
 def test_deletion_brake_stops_a_mass_deletion_and_changes_nothing(
-        engine: Engine, settings: Settings) -> None:
+        engine: Engine, settings: Settings, run_job: JobRun) -> None:
     ids = _seed(engine)
     _bulk_codes(engine, "CAMPAIGN", 150, expires_at=NOW - 200 * DAY)
     before = _tables(engine)
     for dry_run in (True, False):
-        outcome = _outcome(engine, settings, dry_run=dry_run)
+        outcome = run_job("promo-cleanup", settings, at=NOW, dry_run=dry_run)
         assert outcome.status == "error" and outcome.attempts == 1
         assert outcome.message.startswith(
             "safety brake: would delete promo codes: 151 of 159 (95%), above 10% and above "
@@ -297,7 +294,7 @@ def test_deletion_brake_stops_a_mass_deletion_and_changes_nothing(
     # Nothing at all: not even the lagging count the first step would have raised.
     assert _tables(engine) == before
 
-    forced = _outcome(engine, settings, force=True)
+    forced = run_job("promo-cleanup", settings, at=NOW, force=True)
     assert forced.status == "success", forced.message
     assert forced.details["steps"]["codes_deleted"] == 151
     assert forced.details["brakes"]["delete"]["forced"] is True
@@ -306,25 +303,25 @@ def test_deletion_brake_stops_a_mass_deletion_and_changes_nothing(
 
 
 def test_deactivation_brake_stops_a_mass_deactivation(engine: Engine,
-                                                      settings: Settings) -> None:
+                                                      settings: Settings, run_job: JobRun) -> None:
     # The clock or the data says every code is over: most of the live codes would close.
     _bulk_codes(engine, "LIVE", 20, expires_at=NOW - DAY)
     _bulk_codes(engine, "LATER", 5, expires_at=NOW + 30 * DAY)
     before = _tables(engine)
     braked = settings.model_copy(update={"promo_cleanup_deactivate_brake_count": 10})
-    outcome = _outcome(engine, braked)
+    outcome = run_job("promo-cleanup", braked, at=NOW)
     assert outcome.status == "error"
     assert outcome.message.startswith(
         "safety brake: would deactivate promo codes: 20 of 25 (80%), above 20% and above 10")
     assert "PROMO_CLEANUP_DEACTIVATE_BRAKE_SHARE" in outcome.message
     assert _tables(engine) == before
-    assert _outcome(engine, settings).details["steps"]["codes_deactivated"] == 20
+    assert run_job("promo-cleanup", settings, at=NOW).details["steps"]["codes_deactivated"] == 20
 
 
 # --- the dry run ----------------------------------------------------------------------
 @pytest.mark.parametrize("rows_complete", [False, True])
 def test_dry_run_predicts_the_real_run_exactly(engine: Engine, settings: Settings,
-                                               rows_complete: bool) -> None:
+                                               rows_complete: bool, run_job: JobRun) -> None:
     _seed(engine)
     _lowering_data_extra(engine)
     _bulk_codes(engine, "OLD", 7, expires_at=NOW - 300 * DAY, tier="ai")
@@ -332,10 +329,10 @@ def test_dry_run_predicts_the_real_run_exactly(engine: Engine, settings: Setting
     _archived_rows(engine, [40, 35, 5])
     settings = settings.model_copy(update={"promo_redemption_rows_complete": rows_complete})
     before = _tables(engine)
-    dry = _outcome(engine, settings, dry_run=True)
+    dry = run_job("promo-cleanup", settings, at=NOW, dry_run=True)
     assert dry.status == "success", dry.message
     assert _tables(engine) == before
-    real = _outcome(engine, settings)
+    real = run_job("promo-cleanup", settings, at=NOW)
     assert real.status == "success", real.message
     for key in ("steps", "samples", "brakes", "by_tier", "counted_without_rows"):
         assert dry.details[key] == real.details[key], key
@@ -368,11 +365,12 @@ def _archived_rows(engine: Engine, ages_days: list[int]) -> None:
             for age in ages_days])
 
 
-def test_archive_is_purged_past_its_retention(engine: Engine, settings: Settings) -> None:
+def test_archive_is_purged_past_its_retention(engine: Engine, settings: Settings,
+                                              run_job: JobRun) -> None:
     _archived_rows(engine, [31, 40, 29, 1])
-    dry = _outcome(engine, settings, dry_run=True)
+    dry = run_job("promo-cleanup", settings, at=NOW, dry_run=True)
     assert dry.details["steps"]["archive_rows_purged"] == 2
-    real = _outcome(engine, settings)
+    real = run_job("promo-cleanup", settings, at=NOW)
     assert real.details["steps"]["archive_rows_purged"] == 2
     assert real.details["archive_retention_days"] == 30
     with engine.connect() as conn:
@@ -380,4 +378,4 @@ def test_archive_is_purged_past_its_retention(engine: Engine, settings: Settings
                       for row in conn.execute(sa.select(archive_t.c.archived_at)))
     assert ages == [1, 29]
     shorter = settings.model_copy(update={"archive_retention_days": 7})
-    assert _outcome(engine, shorter).details["steps"]["archive_rows_purged"] == 1
+    assert run_job("promo-cleanup", shorter, at=NOW).details["steps"]["archive_rows_purged"] == 1

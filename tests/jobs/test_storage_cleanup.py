@@ -19,10 +19,10 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core.runner import RunOutcome
 from app.models import Trip
 from app.voyagesmart.file_references import read_reference
 from app.voyagesmart.sample_data import STORAGE_URL, AppWriter
+from tests.conftest import JobRun
 from tests.support import storage_harness
 from tests.support.moto_s3 import moto_s3  # noqa: F401
 from tests.support.storage_harness import (
@@ -31,7 +31,6 @@ from tests.support.storage_harness import (
     Harness,
     Item,
     bucket_of,
-    run_job,
     settings_for,
 )
 
@@ -92,10 +91,6 @@ def _settings(engine: Engine, tmp_path: Path, store: Harness, **overrides: Any) 
     return settings_for(engine, tmp_path, store, **overrides)
 
 
-def _run(engine: Engine, settings: Settings, store: Harness, **kwargs: Any) -> RunOutcome:
-    return run_job(engine, settings, store.now, **kwargs)
-
-
 _bucket = bucket_of
 
 
@@ -107,9 +102,9 @@ def seeded(engine: Engine, store: Harness) -> Harness:
 
 
 def test_each_kind_of_object_is_handled(engine: Engine, seeded: Harness,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, run_job: JobRun) -> None:
     before = seeded.listing()
-    outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded)
+    outcome = run_job("storage-cleanup", _settings(engine, tmp_path, seeded), at=seeded.now)
     assert outcome.status == "success", outcome.message
     after = seeded.listing()
     assert set(after) == set(before) - GONE
@@ -140,11 +135,12 @@ def test_each_kind_of_object_is_handled(engine: Engine, seeded: Harness,
     assert "deleted 2 objects" in outcome.message
 
 
-def test_second_run_changes_nothing(engine: Engine, seeded: Harness, tmp_path: Path) -> None:
+def test_second_run_changes_nothing(engine: Engine, seeded: Harness, tmp_path: Path,
+                                    run_job: JobRun) -> None:
     settings = _settings(engine, tmp_path, seeded)
-    assert _run(engine, settings, seeded).status == "success"
+    assert run_job("storage-cleanup", settings, at=seeded.now).status == "success"
     before = seeded.listing()
-    again = _run(engine, settings, seeded)
+    again = run_job("storage-cleanup", settings, at=seeded.now)
     assert again.status == "success", again.message
     assert seeded.listing() == before
     media = _bucket(again, "trip-media")
@@ -153,9 +149,10 @@ def test_second_run_changes_nothing(engine: Engine, seeded: Harness, tmp_path: P
 
 
 def test_dry_run_reports_and_changes_nothing(engine: Engine, seeded: Harness,
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path, run_job: JobRun) -> None:
     before = seeded.listing()
-    outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded, dry_run=True)
+    outcome = run_job("storage-cleanup", _settings(engine, tmp_path, seeded), at=seeded.now,
+                      dry_run=True)
     assert outcome.status == "success", outcome.message
     assert seeded.listing() == before
     media = _bucket(outcome, "trip-media")
@@ -166,13 +163,13 @@ def test_dry_run_reports_and_changes_nothing(engine: Engine, seeded: Harness,
 
 
 def test_brake_stops_a_run_that_would_delete_too_much(engine: Engine, seeded: Harness,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, run_job: JobRun) -> None:
     """Above both the count and the share the run changes nothing and ends `error`; the
     dry run says the same; a forced run goes ahead."""
     before = seeded.listing()
     settings = _settings(engine, tmp_path, seeded, storage_cleanup_delete_brake_share=0.1,
                          storage_cleanup_delete_brake_count=1)
-    outcome = _run(engine, settings, seeded)
+    outcome = run_job("storage-cleanup", settings, at=seeded.now)
     assert outcome.status == "error"
     assert outcome.attempts == 1  # not retried: the same data gives the same answer
     assert outcome.message.startswith(
@@ -185,19 +182,19 @@ def test_brake_stops_a_run_that_would_delete_too_much(engine: Engine, seeded: Ha
     assert brake["samples"] == ["orphans/old.jpg", "tmp/upload-old.bin"]
     assert seeded.listing() == before  # nothing deleted, nothing recompressed
     assert seeded.quarantine() == {}
-    dry = _run(engine, settings, seeded, dry_run=True)
+    dry = run_job("storage-cleanup", settings, at=seeded.now, dry_run=True)
     assert (dry.status, dry.message) == ("error", outcome.message)
-    forced = _run(engine, settings, seeded, force=True)
+    forced = run_job("storage-cleanup", settings, at=seeded.now, force=True)
     assert forced.status == "success", forced.message
     assert set(seeded.listing()) == set(before) - GONE
 
 
 def test_brake_count_lets_a_small_cleanup_through(engine: Engine, seeded: Harness,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, run_job: JobRun) -> None:
     """2 of 7 is above the 10% share, but not above a count of 2: the run goes ahead."""
     settings = _settings(engine, tmp_path, seeded, storage_cleanup_delete_brake_share=0.1,
                          storage_cleanup_delete_brake_count=2)
-    outcome = _run(engine, settings, seeded)
+    outcome = run_job("storage-cleanup", settings, at=seeded.now)
     assert outcome.status == "success", outcome.message
     assert _bucket(outcome, "trip-media")["brake"]["tripped"] is False
     assert _bucket(outcome, "trip-media")["orphans_deleted"] == 1
@@ -205,7 +202,7 @@ def test_brake_count_lets_a_small_cleanup_through(engine: Engine, seeded: Harnes
 
 def test_a_reference_linked_during_the_scan_saves_the_file(
         engine: Engine, seeded: Harness, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, run_job: JobRun) -> None:
     """A row written while buckets are listed is read again before anything is deleted."""
     from app.jobs import storage_cleanup
 
@@ -221,21 +218,21 @@ def test_a_reference_linked_during_the_scan_saves_the_file(
                                           dt.datetime.now(dt.UTC))
 
     monkeypatch.setattr(storage_cleanup, "_classify", classify_then_link)
-    outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded)
+    outcome = run_job("storage-cleanup", _settings(engine, tmp_path, seeded), at=seeded.now)
     assert outcome.status == "success", outcome.message
     assert ("trip-media", "orphans/old.jpg") in seeded.listing()
     assert _bucket(outcome, "trip-media")["orphans_deleted"] == 0
 
 
 def test_an_unreadable_source_protects_its_buckets(engine: Engine, seeded: Harness,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, run_job: JobRun) -> None:
     """Without the chat table nothing says which trip-media files chat uses: none of that
     bucket is deleted, and the run says why; trip-documents is cleaned as usual."""
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE trip_chat_messages RENAME TO chat_elsewhere")
     try:
         before = seeded.listing()
-        outcome = _run(engine, _settings(engine, tmp_path, seeded), seeded)
+        outcome = run_job("storage-cleanup", _settings(engine, tmp_path, seeded), at=seeded.now)
     finally:  # the PostgreSQL database is shared by the session
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE chat_elsewhere RENAME TO trip_chat_messages")
@@ -250,11 +247,11 @@ def test_an_unreadable_source_protects_its_buckets(engine: Engine, seeded: Harne
 
 
 def test_a_configured_bucket_that_does_not_exist_is_an_error(
-        engine: Engine, seeded: Harness, tmp_path: Path) -> None:
+        engine: Engine, seeded: Harness, tmp_path: Path, run_job: JobRun) -> None:
     before = seeded.listing()
     settings = _settings(engine, tmp_path, seeded,
                          storage_buckets="trip-media,trip-documents,avatars")
-    outcome = _run(engine, settings, seeded)
+    outcome = run_job("storage-cleanup", settings, at=seeded.now)
     assert outcome.status == "error"
     assert outcome.message == (f"storage-cleanup cannot run: bucket(s) avatars do not exist "
                                f"on the {seeded.storage.name} backend; check STORAGE_BUCKETS")

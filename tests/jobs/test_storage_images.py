@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from app.jobs import storage_cleanup
 from app.voyagesmart.sample_data import AppWriter
+from tests.conftest import JobRun
 from tests.support import storage_harness
 from tests.support.moto_s3 import moto_s3  # noqa: F401
 from tests.support.storage_harness import (
@@ -25,7 +26,6 @@ from tests.support.storage_harness import (
     Harness,
     Item,
     bucket_of,
-    run_job,
     settings_for,
 )
 
@@ -113,10 +113,10 @@ def test_the_images_are_what_the_test_needs() -> None:
 
 
 def test_an_animated_png_keeps_its_eight_frames(engine: Engine, store: Harness,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, run_job: JobRun) -> None:
     _seed(engine, store, [Item("trip-media", "journal/loop.png", APNG, old=True,
                                content_type="image/png")])
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     body = store.read("trip-media", "journal/loop.png").body
     assert body == APNG and _frames(body) == 8
@@ -131,23 +131,23 @@ def test_an_animated_png_keeps_its_eight_frames(engine: Engine, store: Harness,
                                        ("journal/gif-named.png", ANIMATED_GIF)])
 def test_other_animated_images_are_left_as_they_are(engine: Engine, store: Harness,
                                                     tmp_path: Path, key: str,
-                                                    body: bytes) -> None:
+                                                    body: bytes, run_job: JobRun) -> None:
     _seed(engine, store, [Item("trip-media", key, body, old=True)])
     settings = settings_for(engine, tmp_path, store, storage_recompress_min_bytes=1_000)
-    outcome = run_job(engine, settings, store.now)
+    outcome = run_job("storage-cleanup", settings, at=store.now)
     assert outcome.status == "success", outcome.message
     assert store.read("trip-media", key).body == body
     assert bucket_of(outcome, "trip-media")["recompressed"] == 0
 
 
 def test_a_lossless_webp_stays_lossless(engine: Engine, store: Harness,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, run_job: JobRun) -> None:
     """Re-encoded losslessly (every pixel the same) or not at all, and the original is in
     the quarantine for restore to put back."""
     _seed(engine, store, [Item("trip-media", "journal/map.webp", LOSSLESS_WEBP, old=True,
                                content_type="image/webp")])
     settings = settings_for(engine, tmp_path, store, storage_recompress_min_saving=0.01)
-    outcome = run_job(engine, settings, store.now)
+    outcome = run_job("storage-cleanup", settings, at=store.now)
     assert outcome.status == "success", outcome.message
     body = store.read("trip-media", "journal/map.webp").body
     assert storage_cleanup._webp_is_lossless(body)
@@ -163,10 +163,10 @@ def test_a_lossless_webp_stays_lossless(engine: Engine, store: Harness,
 
 
 def test_a_png_is_only_ever_recompressed_losslessly(engine: Engine, store: Harness,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, run_job: JobRun) -> None:
     _seed(engine, store, [Item("trip-media", "journal/flat.png", FLAT_PNG, old=True),
                           Item("trip-media", "journal/deep.png", PNG16, old=True)])
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     flat = store.read("trip-media", "journal/flat.png").body
     assert len(flat) < 0.8 * len(FLAT_PNG) and _pixels(flat) == _pixels(FLAT_PNG)

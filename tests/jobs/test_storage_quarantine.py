@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from app.core.runner import RunOutcome
 from app.models import Trip
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import SECRET
+from tests.conftest import SECRET, JobRun
 from tests.support import storage_harness
 from tests.support.moto_s3 import moto_s3  # noqa: F401
 from tests.support.storage_harness import (
@@ -36,7 +36,6 @@ from tests.support.storage_harness import (
     Harness,
     Item,
     bucket_of,
-    run_job,
     settings_for,
 )
 
@@ -107,10 +106,10 @@ def _sizes(listing: dict[tuple[str, str], tuple[int, str]]) -> dict[tuple[str, s
 
 @pytest.mark.slow
 def test_restore_brings_back_exactly_what_a_run_moved(engine: Engine, seeded: Harness,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, run_job: JobRun) -> None:
     store = seeded
     before, before_bytes = store.listing(), store.bytes_of()
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     assert outcome.message.endswith(f"undo with: voyagesmart-cron restore {outcome.run_id}")
     folder = outcome.details["quarantine"]["folder"]
@@ -155,9 +154,9 @@ def test_restore_brings_back_exactly_what_a_run_moved(engine: Engine, seeded: Ha
 
 @pytest.mark.slow
 def test_restore_never_overwrites_a_key_taken_again(engine: Engine, seeded: Harness,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, run_job: JobRun) -> None:
     store = seeded
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     from app.adapters.storage import ObjectData
 
@@ -174,18 +173,18 @@ def test_restore_never_overwrites_a_key_taken_again(engine: Engine, seeded: Harn
 
 
 def test_the_quarantine_is_purged_after_the_retention(engine: Engine, seeded: Harness,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, run_job: JobRun) -> None:
     """Within the retention the quarantine is kept, and a file linked again goes back;
     past it the rest is deleted for good, and restore has nothing left to bring back."""
     store = seeded
     settings = settings_for(engine, tmp_path, store)
-    first = run_job(engine, settings, store.now)
+    first = run_job("storage-cleanup", settings, at=store.now)
     assert first.status == "success", first.message
     moved = store.quarantine()
     assert len(moved) == 4
     _link(engine, "orphans/old.jpg")  # a row links the removed file again
 
-    six_days = run_job(engine, settings, store.now + dt.timedelta(days=6))
+    six_days = run_job("storage-cleanup", settings, at=store.now + dt.timedelta(days=6))
     assert six_days.status == "success", six_days.message
     media = bucket_of(six_days, "trip-media")
     assert (media["quarantine_returned"], media["quarantine_purged"]) == (1, 0)
@@ -194,9 +193,9 @@ def test_the_quarantine_is_purged_after_the_retention(engine: Engine, seeded: Ha
         ("trip-media", f"{first.details['quarantine']['folder']}orphan/orphans/old.jpg")}
 
     later = store.now + dt.timedelta(days=8)
-    dry = run_job(engine, settings, later, dry_run=True)
+    dry = run_job("storage-cleanup", settings, at=later, dry_run=True)
     assert "purge 3 quarantined objects" in dry.message
-    eight_days = run_job(engine, settings, later)
+    eight_days = run_job("storage-cleanup", settings, at=later)
     assert eight_days.status == "success", eight_days.message
     assert sum(b["quarantine_purged"] for b in eight_days.details["buckets"]) == 3
     assert not set(moved) & set(store.quarantine())
@@ -207,16 +206,16 @@ def test_the_quarantine_is_purged_after_the_retention(engine: Engine, seeded: Ha
 
 
 def test_a_blocked_bucket_keeps_its_quarantine(engine: Engine, seeded: Harness,
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, run_job: JobRun) -> None:
     """Past the retention, but with the references of trip-media incomplete (a source
     unreadable), trip-media's quarantine is not purged."""
     store = seeded
     settings = settings_for(engine, tmp_path, store)
-    assert run_job(engine, settings, store.now).status == "success"
+    assert run_job("storage-cleanup", settings, at=store.now).status == "success"
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE trip_chat_messages RENAME TO chat_elsewhere")
     try:
-        later = run_job(engine, settings, store.now + dt.timedelta(days=8))
+        later = run_job("storage-cleanup", settings, at=store.now + dt.timedelta(days=8))
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE chat_elsewhere RENAME TO trip_chat_messages")
@@ -257,12 +256,12 @@ def _assert_predicted(dry: RunOutcome, real: RunOutcome) -> dict[str, Any]:
 
 
 def test_a_dry_run_predicts_the_real_run(engine: Engine, seeded: Harness,
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, run_job: JobRun) -> None:
     """Counts and samples, moves, recompression, returns and purges alike."""
     store = seeded
     settings = settings_for(engine, tmp_path, store)
-    dry = run_job(engine, settings, store.now, dry_run=True)
-    real = run_job(engine, settings, store.now)
+    dry = run_job("storage-cleanup", settings, at=store.now, dry_run=True)
+    real = run_job("storage-cleanup", settings, at=store.now)
     first = _assert_predicted(dry, real)
     assert (first["temp_to_delete"], first["orphans_to_delete"],
             first["recompress_to_replace"]) == (1, 2, 1)
@@ -276,7 +275,7 @@ def test_a_dry_run_predicts_the_real_run(engine: Engine, seeded: Harness,
 
     _link(engine, "orphans/old.jpg")
     later = store.now + dt.timedelta(days=8)
-    dry = run_job(engine, settings, later, dry_run=True)
-    real = run_job(engine, settings, later)
+    dry = run_job("storage-cleanup", settings, at=later, dry_run=True)
+    real = run_job("storage-cleanup", settings, at=later)
     second = _assert_predicted(dry, real)
     assert (second["quarantine_to_return"], second["quarantine_to_purge"]) == (1, 3)

@@ -20,7 +20,7 @@ from app.core.runner import Runner, RunOutcome
 from app.models import SubscriptionHistory, UserSubscription
 from app.ops.cli import cli
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock, auth
+from tests.conftest import FixedClock, JobRun, auth
 
 NOW = dt.datetime(2026, 11, 28, 0, 0, 30, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -70,16 +70,12 @@ def _history(engine: Engine) -> list[dict[str, Any]]:
             sa.select(t).where(t.c.event_type == "subscription_expired")).mappings()]
 
 
-def _run(engine: Engine, settings: Settings, **kwargs: Any) -> RunOutcome:
-    return Runner(settings, engine, clock=FixedClock(NOW)).run("subscription-expiry",
-                                                              trigger="cli", **kwargs)
-
-
 def test_expiry_matches_the_app_route_and_ends_granted_tiers(engine: Engine,
-                                                             settings: Settings) -> None:
+                                                             settings: Settings,
+                                                             run_job: JobRun) -> None:
     users = _seed(engine)
     before = _subs(engine, users)
-    outcome = _run(engine, settings)
+    outcome = run_job("subscription-expiry", settings, at=NOW)
     assert outcome.status == "success", outcome.message
     assert outcome.details["by_reason"] == {"automatic_expiration_check": 1,
                                             "valid_until_passed": 2}
@@ -107,14 +103,14 @@ def test_expiry_matches_the_app_route_and_ends_granted_tiers(engine: Engine,
     assert events[users["promo_over"]]["details"]["previous_tier"] == "ai"
 
 
-def test_second_run_and_dry_run(engine: Engine, settings: Settings) -> None:
+def test_second_run_and_dry_run(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     users = _seed(engine)
     before = _subs(engine, users)
-    dry = _run(engine, settings, dry_run=True)
+    dry = run_job("subscription-expiry", settings, at=NOW, dry_run=True)
     assert dry.details["expired"] == 3 and "would move 3" in dry.message
     assert _subs(engine, users) == before and _history(engine) == []
-    assert _run(engine, settings).details["expired"] == 3
-    again = _run(engine, settings, force=True)
+    assert run_job("subscription-expiry", settings, at=NOW).details["expired"] == 3
+    again = run_job("subscription-expiry", settings, at=NOW, force=True)
     assert again.details["expired"] == 0
     assert len(_history(engine)) == 3
 
@@ -133,9 +129,10 @@ def test_the_apps_route_path_runs_it(engine: Engine, make_client: Callable[..., 
     assert again.json()["status"] in ("success", "duplicate")
 
 
-def _dry_then_real(engine: Engine, settings: Settings, **kwargs: Any
+def _dry_then_real(run_job: JobRun, settings: Settings, **kwargs: Any
                    ) -> tuple[RunOutcome, RunOutcome]:
-    return _run(engine, settings, dry_run=True, **kwargs), _run(engine, settings, **kwargs)
+    dry = run_job("subscription-expiry", settings, at=NOW, dry_run=True, **kwargs)
+    return dry, run_job("subscription-expiry", settings, at=NOW, **kwargs)
 
 
 def _same_prediction(dry: RunOutcome, real: RunOutcome) -> None:
@@ -144,9 +141,9 @@ def _same_prediction(dry: RunOutcome, real: RunOutcome) -> None:
     assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
 
 
-def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings) -> None:
+def test_dry_run_predicts_the_real_run(engine: Engine, settings: Settings, run_job: JobRun) -> None:
     _seed(engine)
-    dry, real = _dry_then_real(engine, settings)
+    dry, real = _dry_then_real(run_job, settings)
     _same_prediction(dry, real)
     assert real.details["expired"] == 3 and len(real.details["samples"]) == 3
 
@@ -190,10 +187,11 @@ def test_a_wrong_clock_trips_the_brake_and_changes_nothing(engine: Engine,
 
 def test_restore_puts_back_what_one_run_expired(engine: Engine, settings: Settings,
                                                 db_url: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                run_job: JobRun) -> None:
     users = _seed(engine)
     before = _subs(engine, users)
-    run = _run(engine, settings)
+    run = run_job("subscription-expiry", settings, at=NOW)
     assert run.details["expired"] == 3
     # After the run the app changes one of them again: that one is left as the app set it.
     AppWriter(engine).stripe_subscribed(users["promo_over"], tier="ai", at=NOW + DAY)

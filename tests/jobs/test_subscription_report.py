@@ -19,12 +19,11 @@ from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from app.config import Settings, get_settings
-from app.core.runner import Runner, RunOutcome
 from app.jobs.subscription_report import read_report
 from app.models import CronMonthlyReport, Plan, SubscriptionHistory, UserSubscription
 from app.ops.cli import cli
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock, make_settings
+from tests.conftest import JobRun, make_settings
 from tests.support.servers import SmtpSink
 from tests.support.stripe_servers import StripeShapeServer, stripe_shape, subscription_json
 
@@ -65,11 +64,6 @@ def _settings(db_url: str, tmp_path: Path, sink: SmtpSink, **overrides: Any) -> 
     return make_settings(db_url, tmp_path, **{**values, **overrides})
 
 
-def _run(engine: Engine, settings: Settings, **kwargs: Any) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
-    return runner.run("subscription-report", trigger="cli", **kwargs)
-
-
 def _parts(message: Any) -> tuple[str, str, list[list[str]]]:
     text = message.get_body(preferencelist=("plain",)).get_content()
     html = message.get_body(preferencelist=("html",)).get_content()
@@ -80,9 +74,9 @@ def _parts(message: Any) -> tuple[str, str, list[list[str]]]:
 
 
 def test_report_arrives_with_totals_and_csv(engine: Engine, db_url: str, tmp_path: Path,
-                                            smtp_sink: SmtpSink) -> None:
+                                            smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed(engine)
-    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink))
+    outcome = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW)
     assert outcome.status == "success", outcome.message
     [mail] = smtp_sink.received
     assert sorted(mail.rcpt_tos) == sorted(ADMINS)
@@ -116,13 +110,14 @@ def test_report_arrives_with_totals_and_csv(engine: Engine, db_url: str, tmp_pat
 
 
 def test_mrr_leaves_grants_out_and_prices_come_from_the_plan_catalogue(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed(engine)
     plans = Plan.__table__
     with engine.begin() as conn:  # a yearly AI plan: a twelfth of it per month
         conn.execute(plans.update().where(plans.c.tier == "ai").values(
             price=119.88, interval="year"))
-    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
+    outcome = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW,
+                      dry_run=True)
     report = outcome.details["report"]
     # 3 premium x 4.99 + 1 ai x 9.99: the granted premium year and promo ai tier add 0.
     assert report["totals"]["mrr"] == {"EUR": "24.96"}
@@ -132,22 +127,24 @@ def test_mrr_leaves_grants_out_and_prices_come_from_the_plan_catalogue(
     assert "2 granted tiers (not in MRR)" in outcome.message
     with engine.begin() as conn:
         conn.execute(plans.delete().where(plans.c.tier == "ai"))
-    again = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
+    again = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW,
+                    dry_run=True)
     assert again.details["report"]["totals"]["mrr"] == {"EUR": "14.97"}
     assert again.details["report"]["warnings"] == [
         "no plan for tier ai in subscriptions: its MRR counts as 0"]
 
 
 def test_second_run_sends_nothing_unless_forced(engine: Engine, db_url: str,
-                                                tmp_path: Path, smtp_sink: SmtpSink) -> None:
+                                                tmp_path: Path, smtp_sink: SmtpSink,
+                                                run_job: JobRun) -> None:
     _seed(engine)
     settings = _settings(db_url, tmp_path, smtp_sink)
-    _run(engine, settings)
-    again = _run(engine, settings)
+    run_job("subscription-report", settings, at=NOW)
+    again = run_job("subscription-report", settings, at=NOW)
     assert again.status == "success"
     assert "already sent, not sent again" in again.message
     assert len(smtp_sink.received) == 1
-    forced = _run(engine, settings, force=True)
+    forced = run_job("subscription-report", settings, at=NOW, force=True)
     assert "sent to 2 admin(s)" in forced.message
     assert len(smtp_sink.received) == 2
     with engine.connect() as conn:
@@ -156,9 +153,10 @@ def test_second_run_sends_nothing_unless_forced(engine: Engine, db_url: str,
 
 
 def test_dry_run_sends_and_stores_nothing(engine: Engine, db_url: str, tmp_path: Path,
-                                          smtp_sink: SmtpSink) -> None:
+                                          smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed(engine)
-    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink), dry_run=True)
+    outcome = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW,
+                      dry_run=True)
     assert outcome.status == "success"
     assert "would send" in outcome.message
     assert outcome.details["report"]["totals"]["active"] == 4
@@ -168,9 +166,10 @@ def test_dry_run_sends_and_stores_nothing(engine: Engine, db_url: str, tmp_path:
 
 
 def test_without_admins_the_report_is_stored_and_the_run_warns(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed(engine)
-    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink, admin_emails=[]))
+    outcome = run_job("subscription-report",
+                      _settings(db_url, tmp_path, smtp_sink, admin_emails=[]), at=NOW)
     assert outcome.status == "warning"
     assert "ADMIN_EMAILS is empty" in outcome.message
     with engine.connect() as conn:
@@ -180,7 +179,7 @@ def test_without_admins_the_report_is_stored_and_the_run_warns(
 
 def test_old_reports_are_archived_and_stay_readable(
         engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, run_job: JobRun) -> None:
     def old(month: str) -> dict[str, Any]:
         first = dt.datetime.strptime(month, "%Y-%m").date()
         return {"month": month, "month_start": first, "data": {"month": month, "totals": {}},
@@ -190,7 +189,7 @@ def test_old_reports_are_archived_and_stay_readable(
     with engine.begin() as conn:
         conn.execute(CronMonthlyReport.__table__.insert(),
                      [old("2024-10"), old("2024-11"), old("2024-12")])
-    outcome = _run(engine, _settings(db_url, tmp_path, smtp_sink))
+    outcome = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW)
     # Retention 24 months from December 2026: everything before December 2024 goes.
     assert outcome.details["archived"] == 2
     with engine.connect() as conn:
@@ -217,21 +216,13 @@ def test_old_reports_are_archived_and_stay_readable(
 PREMIUM_PRICE = "price_1PremiumMonthly"
 
 
-def _clock_run(engine: Engine, settings: Settings, task: str, at: dt.datetime,
-               **kwargs: Any) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(at), sleep=lambda _s: None)
-    outcome = runner.run(task, trigger="cli", **kwargs)
-    assert outcome.status in ("success", "warning"), outcome.message
-    return outcome
-
-
 def _epoch(moment: dt.datetime) -> int:
     return int(moment.timestamp())
 
 
 def test_cancellations_count_in_the_month_they_ended_and_late_news_is_a_correction(
         engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
-        stripe_shape: StripeShapeServer) -> None:
+        stripe_shape: StripeShapeServer, run_job: JobRun) -> None:
     """Two monthly reports with a fixed clock, and what happens between them."""
     app = AppWriter(engine)
     people = {name: app.sign_up(f"{name}@example.com", at=_at(2026, 5, 1)) for name in "AKHL"}
@@ -268,9 +259,10 @@ def test_cancellations_count_in_the_month_they_ended_and_late_news_is_a_correcti
                          stripe_sync_strategy="retrieve", stripe_max_network_retries=0)
 
     # Dec 1, 00:00: expiry ends K (its period ended 2 hours before); 04:00: November.
-    _clock_run(engine, settings, "subscription-expiry", dt.datetime(2026, 12, 1, 0, 0, 30,
-                                                                  tzinfo=dt.UTC))
-    november = _clock_run(engine, settings, "subscription-report", NOW).details["report"]
+    run_job("subscription-expiry", settings, at=dt.datetime(2026, 12, 1, 0, 0, 30, tzinfo=dt.UTC),
+            expect=("success", "warning"))
+    november = run_job("subscription-report", settings, at=NOW,
+                       expect=("success", "warning")).details["report"]
     assert november["month"] == "2026-11"
     assert november["tiers"]["premium"] | {"mrr": None} == {
         "active": 3, "new": 0, "canceled": 1, "mrr": None, "currency": "EUR",
@@ -282,13 +274,15 @@ def test_cancellations_count_in_the_month_they_ended_and_late_news_is_a_correcti
     assert sent_november is not None
 
     # Dec 2: the sync finds what Stripe did to L on Nov 28 (and K's end, already known).
-    sync = _clock_run(engine, settings, "subscription-sync",
-                      dt.datetime(2026, 12, 2, 2, 0, 30, tzinfo=dt.UTC))
+    sync = run_job("subscription-sync", settings,
+                   at=dt.datetime(2026, 12, 2, 2, 0, 30, tzinfo=dt.UTC),
+                   expect=("success", "warning"))
     assert sync.details["deleted"] == 2
 
     # Jan 1: December.  H ended on Dec 15 and nothing recorded it: it still counts.
-    december_run = _clock_run(engine, settings, "subscription-report",
-                              dt.datetime(2027, 1, 1, 4, 0, 10, tzinfo=dt.UTC))
+    december_run = run_job("subscription-report", settings,
+                           at=dt.datetime(2027, 1, 1, 4, 0, 10, tzinfo=dt.UTC),
+                           expect=("success", "warning"))
     december = december_run.details["report"]
     assert december["month"] == "2026-12"
     assert (december["tiers"]["premium"]["active"], december["tiers"]["premium"]["new"],
@@ -326,7 +320,7 @@ def _history_event(engine: Engine, user_id: Any, sub_id: str, at: dt.datetime, *
 
 
 def test_paused_and_incomplete_subscriptions_are_not_paid(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     app = AppWriter(engine)
     people = {name: app.sign_up(f"{name}@example.com", at=_at(2026, 5, 1)) for name in "QRS"}
     subs = UserSubscription.__table__
@@ -350,8 +344,8 @@ def test_paused_and_incomplete_subscriptions_are_not_paid(
         conn.execute(subs.update().where(subs.c.user_id == people["R"]).values(
             tier="free", status="inactive", stripe_subscription_id="sub_R"))
 
-    report = _run(engine, _settings(db_url, tmp_path, smtp_sink),
-                  dry_run=True).details["report"]
+    report = run_job("subscription-report", _settings(db_url, tmp_path, smtp_sink), at=NOW,
+                     dry_run=True).details["report"]
 
     assert report["tiers"]["ai"] | {"mrr": None, "price": None} == {
         "active": 0, "new": 0, "canceled": 1, "mrr": None, "price": None,
@@ -362,11 +356,11 @@ def test_paused_and_incomplete_subscriptions_are_not_paid(
 
 
 def test_dry_run_predicts_the_real_run(engine: Engine, db_url: str, tmp_path: Path,
-                                       smtp_sink: SmtpSink) -> None:
+                                       smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed(engine)
     settings = _settings(db_url, tmp_path, smtp_sink)
-    dry = _run(engine, settings, dry_run=True)
-    real = _run(engine, settings)
+    dry = run_job("subscription-report", settings, at=NOW, dry_run=True)
+    real = run_job("subscription-report", settings, at=NOW)
     assert (dry.status, dry.records_processed) == (real.status, real.records_processed)
     assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
     assert dry.details["sent_to"] == ADMINS

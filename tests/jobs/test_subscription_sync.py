@@ -17,12 +17,12 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import RunOutcome
 from app.jobs.subscription_sync import FIELDS, STATUS_MAP, stripe_state
 from app.models import SubscriptionHistory, UserSubscription
 from app.models.voyagesmart import SUBSCRIPTION_STATUSES
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock, make_settings
+from tests.conftest import JobRun, make_settings
 from tests.support.stripe_servers import FaultProxy, LocalStripe, localstripe, stripe_proxy
 
 __all__ = ["localstripe", "stripe_proxy"]
@@ -135,11 +135,6 @@ def _settings(db_url: str, tmp_path: Path, proxy: FaultProxy, world: World,
     return make_settings(db_url, tmp_path, **values)
 
 
-def _run(engine: Engine, settings: Settings, *, dry_run: bool = False) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
-    return runner.run("subscription-sync", trigger="cli", dry_run=dry_run)
-
-
 def _local(engine: Engine, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     by_user = {row["user_id"]: name for name, row in rows.items()}
     with engine.connect() as conn:
@@ -207,9 +202,10 @@ def _assert_repaired(engine: Engine, world: World, rows: dict[str, dict[str, Any
 
 
 def test_sync_repairs_every_kind_of_drift(engine: Engine, db_url: str, tmp_path: Path,
-                                         stripe_proxy: FaultProxy, world: World) -> None:
+                                         stripe_proxy: FaultProxy, world: World,
+                                         run_job: JobRun) -> None:
     rows = _seed(engine, world)
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world), at=NOW)
     assert outcome.status == "success", outcome.message
     _assert_repaired(engine, world, rows, outcome)
     assert outcome.details["api_calls"] == 10 == stripe_proxy.count(r"^/v1/subscriptions/")
@@ -217,12 +213,12 @@ def test_sync_repairs_every_kind_of_drift(engine: Engine, db_url: str, tmp_path:
 
 
 def test_second_run_changes_nothing(engine: Engine, db_url: str, tmp_path: Path,
-                                   stripe_proxy: FaultProxy, world: World) -> None:
+                                   stripe_proxy: FaultProxy, world: World, run_job: JobRun) -> None:
     rows = _seed(engine, world)
     settings = _settings(db_url, tmp_path, stripe_proxy, world)
-    _run(engine, settings)
+    run_job("subscription-sync", settings, at=NOW)
     before = _local(engine, rows)
-    again = _run(engine, settings)
+    again = run_job("subscription-sync", settings, at=NOW)
     assert again.status == "success"
     assert again.details["changed"] == 0 and again.details["changed_by_field"] == {}
     # The ended ones have no Stripe id any more: not Stripe's business now.
@@ -233,10 +229,11 @@ def test_second_run_changes_nothing(engine: Engine, db_url: str, tmp_path: Path,
 
 
 def test_list_paging_gives_the_same_repairs(engine: Engine, db_url: str, tmp_path: Path,
-                                            stripe_proxy: FaultProxy, world: World) -> None:
+                                            stripe_proxy: FaultProxy, world: World,
+                                            run_job: JobRun) -> None:
     rows = _seed(engine, world)
     settings = _settings(db_url, tmp_path, stripe_proxy, world, stripe_sync_strategy="list")
-    outcome = _run(engine, settings)
+    outcome = run_job("subscription-sync", settings, at=NOW)
     assert outcome.status == "success", outcome.message
     assert outcome.details["strategy"] == "list"
     _assert_repaired(engine, world, rows, outcome)
@@ -248,10 +245,12 @@ def test_list_paging_gives_the_same_repairs(engine: Engine, db_url: str, tmp_pat
 
 
 def test_dry_run_reports_and_writes_nothing(engine: Engine, db_url: str, tmp_path: Path,
-                                            stripe_proxy: FaultProxy, world: World) -> None:
+                                            stripe_proxy: FaultProxy, world: World,
+                                            run_job: JobRun) -> None:
     rows = _seed(engine, world)
     before = _local(engine, rows)
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world), dry_run=True)
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world), at=NOW,
+                      dry_run=True)
     assert outcome.status == "success"
     assert outcome.details["changed"] == 8
     assert outcome.details["changed_by_field"] == EXPECTED_BY_FIELD
@@ -261,11 +260,12 @@ def test_dry_run_reports_and_writes_nothing(engine: Engine, db_url: str, tmp_pat
 
 
 def test_rate_limited_calls_are_retried(engine: Engine, db_url: str, tmp_path: Path,
-                                        stripe_proxy: FaultProxy, world: World) -> None:
+                                        stripe_proxy: FaultProxy, world: World,
+                                        run_job: JobRun) -> None:
     rows = _seed(engine, world)
     stripe_proxy.inject("/v1/subscriptions/" + rows["status"]["stripe_subscription_id"],
                         status=429, times=2, retry_after="0.05")
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world), at=NOW)
     assert outcome.status == "success", outcome.message
     assert outcome.details["rate_limited_retries"] == 2
     assert outcome.details["api_calls"] == 12
@@ -274,11 +274,11 @@ def test_rate_limited_calls_are_retried(engine: Engine, db_url: str, tmp_path: P
 
 def test_one_failing_subscription_does_not_stop_the_others(
         engine: Engine, db_url: str, tmp_path: Path, stripe_proxy: FaultProxy,
-        world: World) -> None:
+        world: World, run_job: JobRun) -> None:
     rows = _seed(engine, world)
     bad = rows["tier"]["stripe_subscription_id"]
     stripe_proxy.inject("/v1/subscriptions/" + bad, status=500)
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world), at=NOW)
     assert outcome.status == "warning"
     assert outcome.details["failed"] == 1
     assert outcome.details["failures"][0]["stripe_subscription_id"] == bad
@@ -294,12 +294,12 @@ def test_one_failing_subscription_does_not_stop_the_others(
 
 
 def test_timeout_is_retried(engine: Engine, db_url: str, tmp_path: Path,
-                            stripe_proxy: FaultProxy, world: World) -> None:
+                            stripe_proxy: FaultProxy, world: World, run_job: JobRun) -> None:
     rows = _seed(engine, world)
     stripe_proxy.inject("/v1/subscriptions/" + rows["period"]["stripe_subscription_id"],
                         delay=1.5, times=1)
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world,
-                                     stripe_timeout=0.5))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world,
+                                     stripe_timeout=0.5), at=NOW)
     assert outcome.status == "success", outcome.message
     assert outcome.details["api_calls"] == 11
     _assert_repaired(engine, world, rows, outcome)
@@ -307,11 +307,11 @@ def test_timeout_is_retried(engine: Engine, db_url: str, tmp_path: Path,
 
 def test_stripe_down_fails_the_run_for_a_retry(engine: Engine, db_url: str, tmp_path: Path,
                                                stripe_proxy: FaultProxy,
-                                               world: World) -> None:
+                                               world: World, run_job: JobRun) -> None:
     rows = _seed(engine, world)
     stripe_proxy.inject("/v1/subscriptions", status=503)
     settings = _settings(db_url, tmp_path, stripe_proxy, world, stripe_max_network_retries=0)
-    outcome = _run(engine, settings)
+    outcome = run_job("subscription-sync", settings, at=NOW)
     assert outcome.status == "error"
     assert outcome.attempts == 3  # the runner retried the whole run
     assert "Stripe failed 10 calls" in outcome.message
@@ -346,11 +346,12 @@ def test_every_stripe_status_maps_into_the_check_or_is_left_alone() -> None:
 
 
 def test_dry_run_predicts_the_real_run(engine: Engine, db_url: str, tmp_path: Path,
-                                       stripe_proxy: FaultProxy, world: World) -> None:
+                                       stripe_proxy: FaultProxy, world: World,
+                                       run_job: JobRun) -> None:
     _seed(engine, world)
     settings = _settings(db_url, tmp_path, stripe_proxy, world)
-    dry = _run(engine, settings, dry_run=True)
-    real = _run(engine, settings)
+    dry = run_job("subscription-sync", settings, at=NOW, dry_run=True)
+    real = run_job("subscription-sync", settings, at=NOW)
     assert (dry.status, dry.records_processed) == (real.status, real.records_processed)
     assert dry.message.replace("would change", "changed") == real.message
     assert {**dry.details, "dry_run": None} == {**real.details, "dry_run": None}
@@ -359,7 +360,8 @@ def test_dry_run_predicts_the_real_run(engine: Engine, db_url: str, tmp_path: Pa
 
 def test_restore_puts_back_what_one_run_changed(engine: Engine, db_url: str, tmp_path: Path,
                                                 stripe_proxy: FaultProxy, world: World,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                run_job: JobRun) -> None:
     from typer.testing import CliRunner
 
     from app.config import get_settings
@@ -367,7 +369,7 @@ def test_restore_puts_back_what_one_run_changed(engine: Engine, db_url: str, tmp
 
     rows = _seed(engine, world)
     before = _local(engine, rows)
-    run = _run(engine, _settings(db_url, tmp_path, stripe_proxy, world))
+    run = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy, world), at=NOW)
     assert run.details["changed"] == 8
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("APP_ENV", "test")

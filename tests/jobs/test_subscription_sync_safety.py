@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import Runner
 from app.models import CronJobLog, SubscriptionHistory, UserSubscription
 from app.voyagesmart.sample_data import AppWriter
-from tests.conftest import FixedClock, make_settings
+from tests.conftest import FixedClock, JobRun, make_settings
 from tests.support.servers import free_port
 from tests.support.stripe_servers import (
     FaultProxy,
@@ -73,11 +73,6 @@ def _settings(db_url: str, tmp_path: Path, api: str, **overrides: Any) -> Settin
     return make_settings(db_url, tmp_path, **values)
 
 
-def _run(engine: Engine, settings: Settings, **kwargs: Any) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
-    return runner.run("subscription-sync", trigger="cli", **kwargs)
-
-
 def _rows(engine: Engine) -> dict[str, dict[str, Any]]:
     """Every subscription row by customer id."""
     with engine.connect() as conn:
@@ -93,7 +88,8 @@ def _sync_history(engine: Engine) -> list[dict[str, Any]]:
 
 # --- finding 5: the tier comes from every item ---------------------------------------------
 def test_premium_plus_ai_addon_is_ai_whatever_the_item_order(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     _subscriber(engine, "addon_last", "ai", "sub_AddonLast")
     _subscriber(engine, "addon_first", "ai", "sub_AddonFirst")
     _subscriber(engine, "premium_only", "ai", "sub_PremiumOnly")
@@ -101,7 +97,7 @@ def test_premium_plus_ai_addon_is_ai_whatever_the_item_order(
     _stripe(stripe_shape, "sub_AddonFirst", [AI_ITEM, PREMIUM_ITEM])
     _stripe(stripe_shape, "sub_PremiumOnly", [PREMIUM_ITEM])
 
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
 
     assert outcome.status == "success", outcome.message
     rows = _rows(engine)
@@ -116,14 +112,15 @@ def test_premium_plus_ai_addon_is_ai_whatever_the_item_order(
 
 
 def test_an_item_no_map_entry_covers_keeps_the_tier_and_is_reported(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     _subscriber(engine, "gift", "ai", "sub_Gift")
     _subscriber(engine, "partial", "ai", "sub_Partial")
     _stripe(stripe_shape, "sub_Gift", [PREMIUM_ITEM, (UNKNOWN, "prod_Gift", 300)])
     # Stripe gave the first page of the items only: the rest could hold the AI add-on.
     _stripe(stripe_shape, "sub_Partial", [PREMIUM_ITEM], items_has_more=True)
 
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
 
     assert outcome.status == "warning", outcome.message
     rows = _rows(engine)
@@ -136,13 +133,14 @@ def test_an_item_no_map_entry_covers_keeps_the_tier_and_is_reported(
 
 # --- finding 4: the key's word is not the customers' ----------------------------------------
 def test_a_key_that_knows_none_of_the_subscriptions_cancels_nothing(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_proxy: FaultProxy) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_proxy: FaultProxy,
+        run_job: JobRun) -> None:
     """30 active subscriptions, a key whose account (localstripe's) has none of them."""
     for n in range(30):
         _subscriber(engine, f"u{n:02d}", "premium" if n % 2 else "ai", f"sub_Live{n:02d}x")
     before = _rows(engine)
 
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_proxy.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_proxy.url), at=NOW)
 
     assert outcome.status == "error"
     assert "Stripe knows none of the 30 subscription(s)" in outcome.message
@@ -156,7 +154,8 @@ def test_a_key_that_knows_none_of_the_subscriptions_cancels_nothing(
 
 
 def test_a_mode_mismatch_404_is_a_failure_not_a_missing_subscription(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     _subscriber(engine, "known", "premium", "sub_Known")
     _subscriber(engine, "live_a", "premium", "sub_LiveA")
     _subscriber(engine, "live_b", "ai", "sub_LiveB")
@@ -164,7 +163,7 @@ def test_a_mode_mismatch_404_is_a_failure_not_a_missing_subscription(
     stripe_shape.other_mode.update({"sub_LiveA": "live", "sub_LiveB": "live"})
     before = _rows(engine)
 
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
 
     assert outcome.status == "warning", outcome.message
     assert _rows(engine) == before
@@ -174,13 +173,14 @@ def test_a_mode_mismatch_404_is_a_failure_not_a_missing_subscription(
 
 
 def test_every_subscription_in_the_other_mode_refuses_the_run(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     for n in range(3):
         _subscriber(engine, f"live{n}", "premium", f"sub_Live{n}")
         stripe_shape.other_mode[f"sub_Live{n}"] = "live"
     before = _rows(engine)
 
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
 
     assert outcome.status == "error" and outcome.attempts == 1
     assert "only in the other mode" in outcome.message
@@ -189,7 +189,8 @@ def test_every_subscription_in_the_other_mode_refuses_the_run(
 
 
 def test_brake_stops_mass_cancellations_and_force_goes_on(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     ended = NOW - 2 * DAY
     for n in range(30):
         sub_id = f"sub_Brake{n:02d}"
@@ -202,8 +203,8 @@ def test_brake_stops_mass_cancellations_and_force_goes_on(
     before = _rows(engine)
     settings = _settings(db_url, tmp_path, stripe_shape.url)
 
-    dry = _run(engine, settings, dry_run=True)
-    real = _run(engine, settings)
+    dry = run_job("subscription-sync", settings, at=NOW, dry_run=True)
+    real = run_job("subscription-sync", settings, at=NOW)
 
     for outcome in (dry, real):
         assert outcome.status == "error"
@@ -215,7 +216,7 @@ def test_brake_stops_mass_cancellations_and_force_goes_on(
             for n in range(5)]
     assert _rows(engine) == before and _sync_history(engine) == []
 
-    forced = _run(engine, settings, force=True)
+    forced = run_job("subscription-sync", settings, at=NOW, force=True)
     assert forced.status == "success", forced.message
     assert forced.details["deleted"] == 20 and forced.details["brake"]["forced"]
     events = _sync_history(engine)
@@ -247,19 +248,21 @@ def test_stripe_unreachable_with_three_subscriptions_fails_the_run(
 
 
 def test_some_failures_are_a_warning_naming_them(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     _subscriber(engine, "fine", "premium", "sub_Fine")
     _subscriber(engine, "broken", "premium", "sub_Broken")
     _stripe(stripe_shape, "sub_Fine", [PREMIUM_ITEM])
     stripe_shape.errors["sub_Broken"] = 500
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
     assert outcome.status == "warning"
     assert outcome.details["failed"] == 1 and "failed: sub_Broken" in outcome.message
 
 
 # --- a webhook landing mid-run wins ---------------------------------------------------------
 def test_a_row_the_app_changed_during_the_run_is_left_to_the_app(
-        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        run_job: JobRun) -> None:
     user = _subscriber(engine, "racer", "premium", "sub_Racer")
     _stripe(stripe_shape, "sub_Racer", [AI_ITEM])  # a plan change the webhook missed
 
@@ -269,7 +272,7 @@ def test_a_row_the_app_changed_during_the_run_is_left_to_the_app(
         AppWriter(engine).canceled_at_period_end(user, NOW)
 
     stripe_shape.on_retrieve = cancel_route
-    outcome = _run(engine, _settings(db_url, tmp_path, stripe_shape.url))
+    outcome = run_job("subscription-sync", _settings(db_url, tmp_path, stripe_shape.url), at=NOW)
 
     assert outcome.details["skipped_concurrent"] == 1
     row = _rows(engine)["cus_racer"]

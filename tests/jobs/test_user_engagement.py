@@ -10,12 +10,14 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.core.runner import Runner
 from app.models import AuthUser, Expense, TripMedia, TripParticipant, User
-from tests.conftest import FixedClock, make_settings, rows
+from tests.conftest import FixedClock, JobRun, make_settings, rows
 from tests.support.notification_data import add_people, recipients, trip, user
 from tests.support.servers import SmtpSink
 
@@ -73,11 +75,10 @@ INACTIVE = {"sleeper@example.com", "dormiglione@example.com", "never-old@example
 EMAILED = INACTIVE - {"optout@example.com"}
 
 
-def _run(engine: Engine, db_url: str, tmp_path: Path, sink: SmtpSink, at: dt.datetime,
-         **kwargs: bool) -> object:
-    settings = make_settings(db_url, tmp_path, **sink.settings)
-    return Runner(settings, engine, clock=FixedClock(at)).run(
-        "user-engagement", trigger="vercel", **kwargs)
+@pytest.fixture
+def mailing(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> Settings:
+    """The settings of every run here: mail goes to the aiosmtpd sink."""
+    return make_settings(db_url, tmp_path, **smtp_sink.settings)
 
 
 def _metrics(engine: Engine) -> list[tuple[object, ...]]:
@@ -87,9 +88,10 @@ def _metrics(engine: Engine) -> list[tuple[object, ...]]:
 
 
 def test_exactly_the_inactive_users_get_one_email(engine: Engine, db_url: str,
-                                                  tmp_path: Path, smtp_sink: SmtpSink) -> None:
+                                                  tmp_path: Path, smtp_sink: SmtpSink,
+                                                  run_job: JobRun, mailing: Settings) -> None:
     _seed(engine)
-    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    outcome = run_job("user-engagement", mailing, at=NOW, trigger="vercel")
 
     assert outcome.status == "success", outcome.message  # type: ignore[attr-defined]
     got = recipients(smtp_sink)
@@ -102,9 +104,10 @@ def test_exactly_the_inactive_users_get_one_email(engine: Engine, db_url: str,
 
 def test_a_second_run_in_the_same_period_sends_nothing(engine: Engine, db_url: str,
                                                        tmp_path: Path,
-                                                       smtp_sink: SmtpSink) -> None:
+                                                       smtp_sink: SmtpSink,
+                                                       run_job: JobRun, mailing: Settings) -> None:
     _seed(engine)
-    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    run_job("user-engagement", mailing, at=NOW, trigger="vercel")
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
     again = Runner(settings, engine, clock=FixedClock(NOW + dt.timedelta(hours=1))).run(
         "user-engagement", trigger="cli")
@@ -116,15 +119,16 @@ def test_a_second_run_in_the_same_period_sends_nothing(engine: Engine, db_url: s
 
 
 def test_sleeping_users_are_not_emailed_every_month_and_returns_are_counted(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun,
+        mailing: Settings) -> None:
     people = _seed(engine)
-    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    run_job("user-engagement", mailing, at=NOW, trigger="vercel")
     with Session(engine) as s, s.begin():  # Sam reads the email and signs in again
         s.get(AuthUser, people["sleeper"].id).last_sign_in_at = dt.datetime(  # type: ignore[union-attr]
             2026, 12, 10, tzinfo=dt.UTC)
 
-    january = _run(engine, db_url, tmp_path, smtp_sink,
-                   dt.datetime(2027, 1, 1, 5, 0, 30, tzinfo=dt.UTC))
+    january = run_job("user-engagement", mailing,
+                      at=dt.datetime(2027, 1, 1, 5, 0, 30, tzinfo=dt.UTC), trigger="vercel")
     # Only the user who crossed 90 days during December; December's sleepers not again.
     assert january.records_processed == 1  # type: ignore[attr-defined]
     got = recipients(smtp_sink)
@@ -133,8 +137,8 @@ def test_sleeping_users_are_not_emailed_every_month_and_returns_are_counted(
     assert _metrics(engine)[1][6] == 1  # Sam came back after the December email
 
     # Sam falls asleep again: a new inactivity period, a new email (and only to Sam).
-    april = _run(engine, db_url, tmp_path, smtp_sink,
-                 dt.datetime(2027, 4, 1, 5, 0, 30, tzinfo=dt.UTC))
+    april = run_job("user-engagement", mailing, at=dt.datetime(2027, 4, 1, 5, 0, 30, tzinfo=dt.UTC),
+                    trigger="vercel")
     # By April everyone's activity is older than 90 days: the six newly asleep get their
     # first email, Sam a second one, the users still asleep since December nothing.
     assert april.records_processed == 7  # type: ignore[attr-defined]
@@ -145,9 +149,10 @@ def test_sleeping_users_are_not_emailed_every_month_and_returns_are_counted(
 
 def test_dry_run_counts_without_sending_or_storing(engine: Engine, db_url: str,
                                                    tmp_path: Path,
-                                                   smtp_sink: SmtpSink) -> None:
+                                                   smtp_sink: SmtpSink, run_job: JobRun,
+                                                   mailing: Settings) -> None:
     _seed(engine)
-    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW, dry_run=True)
+    outcome = run_job("user-engagement", mailing, at=NOW, trigger="vercel", dry_run=True)
 
     assert outcome.message.startswith("5 inactive users; would email 4")  # type: ignore[attr-defined]
     assert smtp_sink.messages() == []
@@ -156,24 +161,26 @@ def test_dry_run_counts_without_sending_or_storing(engine: Engine, db_url: str,
 
 
 def test_unknown_language_falls_back_to_english(engine: Engine, db_url: str, tmp_path: Path,
-                                                smtp_sink: SmtpSink) -> None:
+                                                smtp_sink: SmtpSink, run_job: JobRun,
+                                                mailing: Settings) -> None:
     with Session(engine) as s, s.begin():
         add_people(s, [user("kim@example.com", name="Kim", prefs={"language": "ko"},
                             created=ago(300), last_login=ago(200))])
-    _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    run_job("user-engagement", mailing, at=NOW, trigger="vercel")
     [message] = smtp_sink.messages()
     assert message["Subject"] == "We miss you on VoyageSmart, Kim"
     assert message["List-Unsubscribe"] is not None
 
 
 def test_activity_is_the_last_sign_in_not_the_last_login_column(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun,
+        mailing: Settings) -> None:
     """The app never updates users.last_login: a user who signed in yesterday is active,
     whatever that column says."""
     with Session(engine) as s, s.begin():
         add_people(s, [user("regular@example.com", created=ago(400), last_login=ago(1)),
                        user("gone@example.com", created=ago(400), last_login=ago(200))])
-    outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+    outcome = run_job("user-engagement", mailing, at=NOW, trigger="vercel")
     assert outcome.status == "success", outcome.message  # type: ignore[attr-defined]
     assert outcome.details["activity_source"] == "auth.users.last_sign_in_at"  # type: ignore[attr-defined]
     assert set(recipients(smtp_sink)) == {"gone@example.com"}
@@ -182,7 +189,8 @@ def test_activity_is_the_last_sign_in_not_the_last_login_column(
 
 
 def test_without_auth_users_it_falls_back_to_last_login_with_a_warning(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun,
+        mailing: Settings) -> None:
     with Session(engine) as s, s.begin():
         add_people(s, [user("regular@example.com", created=ago(400), last_login=ago(1))])
         s.get(User, s.query(User.id).scalar()).last_login = ago(1)  # type: ignore[union-attr]
@@ -190,7 +198,7 @@ def test_without_auth_users_it_falls_back_to_last_login_with_a_warning(
         conn.exec_driver_sql("ALTER TABLE auth.users RENAME COLUMN last_sign_in_at "
                              "TO signed_in")
     try:
-        outcome = _run(engine, db_url, tmp_path, smtp_sink, NOW)
+        outcome = run_job("user-engagement", mailing, at=NOW, trigger="vercel")
     finally:  # the PostgreSQL database is shared by the session
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE auth.users RENAME COLUMN signed_in "

@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.config import ConfigError, load_settings
-from app.core.runner import Runner, RunOutcome
+from app.core.runner import RunOutcome
 from app.db import table_of
 from app.models import CronNotification, TripParticipant, User
-from tests.conftest import FixedClock, make_settings, rows
+from tests.conftest import JobRun, make_settings, rows
 from tests.support.notification_data import add_people, recipients, trip, user
 from tests.support.servers import SmtpSink
 
@@ -47,11 +47,6 @@ def _set_preferences(engine: Engine, email: str, raw_json: str) -> None:
 def _user_id(engine: Engine, email: str) -> str:
     return str(uuid.UUID(str(rows(engine, "SELECT id FROM users WHERE email = :e",
                                   e=email)[0][0])))
-
-
-def _run(engine: Engine, settings: Any, task: str, at: dt.datetime, **kwargs: bool
-         ) -> RunOutcome:
-    return Runner(settings, engine, clock=FixedClock(at)).run(task, trigger="cli", **kwargs)
 
 
 def _pending(engine: Engine) -> int:
@@ -88,7 +83,7 @@ def _sleepers(engine: Engine, emails: list[str]) -> list[User]:
 
 
 def test_malformed_preferences_skip_that_traveller_and_remind_everyone_else(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed_trip(engine, START, ["owner@example.com", "text-prefs@example.com",
                                "array-prefs@example.com", "friend@example.com"])
     _seed_trip(engine, START, ["other-owner@example.com"], name="Kyoto")
@@ -96,7 +91,7 @@ def test_malformed_preferences_skip_that_traveller_and_remind_everyone_else(
     _set_preferences(engine, "array-prefs@example.com", JSON_ARRAY)
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
 
-    outcome = _run(engine, settings, "trip-reminders", REMINDER_RUN)
+    outcome = run_job("trip-reminders", settings, at=REMINDER_RUN)
 
     assert set(recipients(smtp_sink)) == {"owner@example.com", "friend@example.com",
                                           "other-owner@example.com"}
@@ -112,15 +107,15 @@ def test_malformed_preferences_skip_that_traveller_and_remind_everyone_else(
 
 
 def test_malformed_preferences_never_leave_engagement_emails_pending(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _sleepers(engine, [f"sleeper{i}@example.com" for i in range(5)]
               + ["text-prefs@example.com", "array-prefs@example.com"])
     _set_preferences(engine, "text-prefs@example.com", JSON_STRING)
     _set_preferences(engine, "array-prefs@example.com", JSON_ARRAY)
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
 
-    first = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN)
-    second = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN + dt.timedelta(hours=1))
+    first = run_job("user-engagement", settings, at=ENGAGEMENT_RUN)
+    second = run_job("user-engagement", settings, at=ENGAGEMENT_RUN + dt.timedelta(hours=1))
 
     assert first.status == "warning", first.message
     assert first.records_processed == 5 and second.records_processed == 0
@@ -132,25 +127,25 @@ def test_malformed_preferences_never_leave_engagement_emails_pending(
 
 
 def test_text_that_is_not_json_is_that_users_problem_on_sqlite(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     if engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL's jsonb cannot hold text that is not JSON")
     _sleepers(engine, ["fine@example.com", "garbled@example.com"])
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE users SET preferences = '{email_notifications: no' "
                              "WHERE email = 'garbled@example.com'"))
-    outcome = _run(engine, make_settings(db_url, tmp_path, **smtp_sink.settings),
-                   "user-engagement", ENGAGEMENT_RUN)
+    outcome = run_job("user-engagement", make_settings(db_url, tmp_path, **smtp_sink.settings),
+                      at=ENGAGEMENT_RUN)
     assert set(recipients(smtp_sink)) == {"fine@example.com"}
     assert outcome.details["skipped"] == {"unreadable_preferences": 1}
 
 
 def test_an_address_that_cannot_be_mailed_is_skipped_and_named(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed_trip(engine, START, ["owner@example.com", "no-at-sign.example.com",
                                "zoë@exämple.com", "friend@example.com"])
-    outcome = _run(engine, make_settings(db_url, tmp_path, **smtp_sink.settings),
-                   "trip-reminders", REMINDER_RUN)
+    outcome = run_job("trip-reminders", make_settings(db_url, tmp_path, **smtp_sink.settings),
+                      at=REMINDER_RUN)
     assert set(recipients(smtp_sink)) == {"owner@example.com", "friend@example.com"}
     assert outcome.details["skipped"] == {"invalid_email": 2}
     assert len(outcome.details["skipped_users"]["invalid_email"]) == 2
@@ -158,7 +153,7 @@ def test_an_address_that_cannot_be_mailed_is_skipped_and_named(
 
 
 def test_a_pending_email_no_server_can_take_fails_alone(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     """Reminders an earlier run planned and could not send, one to an address SMTP cannot
     carry: that one fails, the others go, and nothing is left pending for ever."""
     people = _seed_trip(engine, START + dt.timedelta(days=3), [
@@ -177,7 +172,7 @@ def test_a_pending_email_no_server_can_take_fails_alone(
             for p, address in zip(people, ["a@example.com", "zoë@exämple.com",
                                            "c@example.com"], strict=True)])
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
-    outcome = _run(engine, settings, "trip-reminders", REMINDER_RUN)
+    outcome = run_job("trip-reminders", settings, at=REMINDER_RUN)
 
     assert outcome.status == "warning", outcome.message
     assert recipients(smtp_sink) == {"a@example.com": 1, "c@example.com": 1}
@@ -190,14 +185,14 @@ def test_a_pending_email_no_server_can_take_fails_alone(
 
 
 def test_engagement_has_a_brake_on_mass_email(engine: Engine, db_url: str, tmp_path: Path,
-                                             smtp_sink: SmtpSink) -> None:
+                                             smtp_sink: SmtpSink, run_job: JobRun) -> None:
     """An app that records no sign-ins: every user looks asleep.  Nobody is emailed until
     an operator forces the run."""
     _sleepers(engine, [f"user{i:03d}@example.com" for i in range(150)])
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
 
-    dry = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN, dry_run=True)
-    real = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN)
+    dry = run_job("user-engagement", settings, at=ENGAGEMENT_RUN, dry_run=True)
+    real = run_job("user-engagement", settings, at=ENGAGEMENT_RUN)
 
     assert real.status == "error" and real.attempts == 1
     assert real.message.startswith("safety brake: would email inactive users")
@@ -212,14 +207,14 @@ def test_engagement_has_a_brake_on_mass_email(engine: Engine, db_url: str, tmp_p
     assert (dry.status, dry.message) == (real.status, real.message)
     assert dry.details["brake"] == real.details["brake"]
 
-    forced = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN, force=True)
+    forced = run_job("user-engagement", settings, at=ENGAGEMENT_RUN, force=True)
     assert forced.status == "success", forced.message
     assert forced.details["brake"]["forced"] is True
     assert sum(recipients(smtp_sink).values()) == 150
 
 
 def test_engagement_below_its_brake_runs(engine: Engine, db_url: str, tmp_path: Path,
-                                         smtp_sink: SmtpSink) -> None:
+                                         smtp_sink: SmtpSink, run_job: JobRun) -> None:
     """A handful of sleepers among active users: below the share, even above the count."""
     _sleepers(engine, [f"sleeper{i}@example.com" for i in range(3)])
     active = [user(f"active{i}@example.com", created=LONG_AGO,
@@ -228,7 +223,7 @@ def test_engagement_below_its_brake_runs(engine: Engine, db_url: str, tmp_path: 
         add_people(s, active)
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings,
                              user_engagement_send_brake_count=1)
-    outcome = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN)
+    outcome = run_job("user-engagement", settings, at=ENGAGEMENT_RUN)
     assert outcome.status == "success", outcome.message
     assert outcome.details["brake"] == {
         "step": "email inactive users (re-engagement), of all users", "affected": 3,
@@ -266,13 +261,13 @@ def _history(engine: Engine, day: dt.date, per_day: list[int]) -> None:
 
 
 def test_reminders_without_history_brake_on_the_count(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed_trip(engine, START, [f"t{i}@example.com" for i in range(8)])
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings,
                              trip_reminders_send_brake_count=5)
 
-    dry = _run(engine, settings, "trip-reminders", REMINDER_RUN, dry_run=True)
-    real = _run(engine, settings, "trip-reminders", REMINDER_RUN)
+    dry = run_job("trip-reminders", settings, at=REMINDER_RUN, dry_run=True)
+    real = run_job("trip-reminders", settings, at=REMINDER_RUN)
 
     assert real.status == "error"
     assert real.message.startswith("safety brake: would email trip reminders for trips "
@@ -287,7 +282,7 @@ def test_reminders_without_history_brake_on_the_count(
 
 
 def test_reminders_brake_against_the_days_usual_volume(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     """Four a day as a rule (a quiet day now and then): twelve is fine, twenty is not."""
     _history(engine, START, [4, 5, 0, 4, 3, 4] * 4 + [4, 4, 6, 4])
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings,
@@ -295,7 +290,7 @@ def test_reminders_brake_against_the_days_usual_volume(
                              trip_reminders_send_brake_share=3)
     _seed_trip(engine, START, [f"big{i:02d}@example.com" for i in range(20)])
 
-    braked = _run(engine, settings, "trip-reminders", REMINDER_RUN)
+    braked = run_job("trip-reminders", settings, at=REMINDER_RUN)
     assert braked.status == "error"
     assert "(usual volume 4: the median per day of the last 28 days)" in braked.message
     assert "20 of 4" in braked.message
@@ -304,7 +299,7 @@ def test_reminders_brake_against_the_days_usual_volume(
     with engine.begin() as conn:  # eight travellers cancel: twelve left, three times usual
         conn.execute(sa.text("DELETE FROM trip_participants WHERE user_id IN (SELECT id "
                              "FROM users WHERE email >= 'big12@example.com')"))
-    fine = _run(engine, settings, "trip-reminders", REMINDER_RUN + dt.timedelta(minutes=5))
+    fine = run_job("trip-reminders", settings, at=REMINDER_RUN + dt.timedelta(minutes=5))
     assert fine.status == "success", fine.message
     assert fine.details["brake"]["usual_volume"] == 4
     assert sum(recipients(smtp_sink).values()) == 12
@@ -323,7 +318,7 @@ def _comparable(outcome: RunOutcome) -> dict[str, Any]:
 
 
 def test_a_dry_run_of_trip_reminders_predicts_the_real_run(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _seed_trip(engine, START, ["owner@example.com", "friend@example.com",
                                "text-prefs@example.com", "quiet@example.com",
                                "bad-address", "ok@example.com"])
@@ -331,8 +326,8 @@ def test_a_dry_run_of_trip_reminders_predicts_the_real_run(
     _set_preferences(engine, "quiet@example.com", '{"email_notifications": false}')
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
 
-    dry = _run(engine, settings, "trip-reminders", REMINDER_RUN, dry_run=True)
-    real = _run(engine, settings, "trip-reminders", REMINDER_RUN)
+    dry = run_job("trip-reminders", settings, at=REMINDER_RUN, dry_run=True)
+    real = run_job("trip-reminders", settings, at=REMINDER_RUN)
 
     assert _comparable(dry) == _comparable(real)
     assert real.records_processed == 3 == sum(recipients(smtp_sink).values())
@@ -341,15 +336,15 @@ def test_a_dry_run_of_trip_reminders_predicts_the_real_run(
 
 
 def test_a_dry_run_of_user_engagement_predicts_the_real_run(
-        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> None:
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink, run_job: JobRun) -> None:
     _sleepers(engine, ["a@example.com", "b@example.com", "array-prefs@example.com",
                        "quiet@example.com", "not-an-address@"])
     _set_preferences(engine, "array-prefs@example.com", JSON_ARRAY)
     _set_preferences(engine, "quiet@example.com", '{"email_notifications": "no"}')
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings)
 
-    dry = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN, dry_run=True)
-    real = _run(engine, settings, "user-engagement", ENGAGEMENT_RUN)
+    dry = run_job("user-engagement", settings, at=ENGAGEMENT_RUN, dry_run=True)
+    real = run_job("user-engagement", settings, at=ENGAGEMENT_RUN)
 
     assert _comparable(dry) == _comparable(real)
     assert dry.details["metrics"] == real.details["metrics"]

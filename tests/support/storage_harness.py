@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from app.adapters.storage import LocalStorage, ObjectData, S3Storage, Storage
 from app.config import Settings
-from app.core.runner import Runner, RunOutcome
-from tests.conftest import FixedClock, make_settings
+from app.core.runner import RunOutcome
+from tests.conftest import make_settings
 from tests.support.moto_s3 import MotoS3
 
 NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
@@ -155,12 +155,6 @@ def settings_for(engine: Engine, tmp_path: Path, store: Harness, **overrides: An
     values.update(overrides)
     return make_settings(str(engine.url.render_as_string(hide_password=False)), tmp_path,
                          **values)
-
-
-def run_job(engine: Engine, settings: Settings, now: dt.datetime, **kwargs: Any
-            ) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(now))
-    return runner.run("storage-cleanup", trigger="cli", **kwargs)
 
 
 def bucket_of(outcome: RunOutcome, name: str) -> dict[str, Any]:

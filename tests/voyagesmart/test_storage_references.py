@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from app.voyagesmart.file_references import Malformed, read_reference, values_in
 from app.voyagesmart.sample_data import STORAGE_URL, AppWriter, public_url, signed_url
+from tests.conftest import JobRun
 from tests.support import storage_harness
 from tests.support.moto_s3 import moto_s3  # noqa: F401
 from tests.support.storage_harness import (
@@ -26,7 +27,6 @@ from tests.support.storage_harness import (
     Item,
     bucket_of,
     open_store,
-    run_job,
     settings_for,
 )
 
@@ -139,7 +139,7 @@ def avatar_store(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
 
 
 def test_referenced_avatars_survive_a_run_under_the_brake(
-        engine: Engine, avatar_store: Harness, tmp_path: Path) -> None:
+        engine: Engine, avatar_store: Harness, tmp_path: Path, run_job: JobRun) -> None:
     """400 avatars, 20 of them referenced as a bare key or a `bucket/key` path: none is
     removed (the 10% brake alone would have let 20 of 400 go)."""
     store = avatar_store
@@ -153,7 +153,7 @@ def test_referenced_avatars_survive_a_run_under_the_brake(
     before = store.listing()
     settings = settings_for(engine, tmp_path, store, storage_cleanup_delete_brake_share=0.1,
                             storage_cleanup_delete_brake_count=0)
-    outcome = run_job(engine, settings, store.now)
+    outcome = run_job("storage-cleanup", settings, at=store.now)
     assert outcome.status == "success", outcome.message
     assert store.listing() == before
     assert store.quarantine() == {}
@@ -162,7 +162,7 @@ def test_referenced_avatars_survive_a_run_under_the_brake(
 
 
 def test_a_key_with_a_question_mark_is_kept(engine: Engine, store: Harness,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, run_job: JobRun) -> None:
     """`getPublicUrl("u1/what?.jpg")` leaves the `?`: the file it names stays, whether the
     row holds the public URL or a signed one; an unreferenced neighbour goes."""
     store.seed([Item("trip-media", "u1/what?.jpg", b"jpg", old=True),
@@ -175,7 +175,7 @@ def test_a_key_with_a_question_mark_is_kept(engine: Engine, store: Harness,
     with engine.begin() as conn:  # shared as a signed URL instead
         conn.execute(sa.text("UPDATE trip_chat_messages SET attachment_url = :url"),
                      {"url": signed_url("trip-media", "u1/who?.jpg", "eyJ.a.b")})
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     left = set(store.listing())
     assert ("trip-media", "u1/what?.jpg") in left
@@ -186,14 +186,14 @@ def test_a_key_with_a_question_mark_is_kept(engine: Engine, store: Harness,
 
 
 def test_a_referenced_temp_upload_is_kept(engine: Engine, store: Harness,
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, run_job: JobRun) -> None:
     """The reference check runs before the temp rule: a passport a traveller attached
     from under `tmp/` stays; an unreferenced stale upload next to it goes."""
     store.seed([Item("trip-documents", "tmp/passport.pdf", b"%PDF", old=True),
                 Item("trip-documents", "tmp/draft.pdf", b"%PDF-draft", old=True)])
     _owner, trip = _owner_and_trip(engine)
     AppWriter(engine).accommodation(trip, "Hotel", ["tmp/passport.pdf"], NOW)  # type: ignore[arg-type]
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "success", outcome.message
     assert set(store.listing()) == {("trip-documents", "tmp/passport.pdf")}
     docs = bucket_of(outcome, "trip-documents")
@@ -201,7 +201,7 @@ def test_a_referenced_temp_upload_is_kept(engine: Engine, store: Harness,
 
 
 def test_a_value_that_cannot_be_interpreted_blocks_its_bucket(
-        engine: Engine, store: Harness, tmp_path: Path) -> None:
+        engine: Engine, store: Harness, tmp_path: Path, run_job: JobRun) -> None:
     """A journal row naming a bucket but no file, and a document entry without a url:
     nothing is deleted from the buckets they might name, and the run says so."""
     store.seed([Item("trip-media", "orphans/old.jpg", b"jpg", old=True),
@@ -212,7 +212,7 @@ def test_a_value_that_cannot_be_interpreted_blocks_its_bucket(
     with engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE trip_media SET url = '{STORAGE_URL}/trip-media'")
     before = store.listing()
-    outcome = run_job(engine, settings_for(engine, tmp_path, store), store.now)
+    outcome = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now)
     assert outcome.status == "warning", outcome.message
     assert "values not understood (1 in trip_media.url, see details)" in outcome.message
     assert outcome.message.endswith("nothing deleted from trip-media")
@@ -228,7 +228,8 @@ def test_a_value_that_cannot_be_interpreted_blocks_its_bucket(
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE accommodations SET documents = "
                              "'[{\"name\": \"ticket.pdf\", \"path\": \"t1/ticket.pdf\"}]'")
-    dry = run_job(engine, settings_for(engine, tmp_path, store), store.now, dry_run=True)
+    dry = run_job("storage-cleanup", settings_for(engine, tmp_path, store), at=store.now,
+                  dry_run=True)
     assert dry.details["protected_buckets"] == ["trip-documents", "trip-media"]
     assert dry.details["uninterpretable_values"] == {"accommodations.documents": 1,
                                                      "trip_media.url": 1}
