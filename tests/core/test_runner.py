@@ -1,23 +1,34 @@
-"""A second delivery of a slot while the first is starting is a duplicate naming the run
-that holds it, never a 409 with no run (curl treats 409 as failure)."""
+"""The runner: one run per slot, duplicates that name the run holding the lease, retries
+inside the time budget, and a run abandoned by a killed server."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core import registry
 from app.core.context import JobContext, JobResult
-from app.core.registry import JobSpec
+from app.core.errors import TransientError
+from app.core.registry import JobSpec, RetryPolicy
 from app.core.runner import Runner, RunOutcome
-from tests.conftest import FixedClock, rows
+from tests.conftest import SECRET, FixedClock, auth, rows
+from tests.support.jobs import FAST, broken, fake_job, log_rows
+from tests.support.servers import SmtpSink, UvicornProcess
 
 
+# --- one run per slot: duplicates name the run holding the lease -------------------------
 def _quick(_ctx: JobContext) -> JobResult:
     return JobResult(records_processed=1, message="done")
 
@@ -103,3 +114,154 @@ def test_many_concurrent_deliveries_are_one_run_and_named_duplicates(
         [winner] = [o for o in outcomes if o.status == "success"]
         assert {o.run_id for o in outcomes} == {winner.run_id}
     assert rows(engine, "SELECT count(*) AS n FROM cron_job_log")[0].n == 3
+
+
+# --- retries ------------------------------------------------------------------------------
+def _flaky(failures: int) -> Callable[[JobContext], JobResult]:
+    def run(ctx: JobContext) -> JobResult:
+        if ctx.attempt <= failures:
+            raise TransientError(f"connection reset (attempt {ctx.attempt})")
+        return JobResult(records_processed=7, message="done at last")
+    return run
+
+
+def _run_flaky(settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
+               failures: int) -> tuple[RunOutcome, list[float]]:
+    """Run a job failing transiently `failures` times, alerting by mail to `smtp_sink`."""
+    sleeps: list[float] = []
+    alerting = settings.model_copy(update={**smtp_sink.settings,
+                                           "admin_emails": ["ops@example.com"]})
+    runner = Runner(alerting, engine, clock=clock, sleep=sleeps.append,
+                    jobs=fake_job("flaky", _flaky(failures)))
+    return runner.run("flaky", trigger="cli"), sleeps
+
+
+def test_transient_error_then_success_ends_success_with_attempts_logged(
+    settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
+) -> None:
+    outcome, sleeps = _run_flaky(settings, engine, clock, smtp_sink, failures=2)
+
+    assert outcome.status == "success"
+    assert (outcome.attempts, outcome.records_processed) == (3, 7)
+    assert len(sleeps) == 2 and all(0 <= s <= FAST.max_delay for s in sleeps)
+    [row] = log_rows(engine)
+    assert (row.status, row.attempts, row.message) == ("success", 3, "done at last")
+    assert [a["attempt"] for a in row.error_details["attempts"]] == [1, 2]
+    assert all(a["transient"] for a in row.error_details["attempts"])
+    assert row.error_details["attempts"][0]["error"] == (
+        "TransientError: connection reset (attempt 1)")
+    assert smtp_sink.received == []  # a run that recovered is not a failure
+
+
+def test_transient_error_that_persists_fails_after_every_attempt(
+    settings: Settings, engine: Engine, clock: FixedClock, smtp_sink: SmtpSink,
+) -> None:
+    outcome, _ = _run_flaky(settings, engine, clock, smtp_sink, failures=99)
+
+    assert outcome.status == "error"
+    assert outcome.http_status == 500
+    assert outcome.message.startswith("failed after 3 attempt(s): TransientError")
+    [row] = log_rows(engine)
+    assert (row.status, row.attempts) == ("error", 3)
+    assert len(row.error_details["attempts"]) == 3
+    assert len(smtp_sink.received) == 1
+
+
+def test_permanent_error_is_not_retried(settings: Settings, engine: Engine,
+                                       clock: FixedClock) -> None:
+    sleeps: list[float] = []
+    runner = Runner(settings, engine, clock=clock, sleep=sleeps.append,
+                    jobs=fake_job("broken", broken))
+    assert runner.run("broken").attempts == 1
+    assert sleeps == []
+
+
+def test_retries_stop_inside_the_time_budget(settings: Settings, engine: Engine,
+                                             clock: FixedClock) -> None:
+    # A budget shorter than the first backoff: tenacity gives up instead of sleeping past it.
+    slow = RetryPolicy(attempts=10, base_delay=60, max_delay=60)
+    jobs = {"flaky": JobSpec("flaky", "0 3 * * *", _flaky(99), "test", retry=slow,
+                             max_runtime=dt.timedelta(seconds=1))}
+    sleeps: list[float] = []
+    outcome = Runner(settings, engine, clock=clock, sleep=sleeps.append, jobs=jobs).run("flaky")
+    assert outcome.status == "error"
+    assert outcome.attempts < 10
+
+
+# --- a run abandoned by a killed server ---------------------------------------------------
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+# Blocking a job at a precise point mid-run needs a table lock another session holds:
+# PostgreSQL only (in WAL mode SQLite never makes a reader wait for a writer).
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_killed_run_is_abandoned_after_max_runtime(
+    db_url: str, engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    max_runtime = registry.JOBS["promo-cleanup"].max_runtime
+    psycopg_url = db_url.replace("postgresql+psycopg://", "postgresql://")
+    server = UvicornProcess({"APP_ENV": "test", "DATABASE_URL": db_url, "CRON_SECRET": SECRET,
+                             "DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path).start()
+    blocker = psycopg.connect(psycopg_url)
+    try:
+        # Hold promo_codes so the job, once started, blocks on its first read of it.
+        blocker.execute("LOCK TABLE promo_codes IN ACCESS EXCLUSIVE MODE")
+        http = httpx.Client(timeout=60)
+        pending = _fire_and_forget(http, f"{server.url}/api/cron/promo-cleanup?force=true")
+        _wait_for(lambda: _waiting_on_lock(blocker))
+        started = dt.datetime.now(dt.UTC)
+        server.kill()
+        pending.join(10)
+        http.close()
+
+        logged = rows(engine, "SELECT run_id, status FROM cron_job_log")
+        assert [r.status for r in logged] == ["running"]
+        dead_run = logged[0].run_id
+        lease = rows(engine, "SELECT holder, expires_at FROM cron_job_lease")
+        assert [r.holder for r in lease] == [dead_run]
+        assert lease[0].expires_at >= started + max_runtime - dt.timedelta(minutes=1)
+
+        # Before max runtime the lease still holds: another caller is told it is running.
+        busy_clock = FixedClock(dt.datetime.now(dt.UTC) + max_runtime / 2)
+        busy = Runner(settings, engine, clock=busy_clock).run("promo-cleanup", force=True)
+        assert (busy.http_status, busy.status, busy.run_id) == (409, "running", dead_run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        server.stop()
+
+    # The dead server's backend, now unblocked, finds its client gone and rolls back.
+    later = FixedClock(dt.datetime.now(dt.UTC) + max_runtime + dt.timedelta(seconds=1))
+    outcome = Runner(settings, engine, clock=later).run("promo-cleanup", trigger="http")
+    assert outcome.status == "success", outcome.message
+    logged = rows(engine, "SELECT run_id, status, message FROM cron_job_log ORDER BY id")
+    assert [(r.run_id, r.status) for r in logged] == [
+        (dead_run, "abandoned"), (outcome.run_id, "success")]
+    assert "abandoned" in logged[0].message
+    assert [r.holder for r in rows(engine, "SELECT holder FROM cron_job_lease")] == [None]
+
+
+def _fire_and_forget(http: httpx.Client, url: str) -> threading.Thread:
+    def call() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the server is killed under this request
+            http.post(url, headers=auth())
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread
+
+
+def _waiting_on_lock(conn: psycopg.Connection[object]) -> bool:
+    with psycopg.connect(conn.info.dsn, autocommit=True) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'voyagesmart-cron'"
+            " AND wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+    return bool(row and row[0])
