@@ -184,7 +184,7 @@ def main() -> None:
                                              "storage_local_root": str(workdir)}
                 _fill_local(workdir, args.objects)
             else:
-                from tests.servers import free_port
+                from tests.support.servers import free_port
 
                 port = free_port()
                 moto = subprocess.Popen(

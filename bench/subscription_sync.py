@@ -92,7 +92,7 @@ def main() -> None:
         _child(*args.child)
         return
 
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     n = args.subscriptions
     template = "vsc_bench_sync_tpl"

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 os.environ.setdefault("APP_ENV", "test")
 
 from app.config import Settings
+from app.core.runner import Runner, RunOutcome
 from app.db import Base, auth_database_path, make_engine
 from app.ops.migrate import upgrade
 
@@ -198,6 +199,45 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
+class JobRun:
+    """The `run_job` fixture: one run of a registered job through the real `Runner`, as
+    `voyagesmart-cron run` makes it (trigger `cli`), at the fixed time `at`.
+
+    The run uses the test's own `engine`; a test without one gets an engine on
+    `settings.database_url` for this run alone.  A retry's backoff is not slept (pass `sleep`
+    to see it).  `expect` asserts the run's status (one, or any of several), naming the run's
+    message when it differs.
+    """
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+
+    def __call__(self, task: str, settings: Settings, *, at: dt.datetime,
+                 engine: Engine | None = None, trigger: str = "cli",
+                 sleep: Callable[[float], None] = lambda _s: None,
+                 expect: str | tuple[str, ...] | None = None,
+                 dry_run: bool = False, force: bool = False) -> RunOutcome:
+        own = engine is None and "engine" not in self._request.fixturenames
+        if engine is None:
+            engine = (make_engine(settings.database_url) if own
+                      else self._request.getfixturevalue("engine"))
+        try:
+            outcome = Runner(settings, engine, clock=FixedClock(at), sleep=sleep).run(
+                task, trigger=trigger, dry_run=dry_run, force=force)
+        finally:
+            if own:
+                engine.dispose()
+        if expect is not None:
+            assert outcome.status in ((expect,) if isinstance(expect, str) else expect), (
+                outcome.message)
+        return outcome
+
+
+@pytest.fixture
+def run_job(request: pytest.FixtureRequest) -> JobRun:
+    return JobRun(request)
+
+
 def auth(secret: str = SECRET) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
@@ -208,4 +248,4 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 
 # Real local servers (aiosmtpd sink, HTTP capture) available to every test module.
-from tests.servers import http_capture, smtp_sink  # noqa: E402,F401
+from tests.support.servers import http_capture, smtp_sink  # noqa: E402,F401

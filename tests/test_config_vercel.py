@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 from app.config import ConfigError, load_settings
 from app.db import behind_transaction_pooler, make_engine, service_engine
 from tests.conftest import pg_url
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_SECRET = "k3-" + "x" * 40
@@ -33,7 +33,7 @@ WAYS = {
     "cli": lambda port: [sys.executable, "-m", "app", "list"],
     "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "app.main:app",
                              "--host", "127.0.0.1", "--port", str(port)],
-    "vercel": lambda port: [sys.executable, str(ROOT / "tests" / "vercel_runtime.py"),
+    "vercel": lambda port: [sys.executable, str(ROOT / "tests" / "support" / "vercel_runtime.py"),
                             str(port)],
 }
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from app.db import make_engine
 from tests.conftest import SECRET, auth, create_pg_database, drop_pg_database, pg_url
-from tests.servers import ROOT, UvicornProcess
+from tests.support.servers import ROOT, UvicornProcess
 
 pytestmark = pytest.mark.slow
 

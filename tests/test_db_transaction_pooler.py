@@ -38,8 +38,8 @@ from tests.conftest import (
     auth,
     make_settings,
 )
-from tests.notification_data import recipients, seed_travellers
-from tests.servers import SmtpSink, UvicornProcess, free_port
+from tests.support.notification_data import recipients, seed_travellers
+from tests.support.servers import SmtpSink, UvicornProcess, free_port
 
 SERVER_CONNECTIONS = 2
 CLIENTS = 8

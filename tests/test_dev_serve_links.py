@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 from tests.test_dev_serve import _serve, _stop, _wait_ready, checkout
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_port
 from tests.test_dev_serve import checkout
 
 pytestmark = pytest.mark.slow

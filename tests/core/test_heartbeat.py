@@ -25,8 +25,8 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLease, CronJobLog
 from tests.conftest import SECRET, auth, make_settings, rows
-from tests.notification_data import ScriptedSmtp, recipients, seed_travellers
-from tests.servers import UvicornProcess
+from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.servers import UvicornProcess
 
 log_t = table_of(CronJobLog)
 lease_t = table_of(CronJobLease)

@@ -15,7 +15,7 @@ from app.db import make_engine, table_of
 from app.models import CronJobLog
 from tests.conftest import IN_CI, SECRET, copy_sqlite_database
 from tests.http.test_dashboard_overview import seed_states
-from tests.servers import ROOT, UvicornProcess
+from tests.support.servers import ROOT, UvicornProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 USER, PASSWORD = "ops", "dashboard-password-123"

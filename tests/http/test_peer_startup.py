@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from tests.conftest import SECRET, auth, copy_sqlite_database, rows
-from tests.servers import ROOT, WAYS_TO_SERVE, UvicornProcess
+from tests.support.servers import ROOT, WAYS_TO_SERVE, UvicornProcess
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from app.core.registry import JobSpec, RetryPolicy
 from app.core.runner import Runner, is_transient
 from app.mail.smtp import Delivery, Mailer, MailRefused, MailUnavailable
 from tests.conftest import FixedClock, make_settings
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 NOW = dt.datetime(2026, 11, 28, 8, 0, 20, tzinfo=dt.UTC)
 

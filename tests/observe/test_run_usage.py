@@ -26,9 +26,9 @@ from app.core.runner import Runner
 from app.mail.smtp import Mailer
 from app.observe import usage
 from tests.conftest import FixedClock, make_settings, rows
-from tests.moto_s3 import MotoS3, moto_s3
-from tests.servers import SmtpSink
-from tests.stripe_servers import LocalStripe, localstripe
+from tests.support.moto_s3 import MotoS3, moto_s3
+from tests.support.servers import SmtpSink
+from tests.support.stripe_servers import LocalStripe, localstripe
 
 __all__ = ["localstripe", "moto_s3"]
 

@@ -16,7 +16,7 @@ from sentry_sdk.envelope import Envelope
 
 from tests.conftest import FixedClock, make_settings
 from tests.observe.sized_job import ClientFactory, SizedJob, run
-from tests.servers import HttpCapture
+from tests.support.servers import HttpCapture
 
 
 @pytest.fixture
