@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Seconds the failure alerts (email and webhook, sent side by side) may add to a failed
     # run's answer, however dead their servers are.
     alert_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Alerts go out per incident (app/observe/alerts.py): the webhook body's form, and the
+    # hours after which a job still failing, overdue or stuck is reminded once (0: never).
+    webhook_format: Literal["json", "slack", "discord"] = "json"
+    alert_reminder_hours: float = Field(default=24.0, ge=0, le=8760)
 
     # --- stripe -------------------------------------------------------------------------
     stripe_secret_key: SecretStr | None = None
@@ -170,7 +174,8 @@ class Settings(BaseSettings):
 
     # This service's own public URL: the one-click unsubscribe links of user emails
     # (SERVICE_BASE_URL/unsubscribe?token=...) point here.  Not APP_BASE_URL, which is
-    # VoyageSmart's.  Outside production, default http://127.0.0.1:8000.
+    # VoyageSmart's.  Outside production, default http://127.0.0.1:8000.  Alerts link to
+    # the dashboard here when it is set.
     service_base_url: str | None = None
     # Signs the unsubscribe links (HMAC-SHA256); the previous one keeps old emails' links
     # working during a rotation.  Required in production when SMTP_HOST is set.

@@ -14,6 +14,7 @@ issue at once, not a day later when it becomes overdue.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ class JobFacts:
     # Status of the latest real run that finished (a run in progress does not clear a
     # failure before it succeeds).
     last_outcome: str | None = None
+    # That run's id, start and message (what an alert about it links to and quotes).
+    last_outcome_run_id: uuid.UUID | None = None
+    last_outcome_at: dt.datetime | None = None
+    last_outcome_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,19 +96,22 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             .group_by(log_t.c.job_name)
         ).all())
         last_rows = _latest(conn, names, real)
-        outcomes = {name: row.status for name, row in
-                    _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING).items()}
+        outcomes = _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING)
         baseline = conn.execute(sa.select(sa.func.min(log_t.c.started_at))).scalar()
     facts = {}
     for name in names:
         row = last_rows.get(name)
+        ended = outcomes.get(name)
         facts[name] = JobFacts(
             last_success=success.get(name),
             last_run=row.started_at if row else None,
             last_status=row.status if row else None,
             last_message=row.message if row else None,
             running_since=running.get(name),
-            last_outcome=outcomes.get(name),
+            last_outcome=ended.status if ended else None,
+            last_outcome_run_id=ended.run_id if ended else None,
+            last_outcome_at=ended.started_at if ended else None,
+            last_outcome_message=ended.message if ended else None,
         )
     return facts, baseline
 
@@ -120,7 +128,8 @@ def _latest(conn: sa.Connection, names: list[str], *conditions: sa.ColumnElement
     return {
         row.job_name: row
         for row in conn.execute(
-            sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.status, log_t.c.message)
+            sa.select(log_t.c.job_name, log_t.c.run_id, log_t.c.started_at, log_t.c.status,
+                      log_t.c.message)
             .join(latest, latest.c.id == log_t.c.id)
         )
     }

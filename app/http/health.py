@@ -1,4 +1,5 @@
-"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors."""
+"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors; each probe also alerts
+a job that turned overdue or stuck (app/observe/alerts.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from app.adapters.stripe_key import key_mode_problem
-from app.core import health
+from app.core import budget, health
 from app.core.requirements import check_jobs
 from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.http.deps import AuthError, EngineDep, SettingsDep, has_cron_secret
 from app.http.guard import refuse_failed_auth
 from app.http.responses import HEALTH_RESPONSES
+from app.observe import alerts
 
 router = APIRouter(tags=["health"])
 
@@ -45,6 +47,10 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
             body["database_error"] = type(exc).__name__
         return JSONResponse(body, status_code=503)
     results, issues = health.evaluate(jobs, facts, now, baseline)
+    # Overdue and stuck jobs have no run to report them: every probe checks for them, and
+    # alerts a change once across instances.
+    with budget.limited(settings.alert_timeout):
+        alerts.check(settings, engine, jobs, now, results)
     warnings: list[str] = []
     stripe_key = key_mode_problem(settings)
     if stripe_key is not None:
