@@ -209,10 +209,11 @@ def test_two_instances_racing_send_each_alert_once(
     alerting: Settings, engine: Engine, clock: FixedClock, http_capture: HttpCapture,
     smtp_sink: SmtpSink,
 ) -> None:
-    job = Switch()
-    jobs = {"promo": _spec("promo", job)}
+    # The runs are written by another process (seeded here), so every change is first seen
+    # by sixteen simultaneous /health requests to two app instances: the first incident is
+    # claimed by an INSERT, the recovery and the second incident by a conditional UPDATE.
+    jobs = {"promo": _spec("promo", Switch())}
     instances = [create_app(alerting, engine=engine, clock=clock, jobs=jobs) for _ in range(2)]
-    apps = [TestClient(instance, raise_server_exceptions=False) for instance in instances]
     probes = 16
     barrier = threading.Barrier(probes)
 
@@ -221,20 +222,16 @@ def test_two_instances_racing_send_each_alert_once(
             barrier.wait()
             return client.get("/health").status_code
 
-    try:
-        for failing in (True, True, True, False):
-            job.failing = failing
-            apps[0].post("/api/cron/promo?force=1", headers=auth())
-            with ThreadPoolExecutor(probes) as pool:
-                codes = set(pool.map(probe, range(probes)))
-            assert codes == ({503} if failing else {200})
-            clock.advance(minutes=5)
-    finally:
-        for app in apps:
-            app.close()
-    assert _events(http_capture) == [("incident_opened", "promo"),
-                                     ("incident_recovered", "promo")]
-    assert len(smtp_sink.messages()) == 2
+    for status in ("error", "error", "error", "success", "error", "success"):
+        _seed_run(engine, "promo", clock.now, status)
+        with ThreadPoolExecutor(probes) as pool:
+            codes = set(pool.map(probe, range(probes)))
+        assert codes == ({503} if status == "error" else {200})
+        clock.advance(minutes=5)
+    assert [e for e, _ in _events(http_capture)] == [
+        "incident_opened", "incident_recovered", "incident_opened", "incident_recovered"]
+    assert _subjects(smtp_sink) == ["[voyagesmart-cron] promo is failing",
+                                    "[voyagesmart-cron] promo recovered"] * 2
 
 
 class ShapeCheckingReceiver:
