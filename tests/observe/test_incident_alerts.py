@@ -9,12 +9,10 @@ alert once; the Slack and Discord forms are accepted by receivers checking their
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -234,40 +232,6 @@ def test_two_instances_racing_send_each_alert_once(
                                     "[voyagesmart-cron] promo recovered"] * 2
 
 
-class ShapeCheckingReceiver:
-    """A local incoming webhook that answers 400, as Slack and Discord do, to a body their
-    incoming webhooks would refuse, and keeps what it accepted."""
-
-    def __init__(self, check: Callable[[dict[str, Any]], str | None]) -> None:
-        self.accepted: list[dict[str, Any]] = []
-        self.refused: list[str] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                problem = check(body)
-                (receiver.refused.append(problem) if problem
-                 else receiver.accepted.append(body))
-                self.send_response(400 if problem else 200)
-                self.end_headers()
-                self.wfile.write((problem or "ok").encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _slack_problem(body: dict[str, Any]) -> str | None:
     # Slack: `text` is the notification (required beside blocks); blocks are layout blocks
     # whose text objects are mrkdwn or plain_text of at most 3000 characters.
@@ -295,17 +259,18 @@ def _discord_problem(body: dict[str, Any]) -> str | None:
 
 
 @pytest.fixture
-def receiver(request: pytest.FixtureRequest) -> Iterator[ShapeCheckingReceiver]:
-    server = ShapeCheckingReceiver(_slack_problem if request.param == "slack"
-                                   else _discord_problem)
-    yield server
-    server.stop()
+def receiver(request: pytest.FixtureRequest, http_capture: HttpCapture) -> HttpCapture:
+    """A local incoming webhook answering 400, as Slack and Discord do, to a body their
+    incoming webhooks would refuse."""
+    check = _slack_problem if request.param == "slack" else _discord_problem
+    http_capture.answer = lambda sent: 400 if check(sent.json()) else 200
+    return http_capture
 
 
 @pytest.mark.parametrize("receiver", ["slack", "discord"], indirect=True)
 def test_slack_and_discord_forms_are_accepted(
     make_client: Callable[..., TestClient], settings: Settings,
-    receiver: ShapeCheckingReceiver, request: pytest.FixtureRequest,
+    receiver: HttpCapture, request: pytest.FixtureRequest,
 ) -> None:
     fmt = request.node.callspec.params["receiver"]
     job = Switch()
@@ -317,8 +282,10 @@ def test_slack_and_discord_forms_are_accepted(
     ok = client.post("/api/cron/promo?force=1", headers=auth())
     assert failed.json()["details"]["alerts"]["webhook"] == "sent"
     assert ok.json()["details"]["alerts"]["webhook"] == "sent"
-    assert receiver.refused == []
-    opened, recovered = receiver.accepted
+    check = _slack_problem if fmt == "slack" else _discord_problem
+    assert [check(r.json()) for r in receiver.requests] == [None, None]
+    assert check({"summary": "the json form"}) is not None  # which it would refuse
+    opened, recovered = (r.json() for r in receiver.requests)
     run = failed.json()["run_id"]
     if fmt == "slack":
         assert opened["text"].startswith("promo is failing since 2026-11-28 03:00 UTC: ")
