@@ -39,6 +39,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     body: dict[str, Any] = {"checked_at": now.isoformat()}
     try:
         ping(engine)
+        # Read before the run log (app/observe/alerts.py says why).
+        incidents = alerts.snapshot(engine, jobs) if settings.enable_cron_jobs else None
         facts, baseline = health.read_facts(engine, jobs)
     except sa_exc.SQLAlchemyError as exc:
         state = database_state(exc)
@@ -50,7 +52,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep) -> JS
     # Overdue and stuck jobs have no run to report them: every probe checks for them, and
     # alerts a change once across instances.
     with budget.limited(settings.alert_timeout):
-        alerts.check(settings, engine, jobs, now, results)
+        alerts.check(settings, engine, jobs, now, results, incidents)
     warnings: list[str] = []
     stripe_key = key_mode_problem(settings)
     if stripe_key is not None:

@@ -2,15 +2,18 @@
 
 `check` runs after every run (every cron call, CLI run) and on every `/health` request:
 
-1. Each job's health (app/core/health.py, already computed by the caller or read here in
-   four grouped reads) becomes an observation: stuck, failing, overdue or healthy.
-2. One read of every job's stored incident state (`cron_job_incident`).
+1. One read of every job's stored incident state (`cron_job_incident`), BEFORE the run
+   log is read: a state written by another instance was decided on facts that were
+   committed before it, so facts read after it are at least as new.  (Read the other way
+   round, an instance holding facts from before a recovery would reopen the incident.)
+2. Each job's health (app/core/health.py, computed by /health or read here in four
+   grouped reads) becomes an observation: stuck, failing, overdue or healthy.
 3. The state machine (app/observe/incidents.py) says whether the job's state changes and
    which alert, if any, is due: opened, the one reminder, recovered.
 4. A change is claimed by a conditional UPDATE on the version read (an INSERT that does
    nothing on conflict for a job without a row): of two instances seeing the same change,
-   the database lets one write, and only that one sends.  The loser reads the new state
-   and steps again, which finds nothing left to send.
+   the database lets one write, and only that one sends.  The loser leaves it there: the
+   winner saw facts at least as new, and the next check sees newer ones.
 5. The winner sends the alert on both channels side by side and records what each did.
 
 Each channel reports `sent` only once its server accepted the alert, `skipped` when it is
@@ -48,7 +51,6 @@ from app.observe.incidents import Alert, AlertKind, Condition, IncidentState, Ob
 log = logging.getLogger("app.observe.alerts")
 
 incident_t = table_of(CronJobIncident)
-_CLAIM_TRIES = 3
 _SUBJECTS = {
     AlertKind.OPENED: "{job} is {condition}",
     AlertKind.REMINDER: "Reminder: {job} is still {condition}",
@@ -84,21 +86,36 @@ def observe(spec: JobSpec, item: JobHealth) -> Observation:
 
 
 # --- the check ---------------------------------------------------------------------------
+def snapshot(engine: Engine, jobs: dict[str, JobSpec]) -> dict[str, Stored] | None:
+    """Every job's incident state, for a caller that reads the run log itself (/health):
+    read it first (step 1).  None when it cannot be read (no check then)."""
+    try:
+        return _load(engine, list(jobs))
+    except sa_exc.SQLAlchemyError as exc:
+        log.warning("incident state unreadable: %s", type(exc).__name__)
+        return None
+
+
 def check(settings: Settings, engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime,
-          results: Iterable[JobHealth] | None = None) -> dict[str, dict[str, str]]:
+          results: Iterable[JobHealth] | None = None,
+          stored: dict[str, Stored] | None = None) -> dict[str, dict[str, str]]:
     """Alert every change of incident state at `now`, once across instances.
 
-    `results`: the health already computed by the caller (/health); read here otherwise.
-    Returns, per job alerted, the event and what each channel did.  Never raises.
+    `results`: the health the caller computed from the run log it read after `stored`
+    (`snapshot`); without them both are read here, in that order.  Returns, per job
+    alerted, the event and what each channel did.  Never raises.
     """
     if not settings.enable_cron_jobs:
         return {}  # paused on purpose: every job would turn overdue
     try:
         if results is None:
+            stored = _load(engine, list(jobs))
             facts, baseline = health.read_facts(engine, jobs)
             results, _ = health.evaluate(jobs, facts, now, baseline)
+        elif stored is None:
+            return {}  # the state could not be read before the facts
         seen = {item.name: observe(jobs[item.name], item) for item in results}
-        due = _claim_changes(engine, seen, now, _remind_after(settings))
+        due = _claim_changes(engine, stored, seen, now, _remind_after(settings))
     except sa_exc.SQLAlchemyError as exc:
         log.warning("incident check failed: %s", type(exc).__name__)
         return {}
@@ -115,23 +132,17 @@ def _remind_after(settings: Settings) -> dt.timedelta | None:
     return dt.timedelta(hours=hours) if hours > 0 else None
 
 
-def _claim_changes(engine: Engine, seen: dict[str, Observation], now: dt.datetime,
-                   remind_after: dt.timedelta | None) -> list[Alert]:
-    stored = _load(engine, list(seen))
+def _claim_changes(engine: Engine, stored: dict[str, Stored], seen: dict[str, Observation],
+                   now: dt.datetime, remind_after: dt.timedelta | None) -> list[Alert]:
     alerts = []
     for job, observation in seen.items():
         current = stored.get(job, Stored(IncidentState(), None))
-        for _try in range(_CLAIM_TRIES):
-            state, alert = incidents.step(job, current.state, observation, now,
-                                          remind_after=remind_after)
-            if state is current.state:
-                break  # nothing changed: nothing to write, nothing to send
-            if _claim(engine, job, current.version, state):
-                if alert is not None:
-                    alerts.append(alert)
-                break
-            # Another instance changed this job's state first: step again from its state.
-            current = _load(engine, [job]).get(job, Stored(IncidentState(), None))
+        state, alert = incidents.step(job, current.state, observation, now,
+                                      remind_after=remind_after)
+        if state is current.state:
+            continue  # nothing changed: nothing to write, nothing to send
+        if _claim(engine, job, current.version, state) and alert is not None:
+            alerts.append(alert)
     return alerts
 
 
