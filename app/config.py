@@ -201,6 +201,12 @@ class Settings(BaseSettings):
     alert_timeout: float = Field(default=10.0, gt=0, le=120)
     """Seconds the failure alerts (email and webhook, sent side by side) may add to a
     failed run's answer, however slow or dead their servers are."""
+    webhook_format: Literal["json", "slack", "discord"] = "json"
+    """The webhook body's form: the documented JSON, or a Slack- or Discord-compatible
+    incoming-webhook message (docs/deploy.md#alerts)."""
+    alert_reminder_hours: float = Field(default=24.0, ge=0, le=8760)
+    """Hours after which a job still failing, overdue or stuck is reminded once (0:
+    never)."""
 
     # --- stripe -------------------------------------------------------------------------
     stripe_secret_key: Secret = None
@@ -323,7 +329,7 @@ class Settings(BaseSettings):
     """This service's public URL: the one-click unsubscribe link of every user email is
     SERVICE_BASE_URL/unsubscribe?token=...  (not APP_BASE_URL, which is VoyageSmart's).
     Required in production when SMTP_HOST is set; elsewhere default
-    http://127.0.0.1:8000."""
+    http://127.0.0.1:8000.  Alerts link to the dashboard here when it is set."""
     unsubscribe_secret: Secret = None
     """Signs the unsubscribe links (HMAC-SHA256).  Its own secret, not CRON_SECRET.
     Required in production when SMTP_HOST is set, at least 32 characters.  Changing it

@@ -51,6 +51,10 @@ class JobFacts:
     # The `running` row with the oldest heartbeat, and that heartbeat.
     heartbeat_run: uuid.UUID | None = None
     heartbeat_at: dt.datetime | None = None
+    # That run's id, start and message (what an alert about it links to and quotes).
+    last_outcome_run_id: uuid.UUID | None = None
+    last_outcome_at: dt.datetime | None = None
+    last_outcome_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,7 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             .group_by(log_t.c.job_name)
         ).all())
         last_rows = _latest(conn, names, real)
-        outcomes = {name: row.status for name, row in
-                    _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING).items()}
+        outcomes = _latest(conn, names, real, log_t.c.status != RunStatus.RUNNING)
         baseline = conn.execute(sa.select(sa.func.min(log_t.c.started_at))).scalar()
         # Newest first, so each job keeps its oldest heartbeat.
         heartbeats = {row.job_name: row for row in conn.execute(
@@ -118,13 +121,17 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
     facts = {}
     for name in names:
         row = last_rows.get(name)
+        ended = outcomes.get(name)
         facts[name] = JobFacts(
             last_success=success.get(name),
             last_run=row.started_at if row else None,
             last_status=row.status if row else None,
             last_message=row.message if row else None,
             running_since=running.get(name),
-            last_outcome=outcomes.get(name),
+            last_outcome=ended.status if ended else None,
+            last_outcome_run_id=ended.run_id if ended else None,
+            last_outcome_at=ended.started_at if ended else None,
+            last_outcome_message=ended.message if ended else None,
             heartbeat_run=heartbeats[name].run_id if name in heartbeats else None,
             heartbeat_at=heartbeats[name].heartbeat_at if name in heartbeats else None,
         )
@@ -143,7 +150,8 @@ def _latest(conn: sa.Connection, names: list[str], *conditions: sa.ColumnElement
     return {
         row.job_name: row
         for row in conn.execute(
-            sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.status, log_t.c.message)
+            sa.select(log_t.c.job_name, log_t.c.run_id, log_t.c.started_at, log_t.c.status,
+                      log_t.c.message)
             .join(latest, latest.c.id == log_t.c.id)
         )
     }

@@ -21,8 +21,11 @@
    backoff with full jitter, stopped before the time budget runs out), each attempt
    recorded on the row.
 5. Close the row (also when the job raises or the process is interrupted), release the
-   lease, and alert the admins when the run failed, or mark the row when a run that did its
-   work is unlike the job's recent runs (app/observe/run_marks.py).
+   lease, and mark the row when a run that did its work is unlike the job's recent runs
+   (app/observe/run_marks.py).
+6. Alert the admins of what changed in any job's incident state: a job that began failing,
+   is overdue or stuck, or recovered (app/observe/alerts.py; also after a call that ran
+   nothing, a duplicate or a collision).
 
 Longer than the usual 400 lines because a run's claim, lease, retries and closing are one
 story told in order, and the execution-model rework (the issue "Runs that outlive one
@@ -56,8 +59,7 @@ from app.core.status import DONE, RunStatus
 from app.db import diagnose, is_database_outage, table_of, upsert
 from app.logs import Redactor, secrets_of
 from app.models import CronJobLease, CronJobLog
-from app.observe import usage
-from app.observe.alerts import send_failure_alerts
+from app.observe import alerts, usage
 from app.observe.run_marks import JUDGED, mark_run
 
 log = logging.getLogger("app.core.runner")
@@ -210,9 +212,11 @@ class Runner:
             if slot is not None:
                 done = self._done_run(spec.name, slot)
                 if done is not None:
+                    self._watch()
                     return self._duplicate(spec, trigger, slot, done)
             refusal = self._claim(spec, run_id, now, slot, trigger)
             if refusal is not None:
+                self._watch()
                 return refusal
         else:
             with self.engine.begin() as conn:
@@ -287,13 +291,9 @@ class Runner:
                 outcome.duration_ms = int((time.monotonic() - started) * 1000)
                 outcome.usage = meter.figures()
                 self._close(outcome, attempt_errors)
-        if outcome.status == RunStatus.ERROR:
-            # Their own short budget: a dead mail server delays the answer by at most this.
-            with budget.limited(self.settings.alert_timeout):
-                outcome.details["alerts"] = send_failure_alerts(self.settings, outcome)
-            self._record_details(outcome)
-        elif outcome.status in JUDGED and not dry_run:
+        if outcome.status in JUDGED and not dry_run:
             outcome.anomalies = mark_run(self.engine, spec.name, run_id)
+        self._watch(None if dry_run else outcome)
         self._notify("run_finished", spec, outcome)
         log.info(
             "run finished",
@@ -383,6 +383,17 @@ class Runner:
                       traceback.format_exc(limit=3))
             if not outcome.dry_run and outcome.run_id is not None:
                 self._release(outcome.task, outcome.run_id)
+
+    def _watch(self, outcome: RunOutcome | None = None) -> None:
+        """Alert the changes of every job's incident state (app/observe/alerts.py): after
+        each call, also one that ran nothing, so overdue and stuck jobs are seen too.  What
+        the alerts about the run's own job did goes on its log row."""
+        # Their own short budget: a dead mail server delays the answer by at most this.
+        with budget.limited(self.settings.alert_timeout):
+            sent = alerts.check(self.settings, self.engine, self.jobs, self.clock())
+        if outcome is not None and outcome.task in sent:
+            outcome.details["alerts"] = sent[outcome.task]
+            self._record_details(outcome)
 
     def _record_details(self, outcome: RunOutcome) -> None:
         """Details learnt after the row was closed (what the alerts did)."""

@@ -1,4 +1,5 @@
-"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors."""
+"""`GET /health`: 200 healthy or 503 unhealthy, for uptime monitors; each probe also alerts
+a job that turned overdue or stuck (app/observe/alerts.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from app.adapters.stripe_key import key_mode_problem
-from app.core import health
+from app.core import budget, health
 from app.core.requirements import check_jobs
 from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.http.deps import EngineDep, HealthViewer, SettingsDep
 from app.http.responses import HEALTH_RESPONSES
-from app.observe import run_marks, trends
+from app.observe import alerts, run_marks, trends
 
 router = APIRouter(tags=["health"])
 
@@ -33,6 +34,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
     body: dict[str, Any] = {"checked_at": now.isoformat()}
     try:
         ping(engine)
+        # Read before the run log (app/observe/alerts.py says why).
+        incidents = alerts.snapshot(engine, jobs) if settings.enable_cron_jobs else None
         facts, baseline = health.read_facts(engine, jobs)
         marks = run_marks.latest_marks(engine, list(jobs))
         outlook = trends.job_trends(engine, jobs, now)
@@ -44,6 +47,10 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
         return JSONResponse(body, status_code=503)
     results, issues = health.evaluate(jobs, facts, now, baseline,
                                       dt.timedelta(seconds=settings.dead_after))
+    # Overdue and stuck jobs have no run to report them: every probe checks for them, and
+    # alerts a change once across instances.
+    with budget.limited(settings.alert_timeout):
+        alerts.check(settings, engine, jobs, now, results, incidents)
     warnings: list[str] = []
     stripe_key = key_mode_problem(settings)
     if stripe_key is not None:

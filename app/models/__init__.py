@@ -1,5 +1,5 @@
-"""All tables, one module per owner: runs (run log, leases), notifications (sent mail,
-engagement metrics, opt-outs, consent), audit (cron call audit, rate-limit counters),
+"""All tables, one module per owner: runs (run log, leases, incident state), notifications
+(sent mail, engagement metrics, opt-outs, consent), audit (cron call audit, rate-limit counters),
 archive (deleted rows kept for restore), billing (weekly analytics, monthly reports) and
 voyagesmart (VoyageSmart's own tables: the service reads and writes their rows, never their
 schema on an existing database).
@@ -14,7 +14,7 @@ from app.models.notifications import (
     CronEngagementMetrics,
     CronNotification,
 )
-from app.models.runs import CronJobLease, CronJobLog
+from app.models.runs import CronJobIncident, CronJobLease, CronJobLog
 from app.models.voyagesmart import (
     VOYAGESMART_TABLES,
     Accommodation,
@@ -43,6 +43,7 @@ __all__ = [
     "CronEmailConsent",
     "CronEmailOptOut",
     "CronEngagementMetrics",
+    "CronJobIncident",
     "CronJobLease",
     "CronJobLog",
     "CronMonthlyReport",

@@ -1,4 +1,5 @@
-"""Tables of the runs: the run log and the per-task leases (app/core/runner.py writes both)."""
+"""Tables of the runs: the run log and the per-task leases (app/core/runner.py writes both),
+and each job's incident state (app/observe/alerts.py writes it)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,23 @@ class CronJobLease(Base):
     holder: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
     acquired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class CronJobIncident(Base):
+    """One row per job that ever left `healthy`: the incident state of app/observe/incidents.py.
+
+    `version` grows with every change; a change is claimed by a conditional UPDATE on the
+    version read, so of two instances seeing the same transition one sends the alert.
+    """
+
+    __tablename__ = "cron_job_incident"
+
+    task: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    condition: Mapped[str] = mapped_column(sa.String(16))
+    since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    alerted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reminded: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    run_id: Mapped[str | None] = mapped_column(sa.String(36))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    # The last alert sent and what each channel did with it.
+    last_alert: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

@@ -24,7 +24,8 @@ from app.core import budget
 from app.core.registry import JOBS
 from app.core.runner import Runner, RunOutcome
 from app.mail.smtp import Mailer, MailRefused, MailUnavailable
-from app.observe.alerts import send_failure_alerts
+from app.observe.alerts import send
+from app.observe.incidents import Alert, AlertKind, Condition
 from tests.conftest import FixedClock, make_settings
 from tests.support.notification_data import seed_travellers
 
@@ -127,9 +128,11 @@ def test_alerts_to_dead_servers_take_no_longer_than_their_budget(
                              smtp_security="none", smtp_timeout=15.0,
                              admin_emails="ops@example.com", webhook_url=f"{dead.url}/hook",
                              webhook_timeout=15.0)
-    outcome = RunOutcome("promo-cleanup", None, "error", "cli", message="boom")
+    now = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)
+    alert = Alert(AlertKind.OPENED, "promo-cleanup", Condition.FAILING, Condition.HEALTHY,
+                  now, now, None, "boom")
     with budget.limited(2.0):
-        elapsed, results = _timed(send_failure_alerts, settings, outcome)
+        elapsed, results = _timed(send, settings, alert)
     assert isinstance(results, dict), results
     assert results["email"].startswith("failed: ") and results["webhook"].startswith("failed: ")
     assert elapsed < 2.0 + SLACK, elapsed

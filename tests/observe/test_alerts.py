@@ -1,5 +1,5 @@
-"""A failed run alerts the admins once by email and webhook (the runner's retries are in
-tests/core/test_runner.py)."""
+"""A job that starts failing alerts the admins once by email and webhook (per incident:
+tests/observe/test_incident_alerts.py; the runner's retries are in tests/core/test_runner.py)."""
 
 from __future__ import annotations
 
@@ -31,18 +31,19 @@ def test_failed_job_sends_one_email_and_one_webhook(
     assert body["status"] == "error"
     assert body["message"] == "failed after 1 attempt(s): ValueError: promo table is upside down"
     assert "Traceback" not in response.text and 'File "' not in response.text
-    assert body["details"]["alerts"] == {"email": "sent", "webhook": "sent"}
+    assert body["details"]["alerts"] == {"event": "incident_opened", "email": "sent",
+                                         "webhook": "sent"}
 
     mails = smtp_sink.received
     assert len(mails) == 1
     assert sorted(mails[0].rcpt_tos) == ["cto@example.com", "ops@example.com"]
-    assert mails[0].message["Subject"] == "[voyagesmart-cron] broken failed"
+    assert mails[0].message["Subject"] == "[voyagesmart-cron] broken is failing"
     assert body["run_id"] in mails[0].message.get_content()
 
     assert len(http_capture.requests) == 1
     hook = http_capture.requests[0]
     assert (hook.method, hook.path) == ("POST", "/alerts")
-    assert hook.json()["event"] == "cron_job_failed"
+    assert hook.json()["event"] == "incident_opened"
     assert hook.json()["task"] == "broken"
     assert hook.json()["run_id"] == body["run_id"]
 
@@ -69,6 +70,7 @@ def test_unreachable_alert_channels_do_not_change_the_status(
     assert failed.status_code == 500
     assert failed.json()["status"] == "error"
     assert failed.json()["details"]["alerts"] == {
+        "event": "incident_opened",
         "email": "failed: ConnectionRefusedError", "webhook": "failed: ConnectError"}
     assert fine.status_code == 200
     assert fine.json()["status"] == "success"
@@ -116,15 +118,20 @@ def test_unconfigured_alert_channels_are_reported_skipped_not_sent(
     client = make_client(jobs=fake_job("broken", broken))
     response = client.post("/api/cron/broken", headers=auth())
     assert response.status_code == 500
-    assert response.json()["details"]["alerts"] == {"email": "skipped", "webhook": "skipped"}
+    assert response.json()["details"]["alerts"] == {"event": "incident_opened",
+                                                    "email": "skipped", "webhook": "skipped"}
     # The run log says the same, not only the HTTP answer.
     [row] = log_rows(engine)
-    assert row.details["alerts"] == {"email": "skipped", "webhook": "skipped"}
+    assert row.details["alerts"] == {"event": "incident_opened", "email": "skipped",
+                                     "webhook": "skipped"}
 
-    # One channel set: that one is sent, the other still skipped.
+    # One channel set: that one is sent, the other still skipped.  (Another job: broken's
+    # incident is open already, and a second failure of it alerts nobody.)
     hooked = make_client(settings=settings.model_copy(update={
-        "webhook_url": f"{http_capture.url}/alerts"}), jobs=fake_job("broken", broken))
-    again = hooked.post("/api/cron/broken?force=1", headers=auth())
-    assert again.json()["details"]["alerts"] == {"email": "skipped", "webhook": "sent"}
+        "webhook_url": f"{http_capture.url}/alerts"}), jobs=fake_job("broken-too", broken))
+    again = hooked.post("/api/cron/broken-too?force=1", headers=auth())
+    assert again.json()["details"]["alerts"] == {"event": "incident_opened",
+                                                 "email": "skipped", "webhook": "sent"}
     assert len(http_capture.requests) == 1
-    assert log_rows(engine)[-1].details["alerts"] == {"email": "skipped", "webhook": "sent"}
+    assert log_rows(engine)[-1].details["alerts"] == {"event": "incident_opened",
+                                                       "email": "skipped", "webhook": "sent"}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,10 +102,12 @@ class CapturedRequest:
 
 
 class HttpCapture:
-    """A local HTTP server that records every request and answers `status`."""
+    """A local HTTP server that records every request and answers `status`, or what
+    `answer` decides for the request when set."""
 
     def __init__(self, status: int = 200) -> None:
         self.status = status
+        self.answer: Callable[[CapturedRequest], int] | None = None
         self.requests: list[CapturedRequest] = []
         capture = self
 
@@ -113,10 +115,12 @@ class HttpCapture:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                capture.requests.append(CapturedRequest(
+                request = CapturedRequest(
                     self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                    body))
-                self.send_response(capture.status)
+                    body)
+                capture.requests.append(request)
+                self.send_response(capture.answer(request) if capture.answer
+                                   else capture.status)
                 self.send_header("content-type", "application/json")
                 self.end_headers()
                 self.wfile.write(b"{}")
