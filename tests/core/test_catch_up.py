@@ -311,6 +311,34 @@ def test_over_http_only_a_schedulers_real_call_catches_up(
     assert (caught["task"], caught["trigger"]) == ("daily", "catch-up")
 
 
+def test_over_http_concurrent_calls_catch_the_slot_up_once(
+        make_client: Callable[..., TestClient], engine: Engine, clock: FixedClock) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("threads racing for one slot: PostgreSQL's row locks")
+    calls: list[str] = []
+    jobs = _jobs(calls, pause=0.3)
+    clients = [make_client(jobs=jobs) for _ in range(4)]
+    clients[0].get("/api/cron/daily", headers=VERCEL)
+    clock.now = _at("2026-11-29T06:10:00")
+    barrier = threading.Barrier(len(clients))
+
+    def call(client: TestClient) -> dict[str, Any]:
+        barrier.wait()
+        response = client.get("/api/cron/ping", headers=VERCEL)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(call, clients))
+    caught = [a["catch_up"] for a in answers if a["catch_up"] is not None]
+    assert [c["status"] for c in caught].count("success") == 1, caught
+    assert {c["status"] for c in caught} <= {"success", "duplicate"}, caught
+    assert len({c["run_id"] for c in caught}) == 1
+    assert calls.count(f"daily@{MISSED.isoformat()}") == 1
+    assert [t for t, _slot, _status in _log(engine, "daily")] == ["vercel", CATCH_UP]
+
+
 # --- the registry and the operator's command ------------------------------------------------
 
 def _shortest_gap(schedule: str) -> dt.timedelta:
