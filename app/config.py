@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     afterwards."""
     enable_cron_jobs: bool = True
     """false answers every cron call with 503 and runs nothing."""
+    cron_catch_up: bool = True
+    """A scheduler's cron call also runs one missed slot of any job, after its own run and
+    within the job's useful lateness (docs/jobs.md#catch-up).  false: missed slots wait for
+    `voyagesmart-cron catch-up`."""
     cron_timezone: str = "UTC"
     """Time zone for calendar rules inside jobs ("7 days from today").  Schedules are
     UTC."""

@@ -67,6 +67,11 @@ class JobSpec:
     # the job's own runtime.
     grace: dt.timedelta = dt.timedelta(hours=2)
     max_runtime: dt.timedelta = dt.timedelta(minutes=5)
+    # Is a late run better than none, and how late is it still useful?  A slot no scheduler
+    # delivered is run by the next cron call of any task once past its grace, until this
+    # long after its fire time (app/core/catch_up.py); None: never caught up, the next slot
+    # does the work.  Longer than the grace, shorter than the gap to the next slot.
+    catch_up_within: dt.timedelta | None = None
     retry: RetryPolicy = RetryPolicy()
     # What the job needs to run here (app/core/requirements.py): its tables and columns, and
     # the settings of its integration.  `schema check`, /health and the runner read it.
@@ -131,6 +136,9 @@ JOBS: dict[str, JobSpec] = {
             critical=True,
             grace=_DAILY_GRACE,
             max_runtime=dt.timedelta(minutes=5),
+            # Same day: an expired code stays redeemable until the run; after that the next
+            # slot does the same work.
+            catch_up_within=dt.timedelta(hours=20),
             uses=(
                 uses("promo_codes", "id", "code", "tier", "max_uses", "used_count",
                      "expires_at", "is_active", "updated_at",
@@ -151,6 +159,9 @@ JOBS: dict[str, JobSpec] = {
             # Listing pages 100 subscriptions per call; the one-by-one path at 20 req/s
             # (test key) checks about 10,000 in this budget, and stops cleanly if not.
             max_runtime=dt.timedelta(minutes=10),
+            # Same day: tiers out of step with Stripe stay wrong until the run; Stripe takes the
+            # calls at any hour, and the next slot does the same work.
+            catch_up_within=dt.timedelta(hours=20),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
             uses=(
                 uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
@@ -169,6 +180,8 @@ JOBS: dict[str, JobSpec] = {
             critical=True,
             grace=_DAILY_GRACE,
             max_runtime=dt.timedelta(minutes=5),
+            # Same day: ended tiers keep their paid features until the run.
+            catch_up_within=dt.timedelta(hours=20),
             uses=(
                 uses("user_subscriptions", *_SUBSCRIPTION_COLUMNS, writes=("UPDATE",)),
                 uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
@@ -183,6 +196,9 @@ JOBS: dict[str, JobSpec] = {
             "the last ISO week; one row per week.",
             grace=_WEEKLY_GRACE,
             max_runtime=dt.timedelta(minutes=10),
+            # Within the week: the run reports the ISO week before the one it runs in, the same
+            # week until Sunday 03:00 (six days after the slot).
+            catch_up_within=dt.timedelta(days=6),
             uses=(
                 uses("users", "id", "created_at", "last_login"),
                 _SIGN_INS,
@@ -198,6 +214,9 @@ JOBS: dict[str, JobSpec] = {
             "ADMIN_EMAILS with a CSV; old reports archived.",
             grace=_MONTHLY_GRACE,
             max_runtime=dt.timedelta(minutes=10),
+            # Within days: the admins read the previous month's figures in the month's first
+            # days; later, `voyagesmart-cron report` answers better than a stray email.
+            catch_up_within=dt.timedelta(days=3),
             uses=_BILLING,
             settings=(SMTP_HOST, ADMIN_EMAILS),
         ),
@@ -211,6 +230,9 @@ JOBS: dict[str, JobSpec] = {
             grace=_WEEKLY_GRACE,
             # A long VACUUM must not let the lease expire under it.
             max_runtime=dt.timedelta(hours=1),
+            # The same Sunday: a vacuum a day late beats a week of bloat, but not in a
+            # weekday's traffic (until 19:00 UTC).
+            catch_up_within=dt.timedelta(hours=18),
             retry=RetryPolicy(attempts=2, base_delay=5.0),
         ),
         JobSpec(
@@ -221,6 +243,9 @@ JOBS: dict[str, JobSpec] = {
             "recompress old media.",
             grace=_WEEKLY_GRACE,
             max_runtime=dt.timedelta(hours=1),
+            # Never: a week late costs only storage, and an hour-long listing of every bucket is
+            # the last thing to add to another task's call.
+            catch_up_within=None,
             retry=RetryPolicy(attempts=2, base_delay=5.0),
             uses=tuple(source.uses() for source in SOURCES),
             # Puts back what a run moved to the storage quarantine.
@@ -237,6 +262,9 @@ JOBS: dict[str, JobSpec] = {
             # About 10,000 emails over one SMTP connection fit well inside; a run that
             # reaches 90% of it stops claiming and leaves the rest pending for the next.
             max_runtime=dt.timedelta(minutes=15),
+            # The same day: the target day is the slot's, so a late run mails the same trips;
+            # by 20:00 UTC it is evening in Europe and a reminder would arrive at night.
+            catch_up_within=dt.timedelta(hours=12),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
             uses=(
                 uses("trips", "id", "name", "destination", "start_date", "end_date",
@@ -254,6 +282,9 @@ JOBS: dict[str, JobSpec] = {
             "period; store the month's engagement metrics.",
             grace=_MONTHLY_GRACE,
             max_runtime=dt.timedelta(minutes=30),
+            # Within days: the month is the slot's, and a re-engagement email a few days into
+            # the month still reads as that month's.
+            catch_up_within=dt.timedelta(days=3),
             retry=RetryPolicy(attempts=3, base_delay=5.0, max_delay=60.0),
             uses=(
                 uses("users", "id", "email", "full_name", "preferences", "created_at",

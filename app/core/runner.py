@@ -1,7 +1,8 @@
 """What every run goes through, whatever triggered it.
 
 1. Resolve the slot: a scheduled call belongs to the latest fire time at or before now; a
-   manual, forced or dry run belongs to no slot.
+   catch-up to the missed slot it runs (app/core/catch_up.py); a manual, forced or dry run
+   belongs to no slot.
 2. Claim the task's lease with a conditional UPDATE; the row count says who won, across
    every process and instance sharing the database.  While the run lives, its heartbeat
    (app/core/heartbeat.py) renews the lease every HEARTBEAT_INTERVAL; a holder that stopped
@@ -69,7 +70,9 @@ log_t = table_of(CronJobLog)
 
 SCHEDULED_TRIGGERS = frozenset({"vercel", "github-actions", "crontab", "http"})
 MANUAL_TRIGGERS = frozenset({"cli", "dashboard", "test"})
-TRIGGERS = SCHEDULED_TRIGGERS | MANUAL_TRIGGERS
+# A slot no scheduler delivered, run by a later call (app/core/catch_up.py).
+CATCH_UP = "catch-up"
+TRIGGERS = SCHEDULED_TRIGGERS | MANUAL_TRIGGERS | {CATCH_UP}
 # Status of an outcome -> HTTP status a scheduler can act on.
 HTTP_STATUS = {
     RunStatus.SUCCESS: 200,
@@ -183,13 +186,18 @@ class Runner:
         trigger: str = "cli",
         dry_run: bool = False,
         force: bool = False,
+        missed_slot: dt.datetime | None = None,
     ) -> RunOutcome:
+        """`missed_slot`: run that slot, which no scheduler delivered, as a catch-up
+        (app/core/catch_up.py finds it; `trigger` is then `catch-up`)."""
         spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
         if spec is None:
             raise UnknownTask(task)
         now = self.clock()
         scheduled = trigger in SCHEDULED_TRIGGERS and not force and not dry_run
         slot = registry.previous_fire(spec.schedule, now) if scheduled else None
+        if missed_slot is not None:
+            trigger, slot, dry_run, force = CATCH_UP, missed_slot, False, False
         if not self.settings.enable_cron_jobs:
             return RunOutcome(task, None, RunStatus.DISABLED, trigger, slot, dry_run,
                               message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
@@ -461,6 +469,10 @@ class Runner:
                 # Under the lease this answer is final: the slot may have finished between
                 # the first check and the claim.
                 done = self._done_run(spec.name, slot, conn)
+                if done is None and trigger == CATCH_UP:
+                    # A catch-up is settled by any real run since the slot, failed or not:
+                    # it heals a missing delivery, and never repeats a run.
+                    done = self._ran_since(spec.name, slot, conn)
                 if done is not None:
                     transaction.rollback()  # the claim never happened
                     return True, self._duplicate(spec, trigger, slot, done)
@@ -538,6 +550,19 @@ class Runner:
         else:
             with self.engine.connect() as own:
                 row = own.execute(query).first()
+        return (row[0], row[1]) if row else None
+
+    @staticmethod
+    def _ran_since(task: str, slot: dt.datetime, conn: sa.Connection
+                   ) -> tuple[uuid.UUID, str] | None:
+        """The first real run of `task` started at or after `slot`, whatever its end."""
+        row = conn.execute(
+            sa.select(log_t.c.run_id, log_t.c.status)
+            .where(log_t.c.job_name == task, log_t.c.started_at >= slot,
+                   log_t.c.dry_run.is_(False))
+            .order_by(log_t.c.started_at)
+            .limit(1)
+        ).first()
         return (row[0], row[1]) if row else None
 
     def _duplicate(self, spec: JobSpec, trigger: str, slot: dt.datetime,

@@ -1,10 +1,12 @@
-"""`GET`/`POST /api/cron/{task}`: authenticate, parse, run, map the outcome to a status."""
+"""`GET`/`POST /api/cron/{task}`: authenticate, parse, run, map the outcome to a status,
+then catch up one missed slot of any job (app/core/catch_up.py)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from app.core import catch_up
 from app.core.runner import DatabaseUnavailable, UnknownTask
 from app.core.status import RunStatus
 from app.http.audit import note_run
@@ -60,7 +62,13 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
                              "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     note_run(request, task, outcome.run_id, outcome.status)
-    return JSONResponse(outcome.as_json(), status_code=outcome.http_status)
+    body = outcome.as_json()
+    if catch_up.follows_call(runner.settings, outcome.trigger, dry_run=dry_run, force=force):
+        # One missed slot of any job, after this call's own run; its outcome never changes
+        # this call's status (app/core/catch_up.py).
+        caught = catch_up.catch_up_one(runner)
+        body["catch_up"] = caught.as_json() if caught is not None else None
+    return JSONResponse(body, status_code=outcome.http_status)
 
 
 @router.get("/{task}", summary="Run a cron task (Vercel Cron sends GET)",

@@ -32,6 +32,9 @@ class RunBody(BaseModel):
     attempts: int
     message: str
     details: dict[str, Any]
+    # A scheduler's call: the missed slot it ran after its own run (the same fields), or
+    # null when none was missed (app/core/catch_up.py).
+    catch_up: dict[str, Any] | None = None
 
 
 class UnavailableBody(BaseModel):

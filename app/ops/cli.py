@@ -161,6 +161,42 @@ def run(
         raise typer.Exit(1)
 
 
+@cli.command("catch-up")
+def catch_up_missed(
+    list_only: Annotated[bool, typer.Option(
+        "--list", help="Show the missed slots, run nothing.")] = False,
+) -> None:
+    """Run every missed slot now (trigger catch-up); a cron call runs one of them."""
+    from app.core import catch_up
+    from app.core.runner import DatabaseUnavailable, Runner, RunOutcome
+    from app.observe.sentry import observers_for
+
+    def _terminate(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # the runner closes the log row and the lease
+
+    signal.signal(signal.SIGTERM, _terminate)
+    settings = get_settings()
+    runner = Runner(settings, _engine(), observers=observers_for(settings))
+    outcomes: list[RunOutcome] = []
+    try:
+        missed = catch_up.missed_slots(runner.engine, runner.jobs, runner.clock())
+        report: dict[str, object] = {"missed": [m.as_json() for m in missed]}
+        if not list_only:
+            outcomes = [runner.run(m.task, missed_slot=m.slot) for m in missed]
+            report["outcomes"] = [o.as_json() for o in outcomes]
+    except DatabaseUnavailable as exc:
+        typer.echo(f"{exc}; nothing was run", err=True)
+        raise typer.Exit(3) from None
+    except sa_exc.SQLAlchemyError as exc:  # reading the run log for missed slots
+        if not is_database_outage(exc):
+            raise
+        typer.echo(f"{diagnose(exc)}; nothing was run", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(report, indent=2, default=str))
+    if any(o.http_status >= 400 for o in outcomes):
+        raise typer.Exit(1)
+
+
 @cli.command()
 def restore(
     run_id: Annotated[str, typer.Argument(help="The run whose removals to put back.")],
