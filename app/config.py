@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     afterwards."""
     enable_cron_jobs: bool = True
     """false answers every cron call with 503 and runs nothing."""
+    schedule_mode: Literal["jobs", "groups"] = "jobs"
+    """How the schedulers call: jobs = each job on its own schedule; groups = through
+    /api/cron/daily-maintenance and /api/cron/weekly-cleanup, so a member's slot, duplicate
+    and overdue rules follow its group's schedule.  docs/jobs.md#groups"""
+    group_workers: int = Field(default=3, ge=1, le=16)
+    """Members of one group call run at once, at most (the others wait their turn)."""
     cron_timezone: str = "UTC"
     """Time zone for calendar rules inside jobs ("7 days from today").  Schedules are
     UTC."""

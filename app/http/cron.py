@@ -1,11 +1,16 @@
-"""`GET`/`POST /api/cron/{task}`: authenticate, parse, run, map the outcome to a status."""
+"""`GET`/`POST /api/cron/{task}`: authenticate, parse, run, map the outcome to a status.
+
+A task is a job or a group of jobs (`/api/cron/daily-maintenance`, app/core/groups.py).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from app.core.runner import DatabaseUnavailable, UnknownTask
+from app.core.groups import run_group
+from app.core.registry import GroupSpec
+from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
 from app.core.status import RunStatus
 from app.http.audit import note_run
 from app.http.deps import RunnerDep, cron_caller, shown
@@ -50,17 +55,31 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
                                  f"allowed: dry_run, force")
     dry_run = _flag(request, "dry_run")
     force = _flag(request, "force")
+    group: GroupSpec | None = request.app.state.groups.get(task)
+    if group is not None:
+        return _run_group(group, request, runner, dry_run=dry_run, force=force)
     try:
         outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force)
     except UnknownTask:
+        known = sorted([*runner.jobs, *request.app.state.groups])
         raise HTTPException(404, f"unknown task {shown(task)}; known: "
-                                 f"{', '.join(sorted(runner.jobs))}") from None
+                                 f"{', '.join(known)}") from None
     except DatabaseUnavailable as exc:
         return JSONResponse({"task": task, "status": RunStatus.UNAVAILABLE,
                              "message": f"{exc}; nothing was run"},
                             status_code=503, headers={"Retry-After": "60"})
     note_run(request, task, outcome.run_id, outcome.status)
     return JSONResponse(outcome.as_json(), status_code=outcome.http_status)
+
+
+def _run_group(group: GroupSpec, request: Request, runner: Runner, *, dry_run: bool,
+               force: bool) -> JSONResponse:
+    """Every member (app/core/groups.py); the answer is the worst member's status."""
+    outcome = run_group(runner, group, trigger=trigger_of(request), dry_run=dry_run,
+                        force=force)
+    note_run(request, group.name, None, outcome.status)
+    headers = {"Retry-After": "60"} if outcome.status == RunStatus.UNAVAILABLE else None
+    return JSONResponse(outcome.as_json(), status_code=outcome.http_status, headers=headers)
 
 
 @router.get("/{task}", summary="Run a cron task (Vercel Cron sends GET)",
