@@ -100,8 +100,10 @@ def list_jobs() -> None:
 
     now = dt.datetime.now(dt.UTC)
     problem = None
+    # Under SCHEDULE_MODE=groups a group's members are listed with its schedule.
+    jobs = registry.scheduled(registry.JOBS, get_settings().schedule_mode)
     try:
-        facts, _ = read_facts(_engine(), registry.JOBS)
+        facts, _ = read_facts(_engine(), jobs)
     except sa_exc.SQLAlchemyError as exc:  # the listing is still useful without a database
         if not is_database_outage(exc):
             raise
@@ -110,7 +112,7 @@ def list_jobs() -> None:
         facts = {}
     header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
     typer.echo(header)
-    for spec in registry.JOBS.values():
+    for spec in jobs.values():
         fact = facts.get(spec.name)
         last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
             fact and fact.last_run) else "never run"
