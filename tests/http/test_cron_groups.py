@@ -188,3 +188,20 @@ def test_unknown_task_lists_the_groups(client: TestClient) -> None:
     assert response.status_code == 404
     assert "daily-maintenance" in response.json()["error"]
     assert "weekly-cleanup" in response.json()["error"]
+
+
+def test_a_database_without_schema_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Nothing ran, so a scheduler may retry: 503 with Retry-After, each member says why."""
+    from app.db import make_engine
+    from app.main import create_app
+
+    bare = make_engine(f"sqlite:///{tmp_path}/bare.db")
+    settings = make_settings(f"sqlite:///{tmp_path}/bare.db", tmp_path,
+                             schedule_mode="groups")
+    with TestClient(create_app(settings, engine=bare), raise_server_exceptions=False) as client:
+        response = client.get("/api/cron/weekly-cleanup", headers=auth())
+    bare.dispose()
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "60"
+    assert set(_members(response.json()).values()) == {"unavailable"}
+    assert all("nothing was run" in m["message"] for m in response.json()["members"])
