@@ -275,7 +275,6 @@ JOBS: dict[str, JobSpec] = {
 ALIASES = {"check-subscriptions": "subscription-expiry"}
 
 
-
 @dataclass(frozen=True)
 class GroupSpec:
     """Jobs one scheduler entry runs together (the seed's `vercel.json`: Vercel Hobby takes
@@ -312,12 +311,6 @@ GROUPS: dict[str, GroupSpec] = {
 
 def get_group(name: str, groups: Mapping[str, GroupSpec] | None = None) -> GroupSpec | None:
     return (GROUPS if groups is None else groups).get(name)
-
-
-def group_of(task: str, groups: Mapping[str, GroupSpec] | None = None) -> GroupSpec | None:
-    """The group `task` belongs to, if any (a job is in at most one)."""
-    return next((g for g in (GROUPS if groups is None else groups).values()
-                 if task in g.members), None)
 
 
 def scheduled(jobs: dict[str, JobSpec], mode: str,
