@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     """A scheduler's cron call also runs one missed slot of any job, after its own run and
     within the job's useful lateness (docs/jobs.md#catch-up).  false: missed slots wait for
     `voyagesmart-cron catch-up`."""
+    schedule_mode: Literal["jobs", "groups"] = "jobs"
+    """How the schedulers call: jobs = each job on its own schedule; groups = through
+    /api/cron/daily-maintenance and /api/cron/weekly-cleanup, so a member's slot, duplicate
+    and overdue rules follow its group's schedule.  docs/jobs.md#groups"""
+    group_workers: int = Field(default=3, ge=1, le=16)
+    """Members of one group call run at once, at most (the others wait their turn)."""
     cron_timezone: str = "UTC"
     """Time zone for calendar rules inside jobs ("7 days from today").  Schedules are
     UTC."""

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings, get_settings
 from app.core import registry
-from app.core.registry import JobSpec
+from app.core.registry import GroupSpec, JobSpec
 from app.core.runner import Runner, RunObserver
 from app.db import diagnose, service_engine
 from app.http import cron, dashboard, health, unsubscribe
@@ -53,6 +53,7 @@ def create_app(
     engine: Engine | None = None,
     clock: Callable[[], dt.datetime] = _utcnow,
     jobs: dict[str, JobSpec] | None = None,
+    groups: dict[str, GroupSpec] | None = None,
     observers: list[RunObserver] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
@@ -75,7 +76,13 @@ def create_app(
         _warn_if_no_database_file(settings)
     app.state.engine = engine or service_engine(settings)
     app.state.clock = clock
-    app.state.jobs = jobs if jobs is not None else registry.JOBS
+    # Groups whose members are all here; under SCHEDULE_MODE=groups their members follow
+    # their schedules, which /health, metrics, the dashboard and the runner read.
+    all_jobs = jobs if jobs is not None else registry.JOBS
+    app.state.groups = {
+        name: group for name, group in (groups if groups is not None else registry.GROUPS).items()
+        if all(member in all_jobs for member in group.members)}
+    app.state.jobs = registry.scheduled(all_jobs, settings.schedule_mode, app.state.groups)
     app.state.observers = [*observers_for(settings), *(observers or [])]
     app.state.defenses = Defenses(settings, app.state.engine, clock)
     app.state.metrics_registry = build_registry(app.state.engine, lambda: app.state.jobs, clock)
@@ -130,7 +137,7 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, Any]:
         return {"service": "voyagesmart-cron", "health": "/health",
-                "tasks": sorted(app.state.jobs)}
+                "tasks": sorted(app.state.jobs), "groups": sorted(app.state.groups)}
 
     return app
 

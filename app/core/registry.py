@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cronsim import CronSim
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from app.config import Settings
 from app.core.context import JobContext, JobResult
 from app.core.requirements import ADMIN_EMAILS, SMTP_HOST, STRIPE_KEY, Setting, Uses, uses
-from app.core.schedule_check import EVERY_TABLE
+from app.core.schedule_check import EVERY_TABLE, Group, Planned
 from app.voyagesmart.file_references import SOURCES
 
 JobFunc = Callable[[JobContext], JobResult]
@@ -81,7 +81,12 @@ class JobSpec:
     restore: RestoreFunc | None = field(default=None, repr=False)
 
     def explain(self) -> str:
-        return str(CronSim(self.schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).explain())
+        return explain(self.schedule)
+
+
+def explain(schedule: str) -> str:
+    """`0 2 * * *` in words."""
+    return str(CronSim(schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).explain())
 
 
 def previous_fire(schedule: str, now: dt.datetime) -> dt.datetime:
@@ -299,6 +304,71 @@ JOBS: dict[str, JobSpec] = {
 
 # Paths that keep an existing schedule working: VoyageSmart's own cron route.
 ALIASES = {"check-subscriptions": "subscription-expiry"}
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Jobs one scheduler entry runs together (the seed's `vercel.json`: Vercel Hobby takes
+    two crons).  Members that share no table run in parallel (app/core/groups.py)."""
+
+    name: str
+    schedule: str  # five numeric fields, UTC
+    members: tuple[str, ...]
+    description: str
+
+    def explain(self) -> str:
+        return explain(self.schedule)
+
+
+GROUPS: dict[str, GroupSpec] = {
+    group.name: group
+    for group in [
+        GroupSpec(
+            name="daily-maintenance",
+            schedule="0 2 * * *",
+            members=("subscription-sync", "promo-cleanup", "trip-reminders"),
+            description="The daily jobs of the seed's schedule: Stripe reconciliation, "
+            "promo codes, trip reminders.",
+        ),
+        GroupSpec(
+            name="weekly-cleanup",
+            schedule="0 1 * * 0",
+            members=("db-maintenance", "storage-cleanup"),
+            description="The weekly cleanups: database maintenance, then storage.",
+        ),
+    ]
+}
+
+
+def get_group(name: str, groups: Mapping[str, GroupSpec] | None = None) -> GroupSpec | None:
+    return (GROUPS if groups is None else groups).get(name)
+
+
+def scheduled(jobs: dict[str, JobSpec], mode: str,
+              groups: Mapping[str, GroupSpec] | None = None) -> dict[str, JobSpec]:
+    """The jobs as the deployment calls them.  Under SCHEDULE_MODE=groups a member carries
+    its group's schedule: its slot (the runner), its duplicate rule (same slot) and its
+    overdue rule (app/core/health.py) all follow the group, so trip-reminders run by
+    daily-maintenance at 02:00 is neither a duplicate nor overdue for its own 08:00."""
+    if mode != "groups":
+        return jobs
+    out = dict(jobs)
+    for group in (GROUPS if groups is None else groups).values():
+        for member in group.members:
+            if member in out:
+                out[member] = replace(out[member], schedule=group.schedule)
+    return out
+
+
+def planned(jobs: Mapping[str, JobSpec] | None = None) -> dict[str, Planned]:
+    """The registry as app/core/schedule_check.py reads it."""
+    return {name: Planned(spec.schedule, tables_touched(spec), spec.max_runtime.total_seconds())
+            for name, spec in (JOBS if jobs is None else jobs).items()}
+
+
+def planned_groups(groups: Mapping[str, GroupSpec] | None = None) -> dict[str, Group]:
+    return {name: Group(g.schedule, g.members)
+            for name, g in (GROUPS if groups is None else groups).items()}
 
 
 def tables_touched(spec: JobSpec) -> frozenset[str]:

@@ -174,7 +174,10 @@ class Runner:
         self.clock = clock
         self.sleep = sleep
         self.observers = list(observers)
-        self.jobs = jobs if jobs is not None else registry.JOBS
+        # Under SCHEDULE_MODE=groups a group's members take its schedule (their slots); a
+        # caller that passes `jobs` passes them as scheduled (app/main.py).
+        self.jobs = jobs if jobs is not None else registry.scheduled(
+            registry.JOBS, settings.schedule_mode)
         self._redact = Redactor(secrets_of(settings))
         usage.instrument(engine)
 

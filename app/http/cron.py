@@ -1,5 +1,8 @@
 """`GET`/`POST /api/cron/{task}`: authenticate, parse, run, map the outcome to a status,
-then catch up one missed slot of any job (app/core/catch_up.py)."""
+then catch up one missed slot of any job (app/core/catch_up.py).
+
+A task is a job or a group of jobs (`/api/cron/daily-maintenance`, app/core/groups.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from app.core import catch_up
-from app.core.runner import DatabaseUnavailable, UnknownTask
+from app.core.groups import run_group
+from app.core.registry import GroupSpec
+from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
 from app.core.status import RunStatus
 from app.http.audit import note_run
 from app.http.deps import RunnerDep, cron_caller, shown
@@ -52,11 +57,15 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
                                  f"allowed: dry_run, force")
     dry_run = _flag(request, "dry_run")
     force = _flag(request, "force")
+    group: GroupSpec | None = request.app.state.groups.get(task)
+    if group is not None:
+        return _run_group(group, request, runner, dry_run=dry_run, force=force)
     try:
         outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force)
     except UnknownTask:
+        known = sorted([*runner.jobs, *request.app.state.groups])
         raise HTTPException(404, f"unknown task {shown(task)}; known: "
-                                 f"{', '.join(sorted(runner.jobs))}") from None
+                                 f"{', '.join(known)}") from None
     except DatabaseUnavailable as exc:
         return JSONResponse({"task": task, "status": RunStatus.UNAVAILABLE,
                              "message": f"{exc}; nothing was run"},
@@ -69,6 +78,20 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
         caught = catch_up.catch_up_one(runner)
         body["catch_up"] = caught.as_json() if caught is not None else None
     return JSONResponse(body, status_code=outcome.http_status)
+
+
+def _run_group(group: GroupSpec, request: Request, runner: Runner, *, dry_run: bool,
+               force: bool) -> JSONResponse:
+    """Every member (app/core/groups.py); the answer is the worst member's status."""
+    trigger = trigger_of(request)
+    outcome = run_group(runner, group, trigger=trigger, dry_run=dry_run, force=force)
+    note_run(request, group.name, None, outcome.status)
+    headers = {"Retry-After": "60"} if outcome.status == RunStatus.UNAVAILABLE else None
+    body = outcome.as_json()
+    if catch_up.follows_call(runner.settings, trigger, dry_run=dry_run, force=force):
+        caught = catch_up.catch_up_one(runner)  # once, after the whole group
+        body["catch_up"] = caught.as_json() if caught is not None else None
+    return JSONResponse(body, status_code=outcome.http_status, headers=headers)
 
 
 @router.get("/{task}", summary="Run a cron task (Vercel Cron sends GET)",

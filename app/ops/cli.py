@@ -100,8 +100,10 @@ def list_jobs() -> None:
 
     now = dt.datetime.now(dt.UTC)
     problem = None
+    # Under SCHEDULE_MODE=groups a group's members are listed with its schedule.
+    jobs = registry.scheduled(registry.JOBS, get_settings().schedule_mode)
     try:
-        facts, _ = read_facts(_engine(), registry.JOBS)
+        facts, _ = read_facts(_engine(), jobs)
     except sa_exc.SQLAlchemyError as exc:  # the listing is still useful without a database
         if not is_database_outage(exc):
             raise
@@ -110,7 +112,7 @@ def list_jobs() -> None:
         facts = {}
     header = f"{'task':<22} {'schedule':<12} {'crit':<5} {'next fire (UTC)':<17} last status"
     typer.echo(header)
-    for spec in registry.JOBS.values():
+    for spec in jobs.values():
         fact = facts.get(spec.name)
         last = f"{fact.last_status} at {fact.last_run:%Y-%m-%d %H:%M}" if (
             fact and fact.last_run) else "never run"
@@ -125,7 +127,8 @@ def list_jobs() -> None:
 
 # "\b" keeps click from rewrapping the list (it would split names at their hyphens).
 _TASKS_EPILOG = "\b\nTasks:\n" + "\n".join(
-    f"  {spec.name:<22} {spec.explain()} (UTC)" for spec in registry.JOBS.values())
+    [f"  {spec.name:<22} {spec.explain()} (UTC)" for spec in registry.JOBS.values()]
+    + [f"  {g.name:<22} {', '.join(g.members)}" for g in registry.GROUPS.values()])
 
 
 @cli.command(epilog=_TASKS_EPILOG)
@@ -135,7 +138,8 @@ def run(
     force: Annotated[bool, typer.Option(
         "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
 ) -> None:
-    """Run one job now (a manual run: not tied to a slot, never overlapping)."""
+    """Run one job, or a group's jobs, now (a manual run: not tied to a slot, never
+    overlapping)."""
     from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -148,10 +152,21 @@ def run(
 
     # Sentry check-ins for hand-run jobs too, so the monitor sees every real run.
     runner = Runner(settings, _engine(), observers=observers_for(settings))
+    group = registry.get_group(task)
+    if group is not None:
+        from app.core.groups import run_group
+        from app.core.status import RunStatus
+
+        grouped = run_group(runner, group, trigger="cli", dry_run=dry_run, force=force)
+        typer.echo(json.dumps(grouped.as_json(), indent=2, default=str))
+        if grouped.http_status >= 400:
+            raise typer.Exit(3 if grouped.status == RunStatus.UNAVAILABLE else 1)
+        return
     try:
         outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force)
     except UnknownTask:
-        typer.echo(f"unknown task {task!r}; known: {', '.join(sorted(registry.JOBS))}", err=True)
+        known = sorted([*registry.JOBS, *registry.GROUPS])
+        typer.echo(f"unknown task {task!r}; known: {', '.join(known)}", err=True)
         raise typer.Exit(2) from None
     except DatabaseUnavailable as exc:
         typer.echo(f"{exc}; nothing was run", err=True)
@@ -264,17 +279,24 @@ def schedule_export(
     fmt: Annotated[str, typer.Option(
         "--format", help="vercel | crontab | call | github")] = "vercel",
     write: Annotated[bool, typer.Option("--write", help="Write the file in place.")] = False,
+    layout: Annotated[str, typer.Option(
+        "--layout", help="jobs (each job on its own schedule) | groups (the groups, and the "
+        "jobs in no group) | groups-only (Vercel Hobby's two crons).  A grouped layout "
+        "needs SCHEDULE_MODE=groups on the service.")] = "jobs",
 ) -> None:
     """Print (or write) a scheduler's configuration generated from the registry."""
     from app.ops import deploy
 
+    if layout not in deploy.LAYOUTS:
+        typer.echo(f"unknown layout {layout!r}; use {', '.join(deploy.LAYOUTS)}", err=True)
+        raise typer.Exit(2)
     try:
-        text = deploy.render(fmt)
+        text = deploy.render(fmt, layout)
     except KeyError:
         typer.echo(f"unknown format {fmt!r}; use {', '.join(deploy.RENDERERS)}", err=True)
         raise typer.Exit(2) from None
     if write:
-        path = deploy.write(fmt)
+        path = deploy.write(fmt, layout)
         typer.echo(f"wrote {path}")
     else:
         sys.stdout.write(text)
