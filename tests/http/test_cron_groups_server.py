@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from app.core.registry import GROUPS, previous_fire
 from app.ops.demo import seed
 from tests.conftest import SECRET, auth, make_settings, rows
-from tests.servers import UvicornProcess
+from tests.support.servers import UvicornProcess
 
 pytestmark = pytest.mark.slow
 
