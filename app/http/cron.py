@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from app.core.registry import BadSlot, parse_slot
 from app.core.runner import DatabaseUnavailable, UnknownTask
 from app.core.status import RunStatus
 from app.http.deps import RunnerDep, require_cron_secret, shown
 from app.http.responses import CRON_QUERY, CRON_RESPONSES
 
-ALLOWED_PARAMS = frozenset({"dry_run", "force"})
+ALLOWED_PARAMS = frozenset({"dry_run", "force", "slot"})
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -45,11 +46,15 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     unknown = sorted(set(request.query_params) - ALLOWED_PARAMS)
     if unknown:
         raise HTTPException(400, f"unknown query parameter(s): {', '.join(unknown)}; "
-                                 f"allowed: dry_run, force")
+                                 f"allowed: {', '.join(sorted(ALLOWED_PARAMS))}")
     dry_run = _flag(request, "dry_run")
     force = _flag(request, "force")
+    slot = request.query_params.get("slot")
     try:
-        outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force)
+        outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force,
+                             slot=parse_slot(slot) if slot is not None else None)
+    except BadSlot as exc:  # a backfill of a slot the schedule has not, or has not yet
+        raise HTTPException(400, str(exc)) from None
     except UnknownTask:
         raise HTTPException(404, f"unknown task {shown(task)}; known: "
                                  f"{', '.join(sorted(runner.jobs))}") from None

@@ -75,6 +75,10 @@ CRON_QUERY: dict[str, Any] = {"parameters": [
      "description": "report what would change without changing it"},
     {"name": "force", "in": "query", "required": False, "schema": _FLAG,
      "description": "run outside the schedule's slot (a manual run)"},
+    {"name": "slot", "in": "query", "required": False,
+     "schema": {"type": "string", "format": "date-time"},
+     "description": "backfill: run this past slot of the schedule (ISO 8601, UTC when no "
+     "offset), with its data window; once, unless forced"},
 ]}
 
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
