@@ -8,7 +8,8 @@
    after the task's max runtime, and the dead run's `running` row is closed as abandoned.
 3. Under the lease, a slot that already has a successful run is answered as a duplicate.
 4. Write the `running` log row; unless forced, ask the job's precondition and close the run
-   `skipped` with its reason when there is nothing to do; else run the job with retries of
+   `skipped` with its reason when there is nothing to do (a dry run reports the job's plan
+   and `would_skip` with the reason); else run the job with retries of
    transient errors (exponential backoff with full jitter, stopped before the time budget
    runs out), each attempt recorded on the row.
 5. Close the row (also when the job raises or the process is interrupted), release the
@@ -238,7 +239,7 @@ class Runner:
         try:
             base_ctx = replace(base_ctx, schema=self._preflight(spec))
             skip = None if force else self._nothing_to_do(spec, base_ctx)
-            if skip is not None:
+            if skip is not None and not dry_run:
                 outcome.status = RunStatus.SKIPPED
                 outcome.message = f"skipped: {skip}"
                 outcome.details = {"skipped": skip}
@@ -249,6 +250,8 @@ class Runner:
                 outcome.records_processed = result.records_processed
                 outcome.message = result.message or "done"
                 outcome.details = result.details
+                if skip is not None:  # a dry run shows the job's report, and the skip
+                    outcome.details = {**result.details, "would_skip": skip}
         except JobRefused as exc:
             # Not retried, no traceback: the line says what to fix.
             outcome.status = RunStatus.ERROR

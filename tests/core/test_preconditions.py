@@ -225,10 +225,14 @@ def test_a_precondition_that_fails_lets_the_job_run(engine: Engine, settings: An
     assert outcome.message.startswith("moved 0 subscription(s)")
 
 
-def test_a_dry_run_reports_the_skip_too(engine: Engine, settings: Any) -> None:
+def test_a_dry_run_reports_the_jobs_plan_and_that_a_real_run_would_skip(
+        engine: Engine, settings: Any) -> None:
     outcome = _runner(engine, settings).run("subscription-expiry", trigger="cli",
                                             dry_run=True)
-    assert outcome.status == RunStatus.SKIPPED and outcome.dry_run
+    assert outcome.status == RunStatus.SUCCESS and outcome.dry_run
+    assert outcome.message.startswith("would move 0 subscription(s)")
+    assert outcome.details["would_skip"] == (
+        "no paid subscription has passed its canceled period's end or its valid_until")
 
 
 def test_skipped_shows_in_metrics_and_the_dashboard_filter(
