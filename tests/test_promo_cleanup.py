@@ -8,6 +8,7 @@ only logs their failure).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core.registry import JOBS
 from app.core.runner import Runner, RunOutcome
 from app.db import table_of
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
@@ -81,9 +83,15 @@ def _tables(engine: Engine) -> dict[str, dict[Any, tuple[Any, ...]]]:
                 for t in (codes_t, redemptions_t)}
 
 
+ALWAYS_RUNS = {**JOBS, "promo-cleanup": dataclasses.replace(JOBS["promo-cleanup"],
+                                                            precondition=None)}
+
+
 def _outcome(engine: Engine, settings: Settings, *, dry_run: bool = False,
              force: bool = False) -> RunOutcome:
-    runner = Runner(settings, engine, clock=FixedClock(NOW))
+    # The job itself, run after run: its precondition (which skips a run when nothing
+    # changed) is tested in tests/core/test_preconditions.py.
+    runner = Runner(settings, engine, clock=FixedClock(NOW), jobs=ALWAYS_RUNS)
     return runner.run("promo-cleanup", trigger="cli", dry_run=dry_run, force=force)
 
 
