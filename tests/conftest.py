@@ -249,3 +249,15 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 # Real local servers (aiosmtpd sink, HTTP capture) available to every test module.
 from tests.support.servers import http_capture, smtp_sink  # noqa: E402,F401
+
+
+@pytest.fixture
+def without_preconditions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every registered job runs even when it has nothing to do (its precondition, which
+    would end the run `skipped`, is tested in tests/core/test_preconditions.py)."""
+    import dataclasses
+
+    from app.core import registry
+
+    for name, spec in list(registry.JOBS.items()):
+        monkeypatch.setitem(registry.JOBS, name, dataclasses.replace(spec, precondition=None))

@@ -1,9 +1,10 @@
 """What a job receives and what it returns: the one entry signature every job shares.
 
 A job is `def run(ctx: JobContext) -> JobResult`.  It never knows whether HTTP, the CLI or
-a test called it; it reads the clock from `ctx.now`, writes nothing when `ctx.dry_run`,
-and raises `TransientError` (or lets a network/database error through) for the runner to
-retry.
+a test called it; it reads the clock from `ctx.now`, measures its data window from
+`ctx.as_of` (the slot it serves: a backfilled slot from days ago gets that day's window),
+writes nothing when `ctx.dry_run`, and raises `TransientError` (or lets a network/database
+error through) for the runner to retry.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class JobContext:
         from app.core.registry import JOBS
 
         return check_job(self.engine, self.settings, JOBS[self.task])
+
+    @property
+    def as_of(self) -> dt.datetime:
+        """The moment the job's data window is measured from: its slot when it serves one
+        (a late delivery, a backfill of a past slot), else now.  Timestamps the job writes
+        stay `now`."""
+        return self.slot or self.now
 
     def seconds_left(self, now: dt.datetime) -> float | None:
         """Time left in the run's budget at `now` (None when unbounded)."""

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from app.core import registry
 from app.core.registry import JobSpec
-from app.core.status import DONE, FAILED, RunStatus
+from app.core.status import DONE, FAILED, WORKED, RunStatus
 from app.db import table_of
 from app.models import CronJobLog
 
@@ -136,6 +136,17 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             heartbeat_at=heartbeats[name].heartbeat_at if name in heartbeats else None,
         )
     return facts, baseline
+
+
+def last_worked(engine: Engine, task: str) -> dt.datetime | None:
+    """When the latest real run of `task` that did its work (not skipped, not failed)
+    started: what a precondition's "since the last run" means."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(log_t.c.started_at))
+            .where(log_t.c.job_name == task, log_t.c.status.in_(WORKED),
+                   log_t.c.dry_run.is_(False))
+        ).scalar()
 
 
 def _latest(conn: sa.Connection, names: list[str], *conditions: sa.ColumnElement[bool]

@@ -19,6 +19,9 @@ from app.core.schedule_check import EVERY_TABLE, Group, Planned
 from app.voyagesmart.file_references import SOURCES
 
 JobFunc = Callable[[JobContext], JobResult]
+# A cheap check run before the job: the reason there is nothing to do (the run ends
+# `skipped` with it, touching nothing), or None to run.  A forced run does not ask.
+Precondition = Callable[[JobContext], str | None]
 # Puts back what one run removed beyond archived rows (e.g. quarantined files):
 # (settings, engine, run_id, now, dry_run) -> figures for the operator.
 RestoreFunc = Callable[[Settings, Engine, uuid.UUID, dt.datetime, bool], dict[str, Any]]
@@ -34,6 +37,17 @@ def _job(module: str) -> JobFunc:
 
     run.__qualname__ = f"app.jobs.{module}.run"
     return run
+
+
+def _skip_when(module: str) -> Precondition:
+    """`app.jobs.<module>.nothing_to_do`, imported on the first run like the job."""
+
+    def nothing_to_do(ctx: JobContext) -> str | None:
+        func: Precondition = importlib.import_module(f"app.jobs.{module}").nothing_to_do
+        return func(ctx)
+
+    nothing_to_do.__qualname__ = f"app.jobs.{module}.nothing_to_do"
+    return nothing_to_do
 
 
 def _restorer(module: str) -> RestoreFunc:
@@ -79,6 +93,8 @@ class JobSpec:
     settings: tuple[Setting, ...] = ()
     # Archived rows are restored for every job; this puts back anything else it removed.
     restore: RestoreFunc | None = field(default=None, repr=False)
+    # Skips the run when there is nothing to do (the runner asks before the job).
+    precondition: Precondition | None = field(default=None, repr=False)
 
     def explain(self) -> str:
         return explain(self.schedule)
@@ -98,6 +114,40 @@ def previous_fire(schedule: str, now: dt.datetime) -> dt.datetime:
 def next_fire(schedule: str, after: dt.datetime) -> dt.datetime:
     """The first fire time strictly after `after`."""
     return next(CronSim(schedule, after.astimezone(dt.UTC)))
+
+
+class BadSlot(ValueError):
+    """A slot asked for by hand that cannot be run: not an ISO time, not one of the
+    schedule's fire times, or in the future.  The message says which."""
+
+
+def parse_slot(text: str) -> dt.datetime:
+    """An ISO 8601 time (`2026-11-28T08:00:00Z`, `2026-11-28T08:00+00:00`); without an
+    offset it is UTC, like every schedule."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadSlot(f"slot {text[:40]!r} is not an ISO 8601 time "
+                      "(e.g. 2026-11-28T08:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+def check_slot(spec: JobSpec, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """`slot` itself when the schedule fires then and it is not in the future; else
+    BadSlot naming the schedule's fire times around it."""
+    slot = slot.astimezone(dt.UTC)
+    if slot > now:
+        raise BadSlot(f"slot {slot.isoformat()} is in the future (now "
+                      f"{now.astimezone(dt.UTC).replace(microsecond=0).isoformat()}); only a "
+                      "past slot can be run")
+    before = previous_fire(spec.schedule, slot)
+    if before != slot:
+        after = next_fire(spec.schedule, before)
+        raise BadSlot(f"{spec.name} ({spec.schedule}) has no slot at {slot.isoformat()}; "
+                      f"the nearest are {before.isoformat()} and {after.isoformat()}")
+    return slot
 
 
 _SUBSCRIPTION_COLUMNS = ("id", "user_id", "tier", "status", "valid_until",
@@ -152,6 +202,7 @@ JOBS: dict[str, JobSpec] = {
                 # A redemption's history row outlives its redemption row and the account.
                 uses("subscription_history", "event_type", "details"),
             ),
+            precondition=_skip_when("promo_cleanup"),
         ),
         JobSpec(
             name="subscription-sync",
@@ -174,6 +225,7 @@ JOBS: dict[str, JobSpec] = {
             ),
             settings=(STRIPE_KEY,),
             restore=_restorer("subscription_sync"),
+            precondition=_skip_when("subscription_sync"),
         ),
         JobSpec(
             name="subscription-expiry",
@@ -192,6 +244,7 @@ JOBS: dict[str, JobSpec] = {
                 uses("subscription_history", *_HISTORY_COLUMNS, writes=("INSERT",)),
             ),
             restore=_restorer("subscription_expiry"),
+            precondition=_skip_when("subscription_expiry"),
         ),
         JobSpec(
             name="analytics",
@@ -255,6 +308,7 @@ JOBS: dict[str, JobSpec] = {
             uses=tuple(source.uses() for source in SOURCES),
             # Puts back what a run moved to the storage quarantine.
             restore=_restorer("storage_cleanup"),
+            precondition=_skip_when("storage_cleanup"),
         ),
         JobSpec(
             name="trip-reminders",
@@ -278,6 +332,7 @@ JOBS: dict[str, JobSpec] = {
                 uses("users", "id", "email", "full_name", "preferences"),
             ),
             settings=(SMTP_HOST,),
+            precondition=_skip_when("trip_reminders"),
         ),
         JobSpec(
             name="user-engagement",

@@ -2,7 +2,8 @@
 
 1. Resolve the slot: a scheduled call belongs to the latest fire time at or before now; a
    catch-up to the missed slot it runs (app/core/catch_up.py); a manual, forced or dry run
-   belongs to no slot.
+   belongs to no slot; a backfill names a past slot of the
+   schedule, and the job's data window follows it (`JobContext.as_of`).
 2. Claim the task's lease with a conditional UPDATE; the row count says who won, across
    every process and instance sharing the database.  While the run lives, its heartbeat
    (app/core/heartbeat.py) renews the lease every HEARTBEAT_INTERVAL; a holder that stopped
@@ -18,9 +19,11 @@
    under the id the new run would share.  No email goes twice; at most the message in
    flight ends `unconfirmed`.
 3. Under the lease, a slot that already has a successful run is answered as a duplicate.
-4. Write the `running` log row, run the job with retries of transient errors (exponential
-   backoff with full jitter, stopped before the time budget runs out), each attempt
-   recorded on the row.
+4. Write the `running` log row; unless forced, ask the job's precondition and close the run
+   `skipped` with its reason when there is nothing to do (a dry run reports the job's plan
+   and `would_skip` with the reason); else run the job with retries of
+   transient errors (exponential backoff with full jitter, stopped before the time budget
+   runs out), each attempt recorded on the row.
 5. Close the row (also when the job raises or the process is interrupted), release the
    lease, and mark the row when a run that did its work is unlike the job's recent runs
    (app/observe/run_marks.py).
@@ -77,6 +80,7 @@ TRIGGERS = SCHEDULED_TRIGGERS | MANUAL_TRIGGERS | {CATCH_UP}
 HTTP_STATUS = {
     RunStatus.SUCCESS: 200,
     RunStatus.WARNING: 200,
+    RunStatus.SKIPPED: 200,
     RunStatus.DUPLICATE: 200,
     RunStatus.RUNNING: 409,
     RunStatus.DISABLED: 503,
@@ -190,15 +194,22 @@ class Runner:
         dry_run: bool = False,
         force: bool = False,
         missed_slot: dt.datetime | None = None,
+        slot: dt.datetime | None = None,
     ) -> RunOutcome:
-        """`missed_slot`: run that slot, which no scheduler delivered, as a catch-up
-        (app/core/catch_up.py finds it; `trigger` is then `catch-up`)."""
+        """Run `task` now.  With `slot` (a backfill), run that past slot of its schedule
+        (registry.BadSlot when it has no such slot, or it is in the future): once, like a
+        scheduled delivery of it, unless forced.  `missed_slot`: run that slot, which no
+        scheduler delivered, as a catch-up (app/core/catch_up.py finds it; `trigger` is
+        then `catch-up`)."""
         spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
         if spec is None:
             raise UnknownTask(task)
         now = self.clock()
         scheduled = trigger in SCHEDULED_TRIGGERS and not force and not dry_run
-        slot = registry.previous_fire(spec.schedule, now) if scheduled else None
+        if slot is not None:
+            slot = registry.check_slot(spec, slot, now)
+        elif scheduled:
+            slot = registry.previous_fire(spec.schedule, now)
         if missed_slot is not None:
             trigger, slot, dry_run, force = CATCH_UP, missed_slot, False, False
         if not self.settings.enable_cron_jobs:
@@ -220,12 +231,12 @@ class Runner:
              *, dry_run: bool, force: bool) -> RunOutcome:
         run_id = uuid.uuid4()
         if not dry_run:
-            if slot is not None:
+            if slot is not None and not force:
                 done = self._done_run(spec.name, slot)
                 if done is not None:
                     self._watch()
                     return self._duplicate(spec, trigger, slot, done)
-            refusal = self._claim(spec, run_id, now, slot, trigger)
+            refusal = self._claim(spec, run_id, now, slot, trigger, once=not force)
             if refusal is not None:
                 self._watch()
                 return refusal
@@ -233,7 +244,7 @@ class Runner:
             with self.engine.begin() as conn:
                 self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
                 conn.execute(log_t.insert().values(
-                    **self._running_row(spec, run_id, now, None, trigger, dry_run=True)))
+                    **self._running_row(spec, run_id, now, slot, trigger, dry_run=True)))
         heartbeat = Heartbeat(self.engine, spec.name, run_id, now,
                               interval=self.settings.heartbeat_interval,
                               dead_after=self.settings.dead_after, holds_lease=not dry_run)
@@ -266,13 +277,21 @@ class Runner:
         succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
             base_ctx = replace(base_ctx, schema=self._preflight(spec))
-            with meter:
-                result = self._attempts(spec, base_ctx, attempt_errors, started)
-            succeeded = 1
-            outcome.status = result.status
-            outcome.records_processed = result.records_processed
-            outcome.message = result.message or "done"
-            outcome.details = result.details
+            skip = None if force else self._nothing_to_do(spec, base_ctx)
+            if skip is not None and not dry_run:
+                outcome.status = RunStatus.SKIPPED
+                outcome.message = f"skipped: {skip}"
+                outcome.details = {"skipped": skip}
+            else:
+                with meter:
+                    result = self._attempts(spec, base_ctx, attempt_errors, started)
+                succeeded = 1
+                outcome.status = result.status
+                outcome.records_processed = result.records_processed
+                outcome.message = result.message or "done"
+                outcome.details = result.details
+                if skip is not None:  # a dry run shows the job's report, and the skip
+                    outcome.details = {**result.details, "would_skip": skip}
         except JobRefused as exc:
             # Not retried, no traceback: the line says what to fix.
             outcome.status = RunStatus.ERROR
@@ -320,6 +339,18 @@ class Runner:
         if refusal is not None:
             raise JobRefused(refusal)
         return check
+
+    def _nothing_to_do(self, spec: JobSpec, ctx: JobContext) -> str | None:
+        """The job's precondition: why there is nothing to do, or None.  A check that fails
+        lets the job run: the job knows better than its shortcut."""
+        if spec.precondition is None:
+            return None
+        try:
+            return spec.precondition(ctx)
+        except Exception as exc:
+            log.warning("precondition of %s failed (%s); running the job",
+                        spec.name, _error_summary(exc, self._redact))
+            return None
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
                   attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
@@ -426,25 +457,28 @@ class Runner:
                 "attempts": 1, "dry_run": dry_run, "message": "running (attempt 1)"}
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
-               slot: dt.datetime | None, trigger: str) -> RunOutcome | None:
+               slot: dt.datetime | None, trigger: str, *, once: bool = True
+               ) -> RunOutcome | None:
         """Take the task's lease and write the run's `running` row in one transaction.
 
         Whoever finds the lease taken therefore also finds the run holding it, and answers
         a delivery of the same slot as a duplicate naming that run (never a 409 naming no
         run).  Returns None once claimed, else the answer to give.  A holder that let go
-        between our attempt and our read is tried again.
+        between our attempt and our read is tried again.  `once=False` (a forced backfill)
+        runs a slot that already ran.
         """
         for _attempt in range(3):
             with self.engine.connect() as conn:
-                settled, outcome = self._claim_once(conn, spec, run_id, now, slot, trigger)
+                settled, outcome = self._claim_once(conn, spec, run_id, now, slot, trigger,
+                                                    once=once)
             if settled:
                 return outcome
         return RunOutcome(spec.name, None, RunStatus.RUNNING, trigger, slot,
                           message=f"{spec.name} is being claimed by another run; retry later")
 
     def _claim_once(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
-                    now: dt.datetime, slot: dt.datetime | None, trigger: str
-                    ) -> tuple[bool, RunOutcome | None]:
+                    now: dt.datetime, slot: dt.datetime | None, trigger: str, *,
+                    once: bool = True) -> tuple[bool, RunOutcome | None]:
         """(settled, refusal): not settled when the holder let go before we could read it."""
         with conn.begin() as transaction:
             conn.execute(
@@ -468,7 +502,7 @@ class Runner:
                 if holder is None or holder.holder is None:
                     return False, None
                 return True, self._busy(spec, trigger, slot, holder.holder, holder.slot)
-            if slot is not None:
+            if slot is not None and once:
                 # Under the lease this answer is final: the slot may have finished between
                 # the first check and the claim.
                 done = self._done_run(spec.name, slot, conn)

@@ -11,14 +11,14 @@ from fastapi.responses import JSONResponse
 
 from app.core import catch_up
 from app.core.groups import run_group
-from app.core.registry import GroupSpec
+from app.core.registry import BadSlot, GroupSpec, parse_slot
 from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
 from app.core.status import RunStatus
 from app.http.audit import note_run
 from app.http.deps import RunnerDep, cron_caller, shown
 from app.http.responses import CRON_QUERY, CRON_RESPONSES
 
-ALLOWED_PARAMS = frozenset({"dry_run", "force"})
+ALLOWED_PARAMS = frozenset({"dry_run", "force", "slot"})
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -54,14 +54,21 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     unknown = sorted(set(request.query_params) - ALLOWED_PARAMS)
     if unknown:
         raise HTTPException(400, f"unknown query parameter(s): {', '.join(unknown)}; "
-                                 f"allowed: dry_run, force")
+                                 f"allowed: {', '.join(sorted(ALLOWED_PARAMS))}")
     dry_run = _flag(request, "dry_run")
     force = _flag(request, "force")
+    slot = request.query_params.get("slot")
     group: GroupSpec | None = request.app.state.groups.get(task)
     if group is not None:
+        if slot is not None:
+            raise HTTPException(400, f"slot backfills one job; call each member of {task} "
+                                     f"with ?slot=: {', '.join(group.members)}")
         return _run_group(group, request, runner, dry_run=dry_run, force=force)
     try:
-        outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force)
+        outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force,
+                             slot=parse_slot(slot) if slot is not None else None)
+    except BadSlot as exc:  # a backfill of a slot the schedule has not, or has not yet
+        raise HTTPException(400, str(exc)) from None
     except UnknownTask:
         known = sorted([*runner.jobs, *request.app.state.groups])
         raise HTTPException(404, f"unknown task {shown(task)}; known: "

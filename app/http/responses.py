@@ -61,8 +61,10 @@ def _error(description: str) -> dict[str, Any]:
 
 
 CRON_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": RunBody, "description": "done, or a duplicate of a slot already done"},
-    400: _error("bad query parameter or malformed Authorization header"),
+    200: {"model": RunBody, "description": "done (skipped: nothing to do), or a duplicate of "
+          "a slot already done"},
+    400: _error("bad query parameter (a slot the schedule does not have, or in the future) "
+                "or malformed Authorization header"),
     401: _error("missing or wrong bearer secret"),
     403: _error("the client address is not in CRON_IP_ALLOWLIST"),
     404: _error("unknown task"),
@@ -78,6 +80,10 @@ CRON_QUERY: dict[str, Any] = {"parameters": [
      "description": "report what would change without changing it"},
     {"name": "force", "in": "query", "required": False, "schema": _FLAG,
      "description": "run outside the schedule's slot (a manual run)"},
+    {"name": "slot", "in": "query", "required": False,
+     "schema": {"type": "string", "format": "date-time"},
+     "description": "backfill: run this past slot of the schedule (ISO 8601, UTC when no "
+     "offset), with its data window; once, unless forced"},
 ]}
 
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {

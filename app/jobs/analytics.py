@@ -233,7 +233,7 @@ def _upsert(conn: Connection, values: dict[str, Any]) -> None:
 
 
 def run(ctx: JobContext) -> JobResult:
-    monday = previous_week(ctx.now)
+    monday = previous_week(ctx.as_of)  # the week before its slot: a backfill gets its own
     label = iso_week(monday)
     sign_ins = sign_ins_readable(ctx.schema_check())
     with ctx.engine.connect() as conn:

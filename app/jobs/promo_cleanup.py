@@ -29,6 +29,10 @@ Steps:
    deletion is final;
 7. statistics per tier: codes, active, expired, used up, and uses.
 
+Skipped (nothing to do, `nothing_to_do`) when, since the last run that did its work, no
+code was created, edited or redeemed, no active code is expired or used up, no code passed
+its retention and no archived row is past `ARCHIVE_RETENTION_DAYS`: six cheap reads.
+
 Steps 2, 3 and 5 read their candidates once and write them in batches of `BATCH_SIZE`;
 step 4 walks the table in ranges.  Each batch is its own short transaction and re-checks
 its step's condition.  Nothing here ever sets `is_active` true or deletes a redemption row.
@@ -58,6 +62,7 @@ from app.config import Settings
 from app.core.archive import archive_and_delete, purge_archive
 from app.core.batching import keys_in, stream_rows
 from app.core.context import JobContext, JobResult
+from app.core.health import last_worked
 from app.core.safety import SAMPLES, Brake
 from app.db import table_of
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
@@ -580,6 +585,37 @@ def _engage_brakes(ctx: JobContext, planned: dict[str, int], samples: Callable[[
         figures[name] = brake.engage(affected=affected, population=population,
                                      samples=samples(step) if tripped else (), force=ctx.force)
     return figures
+
+
+def nothing_to_do(ctx: JobContext) -> str | None:
+    """The precondition (app/core/registry.py): nothing changed since the last run that
+    did the work, so this one would change nothing.  Never skips a job that has not run."""
+    since = last_worked(ctx.engine, ctx.task)
+    if since is None:
+        return None
+    now, settings = ctx.now, ctx.settings
+    retention = dt.timedelta(days=settings.promo_retention_days)
+    changed = sa.or_(codes.c.created_at > since, codes.c.updated_at > since)
+    checks = {
+        "a code created or edited": sa.exists().where(changed),
+        "an active code expired or used up": sa.exists().where(
+            _active, sa.or_(_expired(now), _used_up(_used))),
+        "a code past its retention": sa.exists().where(
+            codes.c.expires_at > since - retention, codes.c.expires_at <= now - retention),
+        "a redemption": sa.exists().where(redemptions.c.redeemed_at > since),
+        "a redemption in the history": sa.exists().where(
+            history.c.event_type == REDEMPTION_EVENT, history.c.created_at > since),
+        "an archived row to purge": sa.exists().where(
+            archived.c.archived_at < now - dt.timedelta(days=settings.archive_retention_days)),
+    }
+    with ctx.engine.connect() as conn:
+        found = conn.execute(sa.select(*(c.label(f"c{i}") for i, c in
+                                         enumerate(checks.values())))).one()
+    if any(found):
+        return None
+    return (f"no promo code changed since the last run ({since:%Y-%m-%d %H:%M} UTC): none "
+            "created, edited or redeemed, no active code expired or used up, none past its "
+            "retention, no archived row to purge")
 
 
 def run(ctx: JobContext) -> JobResult:

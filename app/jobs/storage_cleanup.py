@@ -37,6 +37,8 @@ Steps:
    buckets were listed), then move each candidate still unreferenced to the quarantine,
    put back quarantined objects referenced again, and purge those past the retention.
 
+Skipped (nothing to do, `nothing_to_do`) where storage is not configured.
+
 A dry run does steps 1-4 without writing (it re-encodes the images in memory), so its
 counts and samples are the real run's.  A second run finds nothing: removed files are in
 the quarantine, and a recompressed image no longer compresses by the required fraction.
@@ -555,6 +557,18 @@ def _recompress(ctx: JobContext, storage: Storage, bucket: str, folder: str,
 
 def _storage(ctx: JobContext) -> Storage:
     return storage_from_settings(ctx.settings)
+
+
+def nothing_to_do(ctx: JobContext) -> str | None:
+    """The precondition (app/core/registry.py): storage is not configured here, i.e. the
+    local backend (the default) has no root directory at all.  A root without one of the
+    configured buckets is not this: the run stops with an error (step 1)."""
+    s = ctx.settings
+    if s.storage_backend == "local" and not s.storage_root.is_dir():
+        return (f"storage is not configured: STORAGE_BACKEND=local and its root "
+                f"{s.storage_root} does not exist (set STORAGE_LOCAL_ROOT, or "
+                "STORAGE_BACKEND=s3)")
+    return None
 
 
 def brake(settings: Settings, bucket: str) -> Brake:

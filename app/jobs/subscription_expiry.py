@@ -23,6 +23,8 @@ working.
    app's rule, `valid_until_passed` for a grant), plus the run id and the values before
    and after: `voyagesmart-cron restore <run-id>` sets them back (`restore` below).
 
+Skipped (nothing to do, `nothing_to_do`) when no paid tier has ended: one EXISTS read.
+
 A second run finds nothing.  A dry run counts what it would change, by rule and tier, and
 engages the same brake: it predicts the real run's counts and samples.
 """
@@ -72,6 +74,15 @@ def candidates(now: Any) -> sa.Select[Any]:
                       subs.c.valid_until, subs.c.stripe_subscription_id,
                       subs.c.stripe_customer_id, _reason(now).label("reason"))
             .where(_expired(now)).order_by(subs.c.id))
+
+
+def nothing_to_do(ctx: JobContext) -> str | None:
+    """The precondition (app/core/registry.py): no subscription's paid tier has ended."""
+    with ctx.engine.connect() as conn:
+        if conn.execute(sa.select(sa.exists().where(_expired(ctx.now)))).scalar():
+            return None
+    return ("no paid subscription has passed its canceled period's end or its "
+            "valid_until")
 
 
 def _sample(row: Row[Any]) -> str:

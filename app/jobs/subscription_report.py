@@ -221,7 +221,7 @@ def _store(conn: Connection, values: dict[str, Any]) -> None:
 
 def run(ctx: JobContext) -> JobResult:
     settings = ctx.settings
-    first = previous_month(ctx.now)
+    first = previous_month(ctx.as_of)  # the month before its slot: a backfill gets its own
     label = month_label(first)
     cutoff = _add_months(ctx.now.astimezone(dt.UTC).date().replace(day=1),
                          -settings.report_retention_months)

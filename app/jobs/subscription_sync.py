@@ -43,7 +43,8 @@ premium year and promo-code tiers have none and are never read or written here.
    failures, API calls.
 
 A dry run fetches, compares and engages the same brake, and writes nothing: it predicts
-the real run's counts and samples.
+the real run's counts and samples.  Skipped (nothing to do, `nothing_to_do`) when no row
+has a Stripe subscription.
 
 Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
 steps above; Stripe itself is in app/adapters/stripe_gateway.py.
@@ -537,6 +538,15 @@ def _mode(ctx: JobContext) -> str:
 
 def _describe(counts: Iterable[tuple[str, int]]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts)
+
+
+def nothing_to_do(ctx: JobContext) -> str | None:
+    """The precondition (app/core/registry.py): no subscription is Stripe's business."""
+    with ctx.engine.connect() as conn:
+        if conn.execute(sa.select(sa.exists().where(
+                subs.c.stripe_subscription_id.is_not(None)))).scalar():
+            return None
+    return "no subscription to sync: no user_subscriptions row has a stripe_subscription_id"
 
 
 def run(ctx: JobContext) -> JobResult:

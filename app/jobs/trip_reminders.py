@@ -26,6 +26,9 @@ Steps:
 6. Send every pending reminder over one SMTP connection, at most once
    (app/mail/delivery.py states the rule and its one ambiguous window).
 
+Skipped (nothing to do, `nothing_to_do`) when no trip starts on the target day and no
+reminder of an earlier run is still pending: two indexed reads.
+
 A dry run reports who would be emailed, skipped and braked exactly as the real run would,
 and writes nothing.
 """
@@ -62,9 +65,24 @@ users = table_of(User)
 
 
 def target_date(ctx: JobContext) -> dt.date:
-    moment = ctx.slot or ctx.now
+    moment = ctx.as_of
     local_day = moment.astimezone(zoneinfo.ZoneInfo(ctx.settings.cron_timezone)).date()
     return local_day + dt.timedelta(days=ctx.settings.reminder_days_ahead)
+
+
+def nothing_to_do(ctx: JobContext) -> str | None:
+    """The precondition (app/core/registry.py): no trip starts on the target day, and no
+    reminder waits to be sent (a run stopped at its budget, a dead run's batch)."""
+    day = target_date(ctx)
+    n = notifications.c
+    with ctx.engine.connect() as conn:
+        trip, waiting = conn.execute(sa.select(
+            sa.exists().where(trips.c.start_date == day).label("trip"),
+            sa.exists().where(n.kind == KIND, n.status == "pending").label("waiting"),
+        )).one()
+    if trip or waiting:
+        return None
+    return f"no trip starts on {day} and no reminder is pending"
 
 
 def recipients_query(day: dt.date) -> sa.Select[Any]:

@@ -78,7 +78,7 @@ notes = notifications
 
 
 def campaign_month(ctx: JobContext) -> dt.date:
-    moment = ctx.slot or ctx.now
+    moment = ctx.as_of
     return moment.astimezone(zoneinfo.ZoneInfo(ctx.settings.cron_timezone)).date().replace(
         day=1)
 
@@ -229,7 +229,7 @@ def _withdrawn(require_consent: bool) -> sa.ColumnElement[bool]:
 
 def run(ctx: JobContext) -> JobResult:
     month = campaign_month(ctx)
-    cutoff = (ctx.slot or ctx.now) - dt.timedelta(days=ctx.settings.inactivity_days)
+    cutoff = ctx.as_of - dt.timedelta(days=ctx.settings.inactivity_days)
     tally = notify.Tally()
     counts = {"inactive": 0}
     require_consent = ctx.settings.engagement_require_consent

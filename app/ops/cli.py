@@ -136,10 +136,15 @@ def run(
     task: Annotated[str, typer.Argument(help="The task to run (listed below).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
     force: Annotated[bool, typer.Option(
-        "--force", help="Go past a job's safety brake (e.g. storage-cleanup's).")] = False,
+        "--force", help="Go past a job's safety brake (e.g. storage-cleanup's) and its "
+        "precondition; with --slot, run a slot that already ran.")] = False,
+    slot: Annotated[str | None, typer.Option(
+        "--slot", help="Backfill: run this past slot of the task's schedule (ISO 8601, UTC "
+        "when no offset, e.g. 2026-11-28T08:00:00Z) with that day's data window; once, "
+        "like its scheduled call.")] = None,
 ) -> None:
     """Run one job, or a group's jobs, now (a manual run: not tied to a slot, never
-    overlapping)."""
+    overlapping), or backfill one past slot with --slot."""
     from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -163,7 +168,11 @@ def run(
             raise typer.Exit(3 if grouped.status == RunStatus.UNAVAILABLE else 1)
         return
     try:
-        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force)
+        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force,
+                             slot=registry.parse_slot(slot) if slot is not None else None)
+    except registry.BadSlot as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     except UnknownTask:
         known = sorted([*registry.JOBS, *registry.GROUPS])
         typer.echo(f"unknown task {task!r}; known: {', '.join(known)}", err=True)
@@ -283,6 +292,10 @@ def schedule_export(
         "--layout", help="jobs (each job on its own schedule) | groups (the groups, and the "
         "jobs in no group) | groups-only (Vercel Hobby's two crons).  A grouped layout "
         "needs SCHEDULE_MODE=groups on the service.")] = "jobs",
+    stagger: Annotated[bool, typer.Option(
+        "--stagger", help="Move minutes (later in their hour, deterministically) so no two "
+        "jobs touching a table fire together and none fires at minute 0; without it the "
+        "registry's times are kept.")] = False,
 ) -> None:
     """Print (or write) a scheduler's configuration generated from the registry."""
     from app.ops import deploy
@@ -290,16 +303,56 @@ def schedule_export(
     if layout not in deploy.LAYOUTS:
         typer.echo(f"unknown layout {layout!r}; use {', '.join(deploy.LAYOUTS)}", err=True)
         raise typer.Exit(2)
+    moved = _staggered() if stagger else None
     try:
-        text = deploy.render(fmt, layout)
+        text = deploy.render(fmt, layout, moved)
     except KeyError:
         typer.echo(f"unknown format {fmt!r}; use {', '.join(deploy.RENDERERS)}", err=True)
         raise typer.Exit(2) from None
     if write:
-        path = deploy.write(fmt, layout)
+        path = deploy.write(fmt, layout, moved)
         typer.echo(f"wrote {path}")
     else:
         sys.stdout.write(text)
+
+
+def _staggered() -> dict[str, str]:
+    from app.ops import deploy
+
+    try:
+        return deploy.staggered(dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@schedule_cli.command("check")
+def schedule_check_command(
+    stagger: Annotated[bool, typer.Option(
+        "--stagger", help="Check the schedules `schedule export --stagger` writes.")] = False,
+    plan: Annotated[str, typer.Option(
+        "--vercel-plan", help="hobby (at most once a day per job) | pro")] = "hobby",
+) -> None:
+    """Schedules that collide (same minute, same tables), fire at the top of the hour
+    (GitHub Actions delays and drops those) or that Vercel rejects.  Exit 1 when any."""
+    from app.core.schedule_check import check
+    from app.ops import deploy
+
+    if plan not in ("hobby", "pro"):
+        typer.echo(f"unknown Vercel plan {plan!r}; use hobby or pro", err=True)
+        raise typer.Exit(2)
+    jobs = deploy.planned()
+    if stagger:
+        moved = _staggered()
+        jobs = {name: p._replace(schedule=moved[name]) for name, p in jobs.items()}
+    # No groups in the registry: the group-budget check has nothing to add here.
+    report = check(jobs, start=dt.datetime.now(dt.UTC), hobby=plan == "hobby")
+    for message in report.messages:
+        typer.echo(message)
+    if report.messages:
+        raise typer.Exit(1)
+    typer.echo(f"{len(jobs)} schedules checked: no collision, none at the top of the hour, "
+               "all taken by Vercel")
 
 
 def main() -> None:

@@ -14,15 +14,28 @@ Each file comes in layouts (`--layout`): `jobs` (the default, and what is commit
 every job on its own schedule; `groups` calls the registry's groups (daily-maintenance,
 weekly-cleanup) on theirs and the jobs in no group on their own; `groups-only` calls just
 the groups (Vercel Hobby's two crons).  A grouped deployment sets SCHEDULE_MODE=groups.
+
+The files keep the registry's (the seed's) times.  `--stagger` writes them with the minutes
+`app/core/schedule_check.py` moves to clear collisions and the top of the hour; a move is
+only ever later within its hour, so the runner, which reads a call's slot off the
+registry's schedule, still finds the slot each staggered call belongs to.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from app.core.registry import GROUPS, JOBS, GroupSpec, JobSpec
+from cronsim import CronSim
+
+from app.core import schedule_check
+from app.core.registry import GROUPS, JOBS, GroupSpec, JobSpec, tables_touched
+
+# task -> cron expression: the registry's, unless staggered.
+Schedules = Mapping[str, str]
 
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = {
@@ -44,6 +57,34 @@ GITHUB_MAX_MINUTES = 360
 
 
 LAYOUTS = ("jobs", "groups", "groups-only")
+
+
+def planned() -> dict[str, schedule_check.Planned]:
+    """The registry as `schedule check` sees it: schedule, tables touched, time budget."""
+    return {name: schedule_check.Planned(spec.schedule, tables_touched(spec),
+                                         spec.max_runtime.total_seconds())
+            for name, spec in JOBS.items()}
+
+
+def staggered(start: dt.datetime) -> dict[str, str]:
+    """Every task's schedule with minutes moved to clear collisions and the top of the
+    hour (deterministic).  ValueError if a move would be earlier than the registry's time:
+    a call before its registry slot would be taken for the previous slot."""
+    moved = schedule_check.stagger(planned(), start=start, off_the_hour=True)
+    for name, schedule in moved.items():
+        seed = JOBS[name].schedule
+        if schedule != seed and int(schedule.split()[0]) < int(seed.split()[0]):
+            raise ValueError(f"staggering would move {name} earlier ({seed} -> {schedule}); "
+                             "change its time in the registry instead")
+    return moved
+
+
+def _schedule(spec: JobSpec, moved: Schedules | None) -> str:
+    return (moved or {}).get(spec.name, spec.schedule)
+
+
+def _explain(schedule: str) -> str:
+    return str(CronSim(schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).explain())
 
 
 class Entry(NamedTuple):
@@ -69,10 +110,12 @@ def group_max_time(group: GroupSpec) -> int:
     return int(longest) + CURL_MARGIN_SECONDS
 
 
-def entries(layout: str = "jobs") -> list[Entry]:
+def entries(layout: str = "jobs", moved: Schedules | None = None) -> list[Entry]:
     if layout not in LAYOUTS:
         raise KeyError(layout)
-    jobs = [Entry(s.name, s.schedule, curl_max_time(s), s.explain()) for s in JOBS.values()]
+    jobs = [Entry(s.name, _schedule(s, moved), curl_max_time(s),
+                  s.explain() if _schedule(s, moved) == s.schedule
+                  else _explain(_schedule(s, moved))) for s in JOBS.values()]
     if layout == "jobs":
         return jobs
     grouped = [Entry(g.name, g.schedule, group_max_time(g),
@@ -83,11 +126,11 @@ def entries(layout: str = "jobs") -> list[Entry]:
     return grouped + [e for e in jobs if e.name not in members]
 
 
-def _callable(layout: str) -> list[Entry]:
+def _callable(layout: str, moved: Schedules | None = None) -> list[Entry]:
     """What the workflow may be asked to run by hand: every entry, then every job."""
-    listed = entries(layout)
+    listed = entries(layout, moved)
     names = {e.name for e in listed}
-    return listed + [e for e in entries("jobs") if e.name not in names]
+    return listed + [e for e in entries("jobs", moved) if e.name not in names]
 
 
 def _curl_worst_case(max_time: int) -> int:
@@ -96,21 +139,21 @@ def _curl_worst_case(max_time: int) -> int:
             + CURL_RETRIES * max(CURL_RETRY_DELAY, CURL_RETRY_AFTER_CAP))
 
 
-def github_timeout_minutes(layout: str = "jobs") -> int:
+def github_timeout_minutes(layout: str = "jobs", moved: Schedules | None = None) -> int:
     # The scheduled step calls every task sharing a schedule one after the other.
-    times = {e.name: e.max_time for e in _callable(layout)}
+    times = {e.name: e.max_time for e in _callable(layout, moved)}
     worst = max(
         sum(_curl_worst_case(times[name]) for name in names)
-        for names in _by_schedule(layout).values()
+        for names in _by_schedule(layout, moved).values()
     )
     return min(GITHUB_MAX_MINUTES, -(-worst // 60) + 5)
 
 
-def vercel(layout: str = "jobs") -> str:
+def vercel(layout: str = "jobs", moved: Schedules | None = None) -> str:
     config = {
         "$schema": "https://openapi.vercel.sh/vercel.json",
         "crons": [{"path": f"/api/cron/{e.name}", "schedule": e.schedule}
-                  for e in entries(layout)],
+                  for e in entries(layout, moved)],
     }
     return json.dumps(config, indent=2) + "\n"
 
@@ -153,7 +196,8 @@ call_task() {{
 """
 
 
-def call_task(layout: str = "jobs") -> str:  # the same script for every layout
+def call_task(layout: str = "jobs", moved: Schedules | None = None) -> str:
+    # The same script for every layout and schedule.
     return f"""#!/bin/sh
 # Generated by `voyagesmart-cron schedule export --format call`; do not edit.
 # Calls one VoyageSmart Cron task, as deploy/crontab does:  call-task TASK MAX_TIME
@@ -171,7 +215,7 @@ call_task "$base/api/cron/$1" "$conf/auth-header" crontab "$2"
 """
 
 
-def crontab(layout: str = "jobs") -> str:
+def crontab(layout: str = "jobs", moved: Schedules | None = None) -> str:
     lines = [
         "# VoyageSmart Cron: crontab for a host that calls the service over HTTP.",
         "# Generated by `voyagesmart-cron schedule export --format crontab`; do not edit.",
@@ -187,7 +231,7 @@ def crontab(layout: str = "jobs") -> str:
     ]
     if layout != "jobs":
         lines[-1:-1] = ["# Grouped layout: set SCHEDULE_MODE=groups on the service."]
-    for entry in entries(layout):
+    for entry in entries(layout, moved):
         command = f"{CONF_DIR}/call-task {entry.name} {entry.max_time}"
         # `%` ends the command in crontab; escape it even though none is used today.
         lines.append(f"# {entry.name}: {entry.explain}")
@@ -195,11 +239,11 @@ def crontab(layout: str = "jobs") -> str:
     return "\n".join(lines) + "\n"
 
 
-def github(layout: str = "jobs") -> str:
-    names = [e.name for e in _callable(layout)]
+def github(layout: str = "jobs", moved: Schedules | None = None) -> str:
+    names = [e.name for e in _callable(layout, moved)]
     options = "\n".join(f"          - {name}" for name in names)
     schedules = "\n".join(f"    - cron: '{schedule}'  # {' '.join(names)}"
-                          for schedule, names in _by_schedule(layout).items())
+                          for schedule, names in _by_schedule(layout, moved).items())
     head = "# Generated by `voyagesmart-cron schedule export --format github`; do not edit."
     if layout != "jobs":
         head += "\n# Grouped layout: set SCHEDULE_MODE=groups on the service."
@@ -241,7 +285,7 @@ concurrency:
 jobs:
   call:
     runs-on: ubuntu-latest
-    timeout-minutes: {github_timeout_minutes(layout)}
+    timeout-minutes: {github_timeout_minutes(layout, moved)}
     steps:
       - name: Call the cron endpoint
         env:
@@ -264,7 +308,7 @@ jobs:
             if [ -n "$params" ]; then query="?$params"; fi
           else
             case "$SCHEDULE" in
-{_case_arms(layout)}
+{_case_arms(layout, moved)}
             esac
           fi
           if [ -z "$tasks" ]; then echo "no task for schedule '$SCHEDULE'" >&2; exit 1; fi
@@ -272,7 +316,7 @@ jobs:
           status=0
           for task in $tasks; do
             case "$task" in
-{_max_time_arms(layout)}
+{_max_time_arms(layout, moved)}
               *) echo "unknown task '$task'" >&2; status=1; continue ;;
             esac
             echo "::group::$task"
@@ -290,39 +334,39 @@ def _indent(text: str, spaces: int) -> str:
     return "\n".join(pad + line if line else "" for line in text.rstrip("\n").splitlines())
 
 
-def _by_schedule(layout: str = "jobs") -> dict[str, list[str]]:
+def _by_schedule(layout: str = "jobs", moved: Schedules | None = None) -> dict[str, list[str]]:
     # GitHub sends the matching cron string as github.event.schedule; entries sharing one
     # expression share one entry.
     by_schedule: dict[str, list[str]] = {}
-    for entry in entries(layout):
+    for entry in entries(layout, moved):
         by_schedule.setdefault(entry.schedule, []).append(entry.name)
     return by_schedule
 
 
-def _case_arms(layout: str = "jobs") -> str:
+def _case_arms(layout: str = "jobs", moved: Schedules | None = None) -> str:
     return "\n".join(
         f"              '{schedule}') tasks=\"{' '.join(names)}\" ;;"
-        for schedule, names in _by_schedule(layout).items()
+        for schedule, names in _by_schedule(layout, moved).items()
     )
 
 
-def _max_time_arms(layout: str = "jobs") -> str:
+def _max_time_arms(layout: str = "jobs", moved: Schedules | None = None) -> str:
     return "\n".join(
-        f"              {e.name}) max_time={e.max_time} ;;" for e in _callable(layout)
+        f"              {e.name}) max_time={e.max_time} ;;" for e in _callable(layout, moved)
     )
 
 
 RENDERERS = {"vercel": vercel, "crontab": crontab, "call": call_task, "github": github}
 
 
-def render(fmt: str, layout: str = "jobs") -> str:
-    return RENDERERS[fmt](layout)
+def render(fmt: str, layout: str = "jobs", moved: Schedules | None = None) -> str:
+    return RENDERERS[fmt](layout, moved)
 
 
-def write(fmt: str, layout: str = "jobs") -> Path:
+def write(fmt: str, layout: str = "jobs", moved: Schedules | None = None) -> Path:
     path = PATHS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(fmt, layout))
+    path.write_text(render(fmt, layout, moved))
     if fmt == "call":
         path.chmod(0o755)
     return path

@@ -25,6 +25,9 @@ WEEKLY = GROUPS["weekly-cleanup"]
 # Monday 2026-11-30, a day with no weekly or monthly job in the way.
 DAY = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 
+# Members that do their work: a member with nothing to do would answer `skipped`.
+pytestmark = pytest.mark.usefixtures("without_preconditions")
+
 
 def _ok(ctx: JobContext) -> JobResult:
     return JobResult(message="done")

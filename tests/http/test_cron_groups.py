@@ -26,6 +26,9 @@ WEEKLY_AT = dt.datetime(2026, 11, 29, 1, 0, 20, tzinfo=dt.UTC)
 HOLD = 0.6  # seconds each member keeps running, so that overlap (or none) is plain
 VERCEL = {**auth(), "User-Agent": "vercel-cron/1.0"}
 
+# Members that do their work: a member with nothing to do would answer `skipped`.
+pytestmark = pytest.mark.usefixtures("without_preconditions")
+
 
 class RunningClock:
     """A clock that starts at `start` and moves with real time: slots are fixed, and the

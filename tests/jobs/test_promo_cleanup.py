@@ -8,6 +8,7 @@ only logs their failure).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core import registry
 from app.core.runner import RunOutcome
 from app.db import table_of
 from app.models import CronArchivedRow, PromoCode, PromoCodeRedemption, SubscriptionHistory
@@ -79,6 +81,14 @@ def _tables(engine: Engine) -> dict[str, dict[Any, tuple[Any, ...]]]:
     with engine.connect() as conn:
         return {t.name: {row.id: tuple(row) for row in conn.execute(sa.select(t))}
                 for t in (codes_t, redemptions_t)}
+
+
+@pytest.fixture(autouse=True)
+def _always_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job itself, run after run: its precondition (which skips a run when nothing
+    changed) is tested in tests/core/test_preconditions.py."""
+    monkeypatch.setitem(registry.JOBS, "promo-cleanup",
+                        dataclasses.replace(registry.JOBS["promo-cleanup"], precondition=None))
 
 
 def _steps(outcome: RunOutcome) -> dict[str, Any]:

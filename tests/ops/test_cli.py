@@ -108,9 +108,11 @@ def test_list_run_and_dry_run(tmp_path: Path) -> None:
     assert real["records_processed"] == outcome["records_processed"]
     again = json.loads(_cli(url, tmp_path, "run", "promo-cleanup").stdout)
     assert again["records_processed"] == 0
+    # Nothing changed since the real run: its precondition skips the job (issue 16, item 4).
+    assert again["status"] == "skipped" and "no promo code changed" in again["message"]
 
     listing = _cli(url, tmp_path, "list").stdout
-    assert "success at" in next(x for x in listing.splitlines() if x.startswith("promo-cleanup"))
+    assert "skipped at" in next(x for x in listing.splitlines() if x.startswith("promo-cleanup"))
 
     unknown = _cli(url, tmp_path, "run", "no-such-task")
     assert unknown.returncode == 2
