@@ -332,21 +332,28 @@ def schedule_check_command(
         "--stagger", help="Check the schedules `schedule export --stagger` writes.")] = False,
     plan: Annotated[str, typer.Option(
         "--vercel-plan", help="hobby (at most once a day per job) | pro")] = "hobby",
+    groups: Annotated[bool, typer.Option(
+        "--groups", help="Check the grouped layout (SCHEDULE_MODE=groups): also a group whose "
+        "members' budgets add up past the function's limit.")] = False,
+    function_limit: Annotated[float, typer.Option(
+        "--function-limit", help="Seconds one function call may last, for --groups (Vercel: "
+        "300 on Hobby, 800 on Pro).")] = 300.0,
 ) -> None:
     """Schedules that collide (same minute, same tables), fire at the top of the hour
-    (GitHub Actions delays and drops those) or that Vercel rejects.  Exit 1 when any."""
+    (GitHub Actions delays and drops those) or that Vercel rejects; with --groups, groups
+    too long for one function call.  Exit 1 when any."""
+    from app.core.registry import planned, planned_groups
     from app.core.schedule_check import check
-    from app.ops import deploy
 
     if plan not in ("hobby", "pro"):
         typer.echo(f"unknown Vercel plan {plan!r}; use hobby or pro", err=True)
         raise typer.Exit(2)
-    jobs = deploy.planned()
+    jobs = planned()
     if stagger:
         moved = _staggered()
         jobs = {name: p._replace(schedule=moved[name]) for name, p in jobs.items()}
-    # No groups in the registry: the group-budget check has nothing to add here.
-    report = check(jobs, start=dt.datetime.now(dt.UTC), hobby=plan == "hobby")
+    report = check(jobs, planned_groups() if groups else None, start=dt.datetime.now(dt.UTC),
+                   hobby=plan == "hobby", function_limit=function_limit if groups else None)
     for message in report.messages:
         typer.echo(message)
     if report.messages:

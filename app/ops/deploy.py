@@ -32,7 +32,7 @@ from typing import NamedTuple
 from cronsim import CronSim
 
 from app.core import schedule_check
-from app.core.registry import GROUPS, JOBS, GroupSpec, JobSpec, tables_touched
+from app.core.registry import GROUPS, JOBS, GroupSpec, JobSpec, planned
 
 # task -> cron expression: the registry's, unless staggered.
 Schedules = Mapping[str, str]
@@ -57,13 +57,6 @@ GITHUB_MAX_MINUTES = 360
 
 
 LAYOUTS = ("jobs", "groups", "groups-only")
-
-
-def planned() -> dict[str, schedule_check.Planned]:
-    """The registry as `schedule check` sees it: schedule, tables touched, time budget."""
-    return {name: schedule_check.Planned(spec.schedule, tables_touched(spec),
-                                         spec.max_runtime.total_seconds())
-            for name, spec in JOBS.items()}
 
 
 def staggered(start: dt.datetime) -> dict[str, str]:

@@ -12,11 +12,18 @@ import pytest
 from cronsim import CronSim
 from typer.testing import CliRunner
 
+from app.core import registry
 from app.core.registry import JOBS, JobSpec, previous_fire
 from app.ops import deploy
 from app.ops.cli import cli
 
 RUNNER = CliRunner()
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, jobs: dict[str, JobSpec]) -> None:
+    """Check and export read this registry instead of the shipped one."""
+    monkeypatch.setattr(registry, "JOBS", jobs)
+    monkeypatch.setattr(deploy, "JOBS", jobs)
 
 
 def _made_registry() -> dict[str, JobSpec]:
@@ -38,7 +45,7 @@ def _made_registry() -> dict[str, JobSpec]:
 
 def test_schedule_check_finds_each_seeded_collision_in_a_made_registry(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deploy, "JOBS", _made_registry())
+    _use(monkeypatch, _made_registry())
     result = RUNNER.invoke(cli, ["schedule", "check"])
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
@@ -59,7 +66,7 @@ def test_schedule_check_reports_what_vercel_rejects(monkeypatch: pytest.MonkeyPa
     made = {"analytics": dataclasses.replace(JOBS["analytics"], schedule="10 3 * * MON"),
             "promo-cleanup": dataclasses.replace(JOBS["promo-cleanup"],
                                                  schedule="5 */6 * * *")}
-    monkeypatch.setattr(deploy, "JOBS", made)
+    _use(monkeypatch, made)
     hobby = RUNNER.invoke(cli, ["schedule", "check"])
     assert hobby.exit_code == 1
     assert "analytics (10 3 * * MON): uses names (MON, JAN); Vercel takes numbers only" in (
@@ -116,3 +123,15 @@ def test_a_staggered_call_still_belongs_to_its_registry_slot() -> None:
         fire = next(CronSim(schedule, start))
         slot = previous_fire(JOBS[name].schedule, fire)
         assert dt.timedelta(0) < fire - slot < dt.timedelta(hours=1), name
+
+
+def test_the_grouped_layout_reports_groups_too_long_for_one_function_call() -> None:
+    result = RUNNER.invoke(cli, ["schedule", "check", "--groups"])
+    assert result.exit_code == 1, result.output
+    assert ("group daily-maintenance: its members' budgets add up to 1800 s, past the "
+            "function's 300 s") in result.output
+    assert ("group weekly-cleanup: its members' budgets add up to 7200 s, past the "
+            "function's 300 s") in result.output
+    # Vercel Pro's 800 s still cannot hold them; a limit above both clears the budget lines.
+    roomy = RUNNER.invoke(cli, ["schedule", "check", "--groups", "--function-limit", "8000"])
+    assert "budgets add up" not in roomy.output
