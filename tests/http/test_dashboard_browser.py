@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +14,14 @@ from sqlalchemy.engine import Engine
 from app.core.registry import JOBS
 from app.db import make_engine, table_of
 from app.models import CronJobLog
-from tests.conftest import IN_CI, SECRET, copy_sqlite_database
+from tests.conftest import SECRET, copy_sqlite_database
+from tests.support.browser import launch, require_chromium
 from tests.support.servers import ROOT, UvicornProcess
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 USER, PASSWORD = "ops", "dashboard-password-123"
 OUTPUT = ROOT / "test-output"
 
 pytestmark = pytest.mark.slow
-
-
-def _require_chromium() -> None:
-    if not Path(CHROMIUM).exists():
-        message = "Debian's chromium is not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: the browser test must run)", pytrace=False)
-        pytest.skip(message)
 
 
 def _seed(engine: Engine) -> None:
@@ -49,7 +40,7 @@ def _seed(engine: Engine) -> None:
 
 @pytest.fixture
 def server(sqlite_template: Path, tmp_path: Path) -> Iterator[UvicornProcess]:
-    _require_chromium()
+    require_chromium()
     db = tmp_path / "browser.db"
     copy_sqlite_database(sqlite_template, db)
     engine = make_engine(f"sqlite:///{db}")
@@ -70,12 +61,7 @@ def test_dashboard_in_headless_chromium(server: UvicornProcess) -> None:
     OUTPUT.mkdir(exist_ok=True)
     problems: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )
+        browser = launch(pw)
         try:
             context = browser.new_context(
                 http_credentials={"username": USER, "password": PASSWORD},

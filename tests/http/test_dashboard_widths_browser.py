@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +12,11 @@ import pytest
 from app.core.registry import JOBS
 from app.db import make_engine, table_of
 from app.models import CronJobLog
-from tests.conftest import IN_CI, SECRET, copy_sqlite_database
+from tests.conftest import SECRET, copy_sqlite_database
 from tests.http.test_dashboard_overview import seed_states
+from tests.support.browser import launch, require_chromium
 from tests.support.servers import ROOT, UvicornProcess
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 USER, PASSWORD = "ops", "dashboard-password-123"
 OUTPUT = ROOT / "test-output"
 WIDTHS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1440, "height": 900}}
@@ -29,11 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
            ) -> Iterator[tuple[UvicornProcess, dict[str, int]]]:
-    if not Path(CHROMIUM).exists():
-        message = "Debian's chromium is not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: the browser test must run)", pytrace=False)
-        pytest.skip(message)
+    require_chromium()
     tmp_path = tmp_path_factory.mktemp("widths")
     db = tmp_path / "browser.db"
     copy_sqlite_database(sqlite_template, db)
@@ -74,11 +69,7 @@ def test_overview_counts_sparklines_and_job_charts_fit_the_screen(
     OUTPUT.mkdir(exist_ok=True)
     problems: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"])
+        browser = launch(pw)
         try:
             context = browser.new_context(
                 http_credentials={"username": USER, "password": PASSWORD},
