@@ -131,6 +131,11 @@ FolderPrefix = Annotated[str, AfterValidator(_folder_prefix)]
 """A key prefix naming a folder of a bucket: ends in `/`, never the whole bucket."""
 
 
+# A Vercel function's default max duration (Hobby), seconds: what an invocation may last
+# there unless FUNCTION_MAX_DURATION says otherwise (vercel.json's `maxDuration`).
+VERCEL_MAX_DURATION = 300.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False,
@@ -179,6 +184,11 @@ class Settings(BaseSettings):
     dead_after: float = Field(default=60.0, gt=0, le=3600)
     """Seconds without a heartbeat after which a run is dead: /health reports it, the next
     call takes its slot up.  At least twice HEARTBEAT_INTERVAL."""
+    function_max_duration: OptionalFloat = Field(default=None, gt=0, le=86_400)
+    """Seconds one invocation may last (a serverless function's max duration).  A run made
+    of chunks stops taking chunks before it is spent and answers 202 `partial`; the next
+    call continues it.  Unset: the job's max runtime bounds the run.  Default 300 on Vercel
+    (VERCEL=1), its Hobby limit; set it to `maxDuration` in vercel.json.  docs/jobs.md#chunks"""
     data_dir: Path = Path("./data")
     """Where the embedded defaults live (SQLite file, outbox of .eml files, local
     storage)."""
@@ -604,6 +614,13 @@ class Settings(BaseSettings):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @property
+    def invocation_seconds(self) -> float | None:
+        """FUNCTION_MAX_DURATION, or Vercel's default when running there."""
+        if self.function_max_duration is not None:
+            return self.function_max_duration
+        return VERCEL_MAX_DURATION if self.vercel else None
 
     @model_validator(mode="after")
     def _vercel(self) -> Settings:

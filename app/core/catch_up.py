@@ -111,8 +111,9 @@ def follows_call(settings: Settings, trigger: str, *, dry_run: bool, force: bool
             and trigger in SCHEDULED_TRIGGERS and not dry_run and not force)
 
 
-def catch_up_one(runner: Runner) -> RunOutcome | None:
-    """Run the first missed slot; None when nothing is missed.
+def catch_up_one(runner: Runner, until: float | None = None) -> RunOutcome | None:
+    """Run the first missed slot; None when nothing is missed.  `until`: when the call's
+    invocation ends (a catch-up shares its time budget).
 
     The call that carries it keeps its own answer: a database that fails here is logged and
     answered as the catch-up's `unavailable`, never as the call's."""
@@ -128,7 +129,7 @@ def catch_up_one(runner: Runner) -> RunOutcome | None:
     first = missed[0]
     log.info("catching up %s slot %s", first.task, first.slot.isoformat())
     try:
-        return runner.run(first.task, missed_slot=first.slot)
+        return runner.run(first.task, missed_slot=first.slot, until=until)
     except DatabaseUnavailable as exc:
         return RunOutcome(first.task, None, RunStatus.UNAVAILABLE, CATCH_UP, first.slot,
                           message=f"{exc}; nothing was run")

@@ -35,6 +35,11 @@ class JobContext:
     trigger: str = "cli"
     attempt: int = 1
     deadline: dt.datetime | None = None
+    # This invocation's end (time.monotonic()): a run made of chunks stops taking chunks
+    # before it (app/core/chunks.py).  None: bounded by the run's `deadline` alone.
+    until: float | None = None
+    # When the run began: an earlier invocation, for a run continued (app/core/runner.py).
+    origin: dt.datetime | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("app.jobs"))
     # The runner's check of this job's tables (app/core/requirements.py), read by jobs whose
     # sources are optional; `schema_check()` makes it when a test calls a job directly.
@@ -51,8 +56,8 @@ class JobContext:
     def as_of(self) -> dt.datetime:
         """The moment the job's data window is measured from: its slot when it serves one
         (a late delivery, a backfill of a past slot), else now.  Timestamps the job writes
-        stay `now`."""
-        return self.slot or self.now
+        stay `now`.  A run continued by a later call keeps the window it began with."""
+        return self.slot or self.origin or self.now
 
     def seconds_left(self, now: dt.datetime) -> float | None:
         """Time left in the run's budget at `now` (None when unbounded)."""

@@ -30,8 +30,9 @@ from app.core.status import RunStatus
 log = logging.getLogger("app.core.groups")
 
 # Best to worst: the group answers the worst of its members.
-SEVERITY = (RunStatus.SUCCESS, RunStatus.DUPLICATE, RunStatus.WARNING, RunStatus.RUNNING,
-            RunStatus.DISABLED, RunStatus.UNAVAILABLE, RunStatus.ERROR)
+SEVERITY = (RunStatus.SUCCESS, RunStatus.SKIPPED, RunStatus.DUPLICATE, RunStatus.WARNING,
+            RunStatus.PARTIAL, RunStatus.RUNNING, RunStatus.DISABLED, RunStatus.UNAVAILABLE,
+            RunStatus.ERROR)
 
 
 def worst(statuses: list[RunStatus]) -> RunStatus:
@@ -96,14 +97,15 @@ def _share(a: set[str], b: set[str]) -> bool:
 
 
 def run_group(runner: Runner, group: GroupSpec, *, trigger: str, dry_run: bool = False,
-              force: bool = False, workers: int | None = None) -> GroupOutcome:
+              force: bool = False, workers: int | None = None, until: float | None = None
+              ) -> GroupOutcome:
     """Run every member of `group` through `runner`; never raises for a member's sake."""
     started = time.monotonic()
     plan = lanes(group, runner.jobs)
     size = max(1, min(workers or runner.settings.group_workers, len(plan)))
     results: dict[str, RunOutcome] = {}
     with ThreadPoolExecutor(max_workers=size, thread_name_prefix=group.name) as pool:
-        futures = [pool.submit(_run_lane, runner, lane, trigger, dry_run, force)
+        futures = [pool.submit(_run_lane, runner, lane, trigger, dry_run, force, until)
                    for lane in plan]
         for future in futures:
             results.update(future.result())
@@ -114,12 +116,20 @@ def run_group(runner: Runner, group: GroupSpec, *, trigger: str, dry_run: bool =
     return outcome
 
 
-def _run_lane(runner: Runner, lane: list[str], trigger: str, dry_run: bool, force: bool
-              ) -> dict[str, RunOutcome]:
-    out = {}
+def _run_lane(runner: Runner, lane: list[str], trigger: str, dry_run: bool, force: bool,
+              until: float | None) -> dict[str, RunOutcome]:
+    out: dict[str, RunOutcome] = {}
     for name in lane:
+        if until is not None and any(o.status == RunStatus.PARTIAL for o in out.values()):
+            # This invocation's time is spent: the call answers `partial`, the next one
+            # continues the member that paused and then runs this one.
+            out[name] = RunOutcome(name, None, RunStatus.PARTIAL, trigger, dry_run=dry_run,
+                                   message="not started: this invocation's time budget is "
+                                   "spent; the next call runs it")
+            continue
         try:
-            out[name] = runner.run(name, trigger=trigger, dry_run=dry_run, force=force)
+            out[name] = runner.run(name, trigger=trigger, dry_run=dry_run, force=force,
+                                   until=until)
         except DatabaseUnavailable as exc:
             out[name] = RunOutcome(name, None, RunStatus.UNAVAILABLE, trigger, dry_run=dry_run,
                                    message=f"{exc}; nothing was run")

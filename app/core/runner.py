@@ -53,7 +53,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core import budget, registry
+from app.core import budget, chunks, registry
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobAborted, JobRefused, TransientError
 from app.core.heartbeat import Heartbeat
@@ -81,12 +81,23 @@ HTTP_STATUS = {
     RunStatus.SUCCESS: 200,
     RunStatus.WARNING: 200,
     RunStatus.SKIPPED: 200,
+    RunStatus.PARTIAL: 202,  # accepted: the next call for the slot continues it
     RunStatus.DUPLICATE: 200,
     RunStatus.RUNNING: 409,
     RunStatus.DISABLED: 503,
     RunStatus.UNAVAILABLE: 503,
     RunStatus.ERROR: 500,
 }
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """The run a call works on: a new one, or the slot's `partial` run it continues."""
+
+    run_id: uuid.UUID
+    slot: dt.datetime | None
+    origin: dt.datetime  # when the run began
+    continued: bool = False
 
 
 class UnknownTask(LookupError):
@@ -195,12 +206,14 @@ class Runner:
         force: bool = False,
         missed_slot: dt.datetime | None = None,
         slot: dt.datetime | None = None,
+        until: float | None = None,
     ) -> RunOutcome:
         """Run `task` now.  With `slot` (a backfill), run that past slot of its schedule
         (registry.BadSlot when it has no such slot, or it is in the future): once, like a
         scheduled delivery of it, unless forced.  `missed_slot`: run that slot, which no
         scheduler delivered, as a catch-up (app/core/catch_up.py finds it; `trigger` is
-        then `catch-up`)."""
+        then `catch-up`).  `until`: when this invocation ends (time.monotonic()), for a call
+        that began earlier; by default FUNCTION_MAX_DURATION from now, when set."""
         spec = self.jobs.get(task) or self.jobs.get(registry.ALIASES.get(task, ""))
         if spec is None:
             raise UnknownTask(task)
@@ -215,8 +228,11 @@ class Runner:
         if not self.settings.enable_cron_jobs:
             return RunOutcome(task, None, RunStatus.DISABLED, trigger, slot, dry_run,
                               message="cron jobs are disabled (ENABLE_CRON_JOBS=false)")
+        if until is None and self.settings.invocation_seconds is not None:
+            until = time.monotonic() + self.settings.invocation_seconds
         try:
-            return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force)
+            return self._run(spec, now, slot, trigger, dry_run=dry_run, force=force,
+                             until=until)
         except sa_exc.SQLAlchemyError as exc:
             # Raised only from the bookkeeping around the job: the job's own database
             # errors are retried and recorded inside _execute.
@@ -228,18 +244,20 @@ class Runner:
 
     # --- the run ------------------------------------------------------------------------
     def _run(self, spec: JobSpec, now: dt.datetime, slot: dt.datetime | None, trigger: str,
-             *, dry_run: bool, force: bool) -> RunOutcome:
+             *, dry_run: bool, force: bool, until: float | None) -> RunOutcome:
         run_id = uuid.uuid4()
+        claimed = _Claimed(run_id, slot, now)
         if not dry_run:
             if slot is not None and not force:
                 done = self._done_run(spec.name, slot)
                 if done is not None:
                     self._watch()
                     return self._duplicate(spec, trigger, slot, done)
-            refusal = self._claim(spec, run_id, now, slot, trigger, once=not force)
+            refusal, claimed = self._claim(spec, run_id, now, slot, trigger, once=not force)
             if refusal is not None:
                 self._watch()
                 return refusal
+            run_id, slot = claimed.run_id, claimed.slot
         else:
             with self.engine.begin() as conn:
                 self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=False)
@@ -251,25 +269,31 @@ class Runner:
         try:
             # A real run's lease is released in the transaction that closes its log row.
             with heartbeat:
-                return self._execute(spec, run_id, now, slot, trigger, dry_run=dry_run,
-                                     force=force)
+                return self._execute(spec, claimed, now, trigger, dry_run=dry_run,
+                                     force=force, until=until)
         except BaseException:
             if not dry_run:
                 self._release(spec.name, run_id)
             raise
 
-    def _execute(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
-                 slot: dt.datetime | None, trigger: str, *, dry_run: bool, force: bool
-                 ) -> RunOutcome:
+    def _execute(self, spec: JobSpec, claimed: _Claimed, now: dt.datetime, trigger: str, *,
+                 dry_run: bool, force: bool, until: float | None) -> RunOutcome:
         # The `running` row was written with the claim (or, for a dry run, just before).
+        run_id, slot = claimed.run_id, claimed.slot
         started = time.monotonic()
         deadline = now + spec.max_runtime
+        hard_until = until  # the invocation's end: outbound calls end by then
+        if until is not None:
+            # What follows the job in this invocation: closing the row, the alerts.
+            reserve = min(self.settings.alert_timeout, 0.1 * (until - started))
+            until = min(until - max(reserve, 0.0), started + spec.max_runtime.total_seconds())
         outcome = RunOutcome(spec.name, run_id, RunStatus.ERROR, trigger, slot, dry_run)
         attempt_errors: list[dict[str, Any]] = []
         base_ctx = JobContext(
             settings=self.settings, engine=self.engine, now=now, run_id=run_id,
             task=spec.name, slot=slot, dry_run=dry_run, force=force, trigger=trigger,
             deadline=deadline, log=logging.getLogger(f"app.jobs.{spec.name}"),
+            until=until, origin=claimed.origin,
         )
         self._notify("run_started", spec, base_ctx)
         closed = False
@@ -277,14 +301,16 @@ class Runner:
         succeeded = 0  # the attempt that returned is not among attempt_errors
         try:
             base_ctx = replace(base_ctx, schema=self._preflight(spec))
-            skip = None if force else self._nothing_to_do(spec, base_ctx)
+            # A continued run has work planned: its precondition was asked at its start.
+            skip = None if force or claimed.continued else self._nothing_to_do(spec, base_ctx)
             if skip is not None and not dry_run:
                 outcome.status = RunStatus.SKIPPED
                 outcome.message = f"skipped: {skip}"
                 outcome.details = {"skipped": skip}
             else:
                 with meter:
-                    result = self._attempts(spec, base_ctx, attempt_errors, started)
+                    result = self._attempts(spec, base_ctx, attempt_errors, started,
+                                            hard_until)
                 succeeded = 1
                 outcome.status = result.status
                 outcome.records_processed = result.records_processed
@@ -301,6 +327,16 @@ class Runner:
         except JobAborted as exc:
             outcome.status = RunStatus.WARNING
             outcome.message = str(exc) or "stopped cleanly"
+        except chunks.RunPaused as exc:
+            done = exc.progress
+            outcome.status = RunStatus.PARTIAL
+            outcome.message = str(exc)
+            outcome.records_processed = self._records_so_far(run_id)
+            outcome.details = {"chunks_done": done.done, "chunks_total": done.total,
+                               "chunks_left": done.left,
+                               "continues": "the next call for this task and slot (a "
+                               "redelivery, the crontab or workflow loop, an operator's run, "
+                               "or any cron call's catch-up)"}
         except Exception as exc:
             outcome.status = RunStatus.ERROR
             outcome.message = f"failed after {len(attempt_errors)} attempt(s): " + (
@@ -353,8 +389,11 @@ class Runner:
             return None
 
     def _attempts(self, spec: JobSpec, base_ctx: JobContext,
-                  attempt_errors: list[dict[str, Any]], started: float) -> JobResult:
+                  attempt_errors: list[dict[str, Any]], started: float,
+                  hard_until: float | None) -> JobResult:
         budget_seconds = spec.max_runtime.total_seconds()
+        if hard_until is not None:
+            budget_seconds = min(budget_seconds, hard_until - started)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(spec.retry.attempts)
             | tenacity.stop_before_delay(budget_seconds),
@@ -374,6 +413,8 @@ class Runner:
                     # Every outbound call of the job ends by the end of the run's budget.
                     with budget.limited(budget_seconds - (time.monotonic() - started)):
                         return spec.func(ctx)
+                except chunks.RunPaused:
+                    raise
                 except Exception as exc:
                     attempt_errors.append({
                         "attempt": number,
@@ -383,6 +424,11 @@ class Runner:
                     })
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _records_so_far(self, run_id: uuid.UUID) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(log_t.c.records_processed)
+                                    .where(log_t.c.run_id == run_id)).scalar() or 0)
 
     # --- bookkeeping --------------------------------------------------------------------
     def _record_attempt(self, run_id: uuid.UUID, number: int,
@@ -458,28 +504,34 @@ class Runner:
 
     def _claim(self, spec: JobSpec, run_id: uuid.UUID, now: dt.datetime,
                slot: dt.datetime | None, trigger: str, *, once: bool = True
-               ) -> RunOutcome | None:
+               ) -> tuple[RunOutcome | None, _Claimed]:
         """Take the task's lease and write the run's `running` row in one transaction.
 
         Whoever finds the lease taken therefore also finds the run holding it, and answers
         a delivery of the same slot as a duplicate naming that run (never a 409 naming no
-        run).  Returns None once claimed, else the answer to give.  A holder that let go
-        between our attempt and our read is tried again.  `once=False` (a forced backfill)
-        runs a slot that already ran.
+        run).  Returns (None, the run claimed) once claimed, else (the answer to give, -).
+        The run claimed is the slot's `partial` run when there is one: the call continues it
+        under its own id and row, rather than starting a second run of the slot.  A holder
+        that let go between our attempt and our read is tried again.  `once=False` (a forced
+        backfill) runs a slot that already ran.
         """
+        fresh = _Claimed(run_id, slot, now)
         for _attempt in range(3):
             with self.engine.connect() as conn:
-                settled, outcome = self._claim_once(conn, spec, run_id, now, slot, trigger,
-                                                    once=once)
+                settled, outcome, claimed = self._claim_once(conn, spec, run_id, now, slot,
+                                                             trigger, once=once)
             if settled:
-                return outcome
+                return outcome, claimed or fresh
         return RunOutcome(spec.name, None, RunStatus.RUNNING, trigger, slot,
-                          message=f"{spec.name} is being claimed by another run; retry later")
+                          message=f"{spec.name} is being claimed by another run; retry later"
+                          ), fresh
 
     def _claim_once(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
                     now: dt.datetime, slot: dt.datetime | None, trigger: str, *,
-                    once: bool = True) -> tuple[bool, RunOutcome | None]:
-        """(settled, refusal): not settled when the holder let go before we could read it."""
+                    once: bool = True
+                    ) -> tuple[bool, RunOutcome | None, _Claimed | None]:
+        """(settled, refusal, run continued): not settled when the holder let go before we
+        could read it."""
         with conn.begin() as transaction:
             conn.execute(
                 upsert(conn.dialect, lease_t).values(task=spec.name).on_conflict_do_nothing()
@@ -500,24 +552,76 @@ class Runner:
                 ).first()
                 transaction.rollback()
                 if holder is None or holder.holder is None:
-                    return False, None
-                return True, self._busy(spec, trigger, slot, holder.holder, holder.slot)
+                    return False, None, None
+                return True, self._busy(spec, trigger, slot, holder.holder, holder.slot), None
+            # Under the lease this answer is final: the slot may have finished between the
+            # first check and the claim.
+            done = self._done_run(spec.name, slot, conn) if slot is not None and once else None
+            if done is None:
+                partial = self._continue_partial(conn, spec, run_id, now, slot, trigger)
+                if partial is not None:
+                    return True, None, partial
             if slot is not None and once:
-                # Under the lease this answer is final: the slot may have finished between
-                # the first check and the claim.
-                done = self._done_run(spec.name, slot, conn)
                 if done is None and trigger == CATCH_UP:
                     # A catch-up is settled by any real run since the slot, failed or not:
                     # it heals a missing delivery, and never repeats a run.
                     done = self._ran_since(spec.name, slot, conn)
                 if done is not None:
                     transaction.rollback()  # the claim never happened
-                    return True, self._duplicate(spec, trigger, slot, done)
+                    return True, self._duplicate(spec, trigger, slot, done), None
             # Closes the rows of runs whose holder died, in the same transaction.
-            self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=True)
+            dead = self._abandon_dead_runs(conn, spec, run_id, now, holds_lease=True)
+            self._close_stale_partials(conn, spec, run_id, now, slot)
             conn.execute(log_t.insert().values(
                 **self._running_row(spec, run_id, now, slot, trigger, dry_run=False)))
-        return True, None
+            # The dead run of the same slot leaves its chunks to this one: what it finished
+            # is not done again (app/core/chunks.py).
+            for dead_id, dead_slot in dead:
+                if dead_slot == slot and chunks.inherit(conn, dead_id, run_id):
+                    break
+        return True, None, None
+
+    def _continue_partial(self, conn: sa.Connection, spec: JobSpec, lease_id: uuid.UUID,
+                          now: dt.datetime, slot: dt.datetime | None, trigger: str
+                          ) -> _Claimed | None:
+        """Under the lease just taken (held as `lease_id`): the `partial` run this call
+        continues, now `running` again and holding the lease; None when there is none.
+
+        A scheduled call continues its slot's partial run; an operator's call (no slot) the
+        task's latest one."""
+        query = (sa.select(log_t.c.run_id, log_t.c.slot, log_t.c.started_at)
+                 .where(log_t.c.job_name == spec.name, log_t.c.status == RunStatus.PARTIAL,
+                        log_t.c.dry_run.is_(False))
+                 .order_by(log_t.c.started_at.desc()).limit(1))
+        if slot is not None:
+            query = query.where(log_t.c.slot == slot)
+        row = conn.execute(query).first()
+        if row is None:
+            return None
+        conn.execute(lease_t.update().where(lease_t.c.task == spec.name,
+                                            lease_t.c.holder == lease_id)
+                     .values(holder=row.run_id))
+        conn.execute(log_t.update().where(log_t.c.run_id == row.run_id).values(
+            status=RunStatus.RUNNING, heartbeat_at=now, ended_at=None, attempts=1,
+            message=f"running: continued by a {trigger} call"))
+        # Any other run still `running` is dead: this call holds the lease.
+        self._abandon_dead_runs(conn, spec, row.run_id, now, holds_lease=True)
+        log.info("run %s of %s continued by a %s call", row.run_id, spec.name, trigger)
+        return _Claimed(row.run_id, row.slot, row.started_at, continued=True)
+
+    def _close_stale_partials(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
+                              now: dt.datetime, slot: dt.datetime | None) -> None:
+        """A new run of another slot starts while an older slot's run is still `partial`:
+        that one will never be continued.  Closed as abandoned, saying so (a failure to
+        finish its slot, which /health and the alerts report)."""
+        when = slot.isoformat() if slot is not None else "an operator's run"
+        conn.execute(
+            log_t.update()
+            .where(log_t.c.job_name == spec.name, log_t.c.status == RunStatus.PARTIAL,
+                   log_t.c.dry_run.is_(False))
+            .values(status=RunStatus.ABANDONED, ended_at=now,
+                    message=f"abandoned: left partial, not continued before run {run_id} "
+                    f"({when}) took the task over"))
 
     @staticmethod
     def _release_stmt(task: str, run_id: uuid.UUID) -> sa.Update:
@@ -539,7 +643,8 @@ class Runner:
         return dt.timedelta(seconds=self.settings.dead_after)
 
     def _abandon_dead_runs(self, conn: sa.Connection, spec: JobSpec, run_id: uuid.UUID,
-                           now: dt.datetime, *, holds_lease: bool) -> None:
+                           now: dt.datetime, *, holds_lease: bool
+                           ) -> list[tuple[uuid.UUID, dt.datetime | None]]:
         """Close `running` rows whose process died, each saying what happened.
 
         Holding the lease proves every other real run of the task is dead (it stopped
@@ -553,7 +658,7 @@ class Runner:
             sa.and_(heartbeat.is_(None), log_t.c.started_at <= now - spec.max_runtime)))
         condition = log_t.c.dry_run.is_(False) if holds_lease else sa.false()
         dead = conn.execute(
-            sa.select(log_t.c.run_id, log_t.c.heartbeat_at, log_t.c.dry_run)
+            sa.select(log_t.c.run_id, log_t.c.heartbeat_at, log_t.c.dry_run, log_t.c.slot)
             .where(log_t.c.job_name == spec.name, log_t.c.status == RunStatus.RUNNING,
                    log_t.c.run_id != run_id, sa.or_(condition, stale_dry))
         ).all()
@@ -572,6 +677,7 @@ class Runner:
                 .values(status=RunStatus.ABANDONED, ended_at=now, message=message)
             )
             log.warning("run %s of %s %s", row.run_id, spec.name, message)
+        return [(row.run_id, row.slot) for row in dead if not row.dry_run]
 
     def _done_run(self, task: str, slot: dt.datetime, conn: sa.Connection | None = None
                   ) -> tuple[uuid.UUID, str] | None:

@@ -3,7 +3,10 @@
 A run's log row (`cron_job_log.status`) is written `running` and closed `success`,
 `warning` or `error`; a row whose process died is closed `abandoned` by a later run.  A run
 whose job declared a precondition that held (nothing to do: app/core/registry.py) is
-closed `skipped` with the reason, and counts as done for its slot and for overdue.  Three
+closed `skipped` with the reason, and counts as done for its slot and for overdue.  A run
+made of chunks (app/core/chunks.py) that reached its invocation's time budget is closed
+`partial`: its finished chunks are kept, and the next call for its slot continues it
+under the same row (it is neither done nor failed).  Three
 more statuses only ever answer a call and are never stored: `duplicate` (the slot already
 ran, or is running now), `disabled` (ENABLE_CRON_JOBS=false) and `unavailable` (the
 database could not be reached, so nothing ran).
@@ -24,6 +27,7 @@ class RunStatus(StrEnum):
     WARNING = "warning"
     ERROR = "error"
     ABANDONED = "abandoned"
+    PARTIAL = "partial"
     SKIPPED = "skipped"
     DUPLICATE = "duplicate"
     DISABLED = "disabled"
@@ -32,7 +36,7 @@ class RunStatus(StrEnum):
 
 # What the run log holds, in the order metrics and the dashboard list them.
 LOGGED = (RunStatus.SUCCESS, RunStatus.WARNING, RunStatus.SKIPPED, RunStatus.ERROR,
-          RunStatus.ABANDONED, RunStatus.RUNNING)
+          RunStatus.ABANDONED, RunStatus.PARTIAL, RunStatus.RUNNING)
 # A slot with a run in one of these has run: a later delivery of it is a duplicate, and
 # health measures overdue from the latest of them.
 DONE = (RunStatus.SUCCESS, RunStatus.WARNING, RunStatus.SKIPPED)

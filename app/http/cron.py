@@ -6,6 +6,8 @@ A task is a job or a group of jobs (`/api/cron/daily-maintenance`, app/core/grou
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
@@ -50,6 +52,21 @@ def _flag(request: Request, name: str) -> bool:
     raise HTTPException(400, f"query parameter {name!r} must be true or false, not {raw!r}")
 
 
+def _until(runner: Runner) -> float | None:
+    """When this invocation ends (FUNCTION_MAX_DURATION from now, when set)."""
+    seconds = runner.settings.invocation_seconds
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def _catch_up_fits(runner: Runner, until: float | None, status: RunStatus) -> bool:
+    """A catch-up follows the call's own run only with half the invocation still left,
+    and never after a run that paused for time."""
+    if status == RunStatus.PARTIAL:
+        return False
+    seconds = runner.settings.invocation_seconds
+    return until is None or seconds is None or until - time.monotonic() > seconds / 2
+
+
 def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     unknown = sorted(set(request.query_params) - ALLOWED_PARAMS)
     if unknown:
@@ -58,15 +75,17 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
     dry_run = _flag(request, "dry_run")
     force = _flag(request, "force")
     slot = request.query_params.get("slot")
+    until = _until(runner)
     group: GroupSpec | None = request.app.state.groups.get(task)
     if group is not None:
         if slot is not None:
             raise HTTPException(400, f"slot backfills one job; call each member of {task} "
                                      f"with ?slot=: {', '.join(group.members)}")
-        return _run_group(group, request, runner, dry_run=dry_run, force=force)
+        return _run_group(group, request, runner, dry_run=dry_run, force=force, until=until)
     try:
         outcome = runner.run(task, trigger=trigger_of(request), dry_run=dry_run, force=force,
-                             slot=parse_slot(slot) if slot is not None else None)
+                             slot=parse_slot(slot) if slot is not None else None,
+                             until=until)
     except BadSlot as exc:  # a backfill of a slot the schedule has not, or has not yet
         raise HTTPException(400, str(exc)) from None
     except UnknownTask:
@@ -79,24 +98,27 @@ def _run(task: str, request: Request, runner: RunnerDep) -> JSONResponse:
                             status_code=503, headers={"Retry-After": "60"})
     note_run(request, task, outcome.run_id, outcome.status)
     body = outcome.as_json()
-    if catch_up.follows_call(runner.settings, outcome.trigger, dry_run=dry_run, force=force):
+    if (catch_up.follows_call(runner.settings, outcome.trigger, dry_run=dry_run, force=force)
+            and _catch_up_fits(runner, until, outcome.status)):
         # One missed slot of any job, after this call's own run; its outcome never changes
         # this call's status (app/core/catch_up.py).
-        caught = catch_up.catch_up_one(runner)
+        caught = catch_up.catch_up_one(runner, until)
         body["catch_up"] = caught.as_json() if caught is not None else None
     return JSONResponse(body, status_code=outcome.http_status)
 
 
 def _run_group(group: GroupSpec, request: Request, runner: Runner, *, dry_run: bool,
-               force: bool) -> JSONResponse:
+               force: bool, until: float | None) -> JSONResponse:
     """Every member (app/core/groups.py); the answer is the worst member's status."""
     trigger = trigger_of(request)
-    outcome = run_group(runner, group, trigger=trigger, dry_run=dry_run, force=force)
+    outcome = run_group(runner, group, trigger=trigger, dry_run=dry_run, force=force,
+                        until=until)
     note_run(request, group.name, None, outcome.status)
     headers = {"Retry-After": "60"} if outcome.status == RunStatus.UNAVAILABLE else None
     body = outcome.as_json()
-    if catch_up.follows_call(runner.settings, trigger, dry_run=dry_run, force=force):
-        caught = catch_up.catch_up_one(runner)  # once, after the whole group
+    if (catch_up.follows_call(runner.settings, trigger, dry_run=dry_run, force=force)
+            and _catch_up_fits(runner, until, outcome.status)):
+        caught = catch_up.catch_up_one(runner, until)  # once, after the whole group
         body["catch_up"] = caught.as_json() if caught is not None else None
     return JSONResponse(body, status_code=outcome.http_status, headers=headers)
 

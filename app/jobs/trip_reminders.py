@@ -24,7 +24,9 @@ Steps:
    whose trip has already started (a run that stopped early days ago), and withdraw those
    of travellers who unsubscribed since.
 6. Send every pending reminder over one SMTP connection, at most once
-   (app/mail/delivery.py states the rule and its one ambiguous window).
+   (app/mail/delivery.py states the rule and its one ambiguous window), in chunks of
+   consecutive ids (app/core/chunks.py): a run that reaches its invocation's time budget
+   answers `partial` and the next call sends the rest, under the same run.
 
 Skipped (nothing to do, `nothing_to_do`) when no trip starts on the target day and no
 reminder of an earlier run is still pending: two indexed reads.
@@ -45,6 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.core.batching import stream_rows
+from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
 from app.core.status import RunStatus
@@ -189,7 +192,8 @@ def _brake(ctx: JobContext, day: dt.date, samples: list[str], details: dict[str,
     return check
 
 
-def run(ctx: JobContext) -> JobResult:
+def plan(ctx: JobContext) -> Plan:
+    """Steps 1-5, once per run; the chunks are the pending reminders, by id range."""
     day = target_date(ctx)
     today = day - dt.timedelta(days=ctx.settings.reminder_days_ahead)
     tally = notify.Tally()
@@ -204,30 +208,61 @@ def run(ctx: JobContext) -> JobResult:
     notify.expire(ctx, KIND, opted_out(notifications.c.user_id, KIND), tally,
                   reason="the traveller unsubscribed before it could be sent",
                   withdrawn=True)
-    notify.deliver(ctx, KIND, TEMPLATE, tally)
-
-    details.update(opted_out=screen.declined, **screen.as_dict(), **tally.as_dict())
-    skipped = (f", {screen.unreachable} skipped (unusable preferences or address: see "
-               "details)" if screen.unreachable else "")
+    details.update(opted_out=screen.declined, **screen.as_dict())
+    notes = {"details": details, "tally": tally.as_dict(), "unreachable": screen.unreachable,
+             "declined": screen.declined}
     if ctx.dry_run:
+        return Plan([], notes)
+    # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
+    return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
+
+
+def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
+    """Each invocation: settle what a dead run (or this run's interrupted attempt) left
+    mid-batch, off its hand-over cursor, before sending again."""
+    notify.resolve_unknown(ctx, KIND, notify.Tally())
+
+
+def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Step 6 for one chunk: the pending reminders with an id in its range."""
+    tally = notify.Tally()
+    notify.deliver(ctx, KIND, TEMPLATE, tally, first=args["first"], last=args["last"])
+    return {"records": tally.sent, "taken_by_other_run": tally.taken_by_other_run,
+            "errors": tally.errors}
+
+
+def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
+    day = dt.date.fromisoformat(notes["details"]["target_date"])
+    details = dict(notes["details"])
+    tally = notify.Tally(**{k: v for k, v in notes["tally"].items() if k != "timings_ms"})
+    unreachable, declined = int(notes["unreachable"]), int(notes["declined"])
+    skipped = (f", {unreachable} skipped (unusable preferences or address: see "
+               "details)" if unreachable else "")
+    if ctx.dry_run:
+        details.update(tally.as_dict())
         message = (f"would send {tally.new + tally.resumed} reminder(s) for trips starting "
-                   f"{day}; {tally.already_sent} already sent, {screen.declined} opted out"
+                   f"{day}; {tally.already_sent} already sent, {declined} opted out"
                    + skipped)
         return JobResult(records_processed=tally.new + tally.resumed, message=message,
                          details=details,
-                         status=RunStatus.WARNING if screen.unreachable else RunStatus.SUCCESS)
+                         status=RunStatus.WARNING if unreachable else RunStatus.SUCCESS)
+    notify.count_run(ctx, KIND, tally)
+    tally.taken_by_other_run += int(totals.get("taken_by_other_run", 0))
+    tally.errors = [*tally.errors, *totals.get("errors", [])]
+    details.update(tally.as_dict())
     message = (f"trips starting {day}: {tally.sent} sent, {tally.failed} failed, "
                f"{tally.unconfirmed} unconfirmed, {tally.already_sent} already sent, "
-               f"{screen.declined} opted out" + skipped)
+               f"{declined} opted out" + skipped)
     if tally.expired:
         message += f", {tally.expired} expired"
     if tally.withdrawn:
         message += f", {tally.withdrawn} withdrawn (unsubscribed)"
-    if tally.left_pending:
-        message += f", {tally.left_pending} left for the next run (time budget)"
-    troubled = notify.outcome_status(tally) == RunStatus.WARNING or screen.unreachable
+    troubled = notify.outcome_status(tally) == RunStatus.WARNING or unreachable
     return JobResult(records_processed=tally.sent, message=message,
                      status=RunStatus.WARNING if troubled else RunStatus.SUCCESS, details=details)
+
+
+run = Chunked(plan=plan, work=send, finish=finish, prepare=prepare)
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

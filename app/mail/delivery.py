@@ -58,6 +58,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from app.core import chunks
 from app.core.context import JobContext
 from app.core.errors import JobRefused
 from app.core.status import JobStatus, RunStatus
@@ -78,6 +79,8 @@ CLAIM_BATCH = 1000
 # A run stops claiming new messages once this share of its time budget is spent, leaving
 # the rest `pending` for the next run instead of being killed mid-batch.
 BUDGET_SHARE = 0.9
+# Messages per batch inside a chunk: the chunk looks at its invocation's time between them.
+CHUNK_BATCH = 200
 UNCONFIRMED_NOTE = ("outcome unknown: the run stopped while handing the message to the mail "
                     "server; presumed delivered, not sent again")
 
@@ -267,11 +270,13 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
 
 
 def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetime,
-                 after: int, size: int) -> tuple[list[sa.Row[Any]], int | None]:
+                 after: int, size: int, last: int | None = None
+                 ) -> tuple[list[sa.Row[Any]], int | None]:
     """This run's next `size` pending rows with an id above `after`, claiming loose ones.
 
     Returns the rows, in id order, and the last candidate id (None: nothing left above
-    `after`).  Rows this run planned are its own already (`plan` inserts them claimed);
+    `after`, or up to `last` when given).  Rows this run planned are its own already
+    (`plan` inserts them claimed);
     unclaimed ones (left by a run that stopped) are taken by a conditional UPDATE checked
     again on each row as it is updated, so two runs racing for them get disjoint shares.
     The candidates are read first, by an ordered range scan of the pending index, rather
@@ -283,7 +288,8 @@ def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetim
     candidates: list[sa.Row[Any]] = [*conn.execute(
         sa.select(c.id, c.run_id, c.dedupe_key, c.user_id, c.recipient, c.payload)
         .where(c.kind == kind, c.status == "pending", c.id > after,
-               sa.or_(c.run_id.is_(None), c.run_id == run_id))
+               sa.or_(c.run_id.is_(None), c.run_id == run_id),
+               sa.true() if last is None else c.id <= last)
         .order_by(c.id).limit(size)
     )]
     if not candidates:
@@ -372,11 +378,33 @@ def _send_batch(transport: MailTransport, batch: _Batch, composer: NotificationM
     return True
 
 
+def ranges(ctx: JobContext, kind: str, size: int = CLAIM_BATCH) -> list[dict[str, Any]]:
+    """The pending rows of `kind` this run may send, as consecutive id ranges of `size`
+    rows ({"first": id, "last": id}): the chunks of a mail job's run (app/core/chunks.py).
+    One grouped read of the pending index, numbering the rows rather than loading them."""
+    c = notifications.c
+    numbered = (
+        sa.select(c.id, sa.func.row_number().over(order_by=c.id).label("n"))
+        .where(c.kind == kind, c.status == "pending",
+               sa.or_(c.run_id.is_(None), c.run_id == ctx.run_id))
+        .subquery()
+    )
+    group = ((numbered.c.n - 1) // max(1, size)).label("g")
+    with ctx.engine.connect() as conn:
+        return [{"first": int(first), "last": int(last)} for _, first, last in conn.execute(
+            sa.select(group, sa.func.min(numbered.c.id), sa.func.max(numbered.c.id))
+            .group_by(group).order_by(group))]
+
+
 def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
-            mailer: Mailer | None = None) -> None:
-    """Send every pending row of `kind` this run can claim, over one mail connection."""
+            mailer: Mailer | None = None, *, first: int | None = None,
+            last: int | None = None) -> None:
+    """Send every pending row of `kind` this run can claim, over one mail connection; with
+    `first` and `last`, those with an id in that range only (one chunk of the run: the
+    run's chunks watch its time, so the range is sent whole)."""
     if ctx.dry_run:
         return
+    bounded = last is not None
     clock = time.perf_counter()
     mailer = mailer or Mailer(ctx.settings)
     started = time.monotonic()
@@ -386,28 +414,35 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     if not composer.links.configured:  # settings refuse this in production already
         raise JobRefused("UNSUBSCRIBE_SECRET is not set: user emails cannot carry their "
                          "unsubscribe link, so none is sent")
-    after, swept = 0, False
+    after, swept = (first - 1 if first is not None else 0), False
+    batch_s = 0.0  # the longest batch so far: the next one must fit in the time left
     durable = ctx.settings.mail_durable_claims
     with mailer.connection() as transport, handover_log(ctx.engine, ctx.run_id,
                                                         durable=durable) as handover:
         while True:
-            if budget is not None and time.monotonic() - started > budget * BUDGET_SHARE:
+            if (not bounded and budget is not None
+                    and time.monotonic() - started > budget * BUDGET_SHARE):
                 tally.left_pending += ledger.count_pending(ctx.engine, kind)
                 break
+            if bounded and after >= (first or 0) and chunks.out_of_time(ctx, batch_s):
+                # Between batches, everything settled: the chunk resumes from here.
+                raise chunks.OutOfTime
             with ctx.engine.begin() as conn:
-                rows, last = _claim_batch(conn, kind, ctx.run_id, ctx.now, after, CLAIM_BATCH)
-            if last is None:
-                if after == 0 or swept:
+                rows, top = _claim_batch(conn, kind, ctx.run_id, ctx.now, after,
+                                         CHUNK_BATCH if bounded else CLAIM_BATCH, last)
+            if top is None:
+                if after == 0 or swept or bounded:
                     break
                 # One last sweep from the start: rows released behind the walk (a run that
                 # died meanwhile).  Once only, so the loop always ends.
                 resolve_unknown(ctx, kind, tally)
                 after, swept = 0, True
                 continue
-            after = last
+            after = top
             if not rows:
                 continue  # a racing run took these candidates
             batch = _Batch(ctx, kind, handover, tally)
+            batch_started = time.monotonic()
             try:
                 going_on = _send_batch(transport, batch, composer, rows)
             except BaseException:
@@ -418,19 +453,35 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
                     batch.settle(in_flight=batch.current if transport.in_doubt else None)
                 raise
             batch.settle()
+            batch_s = max(batch_s, time.monotonic() - batch_started)
             if not going_on:
                 break
     # Across the runner's attempts of this run, not only this attempt's share.
     with ctx.engine.connect() as conn:
         mine: dict[str, int] = dict(conn.execute(
             sa.select(notifications.c.status, sa.func.count())
-            .where(notifications.c.run_id == ctx.run_id, notifications.c.kind == kind)
+            .where(notifications.c.run_id == ctx.run_id, notifications.c.kind == kind,
+                   sa.true() if first is None else notifications.c.id >= first,
+                   sa.true() if last is None else notifications.c.id <= last)
             .group_by(notifications.c.status)
         ).all())
     tally.sent = int(mine.get("sent", 0))
     tally.failed = int(mine.get("failed", 0))
     tally.unconfirmed += int(mine.get("unconfirmed", 0))
     tally.timed("deliver", clock)
+
+
+def count_run(ctx: JobContext, kind: str, tally: Tally) -> None:
+    """The outcome of every message of `kind` this run claimed, across its invocations and
+    attempts: what its closing summary reports."""
+    c = notifications.c
+    with ctx.engine.connect() as conn:
+        mine: dict[str, int] = dict(conn.execute(
+            sa.select(c.status, sa.func.count())
+            .where(c.run_id == ctx.run_id, c.kind == kind).group_by(c.status)).all())
+    tally.sent = int(mine.get("sent", 0))
+    tally.failed = int(mine.get("failed", 0))
+    tally.unconfirmed += int(mine.get("unconfirmed", 0))
 
 
 def outcome_status(tally: Tally) -> JobStatus:

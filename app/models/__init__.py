@@ -14,7 +14,7 @@ from app.models.notifications import (
     CronEngagementMetrics,
     CronNotification,
 )
-from app.models.runs import CronJobIncident, CronJobLease, CronJobLog
+from app.models.runs import CronJobIncident, CronJobLease, CronJobLog, CronRunChunk
 from app.models.voyagesmart import (
     VOYAGESMART_TABLES,
     Accommodation,
@@ -49,6 +49,7 @@ __all__ = [
     "CronMonthlyReport",
     "CronNotification",
     "CronRateLimit",
+    "CronRunChunk",
     "CronWeeklyAnalytics",
     "Document",
     "Expense",

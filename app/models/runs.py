@@ -47,12 +47,34 @@ class CronJobLog(Base):
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # What the run cost: memory, CPU, database time, outbound calls (app/observe/usage.py).
     resource_usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # A run made of chunks (app/core/chunks.py): how many it planned and finished, and what
+    # its plan noted for the closing summary.  NULL on a run of one piece.
+    chunks_total: Mapped[int | None] = mapped_column(sa.Integer)
+    chunks_done: Mapped[int | None] = mapped_column(sa.Integer)
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     @property
     def duration_ms(self) -> int | None:
         if self.ended_at is None:
             return None
         return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+
+class CronRunChunk(Base):
+    """One planned piece of a run's work (app/core/chunks.py): its arguments, and once done
+    what it did.  A chunk marked `done` is never run again for its run."""
+
+    __tablename__ = "cron_run_chunk"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    args: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    records: Mapped[int] = mapped_column(sa.Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
 
 
 class CronJobLease(Base):
