@@ -21,6 +21,11 @@ decide.  A late delivery after it answers `duplicate`; two calls catching up the
 run it once (under the lease, any real run since the slot settles a catch-up).  Its log row
 is an ordinary run of the slot, so `/health` counts a caught-up slot as done.
 
+A slot whose run was left `partial` (a chunked run paused at FUNCTION_MAX_DURATION,
+app/core/chunks.py)
+and not continued by a call of its own task is continued the same way, while it is still
+useful (`unfinished_slots`): on Vercel alone, the next cron call of any task finishes it.
+
 A cron call catches up at most one slot, synchronously, after its own run, and answers it
 under `catch_up` (app/http/cron.py).  Synchronously because work after the answer is lost
 on Vercel; one slot because that adds at most one job's run (bounded by its max runtime) to
@@ -104,6 +109,26 @@ def missed_slots(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
     return sorted(found, key=lambda m: (not m.critical, m.useful_until, m.task))
 
 
+def unfinished_slots(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
+                     ) -> list[MissedSlot]:
+    """Slots whose run is `partial` and still worth finishing at `now`: within the job's
+    useful lateness, or, for a job that has none, before its next slot."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(log_t.c.job_name, log_t.c.slot)
+            .where(log_t.c.job_name.in_(list(jobs)), log_t.c.status == RunStatus.PARTIAL,
+                   log_t.c.dry_run.is_(False), log_t.c.slot.is_not(None))
+        ).all()
+    found = []
+    for name, slot in rows:
+        spec = jobs[name]
+        useful_until = (slot + spec.catch_up_within if spec.catch_up_within is not None
+                        else registry.next_fire(spec.schedule, slot))
+        if now <= useful_until:
+            found.append(MissedSlot(name, slot, useful_until, spec.critical))
+    return sorted(found, key=lambda m: (not m.critical, m.useful_until, m.task))
+
+
 def follows_call(settings: Settings, trigger: str, *, dry_run: bool, force: bool) -> bool:
     """Does a cron call with these parameters catch up a missed slot after its own run?
     A scheduler's real call does; a dry run or a forced run is an operator's, and does not."""
@@ -118,7 +143,9 @@ def catch_up_one(runner: Runner, until: float | None = None) -> RunOutcome | Non
     The call that carries it keeps its own answer: a database that fails here is logged and
     answered as the catch-up's `unavailable`, never as the call's."""
     try:
-        missed = missed_slots(runner.engine, runner.jobs, runner.clock())
+        now = runner.clock()
+        missed = (missed_slots(runner.engine, runner.jobs, now)
+                  or unfinished_slots(runner.engine, runner.jobs, now))
     except sa_exc.SQLAlchemyError as exc:
         if not is_database_outage(exc):
             raise

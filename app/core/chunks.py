@@ -22,7 +22,9 @@ closing the run), it raises `RunPaused`; the runner closes the row `partial`, th
 answers 202, and the next call for the slot continues the same run (app/core/runner.py).
 Every invocation starts at least one chunk, so a run always advances.  A chunk whose
 work can be stopped safely part-way (a mail batch between messages) checks `out_of_time`
-and raises `OutOfTime`: the chunk stays pending and is resumed, never redone.
+and raises `OutOfTime`: the chunk stays pending and is resumed, never redone.  So does an
+outbound call refused for want of time (`BudgetSpent`, app/core/budget.py), raised before
+the call is made.
 
 A run whose process died leaves its chunks to the run that takes its slot up (`inherit`):
 done chunks stay done, the chunk it had in flight runs again (the job's own once-only
@@ -41,6 +43,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.core.budget import BudgetSpent
 from app.core.context import JobContext, JobResult
 from app.db import table_of
 from app.models import CronJobLog, CronRunChunk
@@ -141,7 +144,8 @@ class Chunked:
             started, clock = _utcnow(), time.monotonic()
             try:
                 counters = self.work(ctx, args)
-            except OutOfTime:
+            except (OutOfTime, BudgetSpent):
+                # BudgetSpent is raised before an outbound call starts: a safe point too.
                 raise RunPaused(progress(ctx.engine, ctx.run_id)) from None
             took = time.monotonic() - clock
             _done(ctx, seq, counters, started, took)

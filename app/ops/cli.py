@@ -131,6 +131,11 @@ _TASKS_EPILOG = "\b\nTasks:\n" + "\n".join(
     + [f"  {g.name:<22} {', '.join(g.members)}" for g in registry.GROUPS.values()])
 
 
+# Invocations one `run` makes at most while its run answers `partial` (a chunked run
+# paused at FUNCTION_MAX_DURATION): each continues the same run.
+CONTINUATIONS = 1000
+
+
 @cli.command(epilog=_TASKS_EPILOG)
 def run(
     task: Annotated[str, typer.Argument(help="The task to run (listed below).")],
@@ -146,6 +151,7 @@ def run(
     """Run one job, or a group's jobs, now (a manual run: not tied to a slot, never
     overlapping), or backfill one past slot with --slot."""
     from app.core.runner import DatabaseUnavailable, Runner, UnknownTask
+    from app.core.status import RunStatus
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
         # Turn SIGTERM into SystemExit so the runner closes the log row and the lease.
@@ -160,16 +166,26 @@ def run(
     group = registry.get_group(task)
     if group is not None:
         from app.core.groups import run_group
-        from app.core.status import RunStatus
 
         grouped = run_group(runner, group, trigger="cli", dry_run=dry_run, force=force)
+        for _ in range(CONTINUATIONS):  # FUNCTION_MAX_DURATION paused a member: go on
+            if grouped.status != RunStatus.PARTIAL:
+                break
+            typer.echo(f"{group.name}: partial, continuing", err=True)
+            grouped = run_group(runner, group, trigger="cli", dry_run=dry_run, force=force)
         typer.echo(json.dumps(grouped.as_json(), indent=2, default=str))
         if grouped.http_status >= 400:
             raise typer.Exit(3 if grouped.status == RunStatus.UNAVAILABLE else 1)
         return
     try:
-        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force,
-                             slot=registry.parse_slot(slot) if slot is not None else None)
+        when = registry.parse_slot(slot) if slot is not None else None
+        outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force, slot=when)
+        for _ in range(CONTINUATIONS):
+            if outcome.status != RunStatus.PARTIAL:
+                break
+            # Each call is one invocation (FUNCTION_MAX_DURATION); the next continues the run.
+            typer.echo(outcome.message, err=True)
+            outcome = runner.run(task, trigger="cli", dry_run=dry_run, force=force, slot=when)
     except registry.BadSlot as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None

@@ -14,9 +14,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from app.config import Settings
+from app.core import catch_up
+from app.core.runner import Runner
+from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLog, CronRunChunk
-from tests.conftest import SECRET, auth
+from tests.conftest import SECRET, FixedClock, auth
+from tests.support.chunk_cuts import cut_everywhere
 from tests.support.notification_data import recipients, seed_travellers
 from tests.support.servers import SmtpSink, UvicornProcess
 
@@ -96,3 +101,35 @@ def test_a_delivery_of_a_finished_slot_is_a_duplicate_not_a_new_run(
     assert codes[-1] == (200, "duplicate") and (200, "success") in codes, codes
     assert all(code == (202, "partial") for code in codes[:codes.index((200, "success"))])
     assert sum(recipients(smtp_sink).values()) == 1200
+
+
+def test_a_partial_run_left_alone_is_finished_by_the_next_cron_call_of_any_task(
+        engine: Engine, settings: Settings, smtp_sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Vercel alone nothing calls trip-reminders again that day: the next cron call of
+    another task continues its paused run, once per call, until it is done."""
+    at = dt.datetime.combine(dt.date.today(), dt.time(8, 30), dt.UTC)
+    expected = seed_travellers(engine, at.date() + dt.timedelta(days=7),
+                               at - dt.timedelta(days=30), 1500)
+    settings = settings.model_copy(update={
+        "smtp_host": smtp_sink.host, "smtp_port": smtp_sink.port, "smtp_security": "none",
+        "trip_reminders_send_brake_count": 100_000})
+    runner = Runner(settings, engine, clock=FixedClock(at))
+    cut_everywhere(monkeypatch)
+    first = runner.run("trip-reminders", trigger="vercel")
+    assert first.status == RunStatus.PARTIAL
+
+    caught = []
+    for _ in range(10):
+        outcome = catch_up.catch_up_one(runner)
+        if outcome is None:
+            break
+        caught.append(outcome)
+    assert [o.run_id for o in caught] == [first.run_id] * len(caught)
+    assert [o.status for o in caught][-1] == RunStatus.SUCCESS
+    assert set(o.status for o in caught[:-1]) <= {RunStatus.PARTIAL}
+    got = recipients(smtp_sink)
+    assert set(got) == expected and set(got.values()) == {1}
+    # Finished: a late delivery of the slot is a duplicate, and nothing is left to catch up.
+    assert runner.run("trip-reminders", trigger="vercel").status == RunStatus.DUPLICATE
+    assert catch_up.unfinished_slots(engine, runner.jobs, at) == []
