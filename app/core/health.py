@@ -5,7 +5,8 @@ the job's grace, lies before `now` (the way healthchecks.io and Sentry Crons dec
 grace absorbs scheduler lateness (Vercel Hobby fires anywhere in the hour; GitHub Actions
 can be hours late) and the job's own runtime.  A job that never succeeded is measured
 from the first run the service ever recorded, so a fresh deployment is not flagged before
-its first slot could have happened.  A run still `running` past its max runtime is stuck.
+its first slot could have happened.  A run still `running` past its max runtime is stuck
+(a run made of chunks, continued by a later call: past its max runtime from then).
 A run whose heartbeat (app/core/heartbeat.py) is older than DEAD_AFTER is dead, and stuck,
 at once: its process stopped, and the next call takes its work up.  A run that keeps
 renewing its heartbeat is never dead, even past its max runtime (it is then only stuck).
@@ -103,8 +104,10 @@ def read_facts(engine: Engine, jobs: dict[str, JobSpec]
             .where(log_t.c.job_name.in_(names), log_t.c.status.in_(DONE), real)
             .group_by(log_t.c.job_name)
         ).all())
+        # A run continued by a later call (app/core/chunks.py) counts from then.
         running = dict(conn.execute(
-            sa.select(log_t.c.job_name, sa.func.min(log_t.c.started_at))
+            sa.select(log_t.c.job_name,
+                      sa.func.min(sa.func.coalesce(log_t.c.resumed_at, log_t.c.started_at)))
             .where(log_t.c.job_name.in_(names), log_t.c.status == RunStatus.RUNNING)
             .group_by(log_t.c.job_name)
         ).all())

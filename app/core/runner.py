@@ -602,7 +602,8 @@ class Runner:
                                             lease_t.c.holder == lease_id)
                      .values(holder=row.run_id))
         conn.execute(log_t.update().where(log_t.c.run_id == row.run_id).values(
-            status=RunStatus.RUNNING, heartbeat_at=now, ended_at=None, attempts=1,
+            status=RunStatus.RUNNING, heartbeat_at=now, resumed_at=now, ended_at=None,
+            attempts=1,
             message=f"running: continued by a {trigger} call"))
         # Any other run still `running` is dead: this call holds the lease.
         self._abandon_dead_runs(conn, spec, row.run_id, now, holds_lease=True)

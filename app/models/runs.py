@@ -52,6 +52,9 @@ class CronJobLog(Base):
     chunks_total: Mapped[int | None] = mapped_column(sa.Integer)
     chunks_done: Mapped[int | None] = mapped_column(sa.Integer)
     checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # When a later call continued the run (app/core/runner.py): a continued run is stuck
+    # only past its max runtime from then (app/core/health.py).
+    resumed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def duration_ms(self) -> int | None:

@@ -27,7 +27,7 @@ from sentry_sdk.crons.consts import MonitorStatus
 
 from app.config import Settings
 from app.core.registry import JobSpec
-from app.core.status import DONE
+from app.core.status import DONE, RunStatus
 from app.logs import EMAIL, Redactor, secrets_of
 
 if TYPE_CHECKING:
@@ -125,7 +125,9 @@ class SentryCronObserver:
         if outcome.anomalies:
             _report_anomalies(spec, outcome)
         if check_in_id is not None:
-            ok = outcome.status in DONE
+            # A partial run closes this invocation's check-in as ok: it did its share, the
+            # next call opens its own, and a run never finished is alerted by /health.
+            ok = outcome.status in DONE or outcome.status == RunStatus.PARTIAL
             capture_checkin(monitor_slug=spec.name, check_in_id=check_in_id,
                             status=MonitorStatus.OK if ok else MonitorStatus.ERROR,
                             duration=outcome.duration_ms / 1000)

@@ -2,7 +2,8 @@
 
 `cron_run_chunk`: one row per planned piece of a run's work (its arguments, and once done its
 records and result).  `cron_job_log` gains `chunks_total`, `chunks_done` and `checkpoint`
-(what the run's plan noted for its closing summary): a run that reached its invocation's time
+(what the run's plan noted for its closing summary) and `resumed_at` (when a later call
+continued it: /health measures a live run's time from there): a run that reached its invocation's time
 budget is closed `partial` and continued by the next call (app/core/chunks.py).
 
 Revision ID: svc_0013
@@ -44,10 +45,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("chunks_total", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("chunks_done", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("checkpoint", _JSON, nullable=True))
+        batch.add_column(sa.Column("resumed_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("cron_job_log") as batch:
+        batch.drop_column("resumed_at")
         batch.drop_column("checkpoint")
         batch.drop_column("chunks_done")
         batch.drop_column("chunks_total")
