@@ -207,6 +207,9 @@ def run(ctx: JobContext) -> JobResult:
     notify.deliver(ctx, KIND, TEMPLATE, tally)
 
     details.update(opted_out=screen.declined, **screen.as_dict(), **tally.as_dict())
+    # The size of the work, for its trend (app/observe/volumes.py); the brake is no ceiling
+    # there: its share is a multiple of the recent volume, which steady growth raises too.
+    details["volume"] = {"measure": "planned_messages", "value": tally.new + tally.resumed}
     skipped = (f", {screen.unreachable} skipped (unusable preferences or address: see "
                "details)" if screen.unreachable else "")
     if ctx.dry_run:
