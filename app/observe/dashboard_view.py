@@ -2,13 +2,14 @@
 
 The overview is dense, the way healthchecks.io lists checks: a header counting jobs ok,
 failing, overdue, running and anomalous, and one row per job with a sparkline of its last
-runs (height: duration; colour: outcome).  The full charts
+runs (height: duration; colour: outcome) and a marker while an incident is open (the
+alert state of app/observe/alerts.py: what kind, since when, last alert).  The full charts
 live on each job's page: the duration of the last runs, and beside it what each run cost
 (app/observe/usage.py): peak memory, CPU seconds, time in the database and outbound calls.
 The trends projected from them are drawn by app/observe/trends.py.
 
 Reads are set-based: the overview is the three grouped reads of `/health` plus one
-windowed query for every job's last runs; a history
+windowed query for every job's last runs and one read of the incident states; a history
 page is one page query and one count.  The charts are drawn here as SVG geometry (no
 script, no CDN), so the page works under a Content-Security-Policy that allows no script
 at all.
@@ -34,6 +35,8 @@ from app.core.registry import JobSpec
 from app.core.status import FAILED, LOGGED
 from app.db import table_of
 from app.models import CronJobLog
+from app.observe import alerts
+from app.observe.incidents import Condition, IncidentState
 
 log_t = table_of(CronJobLog)
 
@@ -176,10 +179,17 @@ class JobView:
     spec: JobSpec
     health: health.JobHealth
     runs: list[RunRow]
+    # The alert state (app/observe/alerts.py); None: never alerted, or unreadable.
+    incident: IncidentState | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def incident_open(self) -> bool:
+        """An alert went out for trouble that has not recovered yet."""
+        return self.incident is not None and self.incident.condition is not Condition.HEALTHY
 
     @property
     def anomalous(self) -> bool:
@@ -230,7 +240,10 @@ def overview(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime) -> list
     facts, baseline = health.read_facts(engine, jobs)
     results, _issues = health.evaluate(jobs, facts, now, baseline)
     runs = recent_runs(engine, list(jobs))
-    return [JobView(jobs[item.name], item, runs[item.name]) for item in results]
+    stored = alerts.snapshot(engine, jobs) or {}  # None when unreadable: no incidents shown
+    return [JobView(jobs[item.name], item, runs[item.name],
+                    stored[item.name].state if item.name in stored else None)
+            for item in results]
 
 
 def job_view(engine: Engine, spec: JobSpec, now: dt.datetime) -> JobView:
