@@ -23,7 +23,7 @@ from app.http.deps import EngineDep, Operator, RunnerDep, SettingsDep, shown
 from app.http.guard import defenses_of
 from app.mail import templates
 from app.observe import dashboard_view as dashboard
-from app.observe import trends
+from app.observe import trends, volumes
 
 TEMPLATES = Jinja2Templates(env=templates.ENV)
 TEMPLATES.env.globals.update(age=dashboard.age, seconds_text=dashboard.seconds_text)
@@ -87,10 +87,10 @@ def job(request: Request, task: str, operator: Operator, engine: EngineDep,
     view = dashboard.job_view(engine, jobs[task], common["now"])
     hist = dashboard.history(engine, task, page=page, status=status)
     trend = trends.job_trends(engine, {task: jobs[task]}, common["now"])[task]
+    volume = volumes.job_volumes(engine, {task: jobs[task]}, common["now"]).get(task)
     return _page(request, "dashboard/job.html", {
         **common, "job": view, "history": hist, "statuses": dashboard.STATUSES,
-        "trend": trend, "trend_chart": trends.trend_chart(trend),
-        "ran": ran, "outcome": outcome,
+        "trend": trend, "volume": volume, "ran": ran, "outcome": outcome,
     })
 
 

@@ -16,7 +16,7 @@ from app.core.requirements import check_jobs
 from app.db import DATABASE_PROBLEMS, database_state, ping
 from app.http.deps import EngineDep, HealthViewer, SettingsDep
 from app.http.responses import HEALTH_RESPONSES
-from app.observe import alerts, run_marks, trends
+from app.observe import alerts, run_marks, trends, volumes
 
 router = APIRouter(tags=["health"])
 
@@ -39,6 +39,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
         facts, baseline = health.read_facts(engine, jobs)
         marks = run_marks.latest_marks(engine, list(jobs))
         outlook = trends.job_trends(engine, jobs, now)
+        growth = volumes.job_volumes(engine, jobs, now)
     except sa_exc.SQLAlchemyError as exc:
         state = database_state(exc)
         body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])
@@ -58,9 +59,10 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
     body.update(status="unhealthy" if issues else "healthy", database="ok", issues=issues)
     if not settings.enable_cron_jobs:
         warnings.append("cron jobs are disabled (ENABLE_CRON_JOBS=false)")
-    # Unusual runs and budgets in sight are warnings: the jobs still work (app/observe/).
+    # Unusual runs, budgets and limits in sight are warnings: the jobs still work (app/observe/).
     warnings += [marks[name].warning(detailed=detailed) for name in jobs if name in marks]
     warnings += trends.warnings(outlook)
+    warnings += volumes.warnings(growth)
     if marks:
         body["anomalies"] = {name: marks[name].kinds for name in jobs if name in marks}
     if warnings:
@@ -94,6 +96,7 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
                 "next_fire": _iso(item.next_fire),
                 "anomalies": marks[item.name].as_dict() if item.name in marks else None,
                 "trend": outlook[item.name].as_dict(),
+                "volume": growth[item.name].as_dict() if item.name in growth else None,
             }
             for item in results
         }

@@ -683,6 +683,8 @@ def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
         "late_reference_rows": refs.rows - reference_rows,
         "timings": timings,
         "buckets": [asdict(r) for r in every],
+        # The size of the work, for its trend (app/observe/volumes.py).
+        "volume": {"measure": "objects_scanned", "value": sum(r.scanned for r in every)},
     }
     status: JobStatus = RunStatus.WARNING if errors or protected else RunStatus.SUCCESS
     if ctx.dry_run:

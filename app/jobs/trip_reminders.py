@@ -209,6 +209,9 @@ def plan(ctx: JobContext) -> Plan:
                   reason="the traveller unsubscribed before it could be sent",
                   withdrawn=True)
     details.update(opted_out=screen.declined, **screen.as_dict())
+    # The size of the work, for its trend (app/observe/volumes.py); the brake is no ceiling
+    # there: its share is a multiple of the recent volume, which steady growth raises too.
+    details["volume"] = {"measure": "planned_messages", "value": tally.new + tally.resumed}
     notes = {"details": details, "tally": tally.as_dict(), "unreachable": screen.unreachable,
              "declined": screen.declined}
     if ctx.dry_run:

@@ -2,24 +2,24 @@
 
 The overview is dense, the way healthchecks.io lists checks: a header counting jobs ok,
 failing, overdue, running and anomalous, and one row per job with a sparkline of its last
-runs (height: duration; colour: outcome).  The full charts live on each job's page: the
-duration of the last runs (with a fitted trend line when one is given), and beside it what
-each run cost (app/observe/usage.py): peak memory, CPU seconds, time in the database and
-outbound calls.
+runs (height: duration; colour: outcome) and a marker while an incident is open (the
+alert state of app/observe/alerts.py: what kind, since when, last alert).  The full charts
+live on each job's page: the duration of the last runs, and beside it what each run cost
+(app/observe/usage.py): peak memory, CPU seconds, time in the database and outbound calls.
+The trends projected from them are drawn by app/observe/trends.py.
 
 Reads are set-based: the overview is the three grouped reads of `/health` plus one
-windowed query for every job's last runs; a history page is one page query and one count.
-The charts are drawn here as SVG geometry (no script, no CDN), so the page works under a
-Content-Security-Policy that allows no script at all.
+windowed query for every job's last runs and one read of the incident states; a history
+page is one page query and one count.  The charts are drawn here as SVG geometry (no
+script, no CDN), so the page works under a Content-Security-Policy that allows no script
+at all.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import hmac
-import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +35,8 @@ from app.core.registry import JobSpec
 from app.core.status import FAILED, LOGGED
 from app.db import table_of
 from app.models import CronJobLog
+from app.observe import alerts
+from app.observe.incidents import Condition, IncidentState
 
 log_t = table_of(CronJobLog)
 
@@ -173,30 +175,21 @@ def history(engine: Engine, task: str, *, page: int = 1, status: str | None = No
 
 # --- overview --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Trend:
-    """A fitted duration line drawn over the job page's duration chart.
-
-    The hook for the projection (app/observe/projection.py): its `fitted` and `ahead`
-    points, converted to seconds, and its sentence; `job_view` leaves it None until the
-    job page asks for one.
-    """
-
-    fitted: Sequence[tuple[dt.datetime, float]]  # (time, seconds) over the runs' history
-    ahead: Sequence[tuple[dt.datetime, float]] = ()  # from the last run onward
-    sentence: str = ""
-    warn: bool = False
-
-
-@dataclass(frozen=True)
 class JobView:
     spec: JobSpec
     health: health.JobHealth
     runs: list[RunRow]
-    trend: Trend | None = None
+    # The alert state (app/observe/alerts.py); None: never alerted, or unreadable.
+    incident: IncidentState | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def incident_open(self) -> bool:
+        """An alert went out for trouble that has not recovered yet."""
+        return self.incident is not None and self.incident.condition is not Condition.HEALTHY
 
     @property
     def anomalous(self) -> bool:
@@ -207,7 +200,7 @@ class JobView:
 
     @cached_property
     def chart(self) -> Chart:
-        return chart(self.runs, trend=self.trend)
+        return chart(self.runs)
 
     @cached_property
     def spark(self) -> Chart:
@@ -247,12 +240,14 @@ def overview(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime) -> list
     facts, baseline = health.read_facts(engine, jobs)
     results, _issues = health.evaluate(jobs, facts, now, baseline)
     runs = recent_runs(engine, list(jobs))
-    return [JobView(jobs[item.name], item, runs[item.name]) for item in results]
+    stored = alerts.snapshot(engine, jobs) or {}  # None when unreadable: no incidents shown
+    return [JobView(jobs[item.name], item, runs[item.name],
+                    stored[item.name].state if item.name in stored else None)
+            for item in results]
 
 
 def job_view(engine: Engine, spec: JobSpec, now: dt.datetime) -> JobView:
-    """One job for its page.  A duration projection is drawn by giving the view a trend:
-    `dataclasses.replace(view, trend=Trend(...))`."""
+    """One job for its page (its trends are drawn by app/observe/trends.py)."""
     return overview(engine, {spec.name: spec}, now)[0]
 
 
@@ -344,9 +339,6 @@ class Chart:
     bars: list[Bar] = field(default_factory=list)
     measure: str = "duration"
     label: str = "Duration"
-    trend: str = ""  # SVG polyline points of the fitted line over the runs
-    ahead: str = ""  # and of its continuation past the last run
-    trend_sentence: str = ""
 
     @property
     def slowest(self) -> Bar | None:
@@ -369,8 +361,7 @@ def _title(run: RunRow, text: str) -> str:
 def chart(runs: list[RunRow], width: int = 600, height: int = 150, *,
           value: Callable[[RunRow], float | None] = lambda r: r.duration_s,
           text: Callable[[float | None], str] = seconds_text, label: str = "Duration",
-          measure: str = "duration", mark_peak: bool = True, trend: Trend | None = None
-          ) -> Chart:
+          measure: str = "duration", mark_peak: bool = True) -> Chart:
     """Bars of one measure of the last runs, oldest left; failed runs marked, and the
     highest (the slowest, for durations) when `mark_peak`.  Runs without the measure (not
     finished, or logged before it was recorded) leave a gap."""
@@ -400,37 +391,8 @@ def chart(runs: list[RunRow], width: int = 600, height: int = 150, *,
             title=_title(run, text(amount)),
             anomalous=run.anomalous,
         ))
-    result = Chart(width, height, top, bottom, text(longest if known else None), bars,
-                   measure=measure, label=label)
-    if trend is None or not runs:
-        return result
-    centres = [(r.started_at, left + i * slot + slot / 2) for i, r in enumerate(runs)]
-
-    def polyline(points: Sequence[tuple[dt.datetime, float]]) -> str:
-        placed = []
-        for at, seconds in points:
-            x = _x_at(at, centres, slot)
-            y = top + plot_h - plot_h * seconds / scale
-            placed.append(f"{round(min(x, width - left), 2)},{round(max(y, top), 2)}")
-        return " ".join(placed)
-
-    return dataclasses.replace(result, trend=polyline(trend.fitted),
-                               ahead=polyline(trend.ahead), trend_sentence=trend.sentence)
-
-
-def _x_at(at: dt.datetime, centres: list[tuple[dt.datetime, float]], slot: float) -> float:
-    """Where a moment falls on a chart whose bars are placed by run, not by time: between
-    the two runs around it, or past the last at the history's average pace."""
-    first, last = centres[0], centres[-1]
-    if at <= first[0]:
-        return first[1]
-    for (t0, x0), (t1, x1) in itertools.pairwise(centres):
-        if t0 <= at <= t1:
-            span = (t1 - t0).total_seconds()
-            return x0 if span <= 0 else x0 + (x1 - x0) * (at - t0).total_seconds() / span
-    elapsed = (last[0] - first[0]).total_seconds()
-    pace = (len(centres) - 1) / elapsed if elapsed > 0 else 0.0  # runs per second
-    return last[1] + slot * pace * (at - last[0]).total_seconds()
+    return Chart(width, height, top, bottom, text(longest if known else None), bars,
+                 measure=measure, label=label)
 
 
 def sparkline(runs: list[RunRow], width: int = 122, height: int = 26) -> Chart:

@@ -30,7 +30,7 @@ from app.core.registry import JobSpec
 from app.core.status import LOGGED
 from app.db import table_of
 from app.models import CronAuditLog, CronJobLog
-from app.observe import run_marks, trends
+from app.observe import run_marks, trends, volumes
 from app.observe.usage import Service
 
 log_t = table_of(CronJobLog)
@@ -194,8 +194,9 @@ class RunLogCollector(Collector):
 
 def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
                ) -> Iterator[Metric]:
-    """Unusual latest runs (app/observe/run_marks.py) and duration trends against each
-    job's budget (app/observe/trends.py), as /health reports them."""
+    """Unusual latest runs (app/observe/run_marks.py), duration trends against each job's
+    budget (app/observe/trends.py) and volume trends against its limit
+    (app/observe/volumes.py), as /health reports them."""
     marks = run_marks.latest_marks(engine, list(jobs))
     outlook = trends.job_trends(engine, jobs, now)
     anomalous = GaugeMetricFamily("cron_job_anomalous", "1 when the job's latest finished "
@@ -223,6 +224,36 @@ def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
             if trend.projection.crosses_at is not None:
                 crossing.add_metric([name], trend.projection.crosses_at.timestamp())
     yield from (anomalous, factor, warned, growth, crossing)
+    yield from _volumes(volumes.job_volumes(engine, jobs, now))
+
+
+def _volumes(found: dict[str, volumes.JobVolume]) -> Iterator[Metric]:
+    """Measured volumes against what one run can handle (app/observe/volumes.py)."""
+    labels = ["task", "measure"]
+    latest = GaugeMetricFamily("cron_job_volume", "The volume the job's latest successful "
+                               "run measured (objects scanned, messages planned).", labels=labels)
+    limit = GaugeMetricFamily("cron_job_volume_limit", "What one run can handle: the lower "
+                              "of its measured pace times its budget and a ceiling it "
+                              "reports.", labels=labels)
+    warned = GaugeMetricFamily("cron_job_volume_warning", "1 when the job's volume trend "
+                               "crosses its limit within 30 days.", labels=labels)
+    growth = GaugeMetricFamily("cron_job_volume_growth_per_day", "Fitted growth of the "
+                               "job's volume per day (0.05 = +5%).", labels=labels)
+    crossing = GaugeMetricFamily("cron_job_volume_crossing_timestamp_seconds", "When the "
+                                 "fitted volume trend reaches the job's limit.", labels=labels)
+    for name, volume in found.items():
+        key = [name, volume.measure]
+        if volume.latest is not None:
+            latest.add_metric(key, volume.latest)
+        if volume.limit is not None:
+            limit.add_metric(key, volume.limit)
+        warned.add_metric(key, int(volume.warn))
+        p = volume.projection
+        if p is not None:
+            growth.add_metric(key, p.growth_per_day)
+            if p.crosses_at is not None:
+                crossing.add_metric(key, p.crosses_at.timestamp())
+    yield from (latest, limit, warned, growth, crossing)
 
 
 def _le(bound: float) -> str:

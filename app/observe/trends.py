@@ -8,7 +8,8 @@
    under a second (scheduler noise, far from any budget), projects nothing.
 3. `/health` lists the trends that cross within `WARN_WITHIN` (or already have) as warnings,
    `/metrics` exposes growth and crossing per job, and the job's dashboard page draws the
-   runs, the fitted line, its projection and the budget (`trend_chart`).
+   runs, the fitted line, its projection and the budget (`trend_chart`, which draws the
+   volume trends of app/observe/volumes.py too).
 
 The budget is the job's max runtime: the runner stops retrying there and the lease expires,
 so a run that needs longer is cut short or overlaps the next one.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,10 @@ class JobTrend:
     def warn(self) -> bool:
         return self.projection is not None and self.projection.outlook in WARNED
 
+    def chart(self) -> TrendChart | None:
+        return trend_chart(self.points, self.projection,
+                           limit_label=f"budget {budget_label(self.budget_s)}")
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for /health's details and the dashboard."""
         p = self.projection
@@ -71,24 +77,38 @@ class JobTrend:
         }
 
 
-def durations(engine: Engine, names: list[str], limit: int = HISTORY
-              ) -> dict[str, list[Point]]:
-    """Each job's last `limit` successful real runs as (start, seconds), oldest first."""
+def successful_runs(engine: Engine, names: list[str], *columns: sa.ColumnElement[Any],
+                    limit: int = HISTORY) -> dict[str, list[sa.Row[Any]]]:
+    """Each job's last `limit` successful real runs, oldest first, as rows of start, end and
+    `columns`: one windowed query, whatever the number of jobs (the volume trends of
+    app/observe/volumes.py read the same runs)."""
     rank = sa.func.row_number().over(partition_by=log_t.c.job_name,
                                      order_by=log_t.c.started_at.desc()).label("rank")
-    ranked = (sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.ended_at, rank)
+    ranked = (sa.select(log_t.c.job_name, log_t.c.started_at, log_t.c.ended_at, *columns,
+                        rank)
               .where(log_t.c.job_name.in_(names), log_t.c.status == RunStatus.SUCCESS,
                      log_t.c.dry_run.is_(False), log_t.c.ended_at.is_not(None))
               .subquery())
-    query = (sa.select(ranked.c.job_name, ranked.c.started_at, ranked.c.ended_at)
+    query = (sa.select(*[c for c in ranked.c if c.name != "rank"])
              .where(ranked.c.rank <= limit)
              .order_by(ranked.c.job_name, ranked.c.started_at))
-    out: dict[str, list[Point]] = {name: [] for name in names}
+    out: dict[str, list[sa.Row[Any]]] = {name: [] for name in names}
     with engine.connect() as conn:
         for row in conn.execute(query):
-            seconds = (row.ended_at - row.started_at).total_seconds()
-            out[row.job_name].append(Point(row.started_at, max(0.0, seconds)))
+            out[row.job_name].append(row)
     return out
+
+
+def seconds_of(row: sa.Row[Any]) -> float:
+    elapsed: dt.timedelta = row.ended_at - row.started_at
+    return max(0.0, elapsed.total_seconds())
+
+
+def durations(engine: Engine, names: list[str], limit: int = HISTORY
+              ) -> dict[str, list[Point]]:
+    """Each job's last `limit` successful real runs as (start, seconds), oldest first."""
+    return {name: [Point(row.started_at, seconds_of(row)) for row in rows]
+            for name, rows in successful_runs(engine, names, limit=limit).items()}
 
 
 def trend_of(spec: JobSpec, points: list[Point], now: dt.datetime) -> JobTrend:
@@ -115,7 +135,10 @@ def warnings(trends: dict[str, JobTrend]) -> list[str]:
 # --- the chart on a job's dashboard page ---------------------------------------------------
 @dataclass(frozen=True)
 class TrendChart:
-    """SVG geometry: runs as dots, the fitted line, its projection dashed, the budget."""
+    """SVG geometry: runs as dots, the fitted line, its projection dashed, the limit.
+
+    One drawing for every projected measure: the duration against the budget here, a
+    volume against what one run can handle (app/observe/volumes.py)."""
 
     width: int
     height: int
@@ -124,24 +147,30 @@ class TrendChart:
     dots: list[tuple[float, float, str]] = field(default_factory=list)  # x, y, title
     fitted: str = ""  # polyline points
     ahead: str = ""
-    budget_y: float | None = None  # None: the budget is off the chart
-    budget_label: str = ""
+    limit_y: float | None = None  # None: the limit is off the chart
+    limit_label: str = ""
     crossing: tuple[float, float, str] | None = None
     max_label: str = ""
 
 
-def trend_chart(trend: JobTrend, width: int = 600, height: int = 170) -> TrendChart | None:
-    """None when the job has no projection to draw."""
-    p = trend.projection
-    if p is None or not trend.points:
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s"
+
+
+def trend_chart(points: Sequence[Point], p: Projection | None, *, limit_label: str,
+                value_text: Callable[[float], str] = _seconds, width: int = 600,
+                height: int = 170) -> TrendChart | None:
+    """None when there is no projection to draw.  The limit (`p.limit`) is drawn, and the
+    scale stretched to it, only when the trend heads for it."""
+    if p is None or not points:
         return None
     top, bottom, left, right = 22, 18, 6, 6
     plot_h, plot_w = height - top - bottom, width - left - right
-    everything = [*trend.points, *p.fitted, *p.ahead]
+    everything = [*points, *p.fitted, *p.ahead]
     start, end = everything[0].at, max(q.at for q in everything)
     span = max((end - start).total_seconds(), 1.0)
-    shows_budget = p.outlook is not Outlook.NONE
-    highest = max([q.value for q in everything] + ([trend.budget_s] if shows_budget else []))
+    shows_limit = p.outlook is not Outlook.NONE
+    highest = max([q.value for q in everything] + ([p.limit] if shows_limit else []))
     highest = highest * 1.05 or 1.0
 
     def x(at: dt.datetime) -> float:
@@ -150,19 +179,17 @@ def trend_chart(trend: JobTrend, width: int = 600, height: int = 170) -> TrendCh
     def y(value: float) -> float:
         return round(top + plot_h - plot_h * min(value, highest) / highest, 2)
 
-    def line(points: tuple[Point, ...]) -> str:
-        return " ".join(f"{x(q.at)},{y(q.value)}" for q in points)
+    def line(drawn: tuple[Point, ...]) -> str:
+        return " ".join(f"{x(q.at)},{y(q.value)}" for q in drawn)
 
-    budget_y = y(trend.budget_s) if trend.budget_s <= highest else None
     crossing = None
     if p.crosses_at is not None and p.outlook is not Outlook.NONE:
-        crossing = (x(min(p.crosses_at, end)), y(trend.budget_s),
-                    f"crosses {p.crosses_at:%Y-%m-%d}")
+        crossing = (x(min(p.crosses_at, end)), y(p.limit), f"crosses {p.crosses_at:%Y-%m-%d}")
     return TrendChart(
         width, height, top, bottom,
-        dots=[(x(q.at), y(q.value), f"{q.at:%Y-%m-%d %H:%M} UTC · {q.value:.1f} s")
-              for q in trend.points],
-        fitted=line(p.fitted), ahead=line(p.ahead), budget_y=budget_y,
-        budget_label=f"budget {budget_label(trend.budget_s)}", crossing=crossing,
-        max_label=f"{highest:.1f} s",
+        dots=[(x(q.at), y(q.value), f"{q.at:%Y-%m-%d %H:%M} UTC · {value_text(q.value)}")
+              for q in points],
+        fitted=line(p.fitted), ahead=line(p.ahead),
+        limit_y=y(p.limit) if p.limit <= highest else None, limit_label=limit_label,
+        crossing=crossing, max_label=value_text(highest),
     )

@@ -1,10 +1,11 @@
 """Runs made of chunks: the planned pieces of a run and its progress.
 
 `cron_run_chunk`: one row per planned piece of a run's work (its arguments, and once done its
-records and result).  `cron_job_log` gains `chunks_total`, `chunks_done` and `checkpoint`
+records and result).  `cron_job_log` gains `chunks_total`, `chunks_done`, `checkpoint`
 (what the run's plan noted for its closing summary) and `resumed_at` (when a later call
-continued it: /health measures a live run's time from there): a run that reached its invocation's time
-budget is closed `partial` and continued by the next call (app/core/chunks.py).
+continued it: /health measures a live run's time from there).  A run that reached its
+invocation's time budget is closed `partial` and continued by the next call
+(app/core/chunks.py).
 
 Revision ID: svc_0013
 Revises: svc_0012

@@ -28,10 +28,12 @@ class SizedJob:
         self.clock = clock
         self.seconds = 0.0
         self.records = 0
+        self.details: dict[str, Any] = {}  # what the next run writes in its details
 
     def __call__(self, ctx: JobContext) -> JobResult:
         self.clock.advance(seconds=self.seconds)
-        return JobResult(records_processed=self.records, message="done")
+        return JobResult(records_processed=self.records, message="done",
+                         details=dict(self.details))
 
     def spec(self, name: str, *, max_runtime: dt.timedelta = dt.timedelta(minutes=15),
              critical: bool = True) -> JobSpec:
@@ -50,10 +52,10 @@ def client_for(make_client: ClientFactory, db_url: str, tmp_path: Path, job: Siz
         name: job.spec(name, max_runtime=max_runtime) for name in names})
 
 
-def run(client: TestClient, job: SizedJob, task: str, seconds: float, records: int
-        ) -> dict[str, Any]:
+def run(client: TestClient, job: SizedJob, task: str, seconds: float, records: int,
+        details: dict[str, Any] | None = None) -> dict[str, Any]:
     """One forced run through the cron endpoint, a day after the previous one."""
-    job.seconds, job.records = seconds, records
+    job.seconds, job.records, job.details = seconds, records, details or {}
     response = client.post(f"/api/cron/{task}?force=1", headers=auth())
     assert response.status_code == 200, response.json()
     body: dict[str, Any] = response.json()
@@ -71,8 +73,6 @@ def metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 def label(task: str, **more: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({"task": task, **more}.items()))
-
-
 
 
 def basic() -> dict[str, str]:

@@ -1,10 +1,10 @@
-"""Chart geometry of the dashboard: the trend line's hook, usage bars, the sparkline."""
+"""Chart geometry of the dashboard: usage bars, the sparkline (the trend charts: test_trends.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from app.observe.dashboard_view import RunRow, Trend, chart, sparkline, summarize
+from app.observe.dashboard_view import RunRow, chart, sparkline, summarize
 
 T0 = dt.datetime(2026, 11, 1, 3, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -16,34 +16,6 @@ def _run(i: int, seconds: float, status: str = "success", **extra: object) -> Ru
                   started_at=started, ended_at=started + dt.timedelta(seconds=seconds),
                   message="", records_processed=0, attempts=1, dry_run=False,
                   error_details=None, **extra)  # type: ignore[arg-type]
-
-
-def _points(polyline: str) -> list[tuple[float, float]]:
-    return [(float(x), float(y)) for x, y in (p.split(",") for p in polyline.split())]
-
-
-def test_a_trend_is_drawn_through_the_runs_and_continues_past_the_last() -> None:
-    runs = [_run(i, 10.0 * (i + 1)) for i in range(10)]  # 10 s .. 100 s, one a day
-    fitted = [(r.started_at, r.duration_s or 0.0) for r in runs]
-    ahead = [(runs[-1].started_at + k * DAY, 100.0 + 10 * k) for k in range(0, 4)]
-    c = chart(runs, trend=Trend(fitted, ahead, "at this growth, job exceeds its budget"))
-    assert c.trend_sentence == "at this growth, job exceeds its budget"
-    line = _points(c.trend)
-    # Each fitted point sits on the top of its run's bar.
-    for (x, y), bar in zip(line, c.bars, strict=True):
-        assert abs(x - (bar.x + bar.width / 2)) < 0.01
-        assert abs(y - bar.y) < 0.01
-    continued = _points(c.ahead)
-    assert continued[0] == line[-1]
-    slot = c.bars[1].x - c.bars[0].x
-    # A day past the last run is one run's slot to the right; values past the scale clip.
-    assert abs(continued[1][0] - (line[-1][0] + slot)) < 0.01
-    assert all(y >= c.top for _x, y in continued) and continued[-1][1] == c.top
-
-
-def test_without_a_trend_nothing_is_drawn() -> None:
-    c = chart([_run(i, 5.0) for i in range(3)])
-    assert c.trend == "" and c.ahead == "" and c.trend_sentence == ""
 
 
 def test_usage_charts_leave_gaps_for_runs_that_recorded_nothing() -> None:
