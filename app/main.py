@@ -85,7 +85,8 @@ def create_app(
     app.state.jobs = registry.scheduled(all_jobs, settings.schedule_mode, app.state.groups)
     app.state.observers = [*observers_for(settings), *(observers or [])]
     app.state.defenses = Defenses(settings, app.state.engine, clock)
-    app.state.metrics_registry = build_registry(app.state.engine, lambda: app.state.jobs, clock)
+    app.state.metrics_registry = build_registry(app.state.engine, lambda: app.state.jobs, clock,
+                                                settings.invocation_seconds)
     app.state.runner_factory = lambda: Runner(
         settings, app.state.engine, clock=clock, jobs=app.state.jobs,
         observers=app.state.observers,

@@ -86,8 +86,10 @@ def job(request: Request, task: str, operator: Operator, engine: EngineDep,
     common = _common(request, operator)
     view = dashboard.job_view(engine, jobs[task], common["now"])
     hist = dashboard.history(engine, task, page=page, status=status)
-    trend = trends.job_trends(engine, {task: jobs[task]}, common["now"])[task]
-    volume = volumes.job_volumes(engine, {task: jobs[task]}, common["now"]).get(task)
+    invocation_s = request.app.state.settings.invocation_seconds
+    trend = trends.job_trends(engine, {task: jobs[task]}, common["now"], invocation_s)[task]
+    volume = volumes.job_volumes(engine, {task: jobs[task]}, common["now"],
+                                 invocation_s).get(task)
     return _page(request, "dashboard/job.html", {
         **common, "job": view, "history": hist, "statuses": dashboard.STATUSES,
         "trend": trend, "volume": volume, "ran": ran, "outcome": outcome,

@@ -38,8 +38,8 @@ def get_health(request: Request, settings: SettingsDep, engine: EngineDep,
         incidents = alerts.snapshot(engine, jobs) if settings.enable_cron_jobs else None
         facts, baseline = health.read_facts(engine, jobs)
         marks = run_marks.latest_marks(engine, list(jobs))
-        outlook = trends.job_trends(engine, jobs, now)
-        growth = volumes.job_volumes(engine, jobs, now)
+        outlook = trends.job_trends(engine, jobs, now, settings.invocation_seconds)
+        growth = volumes.job_volumes(engine, jobs, now, settings.invocation_seconds)
     except sa_exc.SQLAlchemyError as exc:
         state = database_state(exc)
         body.update(status="unhealthy", database=state, issues=[DATABASE_PROBLEMS[state]])

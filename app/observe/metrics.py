@@ -71,8 +71,9 @@ def _duration_seconds(engine: Engine) -> sa.ColumnElement[float]:
 
 class RunLogCollector(Collector):
     def __init__(self, engine: Engine, jobs: Callable[[], dict[str, JobSpec]],
-                 clock: Callable[[], dt.datetime]) -> None:
+                 clock: Callable[[], dt.datetime], invocation_s: float | None = None) -> None:
         self.engine = engine
+        self.invocation_s = invocation_s  # Settings.invocation_seconds: the trends' budget
         self.jobs = jobs
         self.clock = clock
 
@@ -152,7 +153,7 @@ class RunLogCollector(Collector):
             stuck.add_metric([item.name], int(item.stuck))
             next_fire.add_metric([item.name], item.next_fire.timestamp())
         yield from (last_success, overdue, stuck, next_fire)
-        yield from _foresight(self.engine, jobs, now)
+        yield from _foresight(self.engine, jobs, now, self.invocation_s)
 
         auth = GaugeMetricFamily("cron_auth_failures_last_hour",
                                  "Failed authentications in the last hour (audit log).")
@@ -192,13 +193,13 @@ class RunLogCollector(Collector):
         yield from (cpu, db, queries, calls, peak)
 
 
-def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
-               ) -> Iterator[Metric]:
+def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime,
+               invocation_s: float | None) -> Iterator[Metric]:
     """Unusual latest runs (app/observe/run_marks.py), duration trends against each job's
     budget (app/observe/trends.py) and volume trends against its limit
     (app/observe/volumes.py), as /health reports them."""
     marks = run_marks.latest_marks(engine, list(jobs))
-    outlook = trends.job_trends(engine, jobs, now)
+    outlook = trends.job_trends(engine, jobs, now, invocation_s)
     anomalous = GaugeMetricFamily("cron_job_anomalous", "1 when the job's latest finished "
                                   "run is far outside its recent successful runs.",
                                   labels=["task"])
@@ -224,7 +225,7 @@ def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
             if trend.projection.crosses_at is not None:
                 crossing.add_metric([name], trend.projection.crosses_at.timestamp())
     yield from (anomalous, factor, warned, growth, crossing)
-    yield from _volumes(volumes.job_volumes(engine, jobs, now))
+    yield from _volumes(volumes.job_volumes(engine, jobs, now, invocation_s))
 
 
 def _volumes(found: dict[str, volumes.JobVolume]) -> Iterator[Metric]:
@@ -261,7 +262,8 @@ def _le(bound: float) -> str:
 
 
 def build_registry(engine: Engine, jobs: Callable[[], dict[str, JobSpec]],
-                   clock: Callable[[], dt.datetime]) -> CollectorRegistry:
+                   clock: Callable[[], dt.datetime], invocation_s: float | None = None
+                   ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunLogCollector(engine, jobs, clock))
+    registry.register(RunLogCollector(engine, jobs, clock, invocation_s))
     return registry

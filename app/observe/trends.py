@@ -12,7 +12,9 @@
    volume trends of app/observe/volumes.py too).
 
 The budget is the job's max runtime: the runner stops retrying there and the lease expires,
-so a run that needs longer is cut short or overlaps the next one.
+so a run that needs longer is cut short or overlaps the next one.  Where one invocation is
+bounded (FUNCTION_MAX_DURATION, 300 s on Vercel), a job not made of chunks must finish
+inside it, so that is its budget (`time_budget`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from app.core.chunks import Chunked
 from app.core.registry import JobSpec
 from app.core.status import RunStatus
 from app.db import table_of
@@ -40,9 +43,15 @@ NOISE_FLOOR_S = 1.0  # a median below this is scheduler noise: no trend is proje
 WARNED = (Outlook.SOON, Outlook.PAST)
 
 
-def time_budget(spec: JobSpec) -> float:
-    """Seconds a run of `spec` may take."""
-    return spec.max_runtime.total_seconds()
+def time_budget(spec: JobSpec, invocation_s: float | None = None) -> float:
+    """Seconds a run of `spec` may take: its max runtime, or less when one invocation
+    (FUNCTION_MAX_DURATION: a Vercel function's max duration) must hold the whole run.
+    A run made of chunks (app/core/chunks.py) continues over several invocations, so its
+    budget stays its max runtime."""
+    seconds = spec.max_runtime.total_seconds()
+    if invocation_s is None or isinstance(spec.func, Chunked):
+        return seconds
+    return min(seconds, invocation_s)
 
 
 def budget_label(seconds: float) -> str:
@@ -111,8 +120,9 @@ def durations(engine: Engine, names: list[str], limit: int = HISTORY
             for name, rows in successful_runs(engine, names, limit=limit).items()}
 
 
-def trend_of(spec: JobSpec, points: list[Point], now: dt.datetime) -> JobTrend:
-    budget = time_budget(spec)
+def trend_of(spec: JobSpec, points: list[Point], now: dt.datetime,
+             invocation_s: float | None = None) -> JobTrend:
+    budget = time_budget(spec, invocation_s)
     projection = None
     if points and statistics.median(p.value for p in points) >= NOISE_FLOOR_S:
         projection = project(points, budget, now, subject=spec.name,
@@ -121,11 +131,13 @@ def trend_of(spec: JobSpec, points: list[Point], now: dt.datetime) -> JobTrend:
     return JobTrend(spec.name, budget, tuple(points), projection)
 
 
-def job_trends(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
-               ) -> dict[str, JobTrend]:
-    """Every job's duration trend against its budget (two jobs or twenty: one read)."""
+def job_trends(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime,
+               invocation_s: float | None = None) -> dict[str, JobTrend]:
+    """Every job's duration trend against its budget (two jobs or twenty: one read);
+    `invocation_s`: Settings.invocation_seconds."""
     history = durations(engine, list(jobs))
-    return {name: trend_of(spec, history[name], now) for name, spec in jobs.items()}
+    return {name: trend_of(spec, history[name], now, invocation_s)
+            for name, spec in jobs.items()}
 
 
 def warnings(trends: dict[str, JobTrend]) -> list[str]:

@@ -164,7 +164,8 @@ def _reported(volume: Any) -> tuple[str, float, Any] | None:
     return measure, float(value), volume
 
 
-def volume_of(spec: JobSpec, rows: list[Any], now: dt.datetime) -> JobVolume | None:
+def volume_of(spec: JobSpec, rows: list[Any], now: dt.datetime,
+              invocation_s: float | None = None) -> JobVolume | None:
     """The job's latest measure fitted over `rows` (start, end, volume); None when its runs
     measure nothing."""
     runs = [(row, seen) for row in rows if (seen := _reported(row.volume)) is not None]
@@ -173,7 +174,7 @@ def volume_of(spec: JobSpec, rows: list[Any], now: dt.datetime) -> JobVolume | N
     measure, _, latest = runs[-1][1]
     runs = [(row, seen) for row, seen in runs if seen[0] == measure]
     points = tuple(Point(row.started_at, value) for row, (_, value, _) in runs)
-    budget = time_budget(spec)
+    budget = time_budget(spec, invocation_s)
     seconds = [seconds_of(row) for row, _ in runs]
     capacity = None
     if statistics.median(seconds) >= NOISE_FLOOR_S:
@@ -194,11 +195,12 @@ def volume_of(spec: JobSpec, rows: list[Any], now: dt.datetime) -> JobVolume | N
     return dataclasses.replace(found, projection=projection)
 
 
-def job_volumes(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
-                ) -> dict[str, JobVolume]:
+def job_volumes(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime,
+                invocation_s: float | None = None) -> dict[str, JobVolume]:
     """Every job that measures a volume, with its projection (one read for all jobs)."""
     history = successful_runs(engine, list(jobs), log_t.c.details["volume"].label("volume"))
-    found = {name: volume_of(spec, history[name], now) for name, spec in jobs.items()}
+    found = {name: volume_of(spec, history[name], now, invocation_s)
+             for name, spec in jobs.items()}
     return {name: volume for name, volume in found.items() if volume is not None}
 
 

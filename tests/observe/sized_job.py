@@ -43,11 +43,11 @@ class SizedJob:
 
 
 def client_for(make_client: ClientFactory, db_url: str, tmp_path: Path, job: SizedJob,
-               *names: str, max_runtime: dt.timedelta = dt.timedelta(minutes=15)
-               ) -> TestClient:
+               *names: str, max_runtime: dt.timedelta = dt.timedelta(minutes=15),
+               **overrides: Any) -> TestClient:
     """A service running only `names` (each a SizedJob), with metrics and the dashboard on."""
     settings = make_settings(db_url, tmp_path, metrics_token=TOKEN, dashboard_user=USER,
-                             dashboard_password=PASSWORD)
+                             dashboard_password=PASSWORD, **overrides)
     return make_client(settings=settings, jobs={
         name: job.spec(name, max_runtime=max_runtime) for name in names})
 
