@@ -95,6 +95,9 @@ class JobSpec:
     restore: RestoreFunc | None = field(default=None, repr=False)
     # Skips the run when there is nothing to do (the runner asks before the job).
     precondition: Precondition | None = field(default=None, repr=False)
+    # Its run is made of chunks (app/core/chunks.py): it pauses at an invocation's time
+    # budget and the next call continues it, so its run may outlast one invocation.
+    chunked: bool = False
 
     def explain(self) -> str:
         return explain(self.schedule)
@@ -185,6 +188,7 @@ JOBS: dict[str, JobSpec] = {
             name="promo-cleanup",
             schedule="0 3 * * *",
             func=_job("promo_cleanup"),
+            chunked=True,
             description="Deactivate expired or used-up promo codes, raise used_count to the "
             "redemptions recorded, delete (archived) old codes never redeemed, purge the "
             "archive past its retention; statistics per tier.",
@@ -208,6 +212,7 @@ JOBS: dict[str, JobSpec] = {
             name="subscription-sync",
             schedule="0 2 * * *",
             func=_job("subscription_sync"),
+            chunked=True,
             description="Reconcile user_subscriptions that have a Stripe subscription with "
             "Stripe: tier, status, billing period, cancellation; history for every change.",
             critical=True,
@@ -282,6 +287,7 @@ JOBS: dict[str, JobSpec] = {
             name="db-maintenance",
             schedule="0 1 * * 0",
             func=_job("db_maintenance"),
+            chunked=True,
             description="Vacuum and analyze tables with many dead tuples, rebuild invalid or "
             "bloated indexes, reset query statistics.",
             critical=True,
@@ -297,6 +303,7 @@ JOBS: dict[str, JobSpec] = {
             name="storage-cleanup",
             schedule="0 2 * * 0",
             func=_job("storage_cleanup"),
+            chunked=True,
             description="Delete stale temporary uploads and files no row references, "
             "recompress old media.",
             grace=_WEEKLY_GRACE,
@@ -314,6 +321,7 @@ JOBS: dict[str, JobSpec] = {
             name="trip-reminders",
             schedule="0 8 * * *",
             func=_job("trip_reminders"),
+            chunked=True,
             description="Email the owner and accepted participants of trips starting in "
             "REMINDER_DAYS_AHEAD days, once each.",
             critical=True,
@@ -338,6 +346,7 @@ JOBS: dict[str, JobSpec] = {
             name="user-engagement",
             schedule="0 5 1 * *",
             func=_job("user_engagement"),
+            chunked=True,
             description="Email users inactive for INACTIVITY_DAYS once per inactivity "
             "period; store the month's engagement metrics.",
             grace=_MONTHLY_GRACE,

@@ -28,7 +28,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from app.core.chunks import Chunked
 from app.core.registry import JobSpec
 from app.core.status import RunStatus
 from app.db import table_of
@@ -49,7 +48,7 @@ def time_budget(spec: JobSpec, invocation_s: float | None = None) -> float:
     A run made of chunks (app/core/chunks.py) continues over several invocations, so its
     budget stays its max runtime."""
     seconds = spec.max_runtime.total_seconds()
-    if invocation_s is None or isinstance(spec.func, Chunked):
+    if invocation_s is None or spec.chunked:
         return seconds
     return min(seconds, invocation_s)
 
