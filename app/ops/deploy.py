@@ -8,7 +8,15 @@ The crontab (through `deploy/call-task`) and the workflow call a task with the s
 function, `call_task`.  It does not use curl's `--retry`, which also retries a 500: one
 failed job would run three times and alert three times.  It retries only what cannot run a
 job twice: no connection made (curl exit 6, 7), 429, and 503 with `Retry-After` (the
-database was unreachable; nothing ran).
+database was unreachable; nothing ran).  A 202 (`partial`: the run stopped at its
+invocation's time budget, FUNCTION_MAX_DURATION) is called again at once, since the next
+call of the slot continues the run; at most `PARTIAL_MAX_CALLS` calls, none started once
+the longer of `PARTIAL_MAX_SECONDS` and the task's own time (its `MAX_TIME`) has passed.
+A run still partial then fails the call loudly, as any other failure does.
+
+`vercel.json` declares the function's `maxDuration` (`VERCEL_MAX_DURATION`, the default of
+FUNCTION_MAX_DURATION when VERCEL=1), so the function's budget and the platform's limit
+are one number.
 
 Each file comes in layouts (`--layout`): `jobs` (the default, and what is committed) calls
 every job on its own schedule; `groups` calls the registry's groups (daily-maintenance,
@@ -31,6 +39,7 @@ from typing import NamedTuple
 
 from cronsim import CronSim
 
+from app.config import VERCEL_MAX_DURATION
 from app.core import schedule_check
 from app.core.registry import GROUPS, JOBS, GroupSpec, JobSpec, planned
 
@@ -52,6 +61,12 @@ CURL_RETRIES = 2
 CURL_RETRY_DELAY = 10
 CURL_RETRY_AFTER_CAP = 120
 CONF_DIR = "/etc/voyagesmart-cron"
+# A 202 `partial` answer is called again: at most this many calls in all, and none started
+# once this long (or the task's MAX_TIME, if longer) has passed since the first.
+PARTIAL_MAX_CALLS = 20
+PARTIAL_MAX_SECONDS = 900
+# Vercel's function for the app (its zero-config FastAPI entrypoint, app/index.py).
+VERCEL_FUNCTION = "app/index.py"
 # GitHub Actions kills a job after at most 6 hours.
 GITHUB_MAX_MINUTES = 360
 
@@ -132,11 +147,18 @@ def _curl_worst_case(max_time: int) -> int:
             + CURL_RETRIES * max(CURL_RETRY_DELAY, CURL_RETRY_AFTER_CAP))
 
 
+def _loop_worst_case(max_time: int) -> int:
+    """Seconds one task's partial loop can take: no call starts past its time bound, and
+    the last one may take its own worst case."""
+    once = _curl_worst_case(max_time)
+    return min(PARTIAL_MAX_CALLS * once, max(PARTIAL_MAX_SECONDS, max_time) + once)
+
+
 def github_timeout_minutes(layout: str = "jobs", moved: Schedules | None = None) -> int:
     # The scheduled step calls every task sharing a schedule one after the other.
     times = {e.name: e.max_time for e in _callable(layout, moved)}
     worst = max(
-        sum(_curl_worst_case(times[name]) for name in names)
+        sum(_loop_worst_case(times[name]) for name in names)
         for names in _by_schedule(layout, moved).values()
     )
     return min(GITHUB_MAX_MINUTES, -(-worst // 60) + 5)
@@ -147,17 +169,21 @@ def vercel(layout: str = "jobs", moved: Schedules | None = None) -> str:
         "$schema": "https://openapi.vercel.sh/vercel.json",
         "crons": [{"path": f"/api/cron/{e.name}", "schedule": e.schedule}
                   for e in entries(layout, moved)],
+        # The platform's limit, matched by FUNCTION_MAX_DURATION's default on Vercel: the
+        # runner stops taking chunks before it and answers 202.
+        "functions": {VERCEL_FUNCTION: {"maxDuration": int(VERCEL_MAX_DURATION)}},
     }
     return json.dumps(config, indent=2) + "\n"
 
 
-# POSIX sh, shared by deploy/call-task and the workflow.  Prints the answer's body with a
-# final newline; returns 0 for a 2xx answer, 1 otherwise (like curl --fail-with-body).
+# POSIX sh, shared by deploy/call-task and the workflow.  Prints each answer's body with a
+# final newline; returns 0 for a final 2xx answer, 1 otherwise (like curl --fail-with-body).
 _CALL_FUNCTION = f"""\
-# call_task URL HEADER_FILE SOURCE MAX_TIME: POST to URL; retry only what cannot run the
-# job twice: no connection made (curl exit 6, 7), 429, 503 with Retry-After.  Never a 500
-# (the job ran and failed; the admins were alerted) nor a 409 (a run is live).
-call_task() {{
+# call_once URL HEADER_FILE SOURCE MAX_TIME: POST to URL once; retry only what cannot run
+# the job twice: no connection made (curl exit 6, 7), 429, 503 with Retry-After.  Never a
+# 500 (the job ran and failed; the admins were alerted) nor a 409 (a run is live).
+# Returns 0 done, 2 partial (202), 1 failed.
+call_once() {{
   _ct_body=$(mktemp) || return 1
   _ct_head=$(mktemp) || {{ rm -f "$_ct_body"; return 1; }}
   _ct_try=0
@@ -174,6 +200,7 @@ call_task() {{
     fi
     _ct_wait=
     case "$_ct_rc:$_ct_code" in
+      0:202) rm -f "$_ct_body" "$_ct_head"; return 2 ;;
       0:2??) rm -f "$_ct_body" "$_ct_head"; return 0 ;;
       6:*|7:*) _ct_wait=${{CALL_RETRY_DELAY:-{CURL_RETRY_DELAY}}} ;;
       0:429) _ct_wait=${{_ct_after:-${{CALL_RETRY_DELAY:-{CURL_RETRY_DELAY}}}}} ;;
@@ -184,6 +211,30 @@ call_task() {{
       return 1
     fi
     sleep "$_ct_wait"
+  done
+}}
+
+# call_task URL HEADER_FILE SOURCE MAX_TIME: call_once, and again at once while the answer
+# is 202 `partial` (the next call continues the run): at most CALL_MAX_CALLS calls, none
+# started once CALL_MAX_SECONDS (or MAX_TIME, if longer) have passed.  Still partial then
+# is a failure: the run waits for the next call of its slot.
+call_task() {{
+  _cl_calls=0
+  _cl_since=$(date +%s)
+  _cl_limit=${{CALL_MAX_SECONDS:-{PARTIAL_MAX_SECONDS}}}
+  if [ "$4" -gt "$_cl_limit" ]; then _cl_limit=$4; fi
+  while :; do
+    _cl_calls=$((_cl_calls + 1))
+    _cl_rc=0
+    call_once "$@" || _cl_rc=$?
+    if [ "$_cl_rc" -ne 2 ]; then return "$_cl_rc"; fi
+    _cl_spent=$(($(date +%s) - _cl_since))
+    if [ "$_cl_calls" -ge "${{CALL_MAX_CALLS:-{PARTIAL_MAX_CALLS}}}" ] \\
+        || [ "$_cl_spent" -ge "$_cl_limit" ]; then
+      echo "still partial after $_cl_calls call(s) in $_cl_spent s; the run waits for" \\
+        "the next call of its slot" >&2
+      return 1
+    fi
   done
 }}
 """
@@ -216,7 +267,10 @@ def crontab(layout: str = "jobs", moved: Schedules | None = None) -> str:
         f"# in {CONF_DIR}/url (e.g. https://cron.example.com) and the header line",
         f"# 'Authorization: Bearer <CRON_SECRET>' in {CONF_DIR}/auth-header (mode 0600),",
         "# so the secret is never on a command line.  call-task retries only what cannot",
-        "# run a job twice (never a 500).  Schedules are UTC.",
+        "# run a job twice (never a 500), and calls again while the answer is 202 partial",
+        f"# (at most {PARTIAL_MAX_CALLS} calls; none started after {PARTIAL_MAX_SECONDS // 60} "
+        "minutes or the task's max time).",
+        "# Schedules are UTC.",
         "CRON_TZ=UTC",
         "SHELL=/bin/sh",
         f"VOYAGESMART_CRON_CONF={CONF_DIR}",
