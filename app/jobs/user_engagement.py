@@ -78,6 +78,8 @@ documents = table_of(Document)
 expenses = table_of(Expense)
 metrics = table_of(CronEngagementMetrics)
 notes = notifications
+# Emails per chunk of a run (app/core/chunks.py): one id range of the pending emails.
+CHUNK_EMAILS = notify.CLAIM_BATCH
 
 
 def campaign_month(ctx: JobContext) -> dt.date:
@@ -260,7 +262,8 @@ def plan(ctx: JobContext) -> Plan:
     if ctx.dry_run:
         return Plan([], notes)
     # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
-    return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
+    return Plan([*notify.ranges(ctx, KIND, CHUNK_EMAILS), {"first": None, "last": None}],
+                notes)
 
 
 def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
