@@ -35,13 +35,14 @@ code was created, edited or redeemed, no active code is expired or used up, no c
 its retention and no archived row is past `ARCHIVE_RETENTION_DAYS`: six cheap reads.
 
 Steps 2-5 run as chunks (app/core/chunks.py): the codes' primary key in consecutive ranges
-of `BATCH_SIZE` codes, each range taken through the four steps, in order, in one
-transaction that re-checks every step's condition where it writes; step 6 is the last
-chunk.  A code's fate depends on its own row, redemption rows and history events only, so
-the ranges, run over as many invocations as the time budget needs, change exactly what one
-pass over the table would.  Each chunk judges codes by the plan's clock (its args carry
-it), and the brakes were all asked, on the whole table, before the first chunk.  Nothing
-here ever sets `is_active` true or deletes a redemption row.
+of `CHUNK_BATCHES` x `BATCH_SIZE` codes, each range taken through the four steps, in order,
+in one transaction that re-checks every step's condition where it writes; step 6 is the
+last chunk.  The history, costly to read, is read once by the plan (`_spared`).  A code's
+fate depends on its own row, redemption rows and history events only, so the ranges, run
+over as many invocations as the time budget needs, change exactly what one pass over the
+table would.  Each chunk judges codes by the plan's clock (its args carry it), and the
+brakes were all asked, on the whole table, before the first chunk.  Nothing here ever sets
+`is_active` true or deletes a redemption row.
 
 Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
 steps above; each step re-checks its own condition where it writes, so that check stays by it.
@@ -49,6 +50,7 @@ steps above; each step re-checks its own condition where it writes, so that chec
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import heapq
 import itertools
@@ -80,6 +82,9 @@ archived = table_of(CronArchivedRow)
 REDEMPTION_EVENT = "promo_code_redemption"  # what the app's redeem route records
 CODE_STEPS = ("used_counts_raised", "codes_deleted", "codes_deactivated",
               "used_counts_lowered")
+# Codes per chunk, in batches of `BATCH_SIZE`: a chunk's transaction stays well under a
+# second (row locks on a few batches of codes), and its done-mark is paid rarely.
+CHUNK_BATCHES = 4
 _STATS = ("codes", "active", "expired", "used_up", "uses")
 
 
@@ -324,10 +329,10 @@ def statistics(conn: Connection, now: dt.datetime) -> dict[str, dict[str, int]]:
 # --- 2-5. the writes, one key range of codes at a time -----------------------------------------
 def _key_ranges(ctx: JobContext) -> list[tuple[str | None, str | None]]:
     """The whole key space of `promo_codes.id` in consecutive ranges (after, upto] of
-    `BATCH_SIZE` codes each, the first and last open-ended so that a code created after
-    the plan still falls in one.  One grouped read of the primary key, numbering the ids
-    rather than loading them."""
-    size = max(1, ctx.settings.batch_size)
+    `CHUNK_BATCHES` batches of codes each, the first and last open-ended so that a code
+    created after the plan still falls in one.  One grouped read of the primary key,
+    numbering the ids rather than loading them."""
+    size = max(1, CHUNK_BATCHES * ctx.settings.batch_size)
     numbered = sa.select(codes.c.id, sa.func.row_number().over(order_by=codes.c.id)
                          .label("n")).subquery()
     with ctx.engine.connect() as conn:
@@ -338,13 +343,29 @@ def _key_ranges(ctx: JobContext) -> list[tuple[str | None, str | None]]:
     return list(itertools.pairwise(edges))
 
 
-def _in_range(after: str | None, upto: str | None) -> sa.ColumnElement[bool]:
+def _in_range(column: sa.ColumnElement[Any], after: str | None, upto: str | None
+              ) -> sa.ColumnElement[bool]:
     conditions = []
     if after is not None:
-        conditions.append(codes.c.id > uuid.UUID(after))
+        conditions.append(column > uuid.UUID(after))
     if upto is not None:
-        conditions.append(codes.c.id <= uuid.UUID(upto))
+        conditions.append(column <= uuid.UUID(upto))
     return sa.and_(sa.true(), *conditions)
+
+
+def _spared(ctx: JobContext, rules: _Rules, ranges: list[tuple[str | None, str | None]]
+            ) -> list[list[str]]:
+    """Per range, the codes past retention that the history says were redeemed: the
+    history is read once, here, and never by a chunk (each would scan it again).  A
+    history event only comes with a redemption, which the app refuses past a code's
+    expiry, so none appears for these codes between the plan and the chunks."""
+    spared: list[list[str]] = [[] for _ in ranges]
+    uppers = [uuid.UUID(upto) for _, upto in ranges[:-1] if upto is not None]
+    with ctx.engine.connect() as conn:
+        for key in conn.execute(sa.select(codes.c.id).where(
+                _expired(rules.cutoff), rules.in_history).order_by(codes.c.id)).scalars():
+            spared[bisect.bisect_left(uppers, uuid.UUID(str(key)))].append(str(key))
+    return spared
 
 
 @contextmanager
@@ -380,34 +401,33 @@ class _Writes:
     exactly what the steps done over the whole table would."""
 
     def __init__(self, ctx: JobContext, rules: _Rules, conn: Connection,
-                 where: sa.ColumnElement[bool]) -> None:
+                 args: dict[str, Any]) -> None:
         self.ctx = ctx
         self.rules = rules
         self.conn = conn
-        self.where = where
+        self.where = _in_range(codes.c.id, args["after"], args["upto"])
+        # Only codes with a redemption row can have their count raised or lowered: found
+        # through the rows' own index, in the same range.
+        self.redeemed = codes.c.id.in_(
+            sa.select(redemptions.c.promo_code_id)
+            .where(_in_range(redemptions.c.promo_code_id, args["after"], args["upto"])))
+        self.spared = [uuid.UUID(key) for key in args.get("spared", [])]
 
     def raise_counts(self) -> list[Any]:
         recorded = _recorded()
         return list(self.conn.execute(
-            codes.update().where(self.where, _used < recorded)
+            codes.update().where(self.where, self.redeemed, _used < recorded)
             .values(used_count=recorded, updated_at=self.ctx.now)
             .returning(codes.c.id)).scalars())
 
     def delete(self) -> list[Any]:
-        """The range's codes with no sign of use, archived whole as they go.  The
-        history is read for the few that pass the cheap conditions only."""
+        """The range's codes with no sign of use, archived whole as they go; those the
+        history names were found by the plan (`spared`)."""
         conn, ctx = self.conn, self.ctx
         cheap = sa.and_(self.where, self.rules.deletable(_has_rows))
-        candidates = list(conn.execute(sa.select(codes.c.id).where(cheap)).scalars())
-        if not candidates:
-            return []
-        keys = {str(key).replace("-", "").lower() for key in candidates}
-        named_as = sa.type_coerce(_history_key(conn.dialect.name), sa.Text)
-        named = set(conn.execute(
-            sa.select(named_as).distinct()
-            .where(history.c.event_type == REDEMPTION_EVENT,
-                   keys_in(named_as, sorted(keys), conn.dialect))).scalars())
-        doomed = [key for key in candidates if str(key).replace("-", "").lower() in keys - named]
+        if self.spared:
+            cheap = sa.and_(cheap, codes.c.id.not_in(self.spared))
+        doomed = list(conn.execute(sa.select(codes.c.id).where(cheap)).scalars())
         if not doomed:
             return []
         archive_and_delete(conn, codes, sa.and_(cheap, keys_in(codes.c.id, doomed,
@@ -428,7 +448,7 @@ class _Writes:
         # A code used up by its old count stays closed (the right-hand side reads the row
         # as it was).
         return list(self.conn.execute(
-            codes.update().where(self.where, self.rules.to_lower(recorded))
+            codes.update().where(self.where, self.redeemed, self.rules.to_lower(recorded))
             .values(used_count=recorded, updated_at=self.ctx.now,
                     is_active=sa.case((_used_up(_used), sa.false()), else_=codes.c.is_active))
             .returning(codes.c.id)).scalars())
@@ -516,9 +536,14 @@ def plan(ctx: JobContext) -> Plan:
             return Plan([], notes)
     steps = [step for step in CODE_STEPS if planned[step]]  # else skip the step's read
     chunks: list[dict[str, Any]] = []
+    started = time.monotonic()
     if steps:
-        chunks = [{"after": after, "upto": upto, "steps": steps, "now": notes["now"]}
-                  for after, upto in _key_ranges(ctx)]
+        ranges = _key_ranges(ctx)
+        spared = (_spared(ctx, rules, ranges) if "codes_deleted" in steps
+                  else [[] for _ in ranges])
+        chunks = [{"after": after, "upto": upto, "steps": steps, "now": notes["now"],
+                   "spared": kept} for (after, upto), kept in zip(ranges, spared, strict=True)]
+    notes["timings_s"]["chunks"] = round(time.monotonic() - started, 3)
     return Plan([*chunks, {"purge": True, "now": notes["now"]}], notes)
 
 
@@ -534,17 +559,22 @@ def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
                 "timings_s": {"archive_purge": round(time.monotonic() - started, 3)}}
     rules = _Rules(ctx.settings, moment, ctx.engine.dialect.name)
     changed: dict[str, list[Any]] = {}
+    timings: dict[str, float] = {}
     with _chunk_transaction(ctx.engine) as conn:
-        writes = _Writes(ctx, rules, conn, _in_range(args["after"], args["upto"]))
+        writes = _Writes(ctx, rules, conn, args)
         for step, write in (("used_counts_raised", writes.raise_counts),
                             ("codes_deleted", writes.delete),
                             ("codes_deactivated", writes.deactivate),
                             ("used_counts_lowered", writes.lower)):
-            changed[step] = write() if step in args["steps"] else []
+            changed[step] = []
+            if step in args["steps"]:
+                changed[step] = write()
+                timings[step] = time.monotonic() - started
+                started = time.monotonic()
     return {"records": sum(len(ids) for ids in changed.values()),
             "steps": {step: len(ids) for step, ids in changed.items()},
             "samples": {step: _smallest(ids) for step, ids in changed.items()},
-            "timings_s": {"writes": round(time.monotonic() - started, 3)}}
+            "timings_s": timings}
 
 
 def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:

@@ -13,6 +13,7 @@ from app.config import Settings
 from app.core.runner import Runner, RunOutcome
 from app.core.status import RunStatus
 from app.db import table_of
+from app.jobs import promo_cleanup
 from app.models import CronJobLog
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
@@ -32,7 +33,7 @@ from tests.support.chunk_cuts import cut_everywhere, run_to_the_end
 pytestmark = pytest.mark.usefixtures("without_preconditions")
 
 log_t = table_of(CronJobLog)
-BATCH = 4  # codes per chunk
+BATCH = 4  # codes per chunk (one batch each)
 
 
 def _world(engine: Engine) -> None:
@@ -43,6 +44,9 @@ def _world(engine: Engine) -> None:
     user = app.sign_up("carol@example.com", at=NOW - 400 * DAY)
     over = app.promo_code("OVERCOUNTED", tier="premium", at=NOW - 30 * DAY, used_count=3)
     app.redeem(user, over, NOW - 2 * DAY, count_use=False)  # 1 row, count 3: lowered to 1
+    told = app.promo_code("HISTORY_ONLY", tier="ai", at=NOW - 400 * DAY,
+                          expires_at=NOW - 200 * DAY)
+    app.redeem(user, told, NOW - 300 * DAY, record_row=False, count_use=False)  # kept
     _bulk_codes(engine, "OLD", 9, expires_at=NOW - 200 * DAY)  # deleted, archived
     _bulk_codes(engine, "LAPSED", 7, expires_at=NOW - 5 * DAY, tier="ai")  # deactivated
     _bulk_codes(engine, "LIVE", 6, expires_at=NOW + 50 * DAY)  # kept as they are
@@ -87,6 +91,7 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
         "batch_size": BATCH, "promo_redemption_rows_complete": True,
         "promo_cleanup_delete_brake_count": 1000, "promo_cleanup_deactivate_brake_count": 1000,
         "promo_cleanup_lower_brake_count": 1000})
+    monkeypatch.setattr(promo_cleanup, "CHUNK_BATCHES", 1)
     _world(engine)
     seeded = _snapshot(engine)
     runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
@@ -111,8 +116,9 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     assert {k: v for k, v in _report(dry).items() if k != "message"} == {
         k: v for k, v in _report(last).items() if k != "message"}
     assert last.details["steps"] == {"used_counts_raised": 1, "codes_deleted": 10,
-                                     "codes_deactivated": 12, "used_counts_lowered": 1,
+                                     "codes_deactivated": 13, "used_counts_lowered": 1,
                                      "archive_rows_purged": 2}
     cut_state = _state(engine, last.run_id)
     assert cut_state == whole_state
-    assert cut_state["log"] == [("success", 24, ranges + 1, ranges + 1)]
+    assert cut_state["log"] == [("success", 25, ranges + 1, ranges + 1)]
+    assert "HISTORY_ONLY" in {row[1] for row in cut_state["promo_codes"].values()}
