@@ -38,6 +38,7 @@ would write, and writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import zoneinfo
 from collections.abc import Iterator
 from itertools import chain
@@ -226,6 +227,16 @@ def _brake(ctx: JobContext, population: int, samples: list[str],
     return check
 
 
+def _volume(ctx: JobContext, planned: int, population: int) -> dict[str, Any]:
+    """The size of the work, for its trend (app/observe/volumes.py), with the most the
+    brake lets through: it trips above the count AND above the share of all users."""
+    s = ctx.settings
+    ceiling = max(s.user_engagement_send_brake_count,
+                  math.floor(s.user_engagement_send_brake_share * population))
+    return {"measure": "planned_messages", "value": planned, "ceiling": ceiling,
+            "ceiling_label": "its send brake"}
+
+
 def _withdrawn(require_consent: bool) -> sa.ColumnElement[bool]:
     """A pending email whose user unsubscribed (or, when consent is required, has none)."""
     gone = opted_out(notes.c.user_id, KIND)
@@ -246,8 +257,10 @@ def plan(ctx: JobContext) -> Plan:
     sign_ins = sign_ins_readable(ctx.schema_check())
     if not sign_ins:
         ctx.log.warning(FALLBACK_WARNING)
+    population = _users(ctx)
     notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, screen, sign_ins, samples),
-                tally, brake=_brake(ctx, _users(ctx), samples, details))
+                tally, brake=_brake(ctx, population, samples, details))
+    details["volume"] = _volume(ctx, tally.new + tally.resumed, population)
     counts["opted_out"] = screen.declined
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, _came_back(cutoff, sign_ins), tally)
