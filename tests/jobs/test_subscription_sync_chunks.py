@@ -6,6 +6,7 @@ subscriptions to write, so a cut falls between writes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,23 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     assert cut_state == whole_state
     assert cut_state["log"] == [("success", 8, 3, 3)]
     assert _stripe(world, rows) == in_stripe  # read, never written
+
+
+def test_reads_that_do_not_fit_the_invocation_change_nothing(
+        engine: Engine, db_url: str, tmp_path: Path, stripe_proxy: FaultProxy,
+        world: World) -> None:
+    """The brake must see every subscription before one is written: an invocation too
+    short for the reads stops before any write, and says so."""
+    _seed(engine, world)
+    with engine.connect() as conn:
+        before = sorted(tuple(r) for r in conn.execute(sa.select(subs_t)))
+    settings = _settings(db_url, tmp_path, stripe_proxy, world, batch_size=BATCH)
+    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
+
+    outcome = runner.run("subscription-sync", trigger="cli", until=time.monotonic() + 5)
+
+    assert outcome.status == RunStatus.WARNING
+    assert "nothing was changed" in outcome.message
+    with engine.connect() as conn:
+        assert sorted(tuple(r) for r in conn.execute(sa.select(subs_t))) == before
+        assert conn.execute(sa.select(sa.func.count()).select_from(history_t)).scalar() == 0
