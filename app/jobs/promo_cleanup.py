@@ -34,17 +34,15 @@ Skipped (nothing to do, `nothing_to_do`) when, since the last run that did its w
 code was created, edited or redeemed, no active code is expired or used up, no code passed
 its retention and no archived row is past `ARCHIVE_RETENTION_DAYS`: six cheap reads.
 
-Steps 2-5 run as chunks (app/core/chunks.py): the table in consecutive address ranges
-(`_ranges`: heap pages on PostgreSQL, row ids on SQLite) of about `CHUNK_BATCHES` x
-`BATCH_SIZE` codes, each range taken through the four steps, in order, in one transaction
-that re-checks every step's condition where it writes; step 6 is the last chunk.  The
-history, costly to read, is read once by the plan (`_spared`).  A code's fate depends on
-its own row, redemption rows and history events only, so the ranges, run over as many
-invocations as the time budget needs, change exactly what one pass over the table would;
-a row the app rewrites onto a page already done waits for the next run.  Each chunk judges
-codes by the plan's clock (its args carry it), and the brakes were all asked, on the whole
-table, before the first chunk.  Nothing here ever sets `is_active` true or deletes a
-redemption row.
+Steps 2-5 run as chunks (app/core/chunks.py): the codes' primary key in consecutive ranges
+of `CHUNK_BATCHES` x `BATCH_SIZE` codes, each range taken through the four steps, in order,
+in one transaction that re-checks every step's condition where it writes; step 6 is the
+last chunk.  The history, costly to read, is read once by the plan (`_spared`).  A code's
+fate depends on its own row, redemption rows and history events only, so the ranges, run
+over as many invocations as the time budget needs, change exactly what one pass over the
+table would.  Each chunk judges codes by the plan's clock (its args carry it), and the
+brakes were all asked, on the whole table, before the first chunk.  Nothing here ever sets
+`is_active` true or deletes a redemption row.
 
 Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
 steps above; each step re-checks its own condition where it writes, so that check stays by it.
@@ -52,8 +50,10 @@ steps above; each step re-checks its own condition where it writes, so that chec
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import heapq
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -327,66 +327,45 @@ def statistics(conn: Connection, now: dt.datetime) -> dict[str, dict[str, int]]:
 
 
 # --- 2-5. the writes, one key range of codes at a time -----------------------------------------
-class _Tid(sa.types.UserDefinedType[str]):
-    """PostgreSQL's `tid`, a row's physical address."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "tid"
-
-
-def _address(dialect: str) -> sa.ColumnElement[Any]:
-    return sa.literal_column(f"{codes.name}.{'ctid' if dialect == 'postgresql' else 'rowid'}")
-
-
-def _ranges(ctx: JobContext) -> list[tuple[int, int | None]]:
-    """The whole table in consecutive address ranges [first, upto) of about
-    `CHUNK_BATCHES` batches of codes each: heap pages on PostgreSQL (`ctid`), row ids on
-    SQLite (`rowid`, its table's own key).  Codes are uuids, scattered over the table in id
-    order: a range of ids would visit most pages of the table for each chunk, a range of
-    addresses visits each page once in the whole run.  The last range is open-ended, so
-    that a code written after the plan still falls in one."""
-    rows = max(1, CHUNK_BATCHES * ctx.settings.batch_size)
+def _key_ranges(ctx: JobContext) -> list[tuple[str | None, str | None]]:
+    """The whole key space of `promo_codes.id` in consecutive ranges (after, upto] of
+    `CHUNK_BATCHES` batches of codes each, the first and last open-ended so that a code
+    created after the plan still falls in one.  One grouped read of the primary key,
+    numbering the ids rather than loading them."""
+    size = max(1, CHUNK_BATCHES * ctx.settings.batch_size)
+    numbered = sa.select(codes.c.id, sa.func.row_number().over(order_by=codes.c.id)
+                         .label("n")).subquery()
     with ctx.engine.connect() as conn:
-        if ctx.engine.dialect.name == "postgresql":
-            pages, population = conn.execute(sa.text(
-                "SELECT pg_relation_size(CAST(:t AS regclass)) / "
-                "current_setting('block_size')::int, (SELECT count(*) FROM promo_codes)"),
-                {"t": codes.name}).one()
-            first, last = 0, int(pages)
-            step = max(1, rows * int(pages) // max(int(population), 1))
-        else:
-            low, high = conn.execute(sa.select(sa.func.min(_address("sqlite")),
-                                               sa.func.max(_address("sqlite")))
-                                     .select_from(codes)).one()
-            first, last, step = int(low or 0), int(high or -1) + 1, rows
-    starts = list(range(first, last, step)) or [first]
-    return [(start, None if start == starts[-1] else start + step) for start in starts]
+        bounds = [str(key) for key in conn.execute(
+            sa.select(numbered.c.id).where(numbered.c.n % size == 0)
+            .order_by(numbered.c.id)).scalars()]
+    edges: list[str | None] = [None, *bounds, None]
+    return list(itertools.pairwise(edges))
 
 
-def _at(dialect: str, first: int, upto: int | None) -> sa.ColumnElement[bool]:
-    def at(where: int) -> sa.ColumnElement[Any]:
-        if dialect == "postgresql":
-            return sa.cast(sa.literal(f"({where},0)"), _Tid())
-        return sa.literal(where)
-
-    address = _address(dialect)
-    if upto is None:
-        return address >= at(first)
-    return sa.and_(address >= at(first), address < at(upto))
+def _in_range(column: sa.ColumnElement[Any], after: str | None, upto: str | None
+              ) -> sa.ColumnElement[bool]:
+    conditions = []
+    if after is not None:
+        conditions.append(column > uuid.UUID(after))
+    if upto is not None:
+        conditions.append(column <= uuid.UUID(upto))
+    return sa.and_(sa.true(), *conditions)
 
 
-def _spared(ctx: JobContext, rules: _Rules) -> list[str]:
-    """The codes past retention, never counted, that the history says were redeemed:
-    the history is read once, here, and never by a chunk (each would scan it again).  A
+def _spared(ctx: JobContext, rules: _Rules, ranges: list[tuple[str | None, str | None]]
+            ) -> list[list[str]]:
+    """Per range, the codes past retention that the history says were redeemed: the
+    history is read once, here, and never by a chunk (each would scan it again).  A
     history event only comes with a redemption, which the app refuses past a code's
-    expiry, so none appears for these codes between the plan and the chunks.  Few: codes
-    whose count and rows were both lost."""
+    expiry, so none appears for these codes between the plan and the chunks."""
+    spared: list[list[str]] = [[] for _ in ranges]
+    uppers = [uuid.UUID(upto) for _, upto in ranges[:-1] if upto is not None]
     with ctx.engine.connect() as conn:
-        return [str(key) for key in conn.execute(sa.select(codes.c.id).where(
-            _expired(rules.cutoff), _used == 0, rules.in_history).order_by(codes.c.id)
-        ).scalars()]
+        for key in conn.execute(sa.select(codes.c.id).where(
+                _expired(rules.cutoff), rules.in_history).order_by(codes.c.id)).scalars():
+            spared[bisect.bisect_left(uppers, uuid.UUID(str(key)))].append(str(key))
+    return spared
 
 
 @contextmanager
@@ -426,9 +405,12 @@ class _Writes:
         self.ctx = ctx
         self.rules = rules
         self.conn = conn
-        self.where = _at(conn.dialect.name, args["first"], args["upto"])
-        # Only codes with a redemption row can have their count raised or lowered.
-        self.redeemed = codes.c.id.in_(sa.select(redemptions.c.promo_code_id))
+        self.where = _in_range(codes.c.id, args["after"], args["upto"])
+        # Only codes with a redemption row can have their count raised or lowered: found
+        # through the rows' own index, in the same range.
+        self.redeemed = codes.c.id.in_(
+            sa.select(redemptions.c.promo_code_id)
+            .where(_in_range(redemptions.c.promo_code_id, args["after"], args["upto"])))
         self.spared = [uuid.UUID(key) for key in args.get("spared", [])]
 
     def raise_counts(self) -> list[Any]:
@@ -556,9 +538,11 @@ def plan(ctx: JobContext) -> Plan:
     chunks: list[dict[str, Any]] = []
     started = time.monotonic()
     if steps:
-        spared = _spared(ctx, rules) if "codes_deleted" in steps else []
-        chunks = [{"first": first, "upto": upto, "steps": steps, "now": notes["now"],
-                   "spared": spared} for first, upto in _ranges(ctx)]
+        ranges = _key_ranges(ctx)
+        spared = (_spared(ctx, rules, ranges) if "codes_deleted" in steps
+                  else [[] for _ in ranges])
+        chunks = [{"after": after, "upto": upto, "steps": steps, "now": notes["now"],
+                   "spared": kept} for (after, upto), kept in zip(ranges, spared, strict=True)]
     notes["timings_s"]["chunks"] = round(time.monotonic() - started, 3)
     return Plan([*chunks, {"purge": True, "now": notes["now"]}], notes)
 
