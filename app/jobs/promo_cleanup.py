@@ -84,7 +84,7 @@ CODE_STEPS = ("used_counts_raised", "codes_deleted", "codes_deactivated",
               "used_counts_lowered")
 # Codes per chunk, in batches of `BATCH_SIZE`: a chunk's transaction stays well under a
 # second (row locks on a few batches of codes), and its done-mark is paid rarely.
-CHUNK_BATCHES = 4
+CHUNK_BATCHES = 2
 _STATS = ("codes", "active", "expired", "used_up", "uses")
 
 
