@@ -13,6 +13,7 @@ Steps:
    and ask every brake (app/core/safety.py) before anything is written: past a brake the run
    changes nothing.  A dry run stops here and reports the plan (with the statistics it
    will leave, and five sample ids per step), which is exactly what the real run does;
+   the real run plans its chunks (below);
 2. raise `used_count` to the number of redemption rows where it is lower;
 3. delete codes expired longer than `PROMO_RETENTION_DAYS` that show no sign of use:
    `used_count` 0, no redemption row, no redemption in the history.  Each goes whole into
@@ -33,9 +34,15 @@ Skipped (nothing to do, `nothing_to_do`) when, since the last run that did its w
 code was created, edited or redeemed, no active code is expired or used up, no code passed
 its retention and no archived row is past `ARCHIVE_RETENTION_DAYS`: six cheap reads.
 
-Steps 2, 3 and 5 read their candidates once and write them in batches of `BATCH_SIZE`;
-step 4 walks the table in ranges.  Each batch is its own short transaction and re-checks
-its step's condition.  Nothing here ever sets `is_active` true or deletes a redemption row.
+Steps 2-5 run as chunks (app/core/chunks.py): the codes' primary key in consecutive ranges
+of `CHUNK_BATCHES` x `BATCH_SIZE` codes, each range taken through the four steps, in order,
+in one transaction that re-checks every step's condition where it writes; step 6 is the
+last chunk.  The history, costly to read, is read once by the plan (`_spared`).  A code's
+fate depends on its own row, redemption rows and history events only, so the ranges, run
+over as many invocations as the time budget needs, change exactly what one pass over the
+table would.  Each chunk judges codes by the plan's clock (its args carry it), and the
+brakes were all asked, on the whole table, before the first chunk.  Nothing here ever sets
+`is_active` true or deletes a redemption row.
 
 Longer than the usual 400 lines: one module per job, read top to bottom in the order of the
 steps above; each step re-checks its own condition where it writes, so that check stays by it.
@@ -43,24 +50,23 @@ steps above; each step re-checks its own condition where it writes, so that chec
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
-import functools
 import heapq
+import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from app.config import Settings
 from app.core.archive import archive_and_delete, purge_archive
-from app.core.batching import keys_in, stream_rows
+from app.core.batching import keys_in
+from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.health import last_worked
 from app.core.safety import SAMPLES, Brake
@@ -76,10 +82,10 @@ archived = table_of(CronArchivedRow)
 REDEMPTION_EVENT = "promo_code_redemption"  # what the app's redeem route records
 CODE_STEPS = ("used_counts_raised", "codes_deleted", "codes_deactivated",
               "used_counts_lowered")
-RANGE_BATCHES = 4  # the most rows, in batches, one deactivation statement may scan
+# Codes per chunk, in batches of `BATCH_SIZE`: a chunk's transaction stays well under a
+# second (row locks on a few batches of codes), and its done-mark is paid rarely.
+CHUNK_BATCHES = 2
 _STATS = ("codes", "active", "expired", "used_up", "uses")
-
-Write = Callable[[Connection, sa.ColumnElement[bool]], Any]
 
 
 def brakes(settings: Settings) -> dict[str, Brake]:
@@ -320,253 +326,132 @@ def statistics(conn: Connection, now: dt.datetime) -> dict[str, dict[str, int]]:
     return stats
 
 
-# --- 2-5. the writes ----------------------------------------------------------------------------
-class _Tid(sa.types.UserDefinedType[str]):
-    """PostgreSQL's `tid`, a row's physical address."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "tid"
-
-
-def _address(dialect: str) -> sa.ColumnElement[Any]:
-    return sa.literal_column(f"{codes.name}.{'ctid' if dialect == 'postgresql' else 'rowid'}")
-
-
-class _DeclareCursor(Executable, ClauseElement):
-    """`DECLARE <name> SCROLL CURSOR FOR <query>` (PostgreSQL), binds handled as usual."""
-
-    inherit_cache = False
-
-    def __init__(self, name: str, query: sa.Select[Any]) -> None:
-        self.name = name
-        self.query = query
+# --- 2-5. the writes, one key range of codes at a time -----------------------------------------
+def _key_ranges(ctx: JobContext) -> list[tuple[str | None, str | None]]:
+    """The whole key space of `promo_codes.id` in consecutive ranges (after, upto] of
+    `CHUNK_BATCHES` batches of codes each, the first and last open-ended so that a code
+    created after the plan still falls in one.  One grouped read of the primary key,
+    numbering the ids rather than loading them."""
+    size = max(1, CHUNK_BATCHES * ctx.settings.batch_size)
+    numbered = sa.select(codes.c.id, sa.func.row_number().over(order_by=codes.c.id)
+                         .label("n")).subquery()
+    with ctx.engine.connect() as conn:
+        bounds = [str(key) for key in conn.execute(
+            sa.select(numbered.c.id).where(numbered.c.n % size == 0)
+            .order_by(numbered.c.id)).scalars()]
+    edges: list[str | None] = [None, *bounds, None]
+    return list(itertools.pairwise(edges))
 
 
-@compiles(_DeclareCursor, "postgresql")
-def _declare_cursor(element: _DeclareCursor, compiler: Any, **kw: Any) -> str:
-    return f"DECLARE {element.name} SCROLL CURSOR FOR {compiler.process(element.query, **kw)}"
+def _in_range(column: sa.ColumnElement[Any], after: str | None, upto: str | None
+              ) -> sa.ColumnElement[bool]:
+    conditions = []
+    if after is not None:
+        conditions.append(column > uuid.UUID(after))
+    if upto is not None:
+        conditions.append(column <= uuid.UUID(upto))
+    return sa.and_(sa.true(), *conditions)
 
 
-class _Doomed:
-    """The codes step 3 deletes, read once: counted for the brake, then handed out in
-    batches.  On PostgreSQL a scroll cursor, in a transaction of its own that lives until
-    step 3 is done, holds them (the count is a MOVE over it, then it rewinds); elsewhere
-    they are counted, then read again."""
-
-    CURSOR = "promo_cleanup_doomed"
-
-    def __init__(self, session: Connection, rules: _Rules, batch: int) -> None:
-        self.session = session
-        self.batch = batch
-        self.postgres = session.dialect.name == "postgresql"
-        address = _address(session.dialect.name)
-        self.query = (sa.select(address.label("address"), codes.c.id,
-                                sa.func.count().filter(_active).over().label("active"))
-                      .where(rules.doomed()).order_by(address))
-        if not self.postgres:
-            found = session.execute(sa.select(sa.func.count(), sa.func.count().filter(_active))
-                                    .where(rules.doomed())).one()
-            self.counts = (int(found[0]), int(found[1]))
-            return
-        session.execute(_DeclareCursor(self.CURSOR, self.query))
-        first = session.exec_driver_sql(f"FETCH FIRST FROM {self.CURSOR}").first()
-        moved = session.exec_driver_sql(f"MOVE FORWARD ALL IN {self.CURSOR}").rowcount
-        session.exec_driver_sql(f"MOVE ABSOLUTE 0 IN {self.CURSOR}")
-        self.counts = (0, 0) if first is None else (int(moved) + 1, int(first.active))
-
-    def batches(self, engine: Engine) -> Iterator[Sequence[Any]]:
-        if not self.postgres:
-            yield from stream_rows(engine, self.query, self.batch)
-            return
-        while rows := self.session.exec_driver_sql(
-                f"FETCH FORWARD {int(self.batch)} FROM {self.CURSOR}").all():
-            yield rows
-
-
-class _Writes:
-    """The write steps, in batches, each batch its own transaction.
-
-    Rows are reached by their physical address (PostgreSQL's `ctid`, SQLite's `rowid`):
-    a batch fetches its rows directly, in table order, instead of one index probe per id.
-    An address is only a way in: every batch also matches the ids it was given and
-    re-checks its step's condition, so a row moved or changed meanwhile is skipped (and
-    left to the next run).  Every write returns the ids it changed: a step's samples are
-    the smallest of them, as a dry run names the smallest candidates."""
-
-    def __init__(self, ctx: JobContext, rules: _Rules) -> None:
-        self.ctx = ctx
-        self.rules = rules
-        self.engine = ctx.engine
-        self.postgres = ctx.engine.dialect.name == "postgresql"
-        self.address = _address(ctx.engine.dialect.name)
-        self.samples: dict[str, list[str]] = {}
-
-    # --- plumbing
-    def _at(self, addresses: Sequence[Any], ids: Sequence[Any], dialect: sa.Dialect
-            ) -> sa.ColumnElement[bool]:
-        if self.postgres:
-            at = self.address == sa.any_(sa.cast(
-                sa.bindparam(None, [str(a) for a in addresses], type_=postgresql.ARRAY(sa.Text)),
-                postgresql.ARRAY(_Tid())))
-        else:
-            at = self.address.in_(addresses)
-        return sa.and_(at, keys_in(codes.c.id, ids, dialect))
-
-    def _transaction(self, isolation: str | None) -> AbstractContextManager[Connection]:
-        if isolation is None or not self.postgres:
-            return self.engine.begin()
-        return _begin_at(self.engine, isolation)
-
-    def _apply(self, step: str, statements: Iterator[Callable[[Connection], Any]], *,
-               isolation: str | None = None) -> int:
-        """Run each statement in its own transaction; count and sample the ids changed."""
-        changed = 0
-        smallest: list[Any] = []
-        for statement in statements:
-            with self._transaction(isolation) as conn:
-                if self.postgres:
-                    # No wait for each batch's WAL flush: the run's log row, committed
-                    # last and synchronously, flushes them all.  A crash before it loses
-                    # whole batches only (a delete with its archive rows): the next run
-                    # does them again.
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                ids = list(statement(conn))
-            changed += len(ids)
-            smallest = heapq.nsmallest(SAMPLES, [*smallest, *ids])
-        self.samples[step] = [str(key) for key in smallest]
-        return changed
-
-    def _batched(self, batches: Iterator[Sequence[Any]], write: Write
-                 ) -> Iterator[Callable[[Connection], Any]]:
-        for rows in batches:
-            yield functools.partial(self._write_at, write, [row.address for row in rows],
-                                    [row.id for row in rows])
-
-    def _write_at(self, write: Write, addresses: Sequence[Any], ids: Sequence[Any],
-                  conn: Connection) -> Any:
-        return write(conn, self._at(addresses, ids, conn.dialect))
-
-    def _candidates(self, source: sa.FromClause, where: sa.ColumnElement[bool]
-                    ) -> Iterator[Sequence[Any]]:
-        query = (sa.select(self.address.label("address"), codes.c.id).select_from(source)
-                 .where(where).order_by(self.address))
-        return stream_rows(self.engine, query, self.ctx.settings.batch_size)
-
-    def _ranges(self, population: int, affected: int, write: Write
-                ) -> Iterator[Callable[[Connection], Any]]:
-        """The whole table in address ranges, one statement each.  A range is sized to
-        hold about a batch of candidates (from the plan's share of them), and never more
-        than `RANGE_BATCHES` batches of rows: however the candidates cluster, a statement
-        changes at most that many."""
-        batch = self.ctx.settings.batch_size
-        rows = min(RANGE_BATCHES * batch, max(batch, batch * population // max(affected, 1)))
-        with self.engine.connect() as conn:
-            if self.postgres:
-                pages = int(conn.execute(sa.text(
-                    "SELECT pg_relation_size(CAST(:t AS regclass)) / "
-                    "current_setting('block_size')::int"), {"t": codes.name}).scalar_one())
-                first, last = 0, pages
-                step = max(1, rows * pages // max(population, 1))
-            else:
-                low, high = conn.execute(sa.select(sa.func.min(self.address),
-                                                   sa.func.max(self.address))
-                                         .select_from(codes)).one()
-                first, last = int(low or 0), int(high or -1) + 1
-                step = rows
-        for start in range(first, last, step):
-            if self.postgres:
-                low, high = (sa.cast(sa.literal(f"({page},0)"), _Tid())
-                             for page in (start, start + step))
-                at = sa.and_(self.address >= low, self.address < high)
-            else:
-                at = sa.and_(self.address >= start, self.address < start + step)
-            yield functools.partial(_call, write, at)
-
-    # --- the steps
-    def raise_counts(self) -> int:
-        rows_of = _rows_per_code()
-        recorded = _recorded()
-
-        def write(conn: Connection, at: sa.ColumnElement[bool]) -> Any:
-            return conn.execute(
-                codes.update().where(at, _used < recorded)
-                .values(used_count=recorded, updated_at=self.ctx.now)
-                .returning(codes.c.id)).scalars()
-
-        candidates = self._candidates(codes.join(rows_of, rows_of.c.code_id == codes.c.id),
-                                      rows_of.c.n > _used)
-        return self._apply("used_counts_raised", self._batched(candidates, write))
-
-    def delete(self, doomed: _Doomed) -> int:
-        ctx = self.ctx
-        # Only the expiry is not written as an index condition: the planner then fetches
-        # the batch's rows by their addresses instead of walking the expiry index.
-        expired = sa.func.coalesce(codes.c.expires_at, self.rules.cutoff) < self.rules.cutoff
-
-        def write(conn: Connection, at: sa.ColumnElement[bool]) -> Any:
-            # The re-check reads the count and the rows again, not the history: that
-            # would cost a scan of it per batch, and a history event only comes with a
-            # redemption, which the app refuses past a code's expiry.
-            moved = archive_and_delete(
-                conn, codes, sa.and_(at, expired, _used == 0, ~_has_rows),
-                run_id=ctx.run_id, job=ctx.task, now=ctx.now)
-            return range(moved)
-
-        # REPEATABLE READ: a redemption committed while a batch runs would be removed
-        # with its code by ON DELETE CASCADE, unseen; at this level PostgreSQL fails the
-        # batch instead (a serialization failure, retried), and the retry keeps the code.
-        deleted = self._apply("codes_deleted", self._batched(doomed.batches(self.engine), write),
-                              isolation="REPEATABLE READ")
-        # The ids deleted are the ones archived under this run.
-        with self.engine.connect() as conn:
-            keys = conn.execute(
-                sa.select(archived.c.row_key)
-                .where(archived.c.run_id == ctx.run_id, archived.c.source_table == codes.name)
-                .order_by(archived.c.row_key).limit(SAMPLES)).scalars()
-            self.samples["codes_deleted"] = [str(uuid.UUID(key)) for key in keys]
-        return deleted
-
-    def deactivate(self, population: int, affected: int) -> int:
-        def write(conn: Connection, at: sa.ColumnElement[bool]) -> Any:
-            return conn.execute(
-                codes.update().where(at, self.rules.to_deactivate(_used))
-                .values(is_active=False, updated_at=self.ctx.now)
-                .returning(codes.c.id)).scalars()
-
-        return self._apply("codes_deactivated", self._ranges(population, affected, write))
-
-    def lower(self) -> int:
-        rows_of = _rows_per_code()
-        recorded = _recorded()
-
-        def write(conn: Connection, at: sa.ColumnElement[bool]) -> Any:
-            # A code used up by its old count stays closed (the right-hand side reads
-            # the row as it was).
-            return conn.execute(
-                codes.update().where(at, self.rules.to_lower(recorded))
-                .values(used_count=recorded, updated_at=self.ctx.now,
-                        is_active=sa.case((_used_up(_used), sa.false()),
-                                          else_=codes.c.is_active))
-                .returning(codes.c.id)).scalars()
-
-        candidates = self._candidates(codes.join(rows_of, rows_of.c.code_id == codes.c.id),
-                                      self.rules.to_lower(rows_of.c.n))
-        return self._apply("used_counts_lowered", self._batched(candidates, write))
-
-
-def _call(write: Write, at: sa.ColumnElement[bool], conn: Connection) -> Any:
-    return write(conn, at)
+def _spared(ctx: JobContext, rules: _Rules, ranges: list[tuple[str | None, str | None]]
+            ) -> list[list[str]]:
+    """Per range, the codes past retention that the history says were redeemed: the
+    history is read once, here, and never by a chunk (each would scan it again).  A
+    history event only comes with a redemption, which the app refuses past a code's
+    expiry, so none appears for these codes between the plan and the chunks."""
+    spared: list[list[str]] = [[] for _ in ranges]
+    uppers = [uuid.UUID(upto) for _, upto in ranges[:-1] if upto is not None]
+    with ctx.engine.connect() as conn:
+        for key in conn.execute(sa.select(codes.c.id).where(
+                _expired(rules.cutoff), rules.in_history).order_by(codes.c.id)).scalars():
+            spared[bisect.bisect_left(uppers, uuid.UUID(str(key)))].append(str(key))
+    return spared
 
 
 @contextmanager
-def _begin_at(engine: Engine, isolation: str) -> Iterator[Connection]:
-    """`engine.begin()` at an isolation level of its own."""
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level=isolation)
-        with conn.begin():
+def _chunk_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for a chunk's writes, so a chunk is done whole or not at all.
+
+    On PostgreSQL at REPEATABLE READ: a redemption committed while the delete runs would
+    be removed with its code by ON DELETE CASCADE, unseen; at this level PostgreSQL fails
+    the chunk instead (a serialization failure, retried), and the retry keeps the code.
+    No wait for the commit's WAL flush either: the chunk's own done-mark, committed next
+    and synchronously, flushes it; a crash before it loses the chunk's writes whole, and
+    the chunk, still pending, does them again."""
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
             yield conn
+        return
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
+
+def _smallest(ids: Iterable[Any]) -> list[str]:
+    return [str(key) for key in heapq.nsmallest(SAMPLES, (uuid.UUID(str(i)) for i in ids))]
+
+
+class _Writes:
+    """Steps 2-5 on the codes of one key range, in the steps' order, each one set-based
+    statement that re-checks its step's condition where it writes (a code changed since
+    the plan is judged as it is now).  Every code's fate depends on its own row, its
+    redemption rows and its history events only, so the ranges, done one by one, change
+    exactly what the steps done over the whole table would."""
+
+    def __init__(self, ctx: JobContext, rules: _Rules, conn: Connection,
+                 args: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.rules = rules
+        self.conn = conn
+        self.where = _in_range(codes.c.id, args["after"], args["upto"])
+        # Only codes with a redemption row can have their count raised or lowered: found
+        # through the rows' own index, in the same range.
+        self.redeemed = codes.c.id.in_(
+            sa.select(redemptions.c.promo_code_id)
+            .where(_in_range(redemptions.c.promo_code_id, args["after"], args["upto"])))
+        self.spared = [uuid.UUID(key) for key in args.get("spared", [])]
+
+    def raise_counts(self) -> list[Any]:
+        recorded = _recorded()
+        return list(self.conn.execute(
+            codes.update().where(self.where, self.redeemed, _used < recorded)
+            .values(used_count=recorded, updated_at=self.ctx.now)
+            .returning(codes.c.id)).scalars())
+
+    def delete(self) -> list[Any]:
+        """The range's codes with no sign of use, archived whole as they go; those the
+        history names were found by the plan (`spared`)."""
+        conn, ctx = self.conn, self.ctx
+        cheap = sa.and_(self.where, self.rules.deletable(_has_rows))
+        if self.spared:
+            cheap = sa.and_(cheap, codes.c.id.not_in(self.spared))
+        doomed = list(conn.execute(sa.select(codes.c.id).where(cheap)).scalars())
+        if not doomed:
+            return []
+        archive_and_delete(conn, codes, sa.and_(cheap, keys_in(codes.c.id, doomed,
+                                                                 conn.dialect)),
+                           run_id=ctx.run_id, job=ctx.task, now=ctx.now)
+        kept = set(conn.execute(sa.select(codes.c.id).where(
+            keys_in(codes.c.id, doomed, conn.dialect))).scalars())
+        return [key for key in doomed if key not in kept]
+
+    def deactivate(self) -> list[Any]:
+        return list(self.conn.execute(
+            codes.update().where(self.where, self.rules.to_deactivate(_used))
+            .values(is_active=False, updated_at=self.ctx.now)
+            .returning(codes.c.id)).scalars())
+
+    def lower(self) -> list[Any]:
+        recorded = _recorded()
+        # A code used up by its old count stays closed (the right-hand side reads the row
+        # as it was).
+        return list(self.conn.execute(
+            codes.update().where(self.where, self.redeemed, self.rules.to_lower(recorded))
+            .values(used_count=recorded, updated_at=self.ctx.now,
+                    is_active=sa.case((_used_up(_used), sa.false()), else_=codes.c.is_active))
+            .returning(codes.c.id)).scalars())
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -618,68 +503,98 @@ def nothing_to_do(ctx: JobContext) -> str | None:
             "retention, no archived row to purge")
 
 
-def run(ctx: JobContext) -> JobResult:
-    settings = ctx.settings
-    engine = ctx.engine
-    now = ctx.now
+def plan(ctx: JobContext) -> Plan:
+    """Step 1, once per run: the figures, every brake, and the chunks (the codes' key
+    ranges, then the archive's purge), each carrying the run's clock so that every chunk
+    judges codes as of the plan, whichever invocation runs it.  A dry run judges every
+    code here, in one read-only transaction, and plans no chunk."""
+    settings, engine, now = ctx.settings, ctx.engine, ctx.now
     dialect = engine.dialect.name
-    retention = dt.timedelta(days=settings.archive_retention_days)
     rules = _Rules(settings, now, dialect)
     model = _Model(rules, dialect)
-    timings: dict[str, float] = {}
-    steps: dict[str, int] = {}
-    samples: dict[str, list[str]] = {}
+    started = time.monotonic()
 
     def model_samples(step: str) -> list[str]:
         with engine.connect() as conn:
             return model.samples(conn, step)
 
-    started = time.monotonic()
-    # The session holds step 3's candidates (a cursor, on PostgreSQL) from the plan until
-    # step 3 is done, in one read-only transaction.
+    notes: dict[str, Any] = {"now": now.isoformat()}
     with engine.connect() as session, session.begin():
-        doomed = None if ctx.dry_run else _Doomed(session, rules, settings.batch_size)
-        planned = _Plan(rules).read(session, doomed.counts if doomed else None)
-        timings["plan"] = round(time.monotonic() - started, 3)
-        brake_figures = _engage_brakes(ctx, planned, model_samples)
+        planned = _Plan(rules).read(session)
+        notes["planned"] = planned
+        notes["brakes"] = _engage_brakes(ctx, planned, model_samples)
+        notes["timings_s"] = {"plan": round(time.monotonic() - started, 3)}
         if ctx.dry_run:
-            for step in CODE_STEPS:
-                steps[step] = planned[step]
-                samples[step] = model.samples(session, step) if planned[step] else []
-            steps["archive_rows_purged"] = int(session.execute(
+            retention = dt.timedelta(days=settings.archive_retention_days)
+            notes["steps"] = {step: planned[step] for step in CODE_STEPS}
+            notes["samples"] = {step: model.samples(session, step) if planned[step] else []
+                                for step in CODE_STEPS}
+            notes["steps"]["archive_rows_purged"] = int(session.execute(
                 sa.select(sa.func.count()).select_from(archived)
                 .where(archived.c.archived_at < now - retention)).scalar_one())
-            by_tier = model.statistics(session)
-        else:
-            assert doomed is not None
-            writes = _Writes(ctx, rules)
-            for step, write in (
-                    ("used_counts_raised", writes.raise_counts),
-                    ("codes_deleted", functools.partial(writes.delete, doomed))):
-                steps[step], samples[step] = 0, []
-                if planned[step]:  # else skip the read
-                    started = time.monotonic()
-                    steps[step] = write()
-                    samples[step] = writes.samples[step]
-                    timings[step] = round(time.monotonic() - started, 3)
-    if not ctx.dry_run:
-        for step, write in (
-                ("codes_deactivated", functools.partial(
-                    writes.deactivate, planned["population"], planned["codes_deactivated"])),
-                ("used_counts_lowered", writes.lower)):
-            steps[step], samples[step] = 0, []
-            if planned[step]:
+            notes["by_tier"] = model.statistics(session)
+            return Plan([], notes)
+    steps = [step for step in CODE_STEPS if planned[step]]  # else skip the step's read
+    chunks: list[dict[str, Any]] = []
+    started = time.monotonic()
+    if steps:
+        ranges = _key_ranges(ctx)
+        spared = (_spared(ctx, rules, ranges) if "codes_deleted" in steps
+                  else [[] for _ in ranges])
+        chunks = [{"after": after, "upto": upto, "steps": steps, "now": notes["now"],
+                   "spared": kept} for (after, upto), kept in zip(ranges, spared, strict=True)]
+    notes["timings_s"]["chunks"] = round(time.monotonic() - started, 3)
+    return Plan([*chunks, {"purge": True, "now": notes["now"]}], notes)
+
+
+def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Steps 2-5 on one key range of codes, in one transaction; or step 6."""
+    started = time.monotonic()
+    moment = dt.datetime.fromisoformat(args["now"])
+    if args.get("purge"):
+        retention = dt.timedelta(days=ctx.settings.archive_retention_days)
+        with ctx.engine.begin() as conn:
+            purged = purge_archive(conn, moment, retention)
+        return {"records": 0, "steps": {"archive_rows_purged": purged},
+                "timings_s": {"archive_purge": round(time.monotonic() - started, 3)}}
+    rules = _Rules(ctx.settings, moment, ctx.engine.dialect.name)
+    changed: dict[str, list[Any]] = {}
+    timings: dict[str, float] = {}
+    with _chunk_transaction(ctx.engine) as conn:
+        writes = _Writes(ctx, rules, conn, args)
+        for step, write in (("used_counts_raised", writes.raise_counts),
+                            ("codes_deleted", writes.delete),
+                            ("codes_deactivated", writes.deactivate),
+                            ("used_counts_lowered", writes.lower)):
+            changed[step] = []
+            if step in args["steps"]:
+                changed[step] = write()
+                timings[step] = time.monotonic() - started
                 started = time.monotonic()
-                steps[step] = write()
-                samples[step] = writes.samples[step]
-                timings[step] = round(time.monotonic() - started, 3)
+    return {"records": sum(len(ids) for ids in changed.values()),
+            "steps": {step: len(ids) for step, ids in changed.items()},
+            "samples": {step: _smallest(ids) for step, ids in changed.items()},
+            "timings_s": timings}
+
+
+def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
+    """Step 7 and the summary: the plan's figures, and the chunks' counts and samples."""
+    settings = ctx.settings
+    planned: dict[str, int] = notes["planned"]
+    timings: dict[str, float] = {**notes["timings_s"], **totals.get("timings_s", {})}
+    if ctx.dry_run:
+        steps: dict[str, int] = notes["steps"]
+        samples: dict[str, list[str]] = notes["samples"]
+        by_tier: dict[str, dict[str, int]] = notes["by_tier"]
+    else:
+        found = totals.get("steps", {})
+        steps = {step: int(found.get(step, 0))
+                 for step in (*CODE_STEPS, "archive_rows_purged")}
+        picked = totals.get("samples", {})
+        samples = {step: _smallest(picked.get(step, [])) for step in CODE_STEPS}
         started = time.monotonic()
-        with engine.begin() as conn:
-            steps["archive_rows_purged"] = purge_archive(conn, now, retention)
-        timings["archive_purge"] = round(time.monotonic() - started, 3)
-        started = time.monotonic()
-        with engine.connect() as conn:
-            by_tier = statistics(conn, now)
+        with ctx.engine.connect() as conn:
+            by_tier = statistics(conn, dt.datetime.fromisoformat(notes["now"]))
         timings["statistics"] = round(time.monotonic() - started, 3)
 
     total = sum(steps[step] for step in CODE_STEPS)
@@ -697,14 +612,16 @@ def run(ctx: JobContext) -> JobResult:
     details: dict[str, Any] = {
         "steps": {name: steps[name] for name in (*CODE_STEPS, "archive_rows_purged")},
         "samples": {name: samples[name] for name in CODE_STEPS},
-        "brakes": brake_figures,
+        "brakes": notes["brakes"],
         "counted_without_rows": planned["counted_without_rows"], "by_tier": by_tier,
         "retention_days": settings.promo_retention_days,
         "archive_retention_days": settings.archive_retention_days,
         "rows_complete": settings.promo_redemption_rows_complete,
-        "timings_s": timings,
+        "timings_s": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     if steps["codes_deleted"] and not ctx.dry_run:
         details["restore"] = f"voyagesmart-cron restore {ctx.run_id}"
     return JobResult(records_processed=total, message=message, details=details)
 
+
+run = Chunked(plan=plan, work=work, finish=finish)

@@ -33,8 +33,13 @@ premium year and promo-code tiers have none and are never read or written here.
      account's (refused; `force` goes on);
    - the brake (`SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_SHARE`/`_COUNT`): more cancellations
      and downgrades than the count and than the share of the subscriptions checked.
-6. Write the changes in batches, each row only if no webhook touched it since it was
-   read, with one history row named as the app names it (`subscription_created`, what
+6. Write the changes as chunks (app/core/chunks.py) of `BATCH_SIZE` subscriptions, each
+   chunk carrying its rows as they were read and their new values (steps 1-5 are the
+   plan: the brake sees the whole set before one row is written, so a run that reaches
+   its time budget pauses between writes, never between reads).  Reads that do not fit
+   in one invocation change nothing (`_check_time`).  Each row is written only if no
+   webhook touched it since it was read, with one history row named as the app names it
+   (`subscription_created`, what
    its webhook records for every update; `subscription_deleted`), before/after values and
    the run id in `details`: `voyagesmart-cron restore <run-id>` puts them back
    (`restore` below).  Any other failure is counted and named, and the others carry on:
@@ -74,7 +79,9 @@ from app.adapters.stripe_gateway import (
 )
 from app.adapters.stripe_key import key_mode
 from app.config import Settings
+from app.core import chunks
 from app.core.batching import keys_in, stream_rows
+from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobAborted, JobRefused, TransientError
 from app.core.safety import SAMPLES, Brake
@@ -102,6 +109,8 @@ _NAMED_FAILURES = 50
 _RANK = {tier: rank for rank, tier in enumerate(TIERS)}  # free < premium < ai
 SOURCE = "subscription-sync"  # details.source of the history rows this job writes
 _MIN_FAILURES_FOR_OUTAGE = 10
+# Seconds of the invocation the reads leave for planning the writes and closing the run.
+_READ_MARGIN_S = 10.0
 
 
 # --- Stripe object -> local columns (pure) ----------------------------------------------
@@ -225,9 +234,51 @@ def _json(value: Any) -> Any:
 
 
 # --- the run ----------------------------------------------------------------------------
+_SEEN = ("id", "user_id", "stripe_customer_id", "updated_at", *FIELDS)
+_UUIDS = frozenset({"id", "user_id"})
+
+
+def _parse(name: str, value: Any) -> Any:
+    """A value of `_SEEN` back from its JSON form (`_json`)."""
+    if value is None:
+        return None
+    if name in _UUIDS:
+        return uuid.UUID(value)
+    if name in _TIMES or name == "updated_at":
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A row as it was read: what its write is conditional on, and what history names."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    stripe_customer_id: str | None
+    updated_at: dt.datetime | None
+    status: str
+    tier: str
+    current_period_end: dt.datetime | None
+    cancel_at_period_end: bool | None
+    stripe_subscription_id: str | None
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> _Seen:
+        return cls(**{name: row._mapping[name] for name in _SEEN})
+
+    def as_args(self) -> dict[str, Any]:
+        return {name: _json(getattr(self, name)) if name not in _UUIDS
+                else str(getattr(self, name)) for name in _SEEN}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> _Seen:
+        return cls(**{name: _parse(name, args[name]) for name in _SEEN})
+
+
 @dataclass
 class _Change:
-    row: Row[Any]
+    row: _Seen
     after: dict[str, Any]  # every FIELD, new values
     changed: list[str]
     reason: str  # drift | canceled_in_stripe | missing_in_stripe
@@ -248,6 +299,20 @@ class _Change:
     def sample(self) -> str:
         return (f"{self.row.stripe_subscription_id}: {self.row.tier}/{self.row.status} -> "
                 f"{self.after['tier']}/{self.after['status']} ({self.reason})")
+
+    def as_args(self) -> dict[str, Any]:
+        """Everything its write needs, as JSON: a chunk's arguments."""
+        return {"row": self.row.as_args(),
+                "after": {name: _json(value) for name, value in self.after.items()},
+                "changed": self.changed, "reason": self.reason,
+                "stripe_status": self.stripe_status, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> _Change:
+        return cls(_Seen.from_args(args["row"]),
+                   {name: _parse(name, value) for name, value in args["after"].items()},
+                   list(args["changed"]), args["reason"], args["stripe_status"],
+                   dt.datetime.fromisoformat(args["at"]))
 
 
 @dataclass
@@ -277,7 +342,6 @@ class _Sync:
         # written.  One entry per drifted row (a normal night changes a handful).
         self.pending: list[_Change] = []
         self.started = time.monotonic()
-        self.batch = ctx.settings.batch_size
         s = ctx.settings
         self.brake = Brake(
             "cancel or downgrade subscriptions", s.subscription_sync_downgrade_brake_share,
@@ -304,7 +368,8 @@ class _Sync:
                 self._candidates().where(subs.c.status == "active").subquery()))
         return "list" if int(live or 0) > PAGE_SIZE else "retrieve"
 
-    def run(self, strategy: str) -> None:
+    def read(self, strategy: str) -> list[_Change]:
+        """Steps 1-5: every change Stripe asks for, past the stops and the brake."""
         if strategy == "list":
             self._run_list()
         else:
@@ -312,7 +377,8 @@ class _Sync:
                 self._retrieve(chunk)
         self._stop_if_nothing_answered(minimum=1)
         self._stop_if_the_key_knows_none()
-        self._apply()
+        self._judge()
+        return self.pending
 
     def _run_list(self) -> None:
         live: dict[str, Row[Any]] = {}
@@ -413,10 +479,12 @@ class _Sync:
             return
         elapsed = dt.timedelta(seconds=time.monotonic() - self.started)
         left = self.ctx.seconds_left(self.ctx.now + elapsed)
-        if left is not None and left < 30:
-            self._apply()
+        # The brake must see every subscription before one is written: reads that do not
+        # fit in this invocation change nothing at all.
+        if (left is not None and left < 30) or chunks.out_of_time(self.ctx, _READ_MARGIN_S):
             raise JobAborted(f"time budget nearly spent after checking {self.tally.checked} "
-                             f"subscriptions; the rest waits for the next run")
+                             "subscriptions, before all were read: nothing was changed; "
+                             "the next run reads them again")
 
     # comparison
     def _compare(self, row: Row[Any], obj: dict[str, Any]) -> None:
@@ -435,7 +503,7 @@ class _Sync:
             remote["status"] = row.status  # never write what the CHECK would reject
         changed = [name for name in FIELDS if not _same(name, row._mapping[name], remote[name])]
         if changed:
-            self.pending.append(_Change(row, remote, changed, "drift",
+            self.pending.append(_Change(_Seen.of(row), remote, changed, "drift",
                                         str(obj.get("status")), self.ctx.now))
 
     def _deleted(self, row: Row[Any], obj: dict[str, Any] | None, reason: str) -> None:
@@ -444,27 +512,33 @@ class _Sync:
                      stripe_subscription_id=None)
         changed = [name for name in FIELDS if not _same(name, row._mapping[name], after[name])]
         status = str(obj.get("status")) if obj is not None else None
-        self.pending.append(_Change(row, after, changed, reason, status,
+        self.pending.append(_Change(_Seen.of(row), after, changed, reason, status,
                                     ended_at(obj, row, self.ctx.now)))
 
-    # writes
-    def _apply(self) -> None:
-        """The brake over everything found so far, then the writes (a dry run counts)."""
-        batch, self.pending = self.pending, []
-        lowering = [c for c in batch if c.lowers]
+    def _judge(self) -> None:
+        """The brake over every change found (a dry run asks it the same way)."""
+        lowering = [c for c in self.pending if c.lowers]
         t = self.tally
         # Samples sorted by subscription id: the same whichever way Stripe was read.
-        t.brake = self.brake.engage(affected=t.downgrades + len(lowering),
-                                    population=t.checked,
+        t.brake = self.brake.engage(affected=len(lowering), population=t.checked,
                                     samples=sorted(c.sample() for c in lowering),
                                     force=self.ctx.force)
-        t.downgrades += len(lowering)
-        t.samples = sorted([*t.samples, *(c.sample() for c in batch)])[:SAMPLES]
+        t.downgrades = len(lowering)
+        t.samples = sorted(c.sample() for c in self.pending)[:SAMPLES]
+
+
+class _Writes:
+    """Step 6 for one chunk: its changes, written (a dry run counts them)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.tally = _Tally()
+
+    def apply(self, batch: Sequence[_Change]) -> None:
         if self.ctx.dry_run:
             self._count(batch)
-            return
-        for start in range(0, len(batch), self.batch):
-            self._flush(batch[start:start + self.batch])
+        else:
+            self._flush(batch)
 
     def _count(self, done: Sequence[_Change]) -> None:
         for change in done:
@@ -487,7 +561,7 @@ class _Sync:
                         for name in FIELDS}, "updated_at": now})
         )
         params = [{"k_id": c.row.id, "k_seen": c.row.updated_at,
-                   **{f"k_{name}": c.row._mapping[name] for name in FIELDS},
+                   **{f"k_{name}": getattr(c.row, name) for name in FIELDS},
                    **{f"v_{name}": c.after[name] for name in FIELDS}} for c in batch]
         with self.ctx.engine.begin() as conn:
             conn.execute(update, params)
@@ -510,7 +584,7 @@ class _Sync:
             "reason": change.reason,
             "stripe_status": change.stripe_status,
             "changed": change.changed,
-            "before": {name: _json(row._mapping[name]) for name in change.changed},
+            "before": {name: _json(getattr(row, name)) for name in change.changed},
             "after": {name: _json(change.after[name]) for name in change.changed},
         }
         if change.deletion:
@@ -549,62 +623,96 @@ def nothing_to_do(ctx: JobContext) -> str | None:
     return "no subscription to sync: no user_subscriptions row has a stripe_subscription_id"
 
 
-def run(ctx: JobContext) -> JobResult:
+def plan(ctx: JobContext) -> Plan:
+    """Steps 1-5, once per run: every Stripe read, the stops and the brake, over the whole
+    set before anything is written; the chunks are the changes found, `BATCH_SIZE`
+    subscriptions each, every one with the row as it was read and its new values."""
     with StripeGateway(ctx.settings) as gateway:
         sync = _Sync(ctx, gateway)
         strategy = sync.strategy()
-        sync.run(strategy)
+        changes = sync.read(strategy)
         t = sync.tally
-        api_calls = gateway.requests
-        rate_limited = gateway.rate_limited
+        notes = {
+            "strategy": strategy, "checked": t.checked, "missing_in_stripe": t.missing,
+            "downgrades": t.downgrades, "brake": t.brake, "samples": t.samples,
+            "failed": len(t.failures),
+            "key_mismatches": sum(f["kind"] == "key_mismatch" for f in t.failures),
+            "failures": t.failures[:_NAMED_FAILURES], "unmapped": sorted(t.unmapped),
+            "incomplete_items": t.incomplete_items,
+            "unknown_statuses": sorted(t.unknown_statuses),
+            "api_calls": gateway.requests, "rate_limited": gateway.rate_limited,
+        }
+    return Plan([{"changes": part} for part in
+                 chunks.split([c.as_args() for c in changes], ctx.settings.batch_size)], notes)
+
+
+def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Step 6 for one chunk: its subscriptions' changes, each row only as it was read."""
+    writes = _Writes(ctx)
+    writes.apply([_Change.from_args(change) for change in args["changes"]])
+    t = writes.tally
+    return {"records": t.changed, "changed": t.changed, "by_field": dict(t.by_field),
+            "deleted": t.deleted, "skipped_concurrent": t.skipped_concurrent}
+
+
+def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
+    """Step 7: the plan's findings and the chunks' writes, summed."""
+    changed, deleted = int(totals.get("changed", 0)), int(totals.get("deleted", 0))
+    by_field: dict[str, int] = {name: int(n) for name, n in totals.get("by_field", {}).items()}
+    failures: list[dict[str, str]] = notes["failures"]
+    unknown: list[str] = notes["unknown_statuses"]
+    unmapped: list[str] = notes["unmapped"]
+    incomplete: list[str] = notes["incomplete_items"]
+    checked, failed, strategy = notes["checked"], notes["failed"], notes["strategy"]
     verb = "would change" if ctx.dry_run else "changed"
     message = (
-        f"checked {t.checked}: {verb} {t.changed}"
-        + (f" ({_describe(sorted(t.by_field.items()))})" if t.by_field else "")
-        + f", {t.deleted} ended in Stripe ({t.missing} missing there), "
-        f"{t.downgrades} canceled or downgraded, {len(t.failures)} failed; "
-        f"{api_calls} API calls ({strategy})"
+        f"checked {checked}: {verb} {changed}"
+        + (f" ({_describe(sorted(by_field.items()))})" if by_field else "")
+        + f", {deleted} ended in Stripe ({notes['missing_in_stripe']} missing there), "
+        f"{notes['downgrades']} canceled or downgraded, {failed} failed; "
+        f"{notes['api_calls']} API calls ({strategy})"
     )
-    if t.failures:
-        names = ", ".join(f["stripe_subscription_id"] for f in t.failures[:5])
-        more = f" and {len(t.failures) - 5} more" if len(t.failures) > 5 else ""
+    if failures:
+        names = ", ".join(f["stripe_subscription_id"] for f in failures[:5])
+        more = f" and {failed - 5} more" if failed > 5 else ""
         message += f"; failed: {names}{more}"
-    unmapped = sorted(t.unmapped)
     if unmapped:
         message += (f"; tier kept for prices STRIPE_TIER_MAP does not cover: "
                     f"{', '.join(unmapped[:5])}" + (" and more" if len(unmapped) > 5 else ""))
-    if t.incomplete_items:
+    if incomplete:
         message += (f"; tier kept where Stripe gave only part of the items: "
-                    f"{', '.join(t.incomplete_items[:5])}")
-    if t.unknown_statuses:
-        message += ("; status kept for unknown Stripe statuses: "
-                    + ", ".join(sorted(t.unknown_statuses)))
+                    f"{', '.join(incomplete[:5])}")
+    if unknown:
+        message += "; status kept for unknown Stripe statuses: " + ", ".join(unknown)
     details = {
-        "strategy": strategy,
+        "strategy": notes["strategy"],
         "dry_run": ctx.dry_run,
-        "checked": t.checked,
-        "changed": t.changed,
-        "changed_by_field": dict(sorted(t.by_field.items())),
-        "missing_in_stripe": t.missing,
-        "deleted": t.deleted,
-        "downgrades": t.downgrades,
-        "brake": t.brake,
-        "samples": t.samples,
-        "unknown_stripe_statuses": sorted(t.unknown_statuses),
-        "failed": len(t.failures),
-        "key_mismatches": sum(f["kind"] == "key_mismatch" for f in t.failures),
-        "failures": t.failures[:_NAMED_FAILURES],
-        "skipped_concurrent": t.skipped_concurrent,
+        "checked": checked,
+        "changed": changed,
+        "changed_by_field": dict(sorted(by_field.items())),
+        "missing_in_stripe": notes['missing_in_stripe'],
+        "deleted": deleted,
+        "downgrades": notes["downgrades"],
+        "brake": notes["brake"],
+        "samples": notes["samples"],
+        "unknown_stripe_statuses": unknown,
+        "failed": notes["failed"],
+        "key_mismatches": notes["key_mismatches"],
+        "failures": failures,
+        "skipped_concurrent": int(totals.get("skipped_concurrent", 0)),
         "unmapped_tier_ids": unmapped[:_NAMED_FAILURES],
-        "incomplete_item_lists": t.incomplete_items[:_NAMED_FAILURES],
-        "api_calls": api_calls,
-        "rate_limited_retries": rate_limited,
+        "incomplete_item_lists": incomplete[:_NAMED_FAILURES],
+        "api_calls": notes["api_calls"],
+        "rate_limited_retries": notes["rate_limited"],
         "lookback_days": ctx.settings.subscription_sync_lookback_days,
         "key_mode": _mode(ctx),
     }
-    attention = t.failures or unmapped or t.incomplete_items or t.unknown_statuses
-    return JobResult(records_processed=t.changed, message=message,
+    attention = failures or unmapped or incomplete or unknown
+    return JobResult(records_processed=changed, message=message,
                      status=RunStatus.WARNING if attention else RunStatus.SUCCESS, details=details)
+
+
+run = Chunked(plan=plan, work=work, finish=finish)
 
 
 def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,

@@ -22,11 +22,13 @@ Steps:
 5. Settle what a dead run left mid-batch (app/mail/delivery.py); expire pending emails of
    users who came back before they could be sent, and withdraw those of users who
    unsubscribed (or lack consent) since.
-6. Send the pending emails over one SMTP connection, at most once (app/mail/delivery.py).
+6. Send the pending emails over one SMTP connection, at most once (app/mail/delivery.py),
+   in chunks of consecutive ids (app/core/chunks.py): a run that reaches its invocation's
+   time budget answers `partial` and the next call sends the rest, under the same run.
 7. Write this month's row of `cron_engagement_metrics`: active and inactive users, emails
    sent and failed this month, opted-out inactive users, and users emailed by the
-   previous campaign who logged in after that email.  Rerunning in the same month
-   rewrites the row from the database, so it stays exact.
+   previous campaign who logged in after that email, once every chunk is sent.  Rerunning
+   in the same month rewrites the row from the database, so it stays exact.
 
 The month is the run's slot (else its start) in `CRON_TIMEZONE`.  A dry run reports who
 would be emailed, skipped and braked exactly as the real run would, and the metrics it
@@ -45,6 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.core.batching import stream_rows
+from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
 from app.core.status import RunStatus
@@ -76,6 +79,8 @@ documents = table_of(Document)
 expenses = table_of(Expense)
 metrics = table_of(CronEngagementMetrics)
 notes = notifications
+# Emails per chunk of a run (app/core/chunks.py): one id range of the pending emails.
+CHUNK_EMAILS = notify.CLAIM_BATCH
 
 
 def campaign_month(ctx: JobContext) -> dt.date:
@@ -238,7 +243,8 @@ def _withdrawn(require_consent: bool) -> sa.ColumnElement[bool]:
     return sa.or_(gone, ~consented(notes.c.user_id, KIND)) if require_consent else gone
 
 
-def run(ctx: JobContext) -> JobResult:
+def plan(ctx: JobContext) -> Plan:
+    """Steps 1-5, once per run; the chunks are the pending emails, by id range."""
     month = campaign_month(ctx)
     cutoff = ctx.as_of - dt.timedelta(days=ctx.settings.inactivity_days)
     tally = notify.Tally()
@@ -254,33 +260,68 @@ def run(ctx: JobContext) -> JobResult:
     population = _users(ctx)
     notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, screen, sign_ins, samples),
                 tally, brake=_brake(ctx, population, samples, details))
+    details["volume"] = _volume(ctx, tally.new + tally.resumed, population)
     counts["opted_out"] = screen.declined
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, _came_back(cutoff, sign_ins), tally)
     notify.expire(ctx, KIND, _withdrawn(require_consent), tally,
                   reason="the user unsubscribed, or has no recorded consent, before it "
                   "could be sent", withdrawn=True)
-    notify.deliver(ctx, KIND, TEMPLATE, tally)
+    details.update(screen.as_dict())
+    notes = {"details": details, "tally": tally.as_dict(), "counts": counts,
+             "month": month.isoformat(), "sign_ins": sign_ins,
+             "require_consent": require_consent, "unreachable": screen.unreachable,
+             "no_consent": screen.counts["no_consent"]}
+    if ctx.dry_run:
+        return Plan([], notes)
+    # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
+    return Plan([*notify.ranges(ctx, KIND, CHUNK_EMAILS), {"first": None, "last": None}],
+                notes)
+
+
+def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
+    """Each invocation: settle what a dead run (or this run's interrupted attempt) left
+    mid-batch, off its hand-over cursor, before sending again."""
+    notify.resolve_unknown(ctx, KIND, notify.Tally())
+
+
+def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Step 6 for one chunk: the pending emails with an id in its range."""
+    tally = notify.Tally()
+    notify.deliver(ctx, KIND, TEMPLATE, tally, first=args["first"], last=args["last"])
+    return {"records": tally.sent, "taken_by_other_run": tally.taken_by_other_run,
+            "errors": tally.errors}
+
+
+def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
+    """Step 7 and the run's summary, from the plan's notes and the chunks' counters."""
+    month = dt.date.fromisoformat(notes["month"])
+    counts = {k: int(v) for k, v in notes["counts"].items()}
+    sign_ins, require_consent = bool(notes["sign_ins"]), bool(notes["require_consent"])
+    unreachable, no_consent = int(notes["unreachable"]), int(notes["no_consent"])
+    tally = notify.Tally(**{k: v for k, v in notes["tally"].items() if k != "timings_ms"})
+    if not ctx.dry_run:
+        notify.count_run(ctx, KIND, tally)
+        tally.taken_by_other_run += int(totals.get("taken_by_other_run", 0))
+        tally.errors = [*tally.errors, *totals.get("errors", [])]
     values = _metrics(ctx, month, counts, sign_ins, tally)
     if not ctx.dry_run:
         _store(ctx, values)
 
+    details = dict(notes["details"])
     details.update({
         **tally.as_dict(),
-        **screen.as_dict(),
         "metrics": {**values, "month": month.isoformat()},
         "inactivity_days": ctx.settings.inactivity_days,
         "require_consent": require_consent,
         "activity_source": "auth.users.last_sign_in_at" if sign_ins else "users.last_login",
-        "volume": _volume(ctx, tally.new + tally.resumed, population),
     })
     warnings = [] if sign_ins else [FALLBACK_WARNING]
-    if screen.unreachable:
-        warnings.append(f"{screen.unreachable} inactive user(s) skipped: unusable "
+    if unreachable:
+        warnings.append(f"{unreachable} inactive user(s) skipped: unusable "
                         "preferences or address (see skipped_users)")
     details["warnings"] = warnings
-    skipped = [f"{screen.counts['no_consent']} without recorded consent"] if (
-        screen.counts["no_consent"]) else []
+    skipped = [f"{no_consent} without recorded consent"] if no_consent else []
     if ctx.dry_run:
         return JobResult(
             records_processed=tally.new + tally.resumed, details=details,
@@ -301,3 +342,6 @@ def run(ctx: JobContext) -> JobResult:
                      status=RunStatus.WARNING
                      if warnings or notify.outcome_status(tally) == RunStatus.WARNING
                      else RunStatus.SUCCESS)
+
+
+run = Chunked(plan=plan, work=send, finish=finish, prepare=prepare)
