@@ -192,3 +192,35 @@ def test_a_file_linked_between_two_invocations_is_kept(
     assert (media["orphans_to_delete"], media["orphans_deleted"],
             media["linked_during_run"]) == (7, 6, 1)
     assert ("trip-media", "orphans/o06.bin") in store.listing()
+
+
+def test_a_real_budget_spreads_the_run_over_calls(engine: Engine, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """FUNCTION_MAX_DURATION itself, no cut forced: with a second or so per call the run
+    stops between chunks of images, answers 202, and the next calls finish it."""
+    _small_chunks(monkeypatch)
+    local = LocalHarness(tmp_path / "storage", BUCKETS)
+    photos = [_photo(seed) for seed in range(12)]
+    local.seed([Item("trip-media", f"trips/p{i:02d}.jpg", body, old=True)
+                for i, body in enumerate(photos)])
+    app = AppWriter(engine)
+    owner = app.sign_up("u1@example.com", at=NOW - dt.timedelta(days=300))
+    trip = app.create_trip(owner, name="Lisbon", at=NOW)
+    for i in range(len(photos)):
+        app.journal_media(trip, owner, f"trips/p{i:02d}.jpg", NOW)
+    settings = settings_for(engine, tmp_path, local, cron_catch_up=False,
+                            function_max_duration=1.2)
+    answers = run_to_the_end(Runner(settings, engine, clock=FixedClock(local.now)), TASK)
+    assert len(answers) >= 2
+    assert [a.http_status for a in answers] == [202] * (len(answers) - 1) + [200]
+    assert answers[0].details["chunks_total"] == 12
+    last = answers[-1]
+    assert last.status == RunStatus.SUCCESS, last.message
+    assert bucket_of(last, "trip-media")["recompressed"] == last.records_processed == 12
+    with engine.connect() as conn:
+        logged = conn.execute(sa.select(log_t.c.chunks_done, log_t.c.chunks_total,
+                                        log_t.c.records_processed)
+                              .where(log_t.c.job_name == TASK)).all()
+    assert [tuple(row) for row in logged] == [(12, 12, 12)]
+    assert all(len(body) < len(photos[i]) for i, body in enumerate(
+        local.read("trip-media", f"trips/p{i:02d}.jpg").body for i in range(12)))
