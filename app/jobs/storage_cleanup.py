@@ -37,6 +37,13 @@ Steps:
    buckets were listed), then move each candidate still unreferenced to the quarantine,
    put back quarantined objects referenced again, and purge those past the retention.
 
+Chunks (app/core/chunks.py), so a run longer than one invocation continues at the next
+call: steps 1-3 are the plan, done once, since the brake must see each bucket whole; the
+chunks are batches of step 4's images and of step 5's moves and quarantined objects, each
+carrying its objects (key, size, ETag), the quarantine folder and what it needs to re-read
+the late references, so any process can run it.  Each move or quarantine chunk re-reads
+the rows written since the scan began: a file linked between two calls stays.
+
 Skipped (nothing to do, `nothing_to_do`) where storage is not configured.
 
 A dry run does steps 1-4 without writing (it re-encodes the images in memory), so its
