@@ -166,7 +166,8 @@ def _chunked(settings: Any, engine: Any, now: dt.datetime, budget: float | None
             "WHERE run_id = :r"), {"r": str(outcome.run_id)}).one()
     return {"calls": calls, "records": outcome.records_processed,
             "log": [str(v) for v in logged],
-            "state": hashlib.sha256(json.dumps([state, figures]).encode()).hexdigest()[:16],
+            "state": hashlib.sha256(json.dumps([state, figures], sort_keys=True).encode()
+                                    ).hexdigest()[:16],
             "objects_after": len(state)}
 
 

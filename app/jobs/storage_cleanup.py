@@ -748,7 +748,7 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
         keys = {action: list(found) for action, found in notes["samples"][bucket].items()}
         for action, found in totals.get("samples", {}).get(bucket, {}).items():
             keys[action] = sorted({*keys.get(action, []), *found})[:_SAMPLES]
-        fields["samples"] = keys
+        fields["samples"] = {action: keys[action] for action in sorted(keys)}
         reports[bucket] = BucketReport(**fields)
     timings = {name: round(float(value), 3)
                for name, value in {**notes["timings"], **totals.get("timings", {})}.items()}
