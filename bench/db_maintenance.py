@@ -12,6 +12,13 @@ reindex.  Two file-level copies of that database are then maintained:
 
     .venv/bin/python -m bench.db_maintenance --gb 1      # what was measured
     .venv/bin/python -m bench.db_maintenance --gb 5      # the size the issue names
+    .venv/bin/python -m bench.db_maintenance --gb 1 --chunked   # and whole vs 30 s calls
+
+With `--chunked`, a third copy `cut` gets the same work and the job under
+FUNCTION_MAX_DURATION=30 (`--budget`), called again until it is no longer `partial` (as a
+crontab loop would); printed: its calls, the total wall time against the whole run on the
+`job` copy (target 1.15x at most), and whether both copies end alike (each table's dead
+tuples, each index's validity, the run's report of tables and indexes).
 
 Every database it creates is dropped at the end (--keep keeps them).
 """
@@ -107,6 +114,7 @@ def _run_job(name: str) -> dict[str, Any]:
     return {
         "status": outcome.status, "total_s": round(total, 1), "message": outcome.message,
         "steps": {s["step"]: round(s.get("duration_ms", 0) / 1000, 2) for s in d["steps"]},
+        "report": _report(d),
         "tables": [(t["table"], t["action"], t["before"]["dead_tuples"],
                     t.get("after", {}).get("dead_tuples"), round(t.get("duration_ms", 0) / 1000, 2))
                    for t in d["tables"]],
@@ -114,6 +122,55 @@ def _run_job(name: str) -> dict[str, Any]:
                      i.get("after", {}).get("bytes"), round(i.get("duration_ms", 0) / 1000, 2))
                     for i in d["indexes"]],
     }
+
+
+def _run_cut(name: str, budget: float) -> dict[str, Any]:
+    """The job under a budget per call, called again while it answers `partial`."""
+    url = pg_url(name)
+    engine = make_engine(url)
+    settings = Settings(_env_file=None, app_env="test", database_url=url,  # type: ignore[call-arg]
+                        maintenance_statement_timeout=3600, function_max_duration=budget)
+    runner = Runner(settings, engine)
+    calls: list[float] = []
+    started = time.monotonic()
+    while True:
+        one = time.monotonic()
+        outcome = runner.run("db-maintenance", trigger="cli")
+        calls.append(round(time.monotonic() - one, 1))
+        if outcome.status != "partial":
+            break
+    total = time.monotonic() - started
+    with engine.connect() as conn:
+        logged = conn.exec_driver_sql(
+            "SELECT status, chunks_done, chunks_total, records_processed FROM cron_job_log "
+            f"WHERE run_id = '{outcome.run_id}'").one()
+    engine.dispose()
+    return {"status": outcome.status, "total_s": round(total, 1), "calls": calls,
+            "log": [str(v) for v in logged], "report": _report(outcome.details)}
+
+
+def _report(details: dict[str, Any]) -> list[Any]:
+    return [[(t["table"], t["action"], t["status"]) for t in details["tables"]],
+            [(i["index"], i["action"], i["status"]) for i in details["indexes"]]]
+
+
+def _end_state(name: str) -> list[Any]:
+    with psycopg.connect(_dsn(name)) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        # (The service's own tables differ: a cut run writes its log more often.)
+        tables = conn.execute("SELECT relname, n_dead_tup FROM pg_stat_user_tables "
+                              "WHERE schemaname = 'public' AND relname NOT LIKE 'cron%' "
+                              "ORDER BY relname").fetchall()
+        indexes = conn.execute(
+            "SELECT ic.relname, x.indisvalid FROM pg_index x JOIN pg_class ic ON "
+            "ic.oid = x.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace "
+            "WHERE n.nspname = 'public' ORDER BY 1").fetchall()
+    return [list(map(list, tables)), list(map(list, indexes))]
+
+
+def _report_of(job: dict[str, Any]) -> list[Any]:
+    report: list[Any] = job.pop("report")
+    return report
 
 
 def _run_baseline(name: str) -> dict[str, Any]:
@@ -134,9 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--chunked", action="store_true",
+                        help="also run a copy under a budget per call (FUNCTION_MAX_DURATION)")
+    parser.add_argument("--budget", type=float, default=30.0)
     args = parser.parse_args()
     now = dt.datetime.now(dt.UTC)
-    copies = [f"{BASE}_job", f"{BASE}_baseline"]
+    copies = [f"{BASE}_job", f"{BASE}_baseline"] + ([f"{BASE}_cut"] if args.chunked else [])
     try:
         create_database(BASE)
         started = time.monotonic()
@@ -158,6 +218,19 @@ def main() -> None:
                   f"{_size(copy) / 1024**3:.2f} GB")
         job = _run_job(copies[0])
         print("job      " + json.dumps(job, indent=None))
+        if args.chunked:
+            time.sleep(2)  # the statistics of the last statements reach the view
+            whole_state = _end_state(copies[0])
+            cut = _run_cut(copies[2], args.budget)
+            time.sleep(2)
+            same = (_end_state(copies[2]) == whole_state
+                    and cut["report"] == _report_of(job))
+            print(f"cut      calls {len(cut['calls'])} ({', '.join(map(str, cut['calls']))} s), "
+                  f"total {cut['total_s']} s, log {cut['log']}, status {cut['status']}")
+            ratio = cut["total_s"] / job["total_s"]
+            print(f"ratio cut/whole wall time: {ratio:.2f} (target <= 1.15); end states "
+                  f"{'match' if same else 'DIFFER'}")
+            print("PASS" if ratio <= 1.15 and same else "FAIL")
         baseline = _run_baseline(copies[1])
         print("baseline " + json.dumps(baseline))
         print(f"ratio job/baseline total time: {job['total_s'] / baseline['total_s']:.2f}")

@@ -14,14 +14,22 @@ peak RSS is its own:
 
     .venv/bin/python -m bench.storage_cleanup                     # local, 200,000 objects
     .venv/bin/python -m bench.storage_cleanup --backend s3 --objects 10000   # moto_server
+    .venv/bin/python -m bench.storage_cleanup --part chunks       # whole run vs 30 s calls
 
 Prints one line per variant and the ratios job / baseline.
+
+`--part chunks` compares instead, on two identical copies of the local bucket, the job
+run whole (one call) against the job under FUNCTION_MAX_DURATION=30 (`--budget`), called
+again until it is no longer `partial`, as a crontab loop would: the total wall time ratio
+(target 1.15 at most) and whether both end in the same state (every object, the
+quarantine with the run's folder named alike, the report's figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import resource
@@ -94,7 +102,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime,
+             budget: float = 30.0) -> dict[str, Any]:
     from app.config import Settings
     from app.db import make_engine
 
@@ -105,6 +114,8 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
     started = time.monotonic()
     if name == "baseline":
         out = _baseline(settings, engine, now)
+    elif name in ("whole", "cut"):
+        out = _chunked(settings, engine, now, budget if name == "cut" else None)
     else:
         from app.core.runner import Runner
 
@@ -119,6 +130,45 @@ def _variant(name: str, url: str, overrides: dict[str, Any], now: dt.datetime) -
     out["peak_rss_mb"] = round(_peak_mb(), 1)
     engine.dispose()
     return out
+
+
+def _chunked(settings: Any, engine: Any, now: dt.datetime, budget: float | None
+             ) -> dict[str, Any]:
+    """The job whole, or under a budget per call and called until it is not `partial`."""
+    from app.core.runner import Runner
+
+    if budget is not None:
+        settings = settings.model_copy(update={"function_max_duration": budget})
+    root = Path(settings.storage_local_root)
+    # Both copies start with their files' metadata in the page cache: the copy just
+    # written would otherwise list faster than the original.
+    for _dirpath, _dirs, files in os.walk(root / BUCKET):
+        for name in files:
+            os.stat(os.path.join(_dirpath, name))
+    runner = Runner(settings, engine, clock=lambda: now)
+    calls = []
+    while True:
+        started = time.monotonic()
+        outcome = runner.run("storage-cleanup", trigger="cli")
+        calls.append(round(time.monotonic() - started, 2))
+        if outcome.status != "partial":
+            break
+    assert outcome.status == "success", outcome.message
+    figures = [{k: v for k, v in bucket.items()} for bucket in outcome.details["buckets"]]
+    folder = outcome.details["quarantine"]["folder"]
+    state = sorted((str(path.relative_to(root)).replace(folder, "<run>/"), path.stat().st_size)
+                   for path in (root / BUCKET).rglob("*") if path.is_file())
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        logged = conn.execute(sa.text(
+            "SELECT status, records_processed, chunks_done, chunks_total FROM cron_job_log "
+            "WHERE run_id = :r"), {"r": str(outcome.run_id)}).one()
+    return {"calls": calls, "records": outcome.records_processed,
+            "log": [str(v) for v in logged],
+            "state": hashlib.sha256(json.dumps([state, figures], sort_keys=True).encode()
+                                    ).hexdigest()[:16],
+            "objects_after": len(state)}
 
 
 def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
@@ -151,11 +201,46 @@ def _baseline(settings: Any, engine: Any, now: dt.datetime) -> dict[str, Any]:
             "scanned": scanned, "would_delete": len(to_delete), "reference_rows": len(urls)}
 
 
+def _child(variant: str, url: str, overrides: dict[str, Any], now: dt.datetime,
+           budget: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.storage_cleanup", "--variant", variant, "--url", url,
+         "--overrides", json.dumps(overrides), "--now", now.isoformat(),
+         "--budget", str(budget)],
+        check=True, capture_output=True, text=True, env={**os.environ, "APP_ENV": "test"})
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _compare_chunked(url: str, workdir: Path, overrides: dict[str, Any], now: dt.datetime,
+                     budget: float) -> None:
+    """The same bucket twice (the copy keeps modification times): whole, then cut."""
+    started = time.monotonic()
+    shutil.copytree(workdir / BUCKET, workdir / "copy" / BUCKET)
+    print(f"copied the bucket in {time.monotonic() - started:.1f}s")
+    whole = _child("whole", url, overrides, now, budget)
+    cut = _child("cut", url, {**overrides, "storage_local_root": str(workdir / "copy")},
+                 now, budget)
+    for name, result in (("whole", whole), ("cut", cut)):
+        print(f"{name:6s} calls {len(result['calls'])} ({', '.join(map(str, result['calls']))} s)"
+              f", records {result['records']}, log "
+              f"{result['log']}, objects after {result['objects_after']}, peak RSS "
+              f"{result['peak_rss_mb']} MB")
+    ratio = sum(cut["calls"]) / sum(whole["calls"])
+    same = (whole["state"], whole["records"]) == (cut["state"], cut["records"])
+    print(f"ratio cut/whole wall time of the calls: {ratio:.2f} (target <= 1.15); end states "
+          f"{'match' if same else 'DIFFER'}")
+    print("PASS" if ratio <= 1.15 and same and len(cut["calls"]) > 1 else "FAIL")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200_000)
     parser.add_argument("--refs", type=int, default=500_000)
     parser.add_argument("--backend", choices=["local", "s3"], default="local")
+    parser.add_argument("--part", choices=["scan", "chunks"], default="scan")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="FUNCTION_MAX_DURATION of the cut run (--part chunks)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -164,7 +249,7 @@ def main() -> None:
 
     if args.variant:  # child process: run one variant, print JSON
         result = _variant(args.variant, args.url, json.loads(args.overrides),
-                          dt.datetime.fromisoformat(args.now))
+                          dt.datetime.fromisoformat(args.now), args.budget)
         print(json.dumps(result))
         return
 
@@ -199,6 +284,11 @@ def main() -> None:
                          args.objects)
             print(f"bucket ({args.backend}): {args.objects} objects in "
                   f"{time.monotonic() - started:.1f}s")
+            if args.part == "chunks":
+                if args.backend != "local":
+                    raise SystemExit("--part chunks copies the bucket: local backend only")
+                _compare_chunked(url, workdir, overrides, now, args.budget)
+                return
             results = {}
             for variant in ("baseline", "job"):
                 out = subprocess.run(

@@ -28,6 +28,14 @@ SQLite: `PRAGMA integrity_check`, `ANALYZE`, `PRAGMA optimize`, then `VACUUM` ou
 transaction and a WAL checkpoint so the file really shrinks; a failed integrity check
 stops before anything is rewritten.
 
+Chunks (app/core/chunks.py), so a run longer than one invocation continues at the next
+call: the plan reads the statistics once and makes one chunk per table to vacuum or
+analyze (one for MAINTENANCE_VACUUM_ALL), one per index worth a look (invalid, or past
+MAINTENANCE_REINDEX_MIN_BYTES: it is judged when its chunk runs, on the statistics the
+vacuum refreshed), then one for REINDEX DATABASE and one for the statistics reset.  A
+chunk carries its table or index by name; after a give-up the chunks left do nothing but
+the reset.  On SQLite the whole file is one chunk.
+
 The report (the log row's details) names, per table and index, the action, the reason,
 dead tuples and sizes before and after, and the duration.  A dry run reads the same
 statistics and reports what it would do.
@@ -38,6 +46,7 @@ steps above; each step's SQL differs per database and is kept next to the step.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -47,11 +56,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
+from app.core.chunks import DONE, Chunked, Counters, Plan, add
 from app.core.context import JobContext, JobResult
 from app.core.status import JobStatus, RunStatus
+from app.db import table_of
+from app.models import CronJobLog, CronRunChunk
+
+_log = table_of(CronJobLog)
+_chunk = table_of(CronRunChunk)
 
 # Leftovers of an interrupted REINDEX CONCURRENTLY: the new copy (`_ccnew`) or, when the
 # swap went through, the old one (`_ccold`); PostgreSQL adds digits on name clashes.
@@ -114,15 +130,156 @@ class _Report:
                 "gave_up": self.gave_up, "errors": self.errors, **self.extra}
 
 
+# --- the run, in chunks -------------------------------------------------------------------
+
 def run(ctx: JobContext) -> JobResult:
+    """A run of the runner's is made of chunks (app/core/chunks.py); a call from outside
+    it (a script, a test: no log row names its run) does every chunk here, in order."""
+    if _recorded(ctx):
+        return chunked(ctx)
+    return _inline(ctx)
+
+
+def plan(ctx: JobContext) -> Plan:
+    """The chunks: on PostgreSQL one per table to vacuum or analyze (one for the
+    whole-database form), one per index worth a look, then the whole-database reindex
+    and the statistics reset; on SQLite one, the whole file (VACUUM rewrites it whole)."""
     report = _Report(ctx.engine.dialect.name, ctx.dry_run)
+    keys = (f"{i:05d}" for i in itertools.count())
     if report.dialect == "postgresql":
-        _postgres(ctx, report)
+        chunks = _plan_postgres(ctx, report, keys)
     elif report.dialect == "sqlite":
-        _sqlite(ctx, report)
+        chunks = [{"phase": "sqlite", "key": next(keys)}]
     else:  # pragma: no cover - the service runs on these two only
         report.step("maintenance", "skipped", reason=f"unsupported database {report.dialect}")
+        chunks = []
+    notes = _counters(report, "plan")
+    notes.pop("records")
+    return Plan(chunks, {"dialect": report.dialect, "report": notes})
+
+
+def work(ctx: JobContext, args: Counters) -> Counters:
+    # After a give-up the run stops where it was (only the statistics reset still runs):
+    # an earlier chunk, maybe of an earlier invocation, says so in its result.
+    stopped = (not ctx.dry_run and args["phase"] != "pg_stat_statements"
+               and _gave_up_before(ctx))
+    return _work(ctx, args, stopped=stopped)
+
+
+def _work(ctx: JobContext, args: Counters, *, stopped: bool) -> Counters:
+    report = _Report(ctx.engine.dialect.name, ctx.dry_run)
+    if not stopped:
+        if args["phase"] == "sqlite":
+            _sqlite(ctx, report)
+        else:
+            _work_postgres(ctx, args, report)
+    return _counters(report, args["key"])
+
+
+def finish(ctx: JobContext, notes: Counters, totals: Counters) -> JobResult:
+    merged = add(add({}, notes["report"]), totals)
+    report = _Report(notes["dialect"], ctx.dry_run)
+
+    def ordered(name: str) -> list[Any]:
+        items: dict[str, Any] = merged.get(name, {})
+        return [items[key] for key in sorted(items)]
+
+    report.tables, report.indexes = ordered("tables"), ordered("indexes")
+    report.skipped, report.errors = ordered("skipped"), ordered("errors")
+    report.extra = dict(merged.get("extra", {}))
+    planned = int(report.extra.pop("vacuum_planned", 0))
+    stop = merged.get("gave_up")
+    if stop:
+        report.gave_up = {k: stop[k] for k in ("step", "target", "reason")}
+    steps = ordered("steps")
+    report.steps = (_postgres_steps(ctx, report, steps, stop, planned)
+                    if report.dialect == "postgresql" else steps)
     return _result(ctx, report)
+
+
+chunked = Chunked(plan=plan, work=work, finish=finish)
+
+
+def _inline(ctx: JobContext) -> JobResult:
+    whole = plan(ctx)
+    totals: Counters = {}
+    for args in whole.chunks:
+        add(totals, _work(ctx, args, stopped=bool(totals.get("gave_up"))
+                          and args["phase"] != "pg_stat_statements"))
+    return finish(ctx, dict(whole.notes), totals)
+
+
+def _recorded(ctx: JobContext) -> bool:
+    try:
+        with ctx.engine.connect() as conn:
+            return conn.execute(sa.select(_log.c.run_id)
+                                .where(_log.c.run_id == ctx.run_id)).first() is not None
+    except sa_exc.DBAPIError:  # a database without the service's tables
+        return False
+
+
+def _gave_up_before(ctx: JobContext) -> bool:
+    with ctx.engine.connect() as conn:
+        results = conn.execute(sa.select(_chunk.c.result).where(
+            _chunk.c.run_id == ctx.run_id, _chunk.c.status == DONE)).scalars().all()
+    return any("gave_up" in (result or {}) for result in results)
+
+
+def _counters(report: _Report, key: str) -> Counters:
+    """One chunk's part of the report, as counters that add up (app/core/chunks.py):
+    list items keyed by the chunk's plan position, so the totals keep every one, in
+    order (a plain list would be capped)."""
+    def keyed(items: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, item in enumerate(items):
+            at = item.pop("_at", None) if isinstance(item, dict) else None
+            out[at or f"{key}.{i:03d}"] = item
+        return out
+
+    done = [e for e in (*report.tables, *report.indexes) if e.get("status") == "done"]
+    counters: Counters = {
+        "records": 0 if report.dry_run else len(done),
+        "tables": keyed(report.tables), "indexes": keyed(report.indexes),
+        "skipped": keyed(report.skipped), "errors": keyed(report.errors),
+        "steps": keyed(report.steps), "extra": report.extra}
+    if report.gave_up:
+        counters["gave_up"] = report.gave_up
+    return counters
+
+
+def _postgres_steps(ctx: JobContext, report: _Report, steps: list[dict[str, Any]],
+                    stop: dict[str, Any] | None, planned: int) -> list[dict[str, Any]]:
+    """The steps in the order they ran; after a give-up, the one that gave up and those
+    that did not run."""
+    status = "planned" if ctx.dry_run else "done"
+    by_name = {step["step"]: step for step in steps}
+    built = {
+        "vacuum": {"step": "vacuum", "status": status,
+                   "duration_ms": sum(int(t.get("duration_ms", 0)) for t in report.tables)
+                   + int(report.extra.get("vacuum_all_ms", 0)),
+                   "tables": planned, "whole_database": ctx.settings.maintenance_vacuum_all},
+        "indexes": {"step": "indexes", "status": status,
+                    "duration_ms": sum(int(i.get("duration_ms", 0)) for i in report.indexes),
+                    "rebuilt_or_dropped": len(report.indexes)},
+    }
+    out: list[dict[str, Any]] = []
+    stopped = False
+    for phase in ("vacuum", "indexes", "reindex-database"):
+        if stop is not None and stop.get("phase") == phase:
+            out.append({"step": stop["step"], "status": "gave-up", "target": stop["target"],
+                        "reason": stop["reason"]})
+            stopped = True
+        if stopped:
+            if not any(step["step"] == phase for step in out):
+                out.append({"step": phase, "status": "not-run",
+                            "reason": "the run gave up before this step"})
+        elif phase in built:
+            out.append(built[phase])
+        elif phase in by_name:
+            out.append(by_name[phase])
+    if "pg_stat_statements" in by_name:
+        out.append(by_name["pg_stat_statements"])
+    return out
 
 
 def _result(ctx: JobContext, report: _Report) -> JobResult:
@@ -179,7 +336,7 @@ JOIN pg_class ic ON ic.oid = x.indexrelid
 JOIN pg_class c ON c.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = ic.relnamespace
 JOIN pg_am am ON am.oid = ic.relam
-WHERE n.nspname = ANY (current_schemas(false)) AND c.relkind IN ('r', 'm')
+WHERE n.nspname = ANY (current_schemas(false)) AND c.relkind IN ('r', 'm') {only}
 ORDER BY n.nspname, ic.relname
 """
 
@@ -242,115 +399,169 @@ def _run_statement(conn: Connection, report: _Report, step: str, target: str, sq
         return _short(exc)
 
 
-def _postgres(ctx: JobContext, report: _Report) -> None:
+def _server(ctx: JobContext, conn: Connection) -> tuple[str, dict[str, Any]]:
+    """The privilege test for this server's version, and what the report says about it."""
     s = ctx.settings
+    version = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+    can_maintain = _CAN_MAINTAIN_17 if version >= 170000 else _CAN_MAINTAIN_OLD
+    return can_maintain, {
+        "database": conn.exec_driver_sql("SELECT current_database()").scalar_one(),
+        "schemas": list(conn.exec_driver_sql("SELECT current_schemas(false)").scalar_one()),
+        "server_version_num": version,
+        "lock_timeout_s": s.maintenance_lock_timeout,
+        "statement_timeout_s": s.maintenance_statement_timeout,
+    }
+
+
+def _plan_postgres(ctx: JobContext, report: _Report, keys: Iterator[str]) -> list[Counters]:
+    """Step 2's choice of tables (from the statistics before any work) and step 3's
+    candidate indexes; each is one chunk.  An index is judged when its chunk runs, on
+    the statistics the vacuum chunks before it refreshed."""
+    s = ctx.settings
+    chunks: list[Counters] = []
     with _maintenance_connection(ctx) as conn:
-        version = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
-        can_maintain = _CAN_MAINTAIN_17 if version >= 170000 else _CAN_MAINTAIN_OLD
-        report.extra.update({
-            "database": conn.exec_driver_sql("SELECT current_database()").scalar_one(),
-            "schemas": list(conn.exec_driver_sql(
-                "SELECT current_schemas(false)").scalar_one()),
-            "server_version_num": version,
-            "lock_timeout_s": s.maintenance_lock_timeout,
-            "statement_timeout_s": s.maintenance_statement_timeout,
-        })
-        try:
-            _vacuum_step(ctx, conn, report, can_maintain)
-            _index_step(ctx, conn, report, can_maintain)
-            _reindex_database_step(ctx, conn, report)
-        except _GaveUp as stop:
-            report.gave_up = {"step": stop.step, "target": stop.target, "reason": stop.reason}
-            report.step(stop.step, "gave-up", target=stop.target, reason=stop.reason)
-            for name in ("vacuum", "indexes", "reindex-database"):
-                if not any(st["step"] == name for st in report.steps):
-                    report.step(name, "not-run", reason="the run gave up before this step")
-        # Resetting statistics takes no lock worth waiting for: it runs even after a
-        # give-up, so the weekly window of pg_stat_statements stays weekly.
-        _statements_step(ctx, conn, report)
+        can_maintain, server = _server(ctx, conn)
+        report.extra.update(server)
+        stats = _table_stats(conn, can_maintain)
+        report.extra["tables_checked"] = len(stats)
+        whole: list[Counters] = []
+        chosen = 0
+        for row in stats.values():
+            chose = _choose_table(ctx, row)
+            if chose is None:
+                continue
+            chosen += 1
+            action, reason = chose
+            entry: dict[str, Any] = {"table": f"{row['schemaname']}.{row['relname']}",
+                                     "action": action, "reason": reason,
+                                     "before": _snapshot(row)}
+            key = next(keys)
+            if not row["can_maintain"]:
+                why = (f"permission denied: only the owner ({row['owner']}), a superuser"
+                       + (" or a role with MAINTAIN" if "MAINTAIN" in can_maintain else "")
+                       + " may maintain it")
+                entry.update(status="skipped", skipped_reason=why)
+                report.tables.append({**entry, "_at": key})
+                report.skipped.append({"object": entry["table"], "step": "vacuum",
+                                       "reason": why, "_at": key})
+                continue
+            if ctx.dry_run:
+                entry["status"] = "planned"
+                report.tables.append({**entry, "_at": key})
+                continue
+            target = {"key": key, "relid": int(row["relid"]), "entry": entry,
+                      "name": _ident(row["schemaname"], row["relname"])}
+            if s.maintenance_vacuum_all:
+                whole.append(target)
+            else:
+                chunks.append({"phase": "vacuum", **target})
+        if whole:  # one whole-database statement: one chunk
+            chunks.append({"phase": "vacuum", "key": next(keys), "whole": whole})
+        report.extra["vacuum_planned"] = chosen
+
+        rows = _rows(conn, _INDEXES_SQL.format(can_maintain=can_maintain, only=""))
+        report.extra["indexes_checked"] = len(rows)
+        for row in rows:
+            if row["valid"] and int(row["bytes"]) < s.maintenance_reindex_min_bytes:
+                continue  # (an index does not grow from a vacuum)
+            chunks.append({"phase": "indexes", "key": next(keys), "schema": row["nspname"],
+                           "index": row["index_name"]})
+    if s.maintenance_reindex_database == "off":
+        report.step("reindex-database", "skipped",
+                    reason="MAINTENANCE_REINDEX_DATABASE=off (targeted reindex only)")
+    else:
+        chunks.append({"phase": "reindex-database", "key": next(keys)})
+    chunks.append({"phase": "pg_stat_statements", "key": next(keys)})
+    return chunks
 
 
-def _vacuum_step(ctx: JobContext, conn: Connection, report: _Report, can_maintain: str
-                 ) -> None:
+def _choose_table(ctx: JobContext, row: dict[str, Any]) -> tuple[str, str] | None:
     s = ctx.settings
-    started = time.monotonic()
-    stats = _table_stats(conn, can_maintain)
-    report.extra["tables_checked"] = len(stats)
-    plan: list[tuple[dict[str, Any], str, str]] = []
-    for row in stats.values():
-        live, dead, mods = (int(row["n_live_tup"]), int(row["n_dead_tup"]),
-                            int(row["n_mod_since_analyze"]))
-        needs_vacuum = dead >= s.maintenance_vacuum_min_dead and (
-            dead >= s.maintenance_vacuum_dead_fraction * live)
-        needs_analyze = mods >= s.maintenance_vacuum_min_dead and (
-            mods >= s.maintenance_analyze_mod_fraction * live)
-        if s.maintenance_vacuum_all:
-            plan.append((row, "vacuum-analyze", "MAINTENANCE_VACUUM_ALL"))
-        elif needs_vacuum:
-            plan.append((row, "vacuum-analyze",
-                         f"{dead} dead tuples ({dead / max(live, 1):.0%} of live)"))
-        elif needs_analyze:
-            plan.append((row, "analyze", f"{mods} rows modified since the last analyze"))
+    live, dead, mods = (int(row["n_live_tup"]), int(row["n_dead_tup"]),
+                        int(row["n_mod_since_analyze"]))
+    if s.maintenance_vacuum_all:
+        return "vacuum-analyze", "MAINTENANCE_VACUUM_ALL"
+    if dead >= s.maintenance_vacuum_min_dead and dead >= (
+            s.maintenance_vacuum_dead_fraction * live):
+        return "vacuum-analyze", f"{dead} dead tuples ({dead / max(live, 1):.0%} of live)"
+    if mods >= s.maintenance_vacuum_min_dead and mods >= (
+            s.maintenance_analyze_mod_fraction * live):
+        return "analyze", f"{mods} rows modified since the last analyze"
+    return None
 
-    entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for row, action, reason in plan:
-        name = _ident(row["schemaname"], row["relname"])
-        entry: dict[str, Any] = {"table": f"{row['schemaname']}.{row['relname']}",
-                                 "action": action, "reason": reason,
-                                 "before": _snapshot(row)}
-        report.tables.append(entry)
-        if not row["can_maintain"]:
-            entry["status"] = "skipped"
-            why = (f"permission denied: only the owner ({row['owner']}), a superuser"
-                   + (" or a role with MAINTAIN" if "MAINTAIN" in can_maintain else "")
-                   + " may maintain it")
-            entry["skipped_reason"] = why
-            report.skipped.append({"object": entry["table"], "step": "vacuum", "reason": why})
-            continue
-        if ctx.dry_run:
-            entry["status"] = "planned"
-            continue
-        entries.append((row, entry))
-        if s.maintenance_vacuum_all:
-            continue
-        sql = f"VACUUM (ANALYZE) {name}" if action == "vacuum-analyze" else f"ANALYZE {name}"
-        one = time.monotonic()
+
+def _work_postgres(ctx: JobContext, args: Counters, report: _Report) -> None:
+    """One chunk: a table's vacuum or analyze (or the whole-database vacuum), one index,
+    the whole-database reindex, or the statistics reset."""
+    phase = args["phase"]
+    with _maintenance_connection(ctx) as conn:
+        can_maintain, server = _server(ctx, conn)
+        if phase == "pg_stat_statements":
+            # Resetting statistics takes no lock worth waiting for: it runs even after a
+            # give-up, so the weekly window of pg_stat_statements stays weekly.
+            _statements_step(ctx, conn, report)
+            return
         try:
-            error = _run_statement(conn, report, action, entry["table"], sql)
-        except _GaveUp:
-            entry.update(status="gave-up", duration_ms=_ms(one))
-            _after(conn, can_maintain, entries)
-            raise
-        entry["duration_ms"] = _ms(one)
+            if phase == "vacuum" and "whole" in args:
+                _vacuum_all(conn, report, can_maintain, args["whole"])
+            elif phase == "vacuum":
+                _maintain_table(conn, report, can_maintain, args)
+            elif phase == "indexes":
+                _index(ctx, conn, report, can_maintain, args["schema"], args["index"])
+            else:
+                report.extra["database"] = server["database"]
+                _reindex_database_step(ctx, conn, report)
+        except _GaveUp as stop:
+            report.gave_up = {"step": stop.step, "target": stop.target, "reason": stop.reason,
+                              "phase": phase}
+
+
+def _maintain_table(conn: Connection, report: _Report, can_maintain: str, args: Counters
+                    ) -> None:
+    entry = dict(args["entry"])
+    report.tables.append(entry)
+    action = entry["action"]
+    sql = (f"VACUUM (ANALYZE) {args['name']}" if action == "vacuum-analyze"
+           else f"ANALYZE {args['name']}")
+    one = time.monotonic()
+    try:
+        error = _run_statement(conn, report, action, entry["table"], sql)
+    except _GaveUp:
+        entry.update(status="gave-up", duration_ms=_ms(one))
+        _after(conn, can_maintain, [(args, entry)])
+        raise
+    entry["duration_ms"] = _ms(one)
+    entry["status"] = "error" if error else "done"
+    if error:
+        entry["error"] = error
+        report.errors.append(f"{action} {entry['table']}: {error}")
+    _after(conn, can_maintain, [(args, entry)])
+
+
+def _vacuum_all(conn: Connection, report: _Report, can_maintain: str,
+                targets: list[Counters]) -> None:
+    entries = [(target, dict(target["entry"])) for target in targets]
+    report.tables.extend(entry for _target, entry in entries)
+    one = time.monotonic()
+    error = _run_statement(conn, report, "vacuum-analyze", "(whole database)",
+                           "VACUUM (ANALYZE)")
+    for _target, entry in entries:
         entry["status"] = "error" if error else "done"
-        if error:
-            entry["error"] = error
-            report.errors.append(f"{action} {entry['table']}: {error}")
-
-    if s.maintenance_vacuum_all and entries and not ctx.dry_run:
-        one = time.monotonic()
-        error = _run_statement(conn, report, "vacuum-analyze", "(whole database)",
-                               "VACUUM (ANALYZE)")
-        for _row, entry in entries:
-            entry["status"] = "error" if error else "done"
-        if error:
-            report.errors.append(f"VACUUM (ANALYZE): {error}")
-        report.extra["vacuum_all_ms"] = _ms(one)
-
+    if error:
+        report.errors.append(f"VACUUM (ANALYZE): {error}")
+    report.extra["vacuum_all_ms"] = _ms(one)
     _after(conn, can_maintain, entries)
-    report.step("vacuum", "planned" if ctx.dry_run else "done", started,
-                tables=len(plan), whole_database=s.maintenance_vacuum_all)
 
 
 def _after(conn: Connection, can_maintain: str,
-           entries: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+           entries: list[tuple[Counters, dict[str, Any]]]) -> None:
     """Record each maintained table's statistics after the work (also after a give-up)."""
     if not entries:
         return
-    after = _table_stats(conn, can_maintain, [int(row["relid"]) for row, _ in entries])
-    for row, entry in entries:
-        if int(row["relid"]) in after:
-            entry["after"] = _snapshot(after[int(row["relid"])])
+    after = _table_stats(conn, can_maintain, [int(target["relid"]) for target, _ in entries])
+    for target, entry in entries:
+        if int(target["relid"]) in after:
+            entry["after"] = _snapshot(after[int(target["relid"])])
 
 
 def _estimated_bloat(row: dict[str, Any]) -> float | None:
@@ -371,72 +582,76 @@ def _estimated_bloat(row: dict[str, Any]) -> float | None:
     return max(0.0, 1 - expected_pages / (size / _PAGE))
 
 
-def _index_step(ctx: JobContext, conn: Connection, report: _Report, can_maintain: str
-                ) -> None:
+def _index(ctx: JobContext, conn: Connection, report: _Report, can_maintain: str,
+           schema: str, index: str) -> None:
+    """Step 3 for one index, judged on today's statistics: drop a leftover, rebuild an
+    invalid or bloated index, or leave it."""
     s = ctx.settings
-    started = time.monotonic()
-    rows = _rows(conn, _INDEXES_SQL.format(can_maintain=can_maintain))
-    report.extra["indexes_checked"] = len(rows)
-    for row in rows:
-        qualified = f"{row['nspname']}.{row['index_name']}"
-        action, reason = "", ""
-        bloat = None
-        if not row["valid"] and _LEFTOVER.search(row["index_name"]):
-            action, reason = "drop", "invalid leftover of an interrupted concurrent reindex"
-        elif not row["valid"]:
-            action, reason = "reindex", "invalid (an earlier concurrent build failed)"
-        elif int(row["bytes"]) >= s.maintenance_reindex_min_bytes:
-            bloat = _estimated_bloat(row)
-            if bloat is not None and bloat >= s.maintenance_reindex_bloat_fraction:
-                action, reason = "reindex", f"estimated bloat {bloat:.0%}"
-        if not action:
-            continue
-        entry: dict[str, Any] = {
-            "index": qualified, "table": f"{row['nspname']}.{row['table_name']}",
-            "action": action, "reason": reason,
-            "before": {"bytes": int(row["bytes"]), "valid": bool(row["valid"])},
-        }
-        if bloat is not None:
-            entry["before"]["estimated_bloat"] = round(bloat, 3)
-        report.indexes.append(entry)
-        if not row["can_maintain"]:
-            why = f"permission denied: only the owner ({row['owner']}) may rebuild it"
-            entry.update(status="skipped", skipped_reason=why)
-            report.skipped.append({"object": qualified, "step": "indexes", "reason": why})
-            continue
-        if ctx.dry_run:
-            entry["status"] = "planned"
-            continue
-        name = _ident(row["nspname"], row["index_name"])
-        one = time.monotonic()
-        def cleanup(row: dict[str, Any] = row) -> None:
-            _drop_leftovers(conn, report, row)
+    found = _rows(conn, _INDEXES_SQL.format(
+        can_maintain=can_maintain,
+        only="AND n.nspname = %(schema)s AND ic.relname = %(index)s"),
+        schema=schema, index=index)
+    if not found:
+        return  # gone since the plan (a leftover another chunk's cleanup dropped)
+    row = found[0]
+    qualified = f"{row['nspname']}.{row['index_name']}"
+    action, reason = "", ""
+    bloat = None
+    if not row["valid"] and _LEFTOVER.search(row["index_name"]):
+        action, reason = "drop", "invalid leftover of an interrupted concurrent reindex"
+    elif not row["valid"]:
+        action, reason = "reindex", "invalid (an earlier concurrent build failed)"
+    elif int(row["bytes"]) >= s.maintenance_reindex_min_bytes:
+        bloat = _estimated_bloat(row)
+        if bloat is not None and bloat >= s.maintenance_reindex_bloat_fraction:
+            action, reason = "reindex", f"estimated bloat {bloat:.0%}"
+    if not action:
+        return
+    entry: dict[str, Any] = {
+        "index": qualified, "table": f"{row['nspname']}.{row['table_name']}",
+        "action": action, "reason": reason,
+        "before": {"bytes": int(row["bytes"]), "valid": bool(row["valid"])},
+    }
+    if bloat is not None:
+        entry["before"]["estimated_bloat"] = round(bloat, 3)
+    report.indexes.append(entry)
+    if not row["can_maintain"]:
+        why = f"permission denied: only the owner ({row['owner']}) may rebuild it"
+        entry.update(status="skipped", skipped_reason=why)
+        report.skipped.append({"object": qualified, "step": "indexes", "reason": why})
+        return
+    if ctx.dry_run:
+        entry["status"] = "planned"
+        return
+    name = _ident(row["nspname"], row["index_name"])
+    one = time.monotonic()
 
-        try:
-            if action == "drop":
-                error = _run_statement(conn, report, "drop-index", qualified,
-                                       f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            else:
-                error = _run_statement(conn, report, "reindex", qualified,
-                                       f"REINDEX INDEX CONCURRENTLY {name}", cleanup)
-                if error:
-                    cleanup()
-        except _GaveUp:
-            entry.update(status="gave-up", duration_ms=_ms(one))
-            raise
-        entry["duration_ms"] = _ms(one)
-        entry["status"] = "error" if error else "done"
-        if error:
-            entry["error"] = error
-            report.errors.append(f"{action} {qualified}: {error}")
-        after = conn.exec_driver_sql(
-            "SELECT pg_relation_size(x.indexrelid), x.indisvalid AND x.indisready "
-            "FROM pg_index x WHERE x.indexrelid = to_regclass(%(name)s)",
-            {"name": name}).first()
-        entry["after"] = ({"bytes": int(after[0]), "valid": bool(after[1])} if after
-                          else {"dropped": True})
-    report.step("indexes", "planned" if ctx.dry_run else "done", started,
-                rebuilt_or_dropped=len(report.indexes))
+    def cleanup() -> None:
+        _drop_leftovers(conn, report, row)
+
+    try:
+        if action == "drop":
+            error = _run_statement(conn, report, "drop-index", qualified,
+                                   f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        else:
+            error = _run_statement(conn, report, "reindex", qualified,
+                                   f"REINDEX INDEX CONCURRENTLY {name}", cleanup)
+            if error:
+                cleanup()
+    except _GaveUp:
+        entry.update(status="gave-up", duration_ms=_ms(one))
+        raise
+    entry["duration_ms"] = _ms(one)
+    entry["status"] = "error" if error else "done"
+    if error:
+        entry["error"] = error
+        report.errors.append(f"{action} {qualified}: {error}")
+    after = conn.exec_driver_sql(
+        "SELECT pg_relation_size(x.indexrelid), x.indisvalid AND x.indisready "
+        "FROM pg_index x WHERE x.indexrelid = to_regclass(%(name)s)",
+        {"name": name}).first()
+    entry["after"] = ({"bytes": int(after[0]), "valid": bool(after[1])} if after
+                      else {"dropped": True})
 
 
 def _drop_leftovers(conn: Connection, report: _Report, row: dict[str, Any]) -> None:

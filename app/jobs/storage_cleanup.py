@@ -37,6 +37,13 @@ Steps:
    buckets were listed), then move each candidate still unreferenced to the quarantine,
    put back quarantined objects referenced again, and purge those past the retention.
 
+Chunks (app/core/chunks.py), so a run longer than one invocation continues at the next
+call: steps 1-3 are the plan, done once, since the brake must see each bucket whole; the
+chunks are batches of step 4's images and of step 5's moves and quarantined objects, each
+carrying its objects (key, size, ETag), the quarantine folder and what it needs to re-read
+the late references, so any process can run it.  Each move or quarantine chunk re-reads
+the rows written since the scan began: a file linked between two calls stays.
+
 Skipped (nothing to do, `nothing_to_do`) where storage is not configured.
 
 A dry run does steps 1-4 without writing (it re-encodes the images in memory), so its
@@ -59,7 +66,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -77,6 +84,7 @@ from app.adapters.storage import (
 )
 from app.config import Settings
 from app.core.batching import stream_keys
+from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobRefused
 from app.core.safety import Brake
@@ -371,7 +379,7 @@ def _classify_quarantined(storage: Storage, bucket: str, obj: StoredObject,
 
 
 def _remove(storage: Storage, bucket: str, refs: References, folder: str,
-            report: BucketReport, spool: _Spool) -> None:
+            report: BucketReport, items: Iterable[dict[str, Any]]) -> None:
     """Move the removal candidates still unreferenced into this run's quarantine folder."""
     def flush(batch: list[dict[str, Any]]) -> None:
         failed = storage.move(bucket, [
@@ -389,7 +397,7 @@ def _remove(storage: Storage, bucket: str, refs: References, folder: str,
         batch.clear()
 
     batch: list[dict[str, Any]] = []
-    for item in _lines(spool.removals):
+    for item in items:
         if refs.names(bucket, item["k"]):
             report.linked_during_run += 1  # linked while the run was listing: kept
             continue
@@ -400,7 +408,8 @@ def _remove(storage: Storage, bucket: str, refs: References, folder: str,
 
 
 def _settle_quarantine(storage: Storage, bucket: str, refs: References,
-                       report: BucketReport, spool: _Spool, purge: bool) -> None:
+                       report: BucketReport, items: Iterable[dict[str, Any]], purge: bool
+                       ) -> None:
     """Put back what is referenced again; delete for good what is past the retention."""
     returns: list[dict[str, Any]] = []
     purges: list[dict[str, Any]] = []
@@ -425,7 +434,7 @@ def _settle_quarantine(storage: Storage, bucket: str, refs: References,
                     report.quarantine_purged_bytes += item["size"]
             purges.clear()
 
-    for item in _lines(spool.quarantine):
+    for item in items:
         if item["action"] == "return":
             returns.append(item)
         elif purge and (item["linked"] or item["kind"] == "replaced"
@@ -506,11 +515,12 @@ def _reencode(body: bytes, fmt: str, quality: int) -> _Encoded:
 
 
 def _recompress(ctx: JobContext, storage: Storage, bucket: str, folder: str,
-                report: BucketReport, spool: _Spool, samples: _Samples, act: bool) -> None:
+                report: BucketReport, items: Iterable[dict[str, Any]], samples: _Samples,
+                act: bool) -> None:
     from PIL import Image
 
     s = ctx.settings
-    for item in _lines(spool.images):
+    for item in items:
         obj = StoredObject(item["k"], int(item["size"]), dt.datetime.fromisoformat(item["lm"]),
                            item["etag"])
         fmt = _IMAGE_FORMATS[obj.key[obj.key.rfind("."):].lower()]
@@ -578,9 +588,19 @@ def brake(settings: Settings, bucket: str) -> Brake:
                  ("STORAGE_CLEANUP_DELETE_BRAKE_SHARE", "STORAGE_CLEANUP_DELETE_BRAKE_COUNT"))
 
 
-def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
+# Objects per chunk: a chunk of moves or of quarantine settlements is one S3 delete batch;
+# images are read, re-encoded and written back one by one, so fewer make a chunk.
+_MOVES_PER_CHUNK = S3_DELETE_BATCH
+_IMAGES_PER_CHUNK = 20
+
+
+def plan(ctx: JobContext) -> Plan:
+    """Steps 1-3, once per run: the references, every bucket's listing and the brake over
+    each bucket's whole count, before any chunk is saved.  The chunks are what steps 4-5
+    act on, in bounded batches, each carrying its objects (key, size, ETag) and what it
+    needs to re-read the late references; notes keep the figures of the listing."""
     s: Settings = ctx.settings
-    storage = storage or _storage(ctx)
+    storage = _storage(ctx)
     buckets = list(s.storage_buckets)
     timings: dict[str, float] = {}
 
@@ -601,6 +621,9 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
 
     reports = {bucket: BucketReport(bucket) for bucket in buckets}
     samples = {bucket: _Samples() for bucket in buckets}
+    common = {"folder": folder, "buckets": buckets, "sources": [src.name for src in sources],
+              "since": (scan_began - _LATE_MARGIN).isoformat()}
+    chunks: list[dict[str, Any]] = []
     with ExitStack() as stack:
         spools = {bucket: _Spool.open(stack) for bucket in buckets}
         started = time.monotonic()
@@ -625,62 +648,146 @@ def run(ctx: JobContext, storage: Storage | None = None) -> JobResult:
                              *samples[bucket].keys.get("temp", [])],
                     force=ctx.force)
 
-        started = time.monotonic()
         for bucket in buckets:
-            _recompress(ctx, storage, bucket, folder, reports[bucket], spools[bucket],
-                        samples[bucket], act=not ctx.dry_run)
-        timings["recompress_s"] = round(time.monotonic() - started, 3)
-
-        reference_rows = refs.rows
-        if not ctx.dry_run:
-            started = time.monotonic()
-            build_references(ctx.engine, s.batch_size, buckets, sources,
-                             since=scan_began - _LATE_MARGIN, into=refs)
-            for bucket in buckets:
-                reports[bucket].protected_by = sorted(refs.blocked.get(bucket, ()))
-            timings["late_references_s"] = round(time.monotonic() - started, 3)
-            started = time.monotonic()
+            for items in _batches(_lines(spools[bucket].images), _IMAGES_PER_CHUNK):
+                chunks.append({"step": "recompress", "bucket": bucket, **common,
+                               "items": items})
+        if not ctx.dry_run:  # (a dry run stops at the images: it moves nothing)
             for bucket, report in reports.items():
                 if not report.protected_by:
-                    _remove(storage, bucket, refs, folder, report, spools[bucket])
-                _settle_quarantine(storage, bucket, refs, report, spools[bucket],
-                                   purge=not report.protected_by)
-            timings["moves_s"] = round(time.monotonic() - started, 3)
+                    for items in _batches(_lines(spools[bucket].removals), _MOVES_PER_CHUNK):
+                        chunks.append({"step": "remove", "bucket": bucket, **common,
+                                       "items": items})
+                for items in _batches(_lines(spools[bucket].quarantine), _MOVES_PER_CHUNK):
+                    chunks.append({"step": "quarantine", "bucket": bucket, **common,
+                                   "purge": not report.protected_by, "items": items})
 
-    for bucket, report in reports.items():
-        report.samples = samples[bucket].keys
-    return _result(ctx, storage, reports, refs, reference_rows, timings, unreadable, folder)
+    notes = {"folder": folder, "backend": storage.name, "unreadable": unreadable,
+             "reference_rows": refs.rows, "uninterpretable": refs.uninterpretable,
+             "uninterpretable_samples": refs.samples, "timings": timings,
+             "buckets": {bucket: asdict(report) for bucket, report in reports.items()},
+             "samples": {bucket: samples[bucket].keys for bucket in buckets}}
+    return Plan(chunks, notes)
 
 
-def _result(ctx: JobContext, storage: Storage, reports: dict[str, BucketReport],
-            refs: References, reference_rows: int, timings: dict[str, float],
-            unreadable: dict[str, str], folder: str) -> JobResult:
+def _batches(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """One chunk of steps 4-5 in one bucket, from its own arguments: recompress its images;
+    or, after re-reading the references written since the scan began, move its removal
+    candidates still unreferenced to the quarantine, or settle its quarantined objects."""
+    storage = _storage(ctx)
+    bucket, folder = args["bucket"], args["folder"]
+    report, samples = BucketReport(bucket), _Samples()
+    timings: dict[str, float] = {}
+    late_rows = 0
+    started = time.monotonic()
+    if args["step"] == "recompress":
+        _recompress(ctx, storage, bucket, folder, report, args["items"], samples,
+                    act=not ctx.dry_run)
+        timings["recompress_s"] = time.monotonic() - started
+    elif not ctx.dry_run:
+        late = _late_references(ctx, args)
+        late_rows = late.rows
+        report.protected_by = sorted(late.blocked.get(bucket, ()))
+        timings["late_references_s"] = time.monotonic() - started
+        started = time.monotonic()
+        if args["step"] == "remove" and not report.protected_by:
+            _remove(storage, bucket, late, folder, report, args["items"])
+        elif args["step"] == "quarantine":
+            _settle_quarantine(storage, bucket, late, report, args["items"],
+                               purge=args["purge"] and not report.protected_by)
+        timings["moves_s"] = time.monotonic() - started
+    figures: dict[str, Any] = {name: value for name, value in asdict(report).items()
+                               if type(value) is int and value}
+    if report.protected_by:
+        figures["protected_by"] = report.protected_by
+    if report.error_samples:
+        figures["error_samples"] = report.error_samples
+    return {
+        "records": (report.temp_deleted + report.orphans_deleted + report.recompressed
+                    + report.quarantine_returned + report.quarantine_purged),
+        "buckets": {bucket: figures},
+        # Keyed, not listed: the totals keep every chunk's first keys, to sort at the end.
+        "samples": {bucket: {action: dict.fromkeys(keys, 1)
+                             for action, keys in samples.keys.items()}},
+        "timings": timings,
+        "late_reference_rows": late_rows,
+    }
+
+
+def _late_references(ctx: JobContext, args: dict[str, Any]) -> References:
+    """The references in rows written since the scan began (less a margin): a candidate
+    they name was linked while the run went on, and stays."""
+    names = set(args["sources"])
+    return build_references(ctx.engine, ctx.settings.batch_size, list(args["buckets"]),
+                            [src for src in SOURCES if src.name in names],
+                            since=dt.datetime.fromisoformat(args["since"]))
+
+
+def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
+    reports: dict[str, BucketReport] = {}
+    for bucket, base in notes["buckets"].items():
+        fields = dict(base)
+        for name, value in totals.get("buckets", {}).get(bucket, {}).items():
+            if name == "protected_by":
+                fields[name] = sorted({*fields[name], *value})
+            elif name == "error_samples":
+                fields[name] = [*fields[name], *value][:_SAMPLES]
+            else:
+                fields[name] += value
+        keys = {action: list(found) for action, found in notes["samples"][bucket].items()}
+        for action, found in totals.get("samples", {}).get(bucket, {}).items():
+            keys[action] = sorted({*keys.get(action, []), *found})[:_SAMPLES]
+        fields["samples"] = {action: keys[action] for action in sorted(keys)}
+        reports[bucket] = BucketReport(**fields)
+    timings = {name: round(float(value), 3)
+               for name, value in {**notes["timings"], **totals.get("timings", {})}.items()}
+    return _result(ctx, notes, reports, timings, int(totals.get("late_reference_rows", 0)))
+
+
+run = Chunked(plan=plan, work=work, finish=finish)
+
+
+def _result(ctx: JobContext, notes: dict[str, Any], reports: dict[str, BucketReport],
+            timings: dict[str, float], late_rows: int) -> JobResult:
     s = ctx.settings
     every = list(reports.values())
     errors = sum(r.errors for r in every)
     protected = sorted(r.bucket for r in every if r.protected_by)
+    unreadable: dict[str, str] = notes["unreadable"]
+    uninterpretable: dict[str, int] = notes["uninterpretable"]
     note = ""
     if unreadable:
         note += f"; reference source(s) {', '.join(sorted(unreadable))} unreadable"
-    if refs.uninterpretable:
-        counts = ", ".join(f"{n} in {name}" for name, n in sorted(refs.uninterpretable.items()))
+    if uninterpretable:
+        counts = ", ".join(f"{n} in {name}" for name, n in sorted(uninterpretable.items()))
         note += f"; values not understood ({counts}, see details)"
     if protected:
         note += f": nothing deleted from {', '.join(protected)}"
     details: dict[str, Any] = {
         "unreadable_sources": unreadable,
-        "uninterpretable_values": refs.uninterpretable,
-        "uninterpretable_samples": refs.samples,
+        "uninterpretable_values": uninterpretable,
+        "uninterpretable_samples": notes["uninterpretable_samples"],
         "protected_buckets": protected,
-        "backend": storage.name,
+        "backend": notes["backend"],
         "dry_run": ctx.dry_run,
         "forced": ctx.force,
         "brake": {"share": s.storage_cleanup_delete_brake_share,
                   "count": s.storage_cleanup_delete_brake_count},
-        "quarantine": {"folder": folder,
+        "quarantine": {"folder": notes["folder"],
                        "retention_days": s.storage_quarantine_retention_days},
-        "reference_rows": reference_rows,
-        "late_reference_rows": refs.rows - reference_rows,
+        "reference_rows": notes["reference_rows"],
+        "late_reference_rows": late_rows,
         "timings": timings,
         "buckets": [asdict(r) for r in every],
         # The size of the work, for its trend (app/observe/volumes.py).
