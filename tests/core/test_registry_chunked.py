@@ -12,7 +12,10 @@ from app.core.registry import JOBS
 def test_the_chunked_flag_is_what_each_job_is() -> None:
     for name, spec in JOBS.items():
         module = importlib.import_module(f"app.jobs.{name.replace('-', '_')}")
-        assert spec.chunked == isinstance(module.run, Chunked), name
+        # A module may keep a plain `run` for calls from outside the runner beside it.
+        made_of_chunks = any(isinstance(getattr(module, attr, None), Chunked)
+                             for attr in ("run", "chunked"))
+        assert spec.chunked == made_of_chunks, name
     assert {n for n, s in JOBS.items() if s.chunked} == {
         "trip-reminders", "user-engagement", "storage-cleanup", "db-maintenance",
         "subscription-sync", "promo-cleanup"}
