@@ -283,10 +283,15 @@ class Runner:
         started = time.monotonic()
         deadline = now + spec.max_runtime
         hard_until = until  # the invocation's end: outbound calls end by then
+        # A run made of chunks stops taking work before this invocation ends, or before the
+        # job's max runtime when no invocation limit is set: it answers `partial` rather
+        # than failing at the end of its time.
+        end = started + spec.max_runtime.total_seconds()
         if until is not None:
-            # What follows the job in this invocation: closing the row, the alerts.
-            reserve = min(self.settings.alert_timeout, 0.1 * (until - started))
-            until = min(until - max(reserve, 0.0), started + spec.max_runtime.total_seconds())
+            end = min(end, until)
+        # What follows the job in this invocation: closing the row, the alerts.
+        reserve = min(self.settings.alert_timeout, 0.1 * (end - started))
+        until = end - max(reserve, 0.0)
         outcome = RunOutcome(spec.name, run_id, RunStatus.ERROR, trigger, slot, dry_run)
         attempt_errors: list[dict[str, Any]] = []
         base_ctx = JobContext(

@@ -222,8 +222,9 @@ def plan(ctx: JobContext) -> Plan:
 
 def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
     """Each invocation: settle what a dead run (or this run's interrupted attempt) left
-    mid-batch, off its hand-over cursor, before sending again."""
-    notify.resolve_unknown(ctx, KIND, notify.Tally())
+    mid-batch, off its hand-over cursor, before sending again: the runs found from the
+    log, not by walking every pending row (the plan did that once)."""
+    notify.resolve_unknown(ctx, KIND, notify.Tally(), light=True)
 
 
 def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:

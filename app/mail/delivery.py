@@ -230,23 +230,36 @@ def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[
     return unconfirmed
 
 
-def resolve_unknown(ctx: JobContext, kind: str, tally: Tally) -> None:
+def resolve_unknown(ctx: JobContext, kind: str, tally: Tally, *, light: bool = False
+                    ) -> None:
     """Settle what runs no longer running left behind, and this run's interrupted attempt.
 
     A dead run's batch is read off its hand-over cursor (see the module docstring; the
     cursor row's kind is the batch's) and the rest of its rows are released, as are the
     rows of a run that left no log row at all.  This run's own rows stay claimed: an
     earlier attempt that could not settle its batch left only its cursor to read.
+
+    `light` (each invocation of a chunked run after its first): the stopped runs are found
+    from this job's log rows, through the notifications' run index, instead of walking
+    every pending row (which the plan and the closing sweep still do).
     """
     if ctx.dry_run:
         return
     c = notifications.c
     gone = ~sa.exists().where(job_log.c.run_id == c.run_id, job_log.c.status == RunStatus.RUNNING)
     with ctx.engine.begin() as conn:
-        runs = set(conn.execute(
-            sa.select(c.run_id).distinct()
-            .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None), gone)
-        ).scalars())
+        if light:
+            runs = set(conn.execute(
+                sa.select(job_log.c.run_id)
+                .where(job_log.c.job_name == ctx.task, job_log.c.status != RunStatus.RUNNING,
+                       sa.exists().where(c.run_id == job_log.c.run_id, c.kind == kind,
+                                         c.status == "pending"))
+            ).scalars())
+        else:
+            runs = set(conn.execute(
+                sa.select(c.run_id).distinct()
+                .where(c.kind == kind, c.status == "pending", c.run_id.is_not(None), gone)
+            ).scalars())
         runs.add(ctx.run_id)
         for run_id in runs:
             log = conn.execute(
