@@ -198,6 +198,8 @@ def _report(side: Side, expected: set[str]) -> bool:
           f"messages, {duplicates} duplicate(s), {lost} lost, {strangers} unexpected")
     if timings:
         print(f"  steps of the closing invocation (ms): {timings}")
+    if final.get("status") != "success":
+        print(f"  last answer: {str(final.get('message'))[:300]}")
     outside = side.wall_s - side.plan_s - side.chunks_s
     print(f"  planning (run start to first chunk) {side.plan_s:.1f} s; {side.chunks} chunks "
           f"{side.chunks_s:.1f} s; outside chunks and planning {outside:.1f} s"
