@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -35,6 +35,9 @@ from app.core.registry import JobSpec
 from app.core.status import FAILED, LOGGED
 from app.db import table_of
 from app.models import CronJobLog
+
+if TYPE_CHECKING:
+    from app.queue.fleet import Fleet
 
 log_t = table_of(CronJobLog)
 
@@ -248,6 +251,16 @@ def overview(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime) -> list
     results, _issues = health.evaluate(jobs, facts, now, baseline)
     runs = recent_runs(engine, list(jobs))
     return [JobView(jobs[item.name], item, runs[item.name]) for item in results]
+
+
+def fleet(engine: Engine, now: dt.datetime) -> Fleet | None:
+    """The queue's workers and open runs' chunks (app/queue/fleet.py); None without a
+    queue (SQLite, or not migrated)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    from app.queue import fleet as queue_fleet  # procrastinate only where a queue can be
+
+    return queue_fleet.read(engine, now)
 
 
 def job_view(engine: Engine, spec: JobSpec, now: dt.datetime) -> JobView:

@@ -133,6 +133,7 @@ class RunLogCollector(Collector):
             records.add_metric([task], processed)
         yield durations
         yield records
+        yield from _fleet(self.engine, now)
         yield from self._usage(names)
 
         last_success = GaugeMetricFamily(
@@ -223,6 +224,33 @@ def _foresight(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime
             if trend.projection.crosses_at is not None:
                 crossing.add_metric([name], trend.projection.crosses_at.timestamp())
     yield from (anomalous, factor, warned, growth, crossing)
+
+
+def _fleet(engine: Engine, now: dt.datetime) -> Iterator[Metric]:
+    """The queue's workers and chunks (EXECUTION_MODE=queue, app/queue/fleet.py); nothing
+    where there is no queue."""
+    if engine.dialect.name != "postgresql":
+        return
+    from app.queue import fleet  # procrastinate is imported only where a queue can be
+
+    figures = fleet.read(engine, now)
+    if figures is None:
+        return
+    alive = GaugeMetricFamily("cron_queue_workers_alive", "Queue workers whose heartbeat "
+                              "is recent (calls working as bounded workers included).")
+    alive.add_metric([], figures.workers_alive)
+    yield alive
+    chunks = GaugeMetricFamily("cron_queue_chunks", "Chunks of each open run, by state "
+                               "(waiting, running, failed, done).",
+                               labels=["task", "run_id", "state"])
+    for run in figures.runs:
+        for state in ("waiting", "running", "failed", "done"):
+            chunks.add_metric([run.task, str(run.run_id), state], getattr(run, state))
+    yield chunks
+    oldest = GaugeMetricFamily("cron_queue_oldest_waiting_chunk_age_seconds", "Age of the "
+                               "oldest open run with a chunk waiting (0: none waits).")
+    oldest.add_metric([], figures.oldest_waiting_s or 0.0)
+    yield oldest
 
 
 def _le(bound: float) -> str:

@@ -238,6 +238,35 @@ def catch_up_missed(
 
 
 @cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=32, help="Chunks worked at once by this process (chunks of one run "
+        "always go one at a time).")] = 1,
+    name: Annotated[str | None, typer.Option(
+        help="The worker's name in logs and on the chunks it works (default: "
+        "worker@host:pid).")] = None,
+) -> None:
+    """Work on queued chunks (EXECUTION_MODE=queue) until SIGINT or SIGTERM, which let the
+    chunk in hand finish.  Run any number, on any machine reaching the database."""
+    import asyncio
+    import contextlib
+
+    from app.logs import configure_logging
+    from app.queue import broker
+
+    settings = get_settings()
+    if settings.is_sqlite:
+        typer.echo("the queue needs a PostgreSQL DATABASE_URL; with SQLite every run is "
+                   "inline (EXECUTION_MODE=inline) and needs no worker", err=True)
+        raise typer.Exit(2)
+    configure_logging(settings)
+    # A second Ctrl-C stops procrastinate at once: nothing more to say then.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(broker.work(settings, _engine(), name=name or broker.worker_name(),
+                                concurrency=concurrency))
+
+
+@cli.command()
 def restore(
     run_id: Annotated[str, typer.Argument(help="The run whose removals to put back.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
