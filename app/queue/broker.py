@@ -189,7 +189,7 @@ async def defer_chunk(app: procrastinate.App, run_id: uuid.UUID, seq: int) -> bo
 
 
 async def work(settings: Settings, engine: Engine, *, name: str, concurrency: int = 1,
-               upkeep: bool = True) -> None:
+               upkeep: bool = True, install_signal_handlers: bool = True) -> None:
     """Run a worker until it is stopped (SIGINT/SIGTERM: the chunks in hand finish)."""
     app = make_app(settings, upkeep=upkeep, pool_size=concurrency + 3)
     async with app.open_async():
@@ -198,4 +198,5 @@ async def work(settings: Settings, engine: Engine, *, name: str, concurrency: in
             concurrency=concurrency, listen_notify=not pooled(settings),
             fetch_job_polling_interval=settings.queue_polling_interval,
             update_heartbeat_interval=HEARTBEAT_S, stalled_worker_timeout=STALLED_AFTER_S,
-            delete_jobs="successful", additional_context={"env": Env(settings, engine, name)})
+            delete_jobs="successful", install_signal_handlers=install_signal_handlers,
+            additional_context={"env": Env(settings, engine, name)})

@@ -7,7 +7,6 @@ the calls finish the run themselves."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +20,21 @@ from sqlalchemy.engine import Engine
 from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLog, CronNotification, CronRunChunk
-from tests.conftest import SECRET, auth
+from tests.conftest import auth
 from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
-from tests.support.queue_workers import WorkerProcess, empty_queue, wait_for_workers
-from tests.support.servers import ROOT, UvicornProcess
+from tests.support.queue_workers import (
+    WorkerProcess,
+    empty_queue,
+    queue_env,
+    wait_for_workers,
+)
+from tests.support.servers import UvicornProcess
 
 ON_POSTGRESQL = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 pytestmark = [pytest.mark.slow, ON_POSTGRESQL]
 
 log_t, chunk_t = table_of(CronJobLog), table_of(CronRunChunk)
 notification_t = table_of(CronNotification)
-SMALL_CHUNKS = Path(__file__).resolve().parents[1] / "support" / "small_chunks"
 CLOSED = (RunStatus.SUCCESS, RunStatus.WARNING, RunStatus.ERROR, RunStatus.ABANDONED)
 
 
@@ -42,18 +45,6 @@ def sink() -> Iterator[ScriptedSmtp]:
     server = ScriptedSmtp(delay=0.002).start()
     yield server
     server.stop()
-
-
-def queue_env(db_url: str, tmp_path: Path, sink: ScriptedSmtp, **extra: str) -> dict[str, str]:
-    """Every process of the deployment: the app, the workers.  Mail chunks of 200 messages
-    (tests/support/small_chunks), so a run has many."""
-    return {"PYTHONPATH": os.pathsep.join([str(ROOT), str(SMALL_CHUNKS)]),
-            "TEST_MAIL_CHUNK": "200", "APP_ENV": "test", "DATABASE_URL": db_url,
-            "CRON_SECRET": SECRET,
-            "DATA_DIR": str(tmp_path / "data"), "SMTP_HOST": sink.host,
-            "SMTP_PORT": str(sink.port), "SMTP_SECURITY": "none", "CRON_CATCH_UP": "false",
-            "TRIP_REMINDERS_SEND_BRAKE_COUNT": "100000", "EXECUTION_MODE": "queue",
-            "QUEUE_POLLING_INTERVAL": "0.5", **extra}
 
 
 @pytest.fixture
