@@ -62,7 +62,7 @@ async def _drive(ctx: JobContext) -> None:
             stranded = await asyncio.to_thread(broker.next_chunk, ctx.engine, ctx.run_id)
             if stranded is not None:
                 # A chunk left pending with no job to run it: its job gave up after its
-                # retries.  Said here, not waited on; the run's next call starts it again.
+                # retries.  The run ends `error` now rather than wait for ever.
                 raise ChunkFailed(f"chunk {stranded} of the run failed after "
                                   f"{broker.CHUNK_ATTEMPTS} attempts in the queue; its "
                                   "errors are in the workers' logs")

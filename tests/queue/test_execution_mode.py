@@ -123,3 +123,33 @@ def test_a_complete_queued_run_is_closed_once_by_racing_workers(
     assert holder is None  # the lease is free for the next slot
     got = recipients(smtp_sink)
     assert set(got) == expected and set(got.values()) == {1}
+
+
+@ON_POSTGRESQL
+def test_a_chunk_that_keeps_failing_ends_the_waiting_run_as_error(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call with no time limit (the CLI) waiting on a chunk whose job gave up does not
+    wait for ever: the run ends `error`, saying which chunk."""
+    from app.queue import broker
+
+    empty_queue(engine)
+    at = dt.datetime.now(dt.UTC)
+    seed_travellers(engine, at.date() + dt.timedelta(days=7), at - dt.timedelta(days=30), 300)
+    settings = make_settings(db_url, tmp_path, **smtp_sink.settings, execution_mode="queue",
+                             trip_reminders_send_brake_count=100_000)
+
+    def broken(*_args: object, **_kwargs: object) -> chunk_job.Outcome:
+        raise RuntimeError("the chunk broke")
+
+    monkeypatch.setattr(broker, "CHUNK_ATTEMPTS", 1)  # no retry: it fails for good at once
+    monkeypatch.setattr(chunk_job, "run", broken)
+    outcome = Runner(settings, engine, clock=FixedClock(at)).run("trip-reminders",
+                                                                 trigger="cli")
+    assert outcome.status == RunStatus.ERROR
+    assert "chunk 0 of the run failed after 1 attempts in the queue" in outcome.message
+    with engine.connect() as conn:
+        failed = conn.execute(sa.text(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'")).scalar()
+    assert failed == 1
+    assert recipients(smtp_sink) == {}
