@@ -11,6 +11,7 @@ never the process-global one, so many apps (tests, workers) never collide.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from app.models import CronAuditLog, CronJobLog
 from app.observe import run_marks, trends
 from app.observe.usage import Service
 
+log = logging.getLogger("app.observe.metrics")
 log_t = table_of(CronJobLog)
 audit_t = table_of(CronAuditLog)
 
@@ -233,7 +235,11 @@ def _fleet(engine: Engine, now: dt.datetime) -> Iterator[Metric]:
         return
     from app.queue import fleet  # procrastinate is imported only where a queue can be
 
-    figures = fleet.read(engine, now)
+    try:
+        figures = fleet.read(engine, now)
+    except sa.exc.SQLAlchemyError:  # the run log's figures are worth more: keep them
+        log.warning("queue figures not read", exc_info=True)
+        return
     if figures is None:
         return
     alive = GaugeMetricFamily("cron_queue_workers_alive", "Queue workers whose heartbeat "
