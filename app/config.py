@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     of chunks stops taking chunks before it is spent and answers 202 `partial`; the next
     call continues it.  Unset: the job's max runtime bounds the run.  Default 300 on Vercel
     (VERCEL=1), its Hobby limit; set it to `maxDuration` in vercel.json.  docs/jobs.md#chunks"""
+    execution_mode: Literal["inline", "queue"] = "inline"
+    """inline: the call works through its run's chunks itself.  queue (PostgreSQL only):
+    the call defers the chunks to the procrastinate queue and works on them as a bounded
+    worker until its budget ends; `voyagesmart-cron worker` processes, on any number of
+    machines, share them meanwhile.  docs/queue.md"""
+    queue_polling_interval: float = Field(default=5.0, gt=0, le=60)
+    """Seconds between a queue worker's looks for new chunks (workers poll; they LISTEN
+    too unless DATABASE_POOLER is `transaction`)."""
     data_dir: Path = Path("./data")
     """Where the embedded defaults live (SQLite file, outbox of .eml files, local
     storage)."""
@@ -404,6 +412,14 @@ class Settings(BaseSettings):
             if self.service_base_url is None:
                 raise ValueError("SERVICE_BASE_URL is required in production when SMTP_HOST "
                                  "is set: the unsubscribe links of user emails point there")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_needs_postgresql(self) -> Settings:
+        """The queue is procrastinate's tables and functions: PostgreSQL only."""
+        if self.execution_mode == "queue" and self.is_sqlite:
+            raise ValueError("EXECUTION_MODE=queue needs a PostgreSQL DATABASE_URL (the "
+                             "queue lives in PostgreSQL); use inline with SQLite")
         return self
 
     @model_validator(mode="after")

@@ -135,22 +135,33 @@ class Chunked:
             plan = self.plan(ctx)
             notes = plan.notes
             _save(ctx, plan)
+        if ctx.settings.execution_mode == "queue":
+            # The chunks go to the queue's workers, this call among them (app/queue/).
+            from app.queue import dispatch
+
+            return dispatch.drive(ctx, self, notes)
         if self.prepare is not None:
             self.prepare(ctx, notes)
-        longest = _longest_s(ctx)
+        longest = longest_s(ctx)
         for worked, (seq, args) in enumerate(_pending(ctx)):
             if worked and not has_room(ctx, longest):
                 raise RunPaused(progress(ctx.engine, ctx.run_id))
-            started, clock = _utcnow(), time.monotonic()
             try:
-                counters = self.work(ctx, args)
+                took = self.run_chunk(ctx, seq, args)
             except (OutOfTime, BudgetSpent):
                 # BudgetSpent is raised before an outbound call starts: a safe point too.
                 raise RunPaused(progress(ctx.engine, ctx.run_id)) from None
-            took = time.monotonic() - clock
-            _done(ctx, seq, counters, started, took)
             longest = max(longest, took)
-        return self.finish(ctx, notes, _totals(ctx))
+        return self.finish(ctx, notes, totals(ctx))
+
+    def run_chunk(self, ctx: JobContext, seq: int, args: Counters) -> float:
+        """Work one chunk and mark it done (whoever runs it: this run's call or a queue
+        worker); the seconds it took."""
+        started, clock = _utcnow(), time.monotonic()
+        counters = self.work(ctx, args)
+        took = time.monotonic() - clock
+        _done(ctx, seq, counters, started, took)
+        return took
 
     def _rehearse(self, ctx: JobContext) -> JobResult:
         plan = self.plan(ctx)
@@ -202,7 +213,8 @@ def _pending(ctx: JobContext) -> list[tuple[int, Counters]]:
             .order_by(chunk_t.c.seq)).all()]
 
 
-def _longest_s(ctx: JobContext) -> float:
+def longest_s(ctx: JobContext) -> float:
+    """The longest chunk of the run so far, in seconds."""
     with ctx.engine.connect() as conn:
         longest = conn.execute(sa.select(sa.func.max(chunk_t.c.duration_ms))
                                .where(chunk_t.c.run_id == ctx.run_id)).scalar()
@@ -228,7 +240,8 @@ def _done(ctx: JobContext, seq: int, counters: Counters, started: dt.datetime,
                 records_processed=log_t.c.records_processed + records))
 
 
-def _totals(ctx: JobContext) -> Counters:
+def totals(ctx: JobContext) -> Counters:
+    """The done chunks' counters summed, for `finish`."""
     totals: Counters = {}
     with ctx.engine.connect() as conn:
         for (result,) in conn.execute(

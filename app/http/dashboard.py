@@ -62,8 +62,11 @@ def _common(request: Request, operator: Auth) -> dict[str, Any]:
 def index(request: Request, operator: Operator, engine: EngineDep) -> HTMLResponse:
     common = _common(request, operator)
     jobs = dashboard.overview(engine, request.app.state.jobs, common["now"])
-    return _page(request, "dashboard/index.html", {**common, "jobs": jobs,
-                                                    "summary": dashboard.summarize(jobs)})
+    return _page(request, "dashboard/index.html", {
+        **common, "jobs": jobs, "summary": dashboard.summarize(jobs),
+        # The queue's figures where the calls use it (EXECUTION_MODE=queue, docs/queue.md).
+        "fleet": (dashboard.fleet(engine, common["now"])
+                  if request.app.state.settings.execution_mode == "queue" else None)})
 
 
 @router.get("/style.css")

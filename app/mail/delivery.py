@@ -23,8 +23,9 @@ decides who sends what:
 3. **Send.** The batch goes one message at a time, in ascending id order, over one mail
    connection.  Before each SMTP end-of-data mark the run writes the message's id into its
    own `cron_job_log.mail_cursor` (the hand-over cursor, app/mail/handover.py), on the
-   condition that the run is still `running`: committed before the server can take the
-   message, and refused once the runner has closed the run as abandoned, so a run declared
+   condition that the run is still `running` (or `partial`, its chunks in the queue):
+   committed before the server can take the message, and refused once the runner has
+   closed the run as abandoned, so a run declared
    dead cannot hand over one more message.  Every outcome other than a 250 (refused, reply
    lost, not taken) is written before the cursor moves on.
 4. **Settle.** The 250s are written for the whole batch in one statement when it ends

@@ -3,8 +3,8 @@ mark, that says which message a run is giving to the mail server right now.
 
 Why it exists and what it proves is the once-only rule of app/mail/delivery.py.  This
 module only makes the write cheap: a single row of `cron_job_log` (`mail_cursor`, on the
-condition that the run is still `running`), no indexed column changed (PostgreSQL updates
-it in place), no result rows.
+condition that the run is still `running` or `partial`), no indexed column changed
+(PostgreSQL updates it in place), no result rows.
 
 On PostgreSQL the write is pipelined: `claim()` sends it and returns at once, the SMTP
 envelope travels meanwhile, and `Claim.result()` waits for the commit just before the
@@ -56,9 +56,12 @@ class _Done:
 
 
 def _write(cursor: object, run: object) -> sa.Update:
-    """The one write: the run's cursor moves to `cursor` while the run is still `running`."""
+    """The one write: the run's cursor moves to `cursor` while the run is still `running`,
+    or `partial` (between calls, queue workers go on with its chunks: app/queue/)."""
+    status = job_log.c.status
     return (job_log.update()
-            .where(job_log.c.run_id == run, job_log.c.status == RunStatus.RUNNING)
+            .where(job_log.c.run_id == run,
+                   sa.or_(status == RunStatus.RUNNING, status == RunStatus.PARTIAL))
             .values(mail_cursor=cursor))
 
 

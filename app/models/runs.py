@@ -78,6 +78,8 @@ class CronRunChunk(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    # The queue worker that ran it (EXECUTION_MODE=queue, app/queue/): host and process.
+    worker: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 class CronJobLease(Base):

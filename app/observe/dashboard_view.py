@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -37,6 +37,9 @@ from app.db import table_of
 from app.models import CronJobLog
 from app.observe import alerts
 from app.observe.incidents import Condition, IncidentState
+
+if TYPE_CHECKING:
+    from app.queue.fleet import Fleet
 
 log_t = table_of(CronJobLog)
 
@@ -244,6 +247,16 @@ def overview(engine: Engine, jobs: dict[str, JobSpec], now: dt.datetime) -> list
     return [JobView(jobs[item.name], item, runs[item.name],
                     stored[item.name].state if item.name in stored else None)
             for item in results]
+
+
+def fleet(engine: Engine, now: dt.datetime) -> Fleet | None:
+    """The queue's workers and open runs' chunks (app/queue/fleet.py); None without a
+    queue (SQLite, or not migrated)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    from app.queue import fleet as queue_fleet  # procrastinate only where a queue can be
+
+    return queue_fleet.read(engine, now)
 
 
 def job_view(engine: Engine, spec: JobSpec, now: dt.datetime) -> JobView:

@@ -11,6 +11,7 @@ never the process-global one, so many apps (tests, workers) never collide.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from app.models import CronAuditLog, CronJobLog
 from app.observe import run_marks, trends, volumes
 from app.observe.usage import Service
 
+log = logging.getLogger("app.observe.metrics")
 log_t = table_of(CronJobLog)
 audit_t = table_of(CronAuditLog)
 
@@ -134,6 +136,7 @@ class RunLogCollector(Collector):
             records.add_metric([task], processed)
         yield durations
         yield records
+        yield from _fleet(self.engine, now)
         yield from self._usage(names)
 
         last_success = GaugeMetricFamily(
@@ -255,6 +258,37 @@ def _volumes(found: dict[str, volumes.JobVolume]) -> Iterator[Metric]:
             if p.crosses_at is not None:
                 crossing.add_metric(key, p.crosses_at.timestamp())
     yield from (latest, limit, warned, growth, crossing)
+
+
+def _fleet(engine: Engine, now: dt.datetime) -> Iterator[Metric]:
+    """The queue's workers and chunks (EXECUTION_MODE=queue, app/queue/fleet.py); nothing
+    where there is no queue."""
+    if engine.dialect.name != "postgresql":
+        return
+    from app.queue import fleet  # procrastinate is imported only where a queue can be
+
+    try:
+        figures = fleet.read(engine, now)
+    except sa.exc.SQLAlchemyError:  # the run log's figures are worth more: keep them
+        log.warning("queue figures not read", exc_info=True)
+        return
+    if figures is None:
+        return
+    alive = GaugeMetricFamily("cron_queue_workers_alive", "Queue workers whose heartbeat "
+                              "is recent (calls working as bounded workers included).")
+    alive.add_metric([], figures.workers_alive)
+    yield alive
+    chunks = GaugeMetricFamily("cron_queue_chunks", "Chunks of each open run, by state "
+                               "(waiting, running, failed, done).",
+                               labels=["task", "run_id", "state"])
+    for run in figures.runs:
+        for state in ("waiting", "running", "failed", "done"):
+            chunks.add_metric([run.task, str(run.run_id), state], getattr(run, state))
+    yield chunks
+    oldest = GaugeMetricFamily("cron_queue_oldest_waiting_chunk_age_seconds", "Age of the "
+                               "oldest open run with a chunk waiting (0: none waits).")
+    oldest.add_metric([], figures.oldest_waiting_s or 0.0)
+    yield oldest
 
 
 def _le(bound: float) -> str:

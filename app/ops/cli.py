@@ -13,7 +13,7 @@ import typer
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.core import registry
 from app.db import (
     DatabaseFileError,
@@ -52,15 +52,39 @@ def serve(
     log_level: Annotated[str, typer.Option(
         help="uvicorn's log level: info logs every request (redacted), warning only "
         "problems.")] = "info",
+    queue_worker: Annotated[bool, typer.Option(
+        "--queue-worker", help="Also work on queued chunks in this process, as "
+        "`voyagesmart-cron worker` does (EXECUTION_MODE=queue, docs/queue.md).")] = False,
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
-    get_settings()  # fail fast, with the variable named, before uvicorn starts
+    settings = get_settings()  # fail fast, with the variable named, before uvicorn starts
+    if queue_worker:
+        if settings.is_sqlite:
+            typer.echo("--queue-worker needs a PostgreSQL DATABASE_URL (the queue lives "
+                       "there)", err=True)
+            raise typer.Exit(2)
+        _queue_worker_thread(settings)
     # The app reads each connection's peer itself (app/http/peer.py); uvicorn's own rewrite from
     # X-Forwarded-For is off here too, so its access log shows the real peer.
     uvicorn.run("app.main:app", host=host, port=port, workers=workers, proxy_headers=False,
                 log_level=log_level)
+
+
+def _queue_worker_thread(settings: Settings) -> None:
+    """A queue worker beside the server, in a daemon thread: it goes down with the server,
+    its chunk in hand retried by the fleet's upkeep (app/queue/broker.py)."""
+    import asyncio
+    import threading
+
+    from app.queue import broker
+
+    engine = _engine()
+    name = broker.worker_name("serve")
+    threading.Thread(target=lambda: asyncio.run(broker.work(
+        settings, engine, name=name, install_signal_handlers=False)),
+        name="queue worker", daemon=True).start()
 
 
 @cli.command()
@@ -235,6 +259,35 @@ def catch_up_missed(
     typer.echo(json.dumps(report, indent=2, default=str))
     if any(o.http_status >= 400 for o in outcomes):
         raise typer.Exit(1)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=32, help="Chunks worked at once by this process (chunks of one run "
+        "always go one at a time).")] = 1,
+    name: Annotated[str | None, typer.Option(
+        help="The worker's name in logs and on the chunks it works (default: "
+        "worker@host:pid).")] = None,
+) -> None:
+    """Work on queued chunks (EXECUTION_MODE=queue) until SIGINT or SIGTERM, which let the
+    chunk in hand finish.  Run any number, on any machine reaching the database."""
+    import asyncio
+    import contextlib
+
+    from app.logs import configure_logging
+    from app.queue import broker
+
+    settings = get_settings()
+    if settings.is_sqlite:
+        typer.echo("the queue needs a PostgreSQL DATABASE_URL; with SQLite every run is "
+                   "inline (EXECUTION_MODE=inline) and needs no worker", err=True)
+        raise typer.Exit(2)
+    configure_logging(settings)
+    # A second Ctrl-C stops procrastinate at once: nothing more to say then.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(broker.work(settings, _engine(), name=name or broker.worker_name(),
+                                concurrency=concurrency))
 
 
 @cli.command()

@@ -1,0 +1,179 @@
+"""Queue mode (EXECUTION_MODE=queue) on PostgreSQL: a call's overhead, and scale-out.
+
+    .venv/bin/python -m bench.queue                      # both parts
+    .venv/bin/python -m bench.queue --part overhead      # one small run, inline vs queue
+    .venv/bin/python -m bench.queue --part scale --messages 3000
+
+overhead: trip-reminders with a few travellers (one range chunk and the closing sweep),
+run by the runner in this process, `--rounds` times in each mode, the notification tables
+emptied between rounds; no worker, so the queued call works its chunks itself (deferring,
+its bounded worker, closing).  Target: the queued call's median within 2x the inline one.
+
+scale: `--messages` reminders in chunks of 200 (tests/support/small_chunks), an SMTP sink
+that spends 5 ms per message (latency-bound, as with a real provider), one call with
+FUNCTION_MAX_DURATION=1 and then 1, 2 and 4 `voyagesmart-cron worker` processes; the
+figure is messages per second from the call to the run's close, and each worker's peak
+RSS.  Targets: N workers at least 0.8 x N times one worker's rate; peak RSS < 200 MB.
+The chunks of one run go one at a time (docs/queue.md), so one run does not scale out:
+this part measures it, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.core.runner import Runner
+from app.core.status import RunStatus
+from app.db import make_engine
+from bench.generate import bench_database
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CHUNKS = ROOT / "tests" / "support" / "small_chunks"
+RESET = ("TRUNCATE cron_notification, cron_job_log, cron_job_lease, cron_run_chunk, "
+         "procrastinate_jobs, procrastinate_workers, procrastinate_periodic_defers, "
+         "procrastinate_events RESTART IDENTITY CASCADE")
+CLOSED = (RunStatus.SUCCESS, RunStatus.WARNING, RunStatus.ERROR, RunStatus.ABANDONED)
+
+
+def _reset(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(RESET)
+
+
+def _seed(engine: Engine, count: int) -> None:
+    from tests.support.notification_data import seed_travellers
+
+    now = dt.datetime.now(dt.UTC)
+    seed_travellers(engine, now.date() + dt.timedelta(days=7), now - dt.timedelta(days=30),
+                    count)
+
+
+def overhead(rounds: int, travellers: int) -> bool:
+    from tests.support.notification_data import ScriptedSmtp
+
+    sink = ScriptedSmtp().start()
+    try:
+        with bench_database("queue_overhead") as url:
+            engine = make_engine(url)
+            _seed(engine, travellers)
+            timings: dict[str, list[float]] = {"inline": [], "queue": []}
+            for _ in range(rounds):
+                for mode in timings:
+                    _reset(engine)
+                    settings = Settings(
+                        _env_file=None, app_env="test",  # type: ignore[call-arg]
+                        database_url=url, execution_mode=mode, cron_catch_up=False,
+                        smtp_host=sink.host, smtp_port=sink.port, smtp_security="none",
+                        data_dir=Path("/tmp/vsc-bench-queue"),
+                        trip_reminders_send_brake_count=100_000)
+                    started = time.perf_counter()
+                    outcome = Runner(settings, engine).run("trip-reminders", trigger="cli")
+                    timings[mode].append(time.perf_counter() - started)
+                    assert outcome.status == RunStatus.SUCCESS, outcome.message
+            engine.dispose()
+    finally:
+        sink.stop()
+    inline, queued = (statistics.median(timings[m]) for m in ("inline", "queue"))
+    ratio = queued / inline
+    ok = ratio <= 2.0
+    print(f"overhead: {travellers} reminders, median of {rounds}: inline {inline * 1000:.0f} ms,"
+          f" queue {queued * 1000:.0f} ms, ratio {ratio:.2f} (target <= 2.00) "
+          + ("PASS" if ok else "FAIL"))
+    return ok
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _scale_once(url: str, workers: int, messages: int, tmp: Path) -> tuple[float, float]:
+    from tests.support.notification_data import ScriptedSmtp
+    from tests.support.queue_workers import WorkerProcess, wait_for_workers
+
+    engine = make_engine(url)
+    _reset(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE users, trips, trip_participants CASCADE")
+        conn.exec_driver_sql("DELETE FROM auth.users")
+    _seed(engine, messages)
+    sink = ScriptedSmtp(delay=0.005).start()
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(SMALL_CHUNKS)]),
+           "TEST_MAIL_CHUNK": "200", "APP_ENV": "test", "DATABASE_URL": url,
+           "CRON_SECRET": "bench-secret-0123456789-abcdefghijkl", "DATA_DIR": str(tmp),
+           "SMTP_HOST": sink.host, "SMTP_PORT": str(sink.port), "SMTP_SECURITY": "none",
+           "CRON_CATCH_UP": "false", "TRIP_REMINDERS_SEND_BRAKE_COUNT": "1000000",
+           "EXECUTION_MODE": "queue", "QUEUE_POLLING_INTERVAL": "0.5",
+           "FUNCTION_MAX_DURATION": "1"}
+    fleet = [WorkerProcess(env, f"w{i}", tmp).start() for i in range(workers)]
+    try:
+        wait_for_workers(engine, workers)
+        import subprocess
+
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "app", "run", "trip-reminders"],
+                       env={**os.environ, **env}, cwd=ROOT, check=False, capture_output=True)
+        status = None
+        while status not in CLOSED:
+            time.sleep(0.1)
+            with engine.connect() as conn:
+                status = conn.execute(sa.text("SELECT status FROM cron_job_log "
+                                              "WHERE job_name = 'trip-reminders'")).scalar()
+        took = time.perf_counter() - started
+        rss = max(_peak_rss_mb(w.proc.pid) for w in fleet if w.proc is not None)
+    finally:
+        for worker in fleet:
+            worker.stop()
+        sink.stop()
+        engine.dispose()
+    return messages / took, rss
+
+
+def scale(messages: int) -> bool:
+    import tempfile
+
+    rates: dict[int, float] = {}
+    ok = True
+    with bench_database("queue_scale") as url, tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2, 4):
+            rate, rss = _scale_once(url, workers, messages, Path(tmp))
+            rates[workers] = rate
+            target = 0.8 * workers * rates[1]
+            passed = rate >= target and rss < 200
+            ok = ok and passed
+            print(f"scale: {workers} worker(s): {rate:.0f} messages/s (target >= {target:.0f}),"
+                  f" peak RSS {rss:.0f} MB (target < 200) " + ("PASS" if passed else "FAIL"))
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["overhead", "scale", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--travellers", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=2000)
+    args = parser.parse_args()
+    parts: list[Callable[[], bool]] = []
+    if args.part in ("overhead", "both"):
+        parts.append(lambda: overhead(args.rounds, args.travellers))
+    if args.part in ("scale", "both"):
+        parts.append(lambda: scale(args.messages))
+    results = [part() for part in parts]
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
