@@ -220,19 +220,8 @@ def plan(ctx: JobContext) -> Plan:
     return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
 
 
-def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
-    """Each invocation: settle what a dead run (or this run's interrupted attempt) left
-    mid-batch, off its hand-over cursor, before sending again: the runs found from the
-    log, not by walking every pending row (the plan did that once)."""
-    notify.resolve_unknown(ctx, KIND, notify.Tally(), light=True)
-
-
-def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Step 6 for one chunk: the pending reminders with an id in its range."""
-    tally = notify.Tally()
-    notify.deliver(ctx, KIND, TEMPLATE, tally, first=args["first"], last=args["last"])
-    return {"records": tally.sent, "taken_by_other_run": tally.taken_by_other_run,
-            "errors": tally.errors}
+# Each invocation settles stopped runs; each chunk sends one id range (the sweep: all).
+prepare, send = notify.chunk_steps(KIND, TEMPLATE)
 
 
 def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:

@@ -485,6 +485,29 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     tally.timed("deliver", clock)
 
 
+def chunk_steps(kind: str, template: str) -> tuple[
+        Callable[[JobContext, dict[str, Any]], None],
+        Callable[[JobContext, dict[str, Any]], dict[str, Any]]]:
+    """A mail job's `prepare` and `work` (app/core/chunks.py), its chunks being the id
+    ranges of `ranges` and a closing sweep ({"first": None, "last": None}).
+
+    `prepare`, each invocation: settle what a dead run (or this run's interrupted attempt)
+    left mid-batch, off its hand-over cursor, before sending again; the runs found from the
+    log, not by walking every pending row (the plan did that once).  `work`: send the
+    pending rows with an id in the chunk's range."""
+
+    def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
+        resolve_unknown(ctx, kind, Tally(), light=True)
+
+    def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        tally = Tally()
+        deliver(ctx, kind, template, tally, first=args["first"], last=args["last"])
+        return {"records": tally.sent, "taken_by_other_run": tally.taken_by_other_run,
+                "errors": tally.errors}
+
+    return prepare, send
+
+
 def count_run(ctx: JobContext, kind: str, tally: Tally) -> None:
     """The outcome of every message of `kind` this run claimed, across its invocations and
     attempts: what its closing summary reports."""
