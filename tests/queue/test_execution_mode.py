@@ -22,7 +22,7 @@ from app.db import table_of
 from app.models import CronJobLog, CronRunChunk
 from app.queue import chunk_job
 from tests.conftest import SECRET, FixedClock, make_settings
-from tests.support.notification_data import recipients, seed_travellers
+from tests.support.notification_data import recipients, scheduled_reminder_day, seed_travellers
 from tests.support.queue_workers import empty_queue
 from tests.support.servers import SmtpSink
 
@@ -69,7 +69,7 @@ def test_a_complete_queued_run_is_closed_once_by_racing_workers(
         monkeypatch: pytest.MonkeyPatch) -> None:
     empty_queue(engine)
     at = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, at.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(at),
                                at - dt.timedelta(days=30), 1200)
     settings = settings.model_copy(update={
         **smtp_sink.settings, "execution_mode": "queue",

@@ -21,7 +21,7 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLog
 from tests.conftest import SECRET, FixedClock, auth, make_settings
-from tests.support.notification_data import seed_travellers
+from tests.support.notification_data import scheduled_reminder_day, seed_travellers
 from tests.support.queue_workers import WorkerProcess, empty_queue, wait_for_workers
 from tests.support.servers import SmtpSink
 
@@ -46,7 +46,7 @@ def test_metrics_and_dashboard_show_workers_and_chunks_waiting(
         smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     empty_queue(engine)
     at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    seed_travellers(engine, at.date() + dt.timedelta(days=7), at - dt.timedelta(days=30),
+    seed_travellers(engine, scheduled_reminder_day(at), at - dt.timedelta(days=30),
                     1200)
     settings = make_settings(db_url, tmp_path, **smtp_sink.settings, execution_mode="queue",
                              metrics_token=TOKEN, dashboard_user=USER,

@@ -21,7 +21,12 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLog, CronNotification, CronRunChunk
 from tests.conftest import auth
-from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.notification_data import (
+    ScriptedSmtp,
+    recipients,
+    scheduled_reminder_day,
+    seed_travellers,
+)
 from tests.support.queue_workers import (
     WorkerProcess,
     empty_queue,
@@ -89,7 +94,7 @@ def test_chunks_spread_over_three_workers_and_the_run_completes_with_its_totals(
         fleet: list[WorkerProcess]) -> None:
     travellers = 1800  # ten chunks: nine id ranges and the closing sweep
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, now.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(now),
                                now - dt.timedelta(days=30), travellers)
     server = UvicornProcess(queue_env(db_url, tmp_path, sink, FUNCTION_MAX_DURATION="2"),
                             cwd=tmp_path).start()
@@ -119,7 +124,7 @@ def test_a_worker_killed_mid_chunk_costs_no_duplicate_and_the_run_completes(
         fleet: list[WorkerProcess]) -> None:
     travellers = 1500
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, now.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(now),
                                now - dt.timedelta(days=30), travellers)
     server = UvicornProcess(queue_env(db_url, tmp_path, sink, FUNCTION_MAX_DURATION="1"),
                             cwd=tmp_path).start()
@@ -171,7 +176,7 @@ def test_with_no_worker_the_calls_finish_a_queued_run_themselves(
     empty_queue(engine)
     travellers = 1000
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, now.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(now),
                                now - dt.timedelta(days=30), travellers)
     server = UvicornProcess(queue_env(db_url, tmp_path, sink, FUNCTION_MAX_DURATION="3"),
                             cwd=tmp_path).start()

@@ -18,7 +18,7 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLog, CronRunChunk
 from tests.conftest import auth
-from tests.support.notification_data import recipients, seed_travellers
+from tests.support.notification_data import recipients, scheduled_reminder_day, seed_travellers
 from tests.support.queue_workers import empty_queue, queue_env
 from tests.support.servers import ServeProcess, SmtpSink
 
@@ -38,7 +38,7 @@ def test_serve_with_its_queue_worker_finishes_a_run_after_the_call_answered(
         db_url: str, engine: Engine, tmp_path: Path, smtp_sink: SmtpSink) -> None:
     empty_queue(engine)
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, now.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(now),
                                now - dt.timedelta(days=30), 1000)
     server = ServeWithWorker(queue_env(db_url, tmp_path, smtp_sink,
                                        FUNCTION_MAX_DURATION="1"), cwd=tmp_path).start()

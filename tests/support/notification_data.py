@@ -15,6 +15,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.core.registry import JOBS, previous_fire
 from app.models import AuthUser, Trip, TripParticipant, User
 from tests.support.servers import ReceivedMail, SmtpSink, free_port
 
@@ -101,6 +102,13 @@ def seed_reminders(engine: Engine, start: dt.date, now: dt.datetime) -> Reminder
         trip_id=lisbon.id,
         owner_id=owner.id,
     )
+
+
+def scheduled_reminder_day(now: dt.datetime, days_ahead: int = 7) -> dt.date:
+    """The day a scheduled trip-reminders call at `now` serves: its slot's day (UTC) plus
+    `days_ahead`.  Before the 08:00 fire that is yesterday's slot, not today."""
+    return previous_fire(JOBS["trip-reminders"].schedule, now).date() + dt.timedelta(
+        days=days_ahead)
 
 
 def seed_travellers(engine: Engine, start: dt.date, now: dt.datetime, count: int) -> set[str]:
