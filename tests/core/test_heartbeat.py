@@ -25,7 +25,12 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLease, CronJobLog
 from tests.conftest import SECRET, auth, make_settings, rows
-from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.notification_data import (
+    ScriptedSmtp,
+    recipients,
+    scheduled_reminder_day,
+    seed_travellers,
+)
 from tests.support.servers import UvicornProcess
 
 log_t = table_of(CronJobLog)
@@ -240,7 +245,7 @@ def _dead_issue(url: str) -> list[str]:
 def test_a_server_killed_mid_send_is_reported_dead_and_the_next_call_finishes_the_slot(
         engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
     now = dt.datetime.now(dt.UTC)
-    people = seed_travellers(engine, now.date() + dt.timedelta(days=7), now, 30)
+    people = seed_travellers(engine, scheduled_reminder_day(now), now, 30)
     doomed = _server(db_url, tmp_path, slow_smtp)
     survivor = _server(db_url, tmp_path, slow_smtp)  # a second instance on the same database
     try:

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def server(db_url: str, engine: Engine, tmp_path: Path) -> Iterator[UvicornProcess]:
     settings = make_settings(db_url, tmp_path)
-    seed(engine, now=dt.datetime.now(dt.UTC), storage_root=settings.storage_root)
+    # The demo's trips start a week after the daily group's slot (yesterday's before 02:00).
+    slot = previous_fire(GROUPS["daily-maintenance"].schedule, dt.datetime.now(dt.UTC))
+    seed(engine, now=slot, storage_root=settings.storage_root)
     process = UvicornProcess({"APP_ENV": "development", "DATABASE_URL": db_url,
                               "CRON_SECRET": SECRET, "DATA_DIR": str(tmp_path / "data"),
                               "SCHEDULE_MODE": "groups"}).start()
