@@ -13,7 +13,13 @@ A job whose work can outgrow one invocation (a serverless function's max duratio
    arguments, so another process could run it.  Its counters are written on its row in
    the transaction that marks it `done` and advances the log row's `chunks_done` and
    `records_processed` (the counter `records`): a chunk marked done is never run again.
-4. `finish(ctx, notes, totals) -> JobResult` once every chunk is done; `totals` are the
+4. `advance(ctx, notes, totals) -> Plan | None`, optional, each time every chunk is done:
+   the run's next stage, when its chunks depend on what the done ones found (count the
+   recipients, then decide the brake, then plan, then send).  Its chunks are appended to
+   the run's, its notes replace the run's, in one transaction; None when the run is
+   ready to finish.  It runs where the run is driven: the call, or in queue mode the
+   worker that closes the run (app/queue/chunk_job.py), never two at once.
+5. `finish(ctx, notes, totals) -> JobResult` once every chunk is done; `totals` are the
    chunks' counters summed (numbers added, lists joined, the rest the last one's).
 
 Between chunks the driver looks at the invocation's time left (`JobContext.until`): when
@@ -126,6 +132,7 @@ class Chunked:
     work: Callable[[JobContext, Counters], Counters]
     finish: Callable[[JobContext, Counters, Counters], JobResult]
     prepare: Callable[[JobContext, Counters], None] | None = None
+    advance: Callable[[JobContext, Counters, Counters], Plan | None] | None = None
 
     def __call__(self, ctx: JobContext) -> JobResult:
         if ctx.dry_run:
@@ -135,15 +142,34 @@ class Chunked:
             plan = self.plan(ctx)
             notes = plan.notes
             _save(ctx, plan)
-        if ctx.settings.execution_mode == "queue":
-            # The chunks go to the queue's workers, this call among them (app/queue/).
-            from app.queue import dispatch
-
-            return dispatch.drive(ctx, self, notes)
-        if self.prepare is not None:
+        queued = ctx.settings.execution_mode == "queue"
+        if self.prepare is not None and not queued:
             self.prepare(ctx, notes)
+        worked = False
+        while True:
+            if queued:
+                # The chunks go to the queue's workers, this call among them (app/queue/).
+                from app.queue import dispatch
+
+                worked = dispatch.drive(ctx) or worked
+            else:
+                worked = self._work_through(ctx, worked)
+            if self.advance is None:
+                break
+            # A stage's gate is set-based and short: it needs only the closing margin.
+            if worked and not has_room(ctx, 0.0):
+                raise RunPaused(progress(ctx.engine, ctx.run_id))
+            stage = self.next_stage(ctx, notes)
+            if stage is None:
+                break
+            notes = stage.notes
+        return self.finish(ctx, notes, totals(ctx))
+
+    def _work_through(self, ctx: JobContext, worked: bool) -> bool:
+        """Run the pending chunks in order until none is left (True when one ran), or the
+        next one would not fit (`RunPaused`)."""
         longest = longest_s(ctx)
-        for worked, (seq, args) in enumerate(_pending(ctx)):
+        for seq, args in _pending(ctx):
             if worked and not has_room(ctx, longest):
                 raise RunPaused(progress(ctx.engine, ctx.run_id))
             try:
@@ -151,8 +177,18 @@ class Chunked:
             except (OutOfTime, BudgetSpent):
                 # BudgetSpent is raised before an outbound call starts: a safe point too.
                 raise RunPaused(progress(ctx.engine, ctx.run_id)) from None
+            worked = True
             longest = max(longest, took)
-        return self.finish(ctx, notes, totals(ctx))
+        return worked
+
+    def next_stage(self, ctx: JobContext, notes: Counters) -> Plan | None:
+        """Every chunk done: the job's next stage, appended to the run (None: finish)."""
+        if self.advance is None:
+            return None
+        stage = self.advance(ctx, notes, totals(ctx))
+        if stage is not None:
+            _save(ctx, stage, append=True)
+        return stage
 
     def run_chunk(self, ctx: JobContext, seq: int, args: Counters) -> float:
         """Work one chunk and mark it done (whoever runs it: this run's call or a queue
@@ -164,13 +200,17 @@ class Chunked:
         return took
 
     def _rehearse(self, ctx: JobContext) -> JobResult:
-        plan = self.plan(ctx)
-        if self.prepare is not None:
+        plan: Plan | None = self.plan(ctx)
+        notes: Counters = {}
+        if self.prepare is not None and plan is not None:
             self.prepare(ctx, plan.notes)
         totals: Counters = {}
-        for args in plan.chunks:
-            add(totals, self.work(ctx, args))
-        return self.finish(ctx, plan.notes, totals)
+        while plan is not None:
+            notes = plan.notes
+            for args in plan.chunks:
+                add(totals, self.work(ctx, args))
+            plan = self.advance(ctx, notes, totals) if self.advance is not None else None
+        return self.finish(ctx, notes, totals)
 
 
 def _utcnow() -> dt.datetime:
@@ -195,14 +235,23 @@ def _notes(ctx: JobContext) -> Counters | None:
     return dict(row.checkpoint or {})
 
 
-def _save(ctx: JobContext, plan: Plan) -> None:
-    rows = [{"run_id": ctx.run_id, "seq": seq, "args": args, "status": PENDING,
-             "records": 0} for seq, args in enumerate(plan.chunks)]
+def _save(ctx: JobContext, plan: Plan, *, append: bool = False) -> None:
+    """The plan's chunks and notes, committed together: the run's first stage, or (with
+    `append`) a next one, numbered after the chunks it has."""
     with ctx.engine.begin() as conn:
+        first = 0
+        if append:
+            first = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(chunk_t.c.seq), -1))
+                                     .where(chunk_t.c.run_id == ctx.run_id)).scalar_one()) + 1
+        rows = [{"run_id": ctx.run_id, "seq": first + n, "args": args, "status": PENDING,
+                 "records": 0} for n, args in enumerate(plan.chunks)]
         for batch in split(rows, 1000):
             conn.execute(chunk_t.insert(), batch)
-        conn.execute(log_t.update().where(log_t.c.run_id == ctx.run_id).values(
-            chunks_total=len(rows), chunks_done=0, checkpoint=plan.notes))
+        total = first + len(rows) if append else len(rows)
+        values: dict[str, Any] = {"chunks_total": total, "checkpoint": plan.notes}
+        if not append:
+            values["chunks_done"] = 0
+        conn.execute(log_t.update().where(log_t.c.run_id == ctx.run_id).values(**values))
 
 
 def _pending(ctx: JobContext) -> list[tuple[int, Counters]]:

@@ -11,15 +11,18 @@ Steps:
    (app/mail/recipients.py): who unsubscribed from trip reminders, opted out in their
    preferences, or whose preferences or address cannot be used is skipped, counted and
    named by user id; one bad row never stops the others' reminders.
-3. Plan: one `cron_notification` row per (reminder kind, trip, user, trip start date),
-   inserted `pending` before anything is sent; a key that already exists is not planned
-   again, whatever its state.  All in one transaction, committed only past the brake:
-4. Brake (app/core/safety.py): the reminders this run would send, against the day's usual
-   volume, the median number of reminders per target day over the last
-   `TRIP_REMINDERS_BRAKE_BASELINE_DAYS` days (a day without any counts as 0).  Above both
-   `TRIP_REMINDERS_SEND_BRAKE_COUNT` and `TRIP_REMINDERS_SEND_BRAKE_SHARE` times that
-   median (with no history: above the count), nothing is planned and the run ends `error`
-   with the figures and sample keys.
+3. Count, in chunks of consecutive trips (about RANGE_SIZE travellers each): who would
+   be emailed, already was, or is skipped, writing nothing.
+4. Brake (app/core/safety.py), once every count chunk is done: the reminders this run
+   would send, against the day's usual volume, the median number of reminders per
+   target day over the last `TRIP_REMINDERS_BRAKE_BASELINE_DAYS` days (a day without
+   any counts as 0).  Above both `TRIP_REMINDERS_SEND_BRAKE_COUNT` and
+   `TRIP_REMINDERS_SEND_BRAKE_SHARE` times that median (with no history: above the
+   count), nothing is planned and the run ends `error` with the figures and sample keys.
+   Past it, plan in the same trip chunks: one `cron_notification` row per (reminder
+   kind, trip, user, trip start date), inserted `pending` before anything is sent; a key
+   that already exists is not planned again, whatever its state.  So every step of a run
+   fits an invocation's budget, however many travellers the day has.
 5. Settle what a dead run left mid-batch (app/mail/delivery.py); expire pending reminders
    whose trip has already started (a run that stopped early days ago), and withdraw those
    of travellers who unsubscribed since.
@@ -39,7 +42,9 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+import uuid
 import zoneinfo
+from collections import Counter
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any
@@ -54,7 +59,7 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.mail import delivery as notify
 from app.mail.ledger import notifications
-from app.mail.recipients import Screen, candidate_columns
+from app.mail.recipients import NAMED, Screen, candidate_columns
 from app.mail.templates import resolve_language
 from app.mail.unsubscribe import TRIP_REMINDERS, opted_out
 from app.models import Trip, TripParticipant, User
@@ -88,17 +93,65 @@ def nothing_to_do(ctx: JobContext) -> str | None:
     return f"no trip starts on {day} and no reminder is pending"
 
 
-def recipients_query(day: dt.date) -> sa.Select[Any]:
-    """Each (trip, traveller) pair of the trips starting on `day`, with what the email says.
+# Travellers per count or plan chunk (trips are never split: a trip is one chunk's).
+RANGE_SIZE = 5000
+
+
+def _on(day: dt.date, first: Any = None, last: Any = None) -> sa.ColumnElement[bool]:
+    """Trips starting on `day`, with an id from `first` to `last` when given."""
+    where = trips.c.start_date == day
+    if first is not None and last is not None:
+        where = sa.and_(where, trips.c.id.between(uuid.UUID(str(first)), uuid.UUID(str(last))))
+    return where
+
+
+def trip_ranges(ctx: JobContext, day: dt.date, size: int | None = None
+                ) -> list[dict[str, str]]:
+    """The trips starting on `day` as consecutive id ranges of about `size` travellers
+    ({"first": id, "last": id}), by one grouped read: the chunks of steps 3 and 4."""
+    accepted = sa.and_(participants.c.trip_id == trips.c.id,
+                       participants.c.invitation_status == "accepted",
+                       participants.c.user_id.is_not(None),
+                       participants.c.user_id != trips.c.owner_id)  # the owner is the 1
+    per_trip = (
+        sa.select(trips.c.id, (sa.func.count(participants.c.user_id) + 1).label("n"))
+        .select_from(trips.outerjoin(participants, accepted))
+        .where(_on(day)).group_by(trips.c.id).subquery()
+    )
+    # A whole number on both databases (PostgreSQL's sum of bigints is a numeric).
+    upto = sa.cast(sa.func.sum(per_trip.c.n).over(order_by=per_trip.c.id), sa.BigInteger)
+    running = sa.select(per_trip.c.id, upto.label("upto")).subquery()
+    group = ((running.c.upto - 1) // max(1, size or RANGE_SIZE)).label("g")
+    # PostgreSQL has no min(uuid): each group's ends are the rows where the group changes.
+    edges = sa.select(
+        running.c.id, group,
+        sa.func.lag(group).over(order_by=running.c.id).label("before"),
+        sa.func.lead(group).over(order_by=running.c.id).label("after")).subquery()
+    ranges: list[dict[str, str]] = []
+    with ctx.engine.connect() as conn:
+        for trip_id, g, before, _after in conn.execute(
+                sa.select(edges.c.id, edges.c.g, edges.c.before, edges.c.after)
+                .where(sa.or_(edges.c.before.is_(None), edges.c.before != edges.c.g,
+                              edges.c.after.is_(None), edges.c.after != edges.c.g))
+                .order_by(edges.c.id)):
+            if before is None or before != g:
+                ranges.append({"first": str(trip_id), "last": str(trip_id)})
+            ranges[-1]["last"] = str(trip_id)
+    return ranges
+
+
+def recipients_query(day: dt.date, first: Any = None, last: Any = None) -> sa.Select[Any]:
+    """Each (trip, traveller) pair of the trips starting on `day` (with an id from `first`
+    to `last` when given), with what the email says.
 
     Served by `ix_trips_start_date` and `ix_trip_participants_accepted_trip`.
     """
     owners = sa.select(trips.c.id.label("trip_id"), trips.c.owner_id.label("user_id")).where(
-        trips.c.start_date == day)
+        _on(day, first, last))
     accepted = (
         sa.select(participants.c.trip_id, participants.c.user_id)
         .join(trips, trips.c.id == participants.c.trip_id)
-        .where(trips.c.start_date == day, participants.c.invitation_status == "accepted",
+        .where(_on(day, first, last), participants.c.invitation_status == "accepted",
                participants.c.user_id.is_not(None))
     )
     travellers = sa.union(owners, accepted).subquery("travellers")  # UNION: owner once
@@ -121,11 +174,12 @@ def dedupe_key(days_ahead: int, trip_id: Any, user_id: Any, start: dt.date) -> s
     return f"{KIND}:{days_ahead}d:{trip_id}:{user_id}:{start.isoformat()}"
 
 
-def _planned(ctx: JobContext, day: dt.date, screen: Screen, samples: list[str]
-             ) -> Iterator[notify.Planned]:
+def _planned(ctx: JobContext, day: dt.date, screen: Screen, samples: list[str],
+             first: Any = None, last: Any = None) -> Iterator[notify.Planned]:
     settings = ctx.settings
     base = settings.app_base_url
-    rows = chain.from_iterable(stream_rows(ctx.engine, recipients_query(day), 1000))
+    rows = chain.from_iterable(stream_rows(ctx.engine, recipients_query(day, first, last),
+                                           1000))
     for row in rows:
         if not screen.admit(row):
             continue
@@ -193,35 +247,83 @@ def _brake(ctx: JobContext, day: dt.date, samples: list[str], details: dict[str,
 
 
 def plan(ctx: JobContext) -> Plan:
-    """Steps 1-5, once per run; the chunks are the pending reminders, by id range."""
+    """Step 1; the chunks of step 3: count the recipients, one trip range each."""
     day = target_date(ctx)
-    today = day - dt.timedelta(days=ctx.settings.reminder_days_ahead)
-    tally = notify.Tally()
-    screen = Screen(KIND)
-    samples: list[str] = []
-    details: dict[str, Any] = {"target_date": day.isoformat()}
+    ranges = trip_ranges(ctx, day)
+    notes = {"stage": "count", "ranges": ranges,
+             "details": {"target_date": day.isoformat()}}
+    return Plan([{"step": "count", "day": day.isoformat(), **r} for r in ranges], notes)
 
-    notify.plan(ctx, KIND, _planned(ctx, day, screen, samples), tally,
-                brake=_brake(ctx, day, samples, details))
+
+def _screened(ctx: JobContext, args: dict[str, Any], *, count_only: bool
+              ) -> dict[str, Any]:
+    """Steps 2 and 3 (count_only) or 4 (plan) for one trip range: the tally's counts, who
+    was skipped, and the first keys seen (for a tripped brake's details)."""
+    day = dt.date.fromisoformat(args["day"])
+    tally, screen, samples = notify.Tally(), Screen(KIND), list[str]()
+    notify.plan(ctx, KIND, _planned(ctx, day, screen, samples, args["first"], args["last"]),
+                tally, count_only=count_only)
+    counts = {"new": tally.new, "resumed": tally.resumed,
+              "already_sent": tally.already_sent, "already_failed": tally.already_failed}
+    if not count_only:  # who is skipped, and the samples, were counted in step 3
+        return {"plan": counts}
+    return {"count": counts, "samples": samples,
+            "screen": {"counts": dict(screen.counts), "named": screen.named}}
+
+
+def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """One chunk: count (step 3) or plan (step 4) a trip range, or send an id range."""
+    step = args.get("step")
+    if step in ("count", "plan"):
+        return _screened(ctx, args, count_only=step == "count")
+    return send(ctx, args)
+
+
+def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
+            ) -> Plan | None:
+    """Between stages: past the count, the brake and the plan chunks; past the plan,
+    step 5 and the send chunks; past those, nothing (the run finishes)."""
+    day = dt.date.fromisoformat(notes["details"]["target_date"])
+    details = dict(notes["details"])
+    if notes["stage"] == "count":
+        counted = notify.Tally(**totals.get("count", {}))
+        _brake(ctx, day, list(totals.get("samples", [])), details)(counted)
+        chunks = [] if ctx.dry_run else [
+            {"step": "plan", "day": day.isoformat(), **r} for r in notes["ranges"]]
+        return Plan(chunks, {**notes, "stage": "plan", "details": details})
+    if notes["stage"] != "plan":
+        return None
+    today = day - dt.timedelta(days=ctx.settings.reminder_days_ahead)
+    tally = notify.Tally(**totals.get("count" if ctx.dry_run else "plan", {}))
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, notifications_started(today), tally)
     notify.expire(ctx, KIND, opted_out(notifications.c.user_id, KIND), tally,
                   reason="the traveller unsubscribed before it could be sent",
                   withdrawn=True)
+    screened = totals.get("screen", {})
+    screen = Screen(KIND, counts=Counter(screened.get("counts", {})),
+                    named={k: list(v)[:NAMED] for k, v in screened.get("named", {}).items()})
     details.update(opted_out=screen.declined, **screen.as_dict())
     # The size of the work, for its trend (app/observe/volumes.py); the brake is no ceiling
     # there: its share is a multiple of the recent volume, which steady growth raises too.
     details["volume"] = {"measure": "planned_messages", "value": tally.new + tally.resumed}
-    notes = {"details": details, "tally": tally.as_dict(), "unreachable": screen.unreachable,
-             "declined": screen.declined}
+    notes = {"stage": "send", "details": details, "tally": tally.as_dict(),
+             "unreachable": screen.unreachable, "declined": screen.declined}
     if ctx.dry_run:
         return Plan([], notes)
     # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
     return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
 
 
-# Each invocation settles stopped runs; each chunk sends one id range (the sweep: all).
-prepare, send = notify.chunk_steps(KIND, TEMPLATE)
+# Each invocation settles stopped runs; each send chunk sends one id range (the sweep: all).
+_settle, send = notify.chunk_steps(KIND, TEMPLATE)
+
+
+def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
+    """Settle stopped runs before sending; while counting and planning nothing is sent,
+    and step 5 settles them with the run's tally (their unconfirmed message counted)."""
+    if notes.get("stage", "send") == "send":
+        _settle(ctx, notes)
 
 
 def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
@@ -255,7 +357,7 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      status=RunStatus.WARNING if troubled else RunStatus.SUCCESS, details=details)
 
 
-run = Chunked(plan=plan, work=send, finish=finish, prepare=prepare)
+run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance)
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

@@ -135,19 +135,21 @@ BrakeCheck = Callable[[Tally], None]
 
 
 def plan(ctx: JobContext, kind: str, planned: Iterable[Planned], tally: Tally,
-         brake: BrakeCheck | None = None) -> None:
+         brake: BrakeCheck | None = None, *, count_only: bool = False) -> None:
     """Insert a `pending` row per new key (batched, ON CONFLICT DO NOTHING); count the rest.
 
     One transaction for the whole plan, so that `brake`, asked with the counts before the
     commit, can undo it all.  New rows are claimed by this run from the start (`run_id`),
     so sending them costs no claiming write; if the run dies, the next one releases them.
-    A dry run only looks the keys up, and asks the same brake.
+    A dry run (or `count_only`: a run that decides its brake before planning) only looks
+    the keys up, and asks the same brake.
     """
     started = time.perf_counter()
     engine = ctx.engine
-    with engine.connect() if ctx.dry_run else engine.begin() as conn:
+    look_only = ctx.dry_run or count_only
+    with engine.connect() if look_only else engine.begin() as conn:
         for chunk in ledger.chunks(planned, min(ctx.settings.batch_size, 1000)):
-            if ctx.dry_run:
+            if look_only:
                 known = ledger.statuses(conn, [item.key for item in chunk])
                 tally.new += len(chunk) - len(known)
             else:

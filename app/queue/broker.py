@@ -115,6 +115,10 @@ async def upkeep_fleet(context: procrastinate.JobContext, timestamp: int) -> Non
         await manager.retry_job(job)
     for run_id in await asyncio.to_thread(chunk_job.complete_runs, env.engine):
         await asyncio.to_thread(chunk_job.finish_run, env.settings, env.engine, run_id)
+        # Closing it may have planned its next stage instead: start that chain.
+        following = await asyncio.to_thread(next_chunk, env.engine, run_id)
+        if following is not None:
+            await defer_chunk(context.app, run_id, following)
 
 
 async def catch_up(context: procrastinate.JobContext, timestamp: int) -> None:

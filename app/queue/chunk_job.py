@@ -16,6 +16,10 @@
    `unconfirmed`, never sent twice.
 5. When that was the run's last chunk: `finish_run`.
 
+`finish_run` first asks the job for the run's next stage (`Chunked.next_stage`): when it
+has chunks, they are appended and the run goes back to `partial`, for the chain (or the
+upkeep) to defer them.
+
 `finish_run` closes a run whose chunks are all done, when no call is driving it (the run is
 `partial`: a call that sees its run complete finishes it itself, through the runner).  The
 task's lease and the flip of the row from `partial` to `running` are taken in one
@@ -40,6 +44,7 @@ from app.config import Settings
 from app.core import chunks, registry
 from app.core.budget import BudgetSpent
 from app.core.context import JobContext, JobResult
+from app.core.errors import JobRefused
 from app.core.heartbeat import Heartbeat
 from app.core.registry import JobSpec
 from app.core.requirements import check_job
@@ -177,10 +182,21 @@ def finish_run(settings: Settings, engine: Engine, run_id: uuid.UUID) -> bool:
                    dead_after=settings.dead_after, holds_lease=True):
         try:
             ctx = context(settings, engine, row, spec, until=None)
-            result: JobResult = chunked_job(spec).finish(
-                ctx, dict(row.checkpoint or {}), chunks.totals(ctx))
+            job = chunked_job(spec)
+            notes = dict(row.checkpoint or {})
+            while (stage := job.next_stage(ctx, notes)) is not None:
+                notes = stage.notes
+                if stage.chunks:
+                    _reopen(engine, spec.name, run_id)
+                    log.info("run %s of %s: %d chunk(s) of its next stage planned",
+                             run_id, spec.name, len(stage.chunks))
+                    return False
+            result: JobResult = job.finish(ctx, notes, chunks.totals(ctx))
             status, message = RunStatus(result.status), result.message or "done"
             details, records = dict(result.details), result.records_processed
+        except JobRefused as exc:  # a brake at a stage's gate: nothing changed
+            status, records, message = RunStatus.ERROR, 0, str(exc)
+            details = dict(exc.details)
         except Exception as exc:
             log.error("closing run %s of %s failed", run_id, spec.name, exc_info=exc)
             status, records = RunStatus.ERROR, 0
@@ -200,6 +216,19 @@ def finish_run(settings: Settings, engine: Engine, run_id: uuid.UUID) -> bool:
     log.info("run %s of %s closed %s by a queue worker in %.1f s", run_id, spec.name, status,
              time.monotonic() - clock)
     return bool(closed)
+
+
+def _reopen(engine: Engine, task: str, run_id: uuid.UUID) -> None:
+    """The run taken over by `finish_run` has chunks again: `partial` once more, its
+    task's lease released."""
+    with engine.begin() as conn:
+        conn.execute(log_t.update().where(log_t.c.run_id == run_id,
+                                          log_t.c.status == RunStatus.RUNNING)
+                     .values(status=RunStatus.PARTIAL, heartbeat_at=_utcnow(),
+                             message="partial: the next stage's chunks are queued"))
+        conn.execute(lease_t.update().where(lease_t.c.task == task,
+                                            lease_t.c.holder == run_id)
+                     .values(holder=None, expires_at=None))
 
 
 def complete_runs(engine: Engine) -> list[uuid.UUID]:

@@ -10,9 +10,10 @@
    far, app/core/chunks.py's rule) and stops once none does.  Whatever else the fleet's
    workers do meanwhile, a deployment with no worker at all still finishes its runs by
    calls alone.
-3. The run complete: `finish`, returned to the runner, which closes the row as for an
-   inline run.  Time spent with chunks left: `RunPaused`, the call answers 202 `partial`
-   and the workers go on (a `partial` run's last chunk closes it: app/queue/chunk_job.py).
+3. The run's chunks all done: back to the call (app/core/chunks.py), which plans the
+   run's next stage if it has one or has the runner close the row as for an inline run.
+   Time spent with chunks left: `RunPaused`, the call answers 202 `partial` and the
+   workers go on (a `partial` run's last chunk closes it: app/queue/chunk_job.py).
    A chunk whose job failed for good (its retries spent): `ChunkFailed`, the run ends
    `error` rather than waiting forever.
 """
@@ -26,7 +27,7 @@ import time
 import procrastinate
 
 from app.core import chunks
-from app.core.context import JobContext, JobResult
+from app.core.context import JobContext
 from app.queue import broker
 
 
@@ -38,23 +39,25 @@ class ChunkFailed(RuntimeError):
 WATCH_S = 0.2
 
 
-def drive(ctx: JobContext, job: chunks.Chunked, notes: chunks.Counters) -> JobResult:
-    """Steps 1-3 of the module docstring, for the run of `ctx`."""
-    asyncio.run(_drive(ctx))
-    return job.finish(ctx, notes, chunks.totals(ctx))
+def drive(ctx: JobContext) -> bool:
+    """Steps 1-3 of the module docstring, for the run of `ctx`: True when it had chunks
+    left to wait on."""
+    return asyncio.run(_drive(ctx))
 
 
-async def _drive(ctx: JobContext) -> None:
+async def _drive(ctx: JobContext) -> bool:
     app = broker.make_app(ctx.settings, pool_size=2)
     async with app.open_async():
         first = await asyncio.to_thread(broker.next_chunk, ctx.engine, ctx.run_id)
         if first is not None:
             await broker.defer_chunk(app, ctx.run_id, first)
         env = broker.Env(ctx.settings, ctx.engine, broker.worker_name("call"), ctx.until)
+        waited = False
         while True:
             progress = await asyncio.to_thread(chunks.progress, ctx.engine, ctx.run_id)
             if progress.left <= 0:
-                return
+                return waited
+            waited = True
             longest = await asyncio.to_thread(chunks.longest_s, ctx)
             if env.full.is_set() or not chunks.has_room(ctx, longest):
                 raise chunks.RunPaused(progress)

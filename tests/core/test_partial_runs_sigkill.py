@@ -25,7 +25,12 @@ from app.db import table_of
 from app.mail.ledger import notifications
 from app.models import CronJobLog, CronRunChunk
 from tests.conftest import SECRET, auth, rows
-from tests.support.notification_data import ScriptedSmtp, recipients, seed_travellers
+from tests.support.notification_data import (
+    ScriptedSmtp,
+    recipients,
+    scheduled_reminder_day,
+    seed_travellers,
+)
 from tests.support.servers import UvicornProcess
 
 pytestmark = pytest.mark.slow
@@ -90,7 +95,7 @@ def _runs(engine: Engine) -> list[Any]:
 def test_a_run_killed_mid_chunk_is_reported_dead_and_its_heir_finishes_it_once_each(
         engine: Engine, db_url: str, tmp_path: Path, slow_smtp: ScriptedSmtp) -> None:
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, now.date() + dt.timedelta(days=7),
+    expected = seed_travellers(engine, scheduled_reminder_day(now),
                                now - dt.timedelta(days=30), TRAVELLERS)
     doomed = _server(db_url, tmp_path, slow_smtp)
     survivor = _server(db_url, tmp_path, slow_smtp)  # another instance, same database
@@ -110,11 +115,13 @@ def test_a_run_killed_mid_chunk_is_reported_dead_and_its_heir_finishes_it_once_e
 
         [dying] = _runs(engine)
         assert dying.status == "running"
-        # Killed mid-chunk: the first chunk done and counted, the second one cut.
-        assert (dying.chunks_done, dying.chunks_total) == (1, 4)
+        # Killed mid-chunk: the count and plan chunks and the first send chunk done and
+        # counted, the second send chunk cut.
+        assert (dying.chunks_done, dying.chunks_total) == (3, 6)
         before = _chunks(engine, dying.run_id)
         assert [(c.seq, c.status) for c in before] == [
-            (0, "done"), (1, "pending"), (2, "pending"), (3, "pending")]
+            (0, "done"), (1, "done"), (2, "done"), (3, "pending"), (4, "pending"),
+            (5, "pending")]
         assert rows(engine, "SELECT count(*) FROM cron_notification "
                             "WHERE status = 'pending'")[0][0] > 0
 
@@ -163,13 +170,14 @@ def test_a_run_killed_mid_chunk_is_reported_dead_and_its_heir_finishes_it_once_e
     assert "stopped renewing its heartbeat" in logged[0].message
     assert f"found by run {heir}" in logged[0].message
     assert {r.slot for r in logged} == {dying.slot}
-    assert (logged[1].chunks_done, logged[1].chunks_total) == (4, 4)
-    # The heir inherited the chunk finished before the kill (same row, same end) and did
+    assert (logged[1].chunks_done, logged[1].chunks_total) == (6, 6)
+    # The heir inherited the chunks finished before the kill (same rows, same ends) and did
     # not send it again; it did the others itself.
     after = _chunks(engine, heir)
-    assert [c.status for c in after] == ["done"] * 4
-    assert (after[0].records, after[0].ended_at) == (before[0].records, before[0].ended_at)
-    assert all(c.ended_at >= logged[1].started_at for c in after[1:])
+    assert [c.status for c in after] == ["done"] * 6
+    assert [(c.records, c.ended_at) for c in after[:3]] == [
+        (c.records, c.ended_at) for c in before[:3]]
+    assert all(c.ended_at >= logged[1].started_at for c in after[3:])
     # What the heir sent itself: everything but the dead run's share.
     with engine.connect() as conn:
         own = conn.execute(sa.select(sa.func.count()).where(

@@ -88,37 +88,49 @@ def test_a_complete_queued_run_is_closed_once_by_racing_workers(
             {"lock": str(run_id)}).scalars().all()
     assert queued == ["0"]  # the chain's first link: the run's first chunk
 
-    # Workers elsewhere did every chunk; four of them now race to close the run.
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(log_t).where(log_t.c.run_id == run_id)).one()
-        planned = conn.execute(sa.select(chunk_t.c.seq, chunk_t.c.args)
-                               .where(chunk_t.c.run_id == run_id)
-                               .order_by(chunk_t.c.seq)).all()
+    # Workers elsewhere do every chunk of a stage; four of them then race to close the
+    # run: one plans its next stage (count, plan, send), the last time one closes it.
     spec = chunk_job.registry.JOBS["trip-reminders"]
     job = chunk_job.chunked_job(spec)
-    ctx = chunk_job.context(settings, engine, row, spec, until=None)
-    for seq, args in planned:
-        job.run_chunk(ctx, seq, dict(args))
-    barrier = threading.Barrier(4)
-    closed: list[bool] = []
+    rounds: list[list[bool]] = []
+    while not any(rounds[-1:][0] if rounds else []) and len(rounds) < 5:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(log_t).where(log_t.c.run_id == run_id)).one()
+            pending = conn.execute(sa.select(chunk_t.c.seq, chunk_t.c.args)
+                                   .where(chunk_t.c.run_id == run_id,
+                                          chunk_t.c.status != "done")
+                                   .order_by(chunk_t.c.seq)).all()
+        assert row.status == RunStatus.PARTIAL
+        ctx = chunk_job.context(settings, engine, row, spec, until=None)
+        for seq, args in pending:
+            job.run_chunk(ctx, seq, dict(args))
+        barrier = threading.Barrier(4)
+        closed: list[bool] = []
 
-    def close() -> None:
-        barrier.wait()
-        closed.append(chunk_job.finish_run(settings, engine, run_id))
+        def close(barrier: threading.Barrier = barrier, closed: list[bool] = closed) -> None:
+            barrier.wait()
+            closed.append(chunk_job.finish_run(settings, engine, run_id))
 
-    racers = [threading.Thread(target=close) for _ in range(4)]
-    for racer in racers:
-        racer.start()
-    for racer in racers:
-        racer.join(60)
+        racers = [threading.Thread(target=close) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        rounds.append(sorted(closed))
 
-    assert sorted(closed) == [False, False, False, True]
+    assert rounds == [[False] * 4, [False] * 4, [False, False, False, True]]
+    with engine.connect() as conn:
+        steps = conn.execute(sa.select(chunk_t.c.args["step"].as_string())
+                             .where(chunk_t.c.run_id == run_id)
+                             .order_by(chunk_t.c.seq)).scalars().all()
+    # Each stage was planned once, whoever saw the last chunk of the one before done.
+    assert steps[:2] == ["count", "plan"] and set(steps[2:]) == {None}
     with engine.connect() as conn:
         final = conn.execute(sa.select(log_t).where(log_t.c.run_id == run_id)).one()
         holder = conn.execute(sa.text(
             "SELECT holder FROM cron_job_lease WHERE task = 'trip-reminders'")).scalar()
     assert (final.status, final.records_processed) == (RunStatus.SUCCESS, 1200)
-    assert final.chunks_done == final.chunks_total == len(planned)
+    assert final.chunks_done == final.chunks_total == len(steps)
     assert final.details["closed_by"] == "queue worker"
     assert holder is None  # the lease is free for the next slot
     got = recipients(smtp_sink)
@@ -153,3 +165,36 @@ def test_a_chunk_that_keeps_failing_ends_the_waiting_run_as_error(
             "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'")).scalar()
     assert failed == 1
     assert recipients(smtp_sink) == {}
+
+
+@ON_POSTGRESQL
+def test_a_brake_tripped_in_a_worker_closes_the_run_with_the_brakes_answer(
+        engine: Engine, settings: Settings, smtp_sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The brake is decided where the count ends: in queue mode that may be a worker.  It
+    closes the run `error` with the brake's own figures, and nothing is planned."""
+    empty_queue(engine)
+    at = dt.datetime.now(dt.UTC)
+    seed_travellers(engine, scheduled_reminder_day(at), at - dt.timedelta(days=30), 300)
+    settings = settings.model_copy(update={
+        **smtp_sink.settings, "execution_mode": "queue",
+        "trip_reminders_send_brake_count": 10})
+    with monkeypatch.context() as patch:
+        patch.setattr(chunks, "has_room", lambda _ctx, _longest: False)
+        first = Runner(settings, engine, clock=FixedClock(at)).run("trip-reminders",
+                                                                   trigger="crontab")
+    assert first.status == RunStatus.PARTIAL and first.run_id is not None
+    spec = chunk_job.registry.JOBS["trip-reminders"]
+    assert chunk_job.run(settings, engine, first.run_id, 0,
+                         worker="w1") == chunk_job.Outcome.DONE
+
+    with engine.connect() as conn:
+        final = conn.execute(sa.select(log_t).where(log_t.c.run_id == first.run_id)).one()
+        planned = conn.execute(sa.text("SELECT count(*) FROM cron_notification")).scalar()
+    assert final.status == RunStatus.ERROR
+    assert final.message.startswith("safety brake: would email trip reminders")
+    assert "300 of 0" in final.message
+    assert final.details["brake"]["tripped"] is True
+    assert final.details["closed_by"] == "queue worker"
+    assert planned == 0 and recipients(smtp_sink) == {}
+    assert spec.name == final.job_name

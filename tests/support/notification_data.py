@@ -127,6 +127,25 @@ def seed_travellers(engine: Engine, start: dt.date, now: dt.datetime, count: int
     return {p.email for p in people}
 
 
+def seed_trips(engine: Engine, start: dt.date, now: dt.datetime, trips: int,
+               per_trip: int) -> set[str]:
+    """`trips` trips on `start`, each with an owner and `per_trip - 1` accepted travellers."""
+    people = [user(f"t{t:04d}p{i:03d}@example.com", created=now)
+              for t in range(trips) for i in range(per_trip)]
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        add_people(s, people)
+        s.flush()
+        for t in range(trips):
+            group = people[t * per_trip:(t + 1) * per_trip]
+            one = trip(f"Trip {t}", group[0], start, created=now)
+            s.add(one)
+            s.flush()
+            s.add(TripParticipant(trip_id=one.id, user_id=group[0].id, role="admin",
+                                  invitation_status="accepted", created_at=now))
+            s.add_all([participant(one, p, "accepted", created=now) for p in group[1:]])
+    return {p.email for p in people}
+
+
 def recipients(sink: SmtpSink) -> Counter[str]:
     """How many messages each address received."""
     with sink.lock:
