@@ -9,6 +9,8 @@ most `batch` rows, so no row lock is held for long.
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -61,3 +63,31 @@ def count(engine: Engine, stmt: sa.Select[Any]) -> int:
     with engine.connect() as conn:
         value = conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar()
     return int(value or 0)
+
+
+KeyRange = tuple[str | None, str | None]
+
+
+def key_ranges(engine: Engine, key: sa.ColumnElement[Any], size: int) -> list[KeyRange]:
+    """The whole key space of the UUID column `key` in consecutive ranges (after, upto] of
+    `size` keys each, the first and last open-ended so that a row inserted after the
+    split still falls in one: the chunks of a run over a table.  One grouped read of the
+    key's index, numbering the keys rather than loading them."""
+    numbered = sa.select(key.label("k"), sa.func.row_number().over(order_by=key).label("n")
+                         ).subquery()
+    with engine.connect() as conn:
+        bounds = [str(k) for k in conn.execute(
+            sa.select(numbered.c.k).where(numbered.c.n % max(1, size) == 0)
+            .order_by(numbered.c.k)).scalars()]
+    return list(itertools.pairwise([None, *bounds, None]))
+
+
+def in_range(column: sa.ColumnElement[Any], after: str | None, upto: str | None
+             ) -> sa.ColumnElement[bool]:
+    """`column` in the key range (after, upto] of `key_ranges` (None: open)."""
+    conditions = []
+    if after is not None:
+        conditions.append(column > uuid.UUID(after))
+    if upto is not None:
+        conditions.append(column <= uuid.UUID(upto))
+    return sa.and_(sa.true(), *conditions)

@@ -53,7 +53,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import heapq
-import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -65,7 +64,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.config import Settings
 from app.core.archive import archive_and_delete, purge_archive
-from app.core.batching import keys_in
+from app.core.batching import KeyRange, in_range, key_ranges, keys_in
 from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.health import last_worked
@@ -327,33 +326,13 @@ def statistics(conn: Connection, now: dt.datetime) -> dict[str, dict[str, int]]:
 
 
 # --- 2-5. the writes, one key range of codes at a time -----------------------------------------
-def _key_ranges(ctx: JobContext) -> list[tuple[str | None, str | None]]:
-    """The whole key space of `promo_codes.id` in consecutive ranges (after, upto] of
-    `CHUNK_BATCHES` batches of codes each, the first and last open-ended so that a code
-    created after the plan still falls in one.  One grouped read of the primary key,
-    numbering the ids rather than loading them."""
-    size = max(1, CHUNK_BATCHES * ctx.settings.batch_size)
-    numbered = sa.select(codes.c.id, sa.func.row_number().over(order_by=codes.c.id)
-                         .label("n")).subquery()
-    with ctx.engine.connect() as conn:
-        bounds = [str(key) for key in conn.execute(
-            sa.select(numbered.c.id).where(numbered.c.n % size == 0)
-            .order_by(numbered.c.id)).scalars()]
-    edges: list[str | None] = [None, *bounds, None]
-    return list(itertools.pairwise(edges))
+def _key_ranges(ctx: JobContext) -> list[KeyRange]:
+    """The whole key space of `promo_codes.id` in ranges of `CHUNK_BATCHES` batches of
+    codes each (app/core/batching.py's `key_ranges`)."""
+    return key_ranges(ctx.engine, codes.c.id, CHUNK_BATCHES * ctx.settings.batch_size)
 
 
-def _in_range(column: sa.ColumnElement[Any], after: str | None, upto: str | None
-              ) -> sa.ColumnElement[bool]:
-    conditions = []
-    if after is not None:
-        conditions.append(column > uuid.UUID(after))
-    if upto is not None:
-        conditions.append(column <= uuid.UUID(upto))
-    return sa.and_(sa.true(), *conditions)
-
-
-def _spared(ctx: JobContext, rules: _Rules, ranges: list[tuple[str | None, str | None]]
+def _spared(ctx: JobContext, rules: _Rules, ranges: list[KeyRange]
             ) -> list[list[str]]:
     """Per range, the codes past retention that the history says were redeemed: the
     history is read once, here, and never by a chunk (each would scan it again).  A
@@ -405,12 +384,12 @@ class _Writes:
         self.ctx = ctx
         self.rules = rules
         self.conn = conn
-        self.where = _in_range(codes.c.id, args["after"], args["upto"])
+        self.where = in_range(codes.c.id, args["after"], args["upto"])
         # Only codes with a redemption row can have their count raised or lowered: found
         # through the rows' own index, in the same range.
         self.redeemed = codes.c.id.in_(
             sa.select(redemptions.c.promo_code_id)
-            .where(_in_range(redemptions.c.promo_code_id, args["after"], args["upto"])))
+            .where(in_range(redemptions.c.promo_code_id, args["after"], args["upto"])))
         self.spared = [uuid.UUID(key) for key in args.get("spared", [])]
 
     def raise_counts(self) -> list[Any]:

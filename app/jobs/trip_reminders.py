@@ -44,7 +44,6 @@ import datetime as dt
 import statistics
 import uuid
 import zoneinfo
-from collections import Counter
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any
@@ -59,7 +58,7 @@ from app.core.status import RunStatus
 from app.db import table_of
 from app.mail import delivery as notify
 from app.mail.ledger import notifications
-from app.mail.recipients import NAMED, Screen, candidate_columns
+from app.mail.recipients import Screen, candidate_columns
 from app.mail.templates import resolve_language
 from app.mail.unsubscribe import TRIP_REMINDERS, opted_out
 from app.models import Trip, TripParticipant, User
@@ -255,28 +254,17 @@ def plan(ctx: JobContext) -> Plan:
     return Plan([{"step": "count", "day": day.isoformat(), **r} for r in ranges], notes)
 
 
-def _screened(ctx: JobContext, args: dict[str, Any], *, count_only: bool
-              ) -> dict[str, Any]:
+def _screened(ctx: JobContext, args: dict[str, Any], count_only: bool) -> dict[str, Any]:
     """Steps 2 and 3 (count_only) or 4 (plan) for one trip range: the tally's counts, who
     was skipped, and the first keys seen (for a tripped brake's details)."""
     day = dt.date.fromisoformat(args["day"])
     tally, screen, samples = notify.Tally(), Screen(KIND), list[str]()
     notify.plan(ctx, KIND, _planned(ctx, day, screen, samples, args["first"], args["last"]),
                 tally, count_only=count_only)
-    counts = {"new": tally.new, "resumed": tally.resumed,
-              "already_sent": tally.already_sent, "already_failed": tally.already_failed}
     if not count_only:  # who is skipped, and the samples, were counted in step 3
-        return {"plan": counts}
-    return {"count": counts, "samples": samples,
-            "screen": {"counts": dict(screen.counts), "named": screen.named}}
-
-
-def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-    """One chunk: count (step 3) or plan (step 4) a trip range, or send an id range."""
-    step = args.get("step")
-    if step in ("count", "plan"):
-        return _screened(ctx, args, count_only=step == "count")
-    return send(ctx, args)
+        return {"plan": notify.planning_counts(tally)}
+    return {"count": notify.planning_counts(tally), "samples": samples,
+            "screen": screen.saved()}
 
 
 def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
@@ -286,7 +274,7 @@ def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
     day = dt.date.fromisoformat(notes["details"]["target_date"])
     details = dict(notes["details"])
     if notes["stage"] == "count":
-        counted = notify.Tally(**totals.get("count", {}))
+        counted = notify.tallied(totals.get("count", {}))
         _brake(ctx, day, list(totals.get("samples", [])), details)(counted)
         chunks = [] if ctx.dry_run else [
             {"step": "plan", "day": day.isoformat(), **r} for r in notes["ranges"]]
@@ -294,15 +282,13 @@ def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
     if notes["stage"] != "plan":
         return None
     today = day - dt.timedelta(days=ctx.settings.reminder_days_ahead)
-    tally = notify.Tally(**totals.get("count" if ctx.dry_run else "plan", {}))
+    tally = notify.tallied(totals.get("count" if ctx.dry_run else "plan", {}))
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, notifications_started(today), tally)
     notify.expire(ctx, KIND, opted_out(notifications.c.user_id, KIND), tally,
                   reason="the traveller unsubscribed before it could be sent",
                   withdrawn=True)
-    screened = totals.get("screen", {})
-    screen = Screen(KIND, counts=Counter(screened.get("counts", {})),
-                    named={k: list(v)[:NAMED] for k, v in screened.get("named", {}).items()})
+    screen = Screen.restored(KIND, totals.get("screen", {}))
     details.update(opted_out=screen.declined, **screen.as_dict())
     # The size of the work, for its trend (app/observe/volumes.py); the brake is no ceiling
     # there: its share is a multiple of the recent volume, which steady growth raises too.
@@ -315,15 +301,8 @@ def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
     return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
 
 
-# Each invocation settles stopped runs; each send chunk sends one id range (the sweep: all).
-_settle, send = notify.chunk_steps(KIND, TEMPLATE)
-
-
-def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
-    """Settle stopped runs before sending; while counting and planning nothing is sent,
-    and step 5 settles them with the run's tally (their unconfirmed message counted)."""
-    if notes.get("stage", "send") == "send":
-        _settle(ctx, notes)
+# Each invocation of the send stage settles stopped runs; each chunk is one of any stage.
+prepare, work = notify.chunk_steps(KIND, TEMPLATE, _screened)
 
 
 def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:

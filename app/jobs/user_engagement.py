@@ -11,14 +11,16 @@ Steps:
    their preferences, has no recorded consent while `ENGAGEMENT_REQUIRE_CONSENT` is set,
    or whose preferences or address cannot be used is skipped, counted and named by user
    id; one bad row never stops the others' emails, nor leaves anything pending.
-3. Plan one `user_engagement` notification per remaining user, keyed by the user and the
-   moment they were last seen: the same sleeping user has the same key every month and
-   is emailed once; after a new login, a new inactivity period gets a new key.  All in
-   one transaction, committed only past the brake:
-4. Brake (app/core/safety.py): above both `USER_ENGAGEMENT_SEND_BRAKE_COUNT` emails and
-   `USER_ENGAGEMENT_SEND_BRAKE_SHARE` of all users, nothing is planned and the run ends
-   `error` with the figures and sample user ids (a short `INACTIVITY_DAYS`, or an app
-   that records no sign-ins, would otherwise email everyone).
+3. Count, in chunks of consecutive user ids (RANGE_SIZE users each, app/core/batching.py's
+   `key_ranges`): who would be emailed, already was, or is skipped; nothing written.
+4. Brake (app/core/safety.py), once the count is done: above both
+   `USER_ENGAGEMENT_SEND_BRAKE_COUNT` emails and `USER_ENGAGEMENT_SEND_BRAKE_SHARE` of all
+   users, nothing is planned and the run ends `error` with the figures and sample user
+   ids (a short `INACTIVITY_DAYS`, or an app that records no sign-ins, would otherwise
+   email everyone).  Past it, plan in the same ranges one `user_engagement` notification
+   per remaining user, keyed by the user and the moment they were last seen: the same
+   sleeping user has the same key every month and is emailed once; after a new login, a
+   new inactivity period gets a new key.
 5. Settle what a dead run left mid-batch (app/mail/delivery.py); expire pending emails of
    users who came back before they could be sent, and withdraw those of users who
    unsubscribed (or lack consent) since.
@@ -46,7 +48,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.core.batching import stream_rows
+from app.core.batching import KeyRange, in_range, key_ranges, stream_rows
 from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.safety import SAMPLES, Brake
@@ -81,6 +83,8 @@ metrics = table_of(CronEngagementMetrics)
 notes = notifications
 # Emails per chunk of a run (app/core/chunks.py): one id range of the pending emails.
 CHUNK_EMAILS = notify.CLAIM_BATCH
+# Users per count or plan chunk.
+RANGE_SIZE = 5000
 
 
 def campaign_month(ctx: JobContext) -> dt.date:
@@ -125,9 +129,10 @@ def dedupe_key(user_id: Any, seen: dt.datetime) -> str:
 
 
 def _planned(ctx: JobContext, cutoff: dt.datetime, month: dt.date, counts: dict[str, int],
-             screen: Screen, sign_ins: bool, samples: list[str]
+             screen: Screen, sign_ins: bool, samples: list[str], keys: KeyRange = (None, None)
              ) -> Iterator[notify.Planned]:
-    query = inactive_users_query(cutoff, sign_ins, consent=screen.require_consent)
+    query = inactive_users_query(cutoff, sign_ins, consent=screen.require_consent).where(
+        in_range(users.c.id, *keys))
     for row in chain.from_iterable(stream_rows(ctx.engine, query, 1000)):
         counts["inactive"] += 1
         if not screen.admit(row):
@@ -244,32 +249,68 @@ def _withdrawn(require_consent: bool) -> sa.ColumnElement[bool]:
 
 
 def plan(ctx: JobContext) -> Plan:
-    """Steps 1-5, once per run; the chunks are the pending emails, by id range."""
+    """Step 1's terms, once per run; the chunks of step 3: count, one user-id range each."""
     month = campaign_month(ctx)
     cutoff = ctx.as_of - dt.timedelta(days=ctx.settings.inactivity_days)
-    tally = notify.Tally()
-    counts = {"inactive": 0}
-    require_consent = ctx.settings.engagement_require_consent
-    screen = Screen(KIND, require_consent=require_consent)
-    samples: list[str] = []
-    details: dict[str, Any] = {}
-
     sign_ins = sign_ins_readable(ctx.schema_check())
     if not sign_ins:
         ctx.log.warning(FALLBACK_WARNING)
-    population = _users(ctx)
-    notify.plan(ctx, KIND, _planned(ctx, cutoff, month, counts, screen, sign_ins, samples),
-                tally, brake=_brake(ctx, population, samples, details))
+    terms = {"month": month.isoformat(), "cutoff": cutoff.isoformat(), "sign_ins": sign_ins,
+             "require_consent": ctx.settings.engagement_require_consent}
+    ranges = key_ranges(ctx.engine, users.c.id, RANGE_SIZE)
+    notes = {**terms, "stage": "count", "ranges": ranges, "population": _users(ctx)}
+    return Plan([{"step": "count", **terms, "after": after, "upto": upto}
+                 for after, upto in ranges], notes)
+
+
+def _screened(ctx: JobContext, args: dict[str, Any], count_only: bool) -> dict[str, Any]:
+    """Steps 1-3 (count_only) or 4's plan for one user-id range: the tally's counts, the
+    inactive users, who was skipped, and the first ids seen (for a tripped brake)."""
+    counts = {"inactive": 0}
+    screen = Screen(KIND, require_consent=bool(args["require_consent"]))
+    samples: list[str] = []
+    tally = notify.Tally()
+    planned = _planned(ctx, dt.datetime.fromisoformat(args["cutoff"]),
+                       dt.date.fromisoformat(args["month"]), counts, screen,
+                       bool(args["sign_ins"]), samples, (args["after"], args["upto"]))
+    notify.plan(ctx, KIND, planned, tally, count_only=count_only)
+    if not count_only:  # who is inactive or skipped, and the samples: counted in step 3
+        return {"plan": notify.planning_counts(tally)}
+    return {"count": notify.planning_counts(tally), "inactive": counts["inactive"],
+            "samples": samples, "screen": screen.saved()}
+
+
+def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
+            ) -> Plan | None:
+    """Between stages: past the count, the brake and the plan chunks; past the plan,
+    step 5 and the send chunks; past those, nothing (step 7 is `finish`)."""
+    if notes["stage"] not in ("count", "plan"):
+        return None
+    terms = {k: notes[k] for k in ("month", "cutoff", "sign_ins", "require_consent")}
+    population = int(notes["population"])
+    if notes["stage"] == "count":
+        details: dict[str, Any] = {}
+        counted = notify.tallied(totals.get("count", {}))
+        _brake(ctx, population, list(totals.get("samples", [])), details)(counted)
+        chunks = [] if ctx.dry_run else [
+            {"step": "plan", **terms, "after": after, "upto": upto}
+            for after, upto in notes["ranges"]]
+        return Plan(chunks, {**notes, "stage": "plan", "details": details})
+    cutoff = dt.datetime.fromisoformat(notes["cutoff"])
+    sign_ins, require_consent = bool(notes["sign_ins"]), bool(notes["require_consent"])
+    details = dict(notes["details"])
+    tally = notify.tallied(totals.get("count" if ctx.dry_run else "plan", {}))
     details["volume"] = _volume(ctx, tally.new + tally.resumed, population)
-    counts["opted_out"] = screen.declined
+    screen = Screen.restored(KIND, totals.get("screen", {}), require_consent=require_consent)
+    counts = {"inactive": int(totals.get("inactive", 0)), "opted_out": screen.declined}
     notify.resolve_unknown(ctx, KIND, tally)
     notify.expire(ctx, KIND, _came_back(cutoff, sign_ins), tally)
     notify.expire(ctx, KIND, _withdrawn(require_consent), tally,
                   reason="the user unsubscribed, or has no recorded consent, before it "
                   "could be sent", withdrawn=True)
     details.update(screen.as_dict())
-    notes = {"details": details, "tally": tally.as_dict(), "counts": counts,
-             "month": month.isoformat(), "sign_ins": sign_ins,
+    notes = {"stage": "send", "details": details, "tally": tally.as_dict(),
+             "counts": counts, "month": notes["month"], "sign_ins": sign_ins,
              "require_consent": require_consent, "unreachable": screen.unreachable,
              "no_consent": screen.counts["no_consent"]}
     if ctx.dry_run:
@@ -279,8 +320,8 @@ def plan(ctx: JobContext) -> Plan:
                 notes)
 
 
-# Each invocation settles stopped runs; each chunk sends one id range (the sweep: all).
-prepare, send = notify.chunk_steps(KIND, TEMPLATE)
+# Each invocation of the send stage settles stopped runs; each chunk is one of any stage.
+prepare, work = notify.chunk_steps(KIND, TEMPLATE, _screened)
 
 
 def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> JobResult:
@@ -334,4 +375,4 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      else RunStatus.SUCCESS)
 
 
-run = Chunked(plan=plan, work=send, finish=finish, prepare=prepare)
+run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance)

@@ -487,27 +487,52 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     tally.timed("deliver", clock)
 
 
-def chunk_steps(kind: str, template: str) -> tuple[
+# One count or plan chunk of a mail job: (ctx, args, count_only) -> counters.
+Screened = Callable[[JobContext, dict[str, Any], bool], dict[str, Any]]
+
+
+def chunk_steps(kind: str, template: str, screened: Screened) -> tuple[
         Callable[[JobContext, dict[str, Any]], None],
         Callable[[JobContext, dict[str, Any]], dict[str, Any]]]:
-    """A mail job's `prepare` and `work` (app/core/chunks.py), its chunks being the id
-    ranges of `ranges` and a closing sweep ({"first": None, "last": None}).
+    """A mail job's `prepare` and `work` (app/core/chunks.py).  Its run goes in three
+    stages (`notes["stage"]`): `count` chunks look the recipients up and write nothing,
+    so that the brake is decided on them all; `plan` chunks insert the pending rows; the
+    `send` chunks are the id ranges of `ranges` and a closing sweep ({"first": None,
+    "last": None}).  `screened(ctx, args, count_only)` is the job's count or plan chunk.
 
-    `prepare`, each invocation: settle what a dead run (or this run's interrupted attempt)
-    left mid-batch, off its hand-over cursor, before sending again; the runs found from the
-    log, not by walking every pending row (the plan did that once).  `work`: send the
-    pending rows with an id in the chunk's range."""
+    `prepare`, each invocation of the send stage: settle what a dead run (or this run's
+    interrupted attempt) left mid-batch, off its hand-over cursor, before sending again;
+    the runs found from the log, not by walking every pending row.  (While counting and
+    planning nothing is sent; the step between plan and send settles them with the run's
+    tally, their unconfirmed messages counted.)  `work`: one chunk of any stage; a send
+    chunk sends the pending rows with an id in its range."""
 
     def prepare(ctx: JobContext, notes: dict[str, Any]) -> None:
-        resolve_unknown(ctx, kind, Tally(), light=True)
+        if notes.get("stage", "send") == "send":
+            resolve_unknown(ctx, kind, Tally(), light=True)
 
-    def send(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        step = args.get("step")
+        if step in ("count", "plan"):
+            return screened(ctx, args, step == "count")
         tally = Tally()
         deliver(ctx, kind, template, tally, first=args["first"], last=args["last"])
         return {"records": tally.sent, "taken_by_other_run": tally.taken_by_other_run,
                 "errors": tally.errors}
 
-    return prepare, send
+    return prepare, work
+
+
+def tallied(counts: dict[str, Any]) -> Tally:
+    """The planning counts of a count or plan chunk's counters, summed, as a Tally."""
+    return Tally(new=int(counts.get("new", 0)), resumed=int(counts.get("resumed", 0)),
+                 already_sent=int(counts.get("already_sent", 0)),
+                 already_failed=int(counts.get("already_failed", 0)))
+
+
+def planning_counts(tally: Tally) -> dict[str, int]:
+    return {"new": tally.new, "resumed": tally.resumed, "already_sent": tally.already_sent,
+            "already_failed": tally.already_failed}
 
 
 def count_run(ctx: JobContext, kind: str, tally: Tally) -> None:

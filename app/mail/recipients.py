@@ -158,6 +158,19 @@ class Screen:
             names.append(str(row.user_id))
         return False
 
+    @classmethod
+    def restored(cls, list_name: str, saved: dict[str, Any], *,
+                 require_consent: bool = False) -> Screen:
+        """A screen from the `{"counts", "named"}` its chunks reported, summed."""
+        named = {k: list(v)[:NAMED] for k, v in saved.get("named", {}).items()}
+        return cls(list_name, require_consent=require_consent,
+                   counts=Counter({k: int(v) for k, v in saved.get("counts", {}).items()}),
+                   named=named)
+
+    def saved(self) -> dict[str, Any]:
+        """What `restored` takes back (a chunk's counters)."""
+        return {"counts": dict(self.counts), "named": self.named}
+
     @property
     def declined(self) -> int:
         """Candidates who chose not to get this email (opt-outs of either kind)."""

@@ -74,10 +74,11 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     cut_everywhere(monkeypatch)
     answers: list[RunOutcome] = run_to_the_end(runner, "user-engagement", trigger="cli")
 
-    # Four emails, a chunk each, then the closing sweep: an answer per chunk.
-    assert len(answers) == 5
-    assert [a.status for a in answers[:-1]] == [RunStatus.PARTIAL] * 4
-    assert [a.details["chunks_done"] for a in answers[:-1]] == [1, 2, 3, 4]
+    # A count chunk and a plan chunk (one range of users), four emails a chunk each, then
+    # the closing sweep: an answer per chunk, and one that closes the run.
+    assert len(answers) == 8
+    assert [a.status for a in answers[:-1]] == [RunStatus.PARTIAL] * 7
+    assert [a.details["chunks_done"] for a in answers[:-1]] == [1, 2, 3, 4, 5, 6, 7]
     last = answers[-1]
     assert {a.run_id for a in answers} == {last.run_id}
     assert (last.status, last.records_processed, last.message) == (
@@ -89,4 +90,35 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     assert got == whole_mail
     cut_state = _state(engine, last.run_id)
     assert cut_state == whole_state
-    assert cut_state["log"] == [("success", len(EMAILED), 5, 5)]
+    assert cut_state["log"] == [("success", len(EMAILED), 7, 7)]
+
+
+def test_counted_over_several_calls_the_brake_still_plans_nothing(
+        engine: Engine, db_url: str, tmp_path: Path, smtp_sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count is cut by user-id ranges, one per call here; the brake waits for all of
+    it, and when it trips nothing was planned and nobody emailed; the dry run said so."""
+    monkeypatch.setattr(user_engagement, "RANGE_SIZE", 2)
+    _seed(engine)
+    settings = make_settings(db_url, tmp_path, **smtp_sink.settings,
+                             user_engagement_send_brake_count=1,
+                             user_engagement_send_brake_share=0.01)
+    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
+    dry = runner.run("user-engagement", trigger="cli", dry_run=True)
+    cut_everywhere(monkeypatch)
+
+    answers = run_to_the_end(runner, "user-engagement", trigger="cli")
+
+    with engine.connect() as conn:
+        users = int(conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one())
+        planned = int(conn.execute(sa.select(sa.func.count()).select_from(notifications)
+                                   ).scalar_one())
+    # A count chunk per two users, one call each, and the open-ended range past the last
+    # bound (users signed up after the split fall in it).
+    ranges = users // 2 + 1
+    assert [a.status for a in answers] == [RunStatus.PARTIAL] * ranges + [RunStatus.ERROR]
+    last = answers[-1]
+    assert (last.message or "").startswith("safety brake: would email inactive users")
+    assert f"{len(EMAILED)} of {users}" in (last.message or "")
+    assert dry.status == RunStatus.ERROR and dry.message == last.message
+    assert planned == 0 and recipients(smtp_sink) == {}
