@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -40,13 +41,16 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from app.core.registry import JOBS, previous_fire
 from app.db import make_engine, table_of
 from app.jobs.trip_reminders import recipients_query
 from app.models import CronJobLog, CronRunChunk
-from bench.notifications import SECRET, TARGET, _free_port, _send_database
+from bench.notifications import NOW, SECRET, _free_port, _send_database
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.15
+# The day a crontab call now serves: its slot's day plus 7 (before 08:00 UTC, yesterday's).
+TARGET = previous_fire(JOBS["trip-reminders"].schedule, NOW).date() + dt.timedelta(days=7)
 log_t, chunk_t = table_of(CronJobLog), table_of(CronRunChunk)
 RUN_TABLES = ("cron_notification", "cron_run_chunk", "cron_job_log", "cron_job_lease")
 
@@ -215,7 +219,7 @@ def _report(side: Side, expected: set[str]) -> bool:
 
 def bench(emails: int, database: str, budget: float, order: str, max_calls: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp_name, \
-            _send_database(database, emails // 2) as url:
+            _send_database(database, emails // 2, TARGET) as url:
         tmp = Path(tmp_name)
         record = tmp / "received.txt"
         record.touch()

@@ -100,7 +100,7 @@ def _start_sink() -> tuple[subprocess.Popen[bytes], int]:
 # --- send -----------------------------------------------------------------------------------
 
 
-def _seed_send(engine: Engine, trips_n: int) -> None:
+def _seed_send(engine: Engine, trips_n: int, day: dt.date = TARGET) -> None:
     with engine.begin() as conn:
         users(conn, trips_n * 3, now=NOW, inactive_fraction=0.0)
         conn.execute(sa.text(f"""
@@ -110,7 +110,7 @@ def _seed_send(engine: Engine, trips_n: int) -> None:
                    (ARRAY['Lisbon', 'Kyoto', 'Oslo', 'Hanoi', 'Lima'])[1 + g % 5],
                    '{{}}'::jsonb, false, 1000, {user_id('g')}, :now, :now
             FROM generate_series(1, CAST(:n AS int)) AS g
-        """), {"day": TARGET, "now": NOW, "n": trips_n})
+        """), {"day": day, "now": NOW, "n": trips_n})
         # Every user wants email here, so all 10,000 are sent.
         conn.execute(sa.text("UPDATE users SET preferences = '{\"language\": \"en\"}'"))
         # Per trip: user n+g accepted, user 2n+g declined, an invitation still pending.
@@ -133,7 +133,7 @@ def _seed_send(engine: Engine, trips_n: int) -> None:
         """), {"n": trips_n, "now": NOW})
 
 
-def _seed_send_sqlite(engine: Engine, trips_n: int) -> None:
+def _seed_send_sqlite(engine: Engine, trips_n: int, day: dt.date = TARGET) -> None:
     """The same dataset as `_seed_send`, for the embedded SQLite default (built in Python)."""
     from app.models import Trip, TripParticipant, User
 
@@ -146,8 +146,8 @@ def _seed_send_sqlite(engine: Engine, trips_n: int) -> None:
              "preferences": {"language": "en"}, "created_at": NOW, "last_login": NOW}
             for i, u in enumerate(uid)])
         conn.execute(sa.insert(Trip), [
-            {"id": t, "name": f"Trip {g + 1}", "description": "Bench trip", "start_date": TARGET,
-             "end_date": TARGET + dt.timedelta(days=6), "destination": places[(g + 1) % 5],
+            {"id": t, "name": f"Trip {g + 1}", "description": "Bench trip", "start_date": day,
+             "end_date": day + dt.timedelta(days=6), "destination": places[(g + 1) % 5],
              "preferences": {}, "is_private": False, "budget_total": 1000,
              "owner_id": uid[g], "created_at": NOW, "updated_at": NOW}
             for g, t in enumerate(tid)])
@@ -160,10 +160,10 @@ def _seed_send_sqlite(engine: Engine, trips_n: int) -> None:
 
 
 @contextmanager
-def _send_database(kind: str, trips_n: int) -> Iterator[str]:
+def _send_database(kind: str, trips_n: int, day: dt.date = TARGET) -> Iterator[str]:
     if kind == "postgresql":
         with bench_database("notif_send") as url:
-            _seed_send(make_engine(url), trips_n)
+            _seed_send(make_engine(url), trips_n, day)
             # As a database that was not bulk-loaded a moment ago: statistics there, and
             # no autovacuum pass over the new rows competing with the first job.
             analyze(url)
@@ -173,7 +173,7 @@ def _send_database(kind: str, trips_n: int) -> Iterator[str]:
         url = f"sqlite:///{tmp}/bench.db"
         engine = make_engine(url)
         upgrade(engine)
-        _seed_send_sqlite(engine, trips_n)
+        _seed_send_sqlite(engine, trips_n, day)
         engine.dispose()
         yield url
 
