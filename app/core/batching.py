@@ -68,13 +68,15 @@ def count(engine: Engine, stmt: sa.Select[Any]) -> int:
 KeyRange = tuple[str | None, str | None]
 
 
-def key_ranges(engine: Engine, key: sa.ColumnElement[Any], size: int) -> list[KeyRange]:
+def key_ranges(engine: Engine, key: sa.ColumnElement[Any], size: int,
+               where: sa.ColumnElement[bool] | None = None) -> list[KeyRange]:
     """The whole key space of the UUID column `key` in consecutive ranges (after, upto] of
-    `size` keys each, the first and last open-ended so that a row inserted after the
-    split still falls in one: the chunks of a run over a table.  One grouped read of the
-    key's index, numbering the keys rather than loading them."""
-    numbered = sa.select(key.label("k"), sa.func.row_number().over(order_by=key).label("n")
-                         ).subquery()
+    `size` keys each (of the rows matching `where`, when given), the first and last
+    open-ended so that a row inserted after the split still falls in one: the chunks of a
+    run over a table.  One grouped read of the key's index, numbering the keys rather
+    than loading them."""
+    numbering = sa.select(key.label("k"), sa.func.row_number().over(order_by=key).label("n"))
+    numbered = numbering.where(sa.true() if where is None else where).subquery()
     with engine.connect() as conn:
         bounds = [str(k) for k in conn.execute(
             sa.select(numbered.c.k).where(numbered.c.n % max(1, size) == 0)

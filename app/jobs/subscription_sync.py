@@ -34,10 +34,13 @@ premium year and promo-code tiers have none and are never read or written here.
    - the brake (`SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_SHARE`/`_COUNT`): more cancellations
      and downgrades than the count and than the share of the subscriptions checked.
 6. Write the changes as chunks (app/core/chunks.py) of `BATCH_SIZE` subscriptions, each
-   chunk carrying its rows as they were read and their new values (steps 1-5 are the
-   plan: the brake sees the whole set before one row is written, so a run that reaches
-   its time budget pauses between writes, never between reads).  Reads that do not fit
-   in one invocation change nothing (`_check_time`).  Each row is written only if no
+   chunk carrying its rows as they were read and their new values.  The reads are chunks
+   too, a stage before: the *retrieve* strategy reads the candidates in id ranges of
+   `_CHUNK` (a run that reaches its time budget pauses between them, or inside one, which
+   is read again); the *list* strategy is one chunk, which must fit an invocation (else
+   it changes nothing: `_check_time`).  Step 5 runs once every read chunk is done
+   (`advance`), so the brake sees the whole set before one row is written.  Each row is
+   written only if no
    webhook touched it since it was read, with one history row named as the app names it
    (`subscription_created`, what
    its webhook records for every update; `subscription_deleted`), before/after values and
@@ -80,7 +83,7 @@ from app.adapters.stripe_gateway import (
 from app.adapters.stripe_key import key_mode
 from app.config import Settings
 from app.core import chunks
-from app.core.batching import keys_in, stream_rows
+from app.core.batching import KeyRange, in_range, key_ranges, keys_in, stream_rows
 from app.core.chunks import Chunked, Plan
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobAborted, JobRefused, TransientError
@@ -334,9 +337,15 @@ class _Tally:
 
 
 class _Sync:
-    def __init__(self, ctx: JobContext, gateway: StripeGateway) -> None:
+    def __init__(self, ctx: JobContext, gateway: StripeGateway | None, *,
+                 cutoff: dt.datetime | None = None, pausable: bool = False) -> None:
         self.ctx = ctx
         self.gateway = gateway
+        self.cutoff = cutoff or ctx.now - dt.timedelta(
+            days=ctx.settings.subscription_sync_lookback_days)
+        # A read chunk of the retrieve strategy pauses the run when out of time (it is
+        # read again next call); the list strategy's one chunk must fit an invocation.
+        self.pausable = pausable
         self.tally = _Tally()
         # Every change waits here until the brake has seen them all: past it, nothing is
         # written.  One entry per drifted row (a normal night changes a handful).
@@ -350,35 +359,65 @@ class _Sync:
 
     # candidates
     def _candidates(self) -> sa.Select[Any]:
-        cutoff = self.ctx.now - dt.timedelta(days=self.ctx.settings.subscription_sync_lookback_days)
         return (
             sa.select(subs.c.id, subs.c.user_id, subs.c.stripe_customer_id, subs.c.updated_at,
                       *[subs.c[name] for name in FIELDS])
-            .where(subs.c.stripe_subscription_id.is_not(None),
-                   sa.or_(subs.c.status == "active", subs.c.updated_at >= cutoff))
+            .where(candidate(self.cutoff))
             .order_by(subs.c.id)
         )
 
-    def strategy(self) -> str:
-        chosen = self.ctx.settings.stripe_sync_strategy
-        if chosen != "auto":
-            return chosen
-        with self.ctx.engine.connect() as conn:
-            live = conn.scalar(sa.select(sa.func.count()).select_from(
-                self._candidates().where(subs.c.status == "active").subquery()))
-        return "list" if int(live or 0) > PAGE_SIZE else "retrieve"
+    def _stripe(self) -> StripeGateway:
+        if self.gateway is None:
+            raise RuntimeError("reading Stripe needs a gateway")
+        return self.gateway
 
-    def read(self, strategy: str) -> list[_Change]:
-        """Steps 1-5: every change Stripe asks for, past the stops and the brake."""
+    def read(self, strategy: str, keys: KeyRange = (None, None)) -> None:
+        """Steps 1-4 for the candidates with an id in `keys` (the list strategy: all)."""
         if strategy == "list":
             self._run_list()
         else:
-            for chunk in stream_rows(self.ctx.engine, self._candidates(), _CHUNK):
-                self._retrieve(chunk)
-        self._stop_if_nothing_answered(minimum=1)
-        self._stop_if_the_key_knows_none()
+            query = self._candidates().where(in_range(subs.c.id, *keys))
+            for part in stream_rows(self.ctx.engine, query, _CHUNK):
+                self._retrieve(part)
+
+    def found(self) -> dict[str, Any]:
+        """What a read chunk found: its counts and named oddities, and its changes keyed
+        by row id (a chunk's counters: app/core/chunks.py sums them)."""
+        t = self.tally
+        gateway = self.gateway
+        return {
+            "read": {"checked": t.checked, "fetched": t.fetched, "missing": t.missing,
+                     "failed": len(t.failures),
+                     "key_mismatches": sum(f["kind"] == "key_mismatch" for f in t.failures),
+                     "api_calls": gateway.requests if gateway else 0,
+                     "rate_limited": gateway.rate_limited if gateway else 0},
+            "failures": t.failures[:_NAMED_FAILURES], "unmapped": sorted(t.unmapped),
+            "incomplete_items": t.incomplete_items,
+            "unknown_statuses": sorted(t.unknown_statuses),
+            "changes": {str(c.row.id): c.as_args() for c in self.pending},
+        }
+
+    @classmethod
+    def of_reads(cls, ctx: JobContext, totals: dict[str, Any]) -> tuple[_Sync, dict[str, int]]:
+        """The run's reads, summed over its read chunks: for the stops and the brake."""
+        sync = cls(ctx, None)
+        read = {k: int(v) for k, v in totals.get("read", {}).items()}
+        t = sync.tally
+        t.checked, t.fetched = read.get("checked", 0), read.get("fetched", 0)
+        t.missing = read.get("missing", 0)
+        t.failures = list(totals.get("failures", []))
+        t.unmapped = set(totals.get("unmapped", []))
+        t.incomplete_items = list(totals.get("incomplete_items", []))
+        t.unknown_statuses = set(totals.get("unknown_statuses", []))
+        sync.pending = [_Change.from_args(args)
+                        for args in dict(totals.get("changes", {})).values()]
+        return sync, read
+
+    def judge(self, failed: int, mismatches: int) -> None:
+        """Step 5 over the whole run's reads: the stops, then the brake."""
+        self._stop_if_nothing_answered(minimum=1, failed=failed, mismatches=mismatches)
+        self._stop_if_the_key_knows_none(failed)
         self._judge()
-        return self.pending
 
     def _run_list(self) -> None:
         live: dict[str, Row[Any]] = {}
@@ -392,7 +431,7 @@ class _Sync:
         cursor: str | None = None
         while live:
             self._check_time()
-            page, more = self.gateway.list_subscriptions(cursor)
+            page, more = self._stripe().list_subscriptions(cursor)
             for obj in page:
                 match = live.pop(obj["id"]) if obj["id"] in live else None
                 if match is not None:
@@ -409,10 +448,11 @@ class _Sync:
 
     def _retrieve(self, rows: Sequence[Row[Any]]) -> None:
         self._check_time()
+        gateway = self._stripe()
 
         def fetch(row: Row[Any]) -> tuple[Row[Any], dict[str, Any] | None, Exception | None]:
             try:
-                return row, self.gateway.retrieve_subscription(row.stripe_subscription_id), None
+                return row, gateway.retrieve_subscription(row.stripe_subscription_id), None
             except (stripe.AuthenticationError, stripe.PermissionError):
                 raise  # the key is wrong: every call would fail the same way
             except StripeUnavailable as exc:
@@ -432,7 +472,10 @@ class _Sync:
                     self._deleted(row, None, "missing_in_stripe")
                 elif exc is not None:
                     self._failed(row, exc)
-        self._stop_if_nothing_answered(minimum=_MIN_FAILURES_FOR_OUTAGE)
+        t = self.tally
+        self._stop_if_nothing_answered(
+            minimum=_MIN_FAILURES_FOR_OUTAGE, failed=len(t.failures),
+            mismatches=sum(f["kind"] == "key_mismatch" for f in t.failures))
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         message = str(getattr(exc, "user_message", None) or exc).strip().splitlines()
@@ -443,44 +486,47 @@ class _Sync:
         self.ctx.log.warning("subscription %s not synced: %s", row.stripe_subscription_id,
                              summary)
 
-    def _stop_if_nothing_answered(self, *, minimum: int) -> None:
+    def _stop_if_nothing_answered(self, *, minimum: int, failed: int, mismatches: int
+                                  ) -> None:
         """Every call failed: Stripe is down (retry the run later) or the key is of the
         other mode (retrying cannot help).  Either way nothing is written."""
         t = self.tally
-        if len(t.failures) < minimum or t.fetched or t.missing:
+        if failed < minimum or t.fetched or t.missing:
             return
-        named = {"failed": len(t.failures), "failures": t.failures[:_NAMED_FAILURES]}
-        if all(f["kind"] == "key_mismatch" for f in t.failures):
+        named = {"failed": failed, "failures": t.failures[:_NAMED_FAILURES]}
+        if mismatches == failed:
             raise JobRefused(
-                f"Stripe knows all {len(t.failures)} subscription(s) checked only in the other "
+                f"Stripe knows all {failed} subscription(s) checked only in the other "
                 f"mode ({t.failures[0]['error']}): STRIPE_SECRET_KEY is a {_mode(self.ctx)} "
                 "key for the wrong mode; nothing was changed", named)
-        raise TransientError(f"Stripe failed {len(t.failures)} calls and answered none: "
+        raise TransientError(f"Stripe failed {failed} calls and answered none: "
                              + t.failures[0]["error"])
 
-    def _stop_if_the_key_knows_none(self) -> None:
+    def _stop_if_the_key_knows_none(self, failed: int) -> None:
         """Stripe answered 404 for every subscription it was asked for: the key belongs to
         another account (or mode), not every customer canceled at once."""
         t = self.tally
         if t.fetched or not t.missing or self.ctx.force:
             return
-        samples = [c.row.stripe_subscription_id for c in self.pending
-                   if c.reason == "missing_in_stripe"][:SAMPLES]
+        samples = sorted(c.row.stripe_subscription_id or "" for c in self.pending
+                         if c.reason == "missing_in_stripe")[:SAMPLES]
         raise JobRefused(
             f"Stripe knows none of the {t.missing} subscription(s) checked (404 for each, "
-            f"{len(t.failures)} other failure(s)): STRIPE_SECRET_KEY ({_mode(self.ctx)} mode) "
+            f"{failed} other failure(s)): STRIPE_SECRET_KEY ({_mode(self.ctx)} mode) "
             "is probably another account's or the wrong mode; nothing was changed. Fix the "
             "key, or run again with force (--force, ?force=true) if they really are gone",
-            {"missing_in_stripe": t.missing, "failed": len(t.failures),
-             "samples": samples})
+            {"missing_in_stripe": t.missing, "failed": failed, "samples": samples})
 
     def _check_time(self) -> None:
         if self.ctx.deadline is None:
             return
         elapsed = dt.timedelta(seconds=time.monotonic() - self.started)
         left = self.ctx.seconds_left(self.ctx.now + elapsed)
-        # The brake must see every subscription before one is written: reads that do not
-        # fit in this invocation change nothing at all.
+        # The brake must see every subscription before one is written: a read chunk
+        # that does not fit pauses the run (it is read again next call); the list read,
+        # or a run past its max runtime, changes nothing at all.
+        if self.pausable and chunks.out_of_time(self.ctx, _READ_MARGIN_S):
+            raise chunks.OutOfTime
         if (left is not None and left < 30) or chunks.out_of_time(self.ctx, _READ_MARGIN_S):
             raise JobAborted(f"time budget nearly spent after checking {self.tally.checked} "
                              "subscriptions, before all were read: nothing was changed; "
@@ -623,31 +669,78 @@ def nothing_to_do(ctx: JobContext) -> str | None:
     return "no subscription to sync: no user_subscriptions row has a stripe_subscription_id"
 
 
+def candidate(cutoff: dt.datetime) -> sa.ColumnElement[bool]:
+    """Step 1: a Stripe subscription, active or updated since `cutoff`."""
+    return sa.and_(subs.c.stripe_subscription_id.is_not(None),
+                   sa.or_(subs.c.status == "active", subs.c.updated_at >= cutoff))
+
+
+def _strategy(ctx: JobContext, cutoff: dt.datetime) -> str:
+    chosen = ctx.settings.stripe_sync_strategy
+    if chosen != "auto":
+        return chosen
+    with ctx.engine.connect() as conn:
+        live = conn.scalar(sa.select(sa.func.count()).select_from(subs).where(
+            candidate(cutoff), subs.c.status == "active"))
+    return "list" if int(live or 0) > PAGE_SIZE else "retrieve"
+
+
 def plan(ctx: JobContext) -> Plan:
-    """Steps 1-5, once per run: every Stripe read, the stops and the brake, over the whole
-    set before anything is written; the chunks are the changes found, `BATCH_SIZE`
-    subscriptions each, every one with the row as it was read and its new values."""
+    """The reads of steps 1-4, as chunks: the candidates in id ranges of `_CHUNK` (the
+    retrieve strategy), or the one list read.  Nothing is written before every chunk is
+    read and `advance` has judged them all (step 5)."""
+    cutoff = ctx.now - dt.timedelta(days=ctx.settings.subscription_sync_lookback_days)
+    strategy = _strategy(ctx, cutoff)
+    notes = {"stage": "read", "strategy": strategy, "cutoff": cutoff.isoformat()}
+    if strategy == "list":
+        return Plan([{"step": "list", "cutoff": cutoff.isoformat()}], notes)
+    ranges = key_ranges(ctx.engine, subs.c.id, _CHUNK, where=candidate(cutoff))
+    return Plan([{"step": "read", "cutoff": cutoff.isoformat(), "after": after,
+                  "upto": upto} for after, upto in ranges], notes)
+
+
+def _read(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Steps 1-4 for one read chunk: what Stripe says of its subscriptions, and the changes
+    it asks for (written only past step 5)."""
+    cutoff = dt.datetime.fromisoformat(args["cutoff"])
+    listing = args["step"] == "list"
     with StripeGateway(ctx.settings) as gateway:
-        sync = _Sync(ctx, gateway)
-        strategy = sync.strategy()
-        changes = sync.read(strategy)
-        t = sync.tally
-        notes = {
-            "strategy": strategy, "checked": t.checked, "missing_in_stripe": t.missing,
-            "downgrades": t.downgrades, "brake": t.brake, "samples": t.samples,
-            "failed": len(t.failures),
-            "key_mismatches": sum(f["kind"] == "key_mismatch" for f in t.failures),
-            "failures": t.failures[:_NAMED_FAILURES], "unmapped": sorted(t.unmapped),
-            "incomplete_items": t.incomplete_items,
-            "unknown_statuses": sorted(t.unknown_statuses),
-            "api_calls": gateway.requests, "rate_limited": gateway.rate_limited,
-        }
-    return Plan([{"changes": part} for part in
-                 chunks.split([c.as_args() for c in changes], ctx.settings.batch_size)], notes)
+        sync = _Sync(ctx, gateway, cutoff=cutoff, pausable=not listing)
+        sync.read("list" if listing else "retrieve",
+                  (args.get("after"), args.get("upto")))
+        return sync.found()
+
+
+def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
+            ) -> Plan | None:
+    """Step 5 once every read chunk is done: the stops and the brake over the whole run's
+    reads; past them, the write chunks: `BATCH_SIZE` changes each, every one with the row
+    as it was read and its new values."""
+    if notes["stage"] != "read":
+        return None
+    sync, read = _Sync.of_reads(ctx, totals)
+    sync.judge(read.get("failed", 0), read.get("key_mismatches", 0))
+    t = sync.tally
+    notes = {
+        "stage": "write", "strategy": notes["strategy"], "checked": t.checked,
+        "missing_in_stripe": t.missing, "downgrades": t.downgrades, "brake": t.brake,
+        "samples": t.samples, "failed": read.get("failed", 0),
+        "key_mismatches": read.get("key_mismatches", 0),
+        "failures": t.failures[:_NAMED_FAILURES], "unmapped": sorted(t.unmapped),
+        "incomplete_items": t.incomplete_items,
+        "unknown_statuses": sorted(t.unknown_statuses),
+        "api_calls": read.get("api_calls", 0), "rate_limited": read.get("rate_limited", 0),
+    }
+    changes = [c.as_args() for c in sync.pending]
+    return Plan([{"step": "write", "changes": part}
+                 for part in chunks.split(changes, ctx.settings.batch_size)], notes)
 
 
 def work(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Step 6 for one chunk: its subscriptions' changes, each row only as it was read."""
+    """A read chunk (steps 1-4), or step 6 for one write chunk: its subscriptions'
+    changes, each row only as it was read."""
+    if args.get("step") in ("read", "list"):
+        return _read(ctx, args)
     writes = _Writes(ctx)
     writes.apply([_Change.from_args(change) for change in args["changes"]])
     t = writes.tally
@@ -712,7 +805,7 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      status=RunStatus.WARNING if attention else RunStatus.SUCCESS, details=details)
 
 
-run = Chunked(plan=plan, work=work, finish=finish)
+run = Chunked(plan=plan, work=work, finish=finish, advance=advance)
 
 
 def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,

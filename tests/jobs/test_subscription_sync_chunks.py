@@ -1,8 +1,9 @@
 """subscription-sync cut at every chunk boundary ends as a run left whole (localstripe):
 the same rows and history, Stripe untouched, one log row with every chunk done.
 
-The reads and the downgrade brake are the plan, over the whole set; the chunks are the
-subscriptions to write, so a cut falls between writes."""
+The reads are chunks too (id ranges of candidates, or the one list read), and the
+downgrade brake waits for all of them: the write chunks come after it, so no write
+happens before every subscription was read."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("without_preconditions")
 subs_t = table_of(UserSubscription)
 history_t = table_of(SubscriptionHistory)
 log_t = table_of(CronJobLog)
-BATCH = 3  # subscriptions per chunk: the 8 changes make 3 chunks
+BATCH = 3  # subscriptions per write chunk: the 8 changes make 3 chunks, after 1 read chunk
 
 
 @pytest.fixture
@@ -95,10 +96,11 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     cut_everywhere(monkeypatch)
     answers = run_to_the_end(runner, "subscription-sync", trigger="cli")
 
-    assert len(answers) == 3
-    assert [a.status for a in answers[:-1]] == [RunStatus.PARTIAL] * 2
-    assert [a.details["chunks_done"] for a in answers[:-1]] == [1, 2]
-    assert [a.records_processed for a in answers[:-1]] == [3, 6]
+    # The read chunk, three write chunks, a call each; then one that closes the run.
+    assert len(answers) == 5
+    assert [a.status for a in answers[:-1]] == [RunStatus.PARTIAL] * 4
+    assert [a.details["chunks_done"] for a in answers[:-1]] == [1, 2, 3, 4]
+    assert [a.records_processed for a in answers[:-1]] == [0, 3, 6, 8]
     last = answers[-1]
     assert {a.run_id for a in answers} == {last.run_id}
     assert _report(last) == _report(whole)
@@ -107,25 +109,37 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     _assert_repaired(engine, world, rows, last)
     cut_state = _state(engine, last.run_id)
     assert cut_state == whole_state
-    assert cut_state["log"] == [("success", 8, 3, 3)]
+    assert cut_state["log"] == [("success", 8, 4, 4)]
     assert _stripe(world, rows) == in_stripe  # read, never written
 
 
+@pytest.mark.parametrize("strategy", ["retrieve", "list"])
 def test_reads_that_do_not_fit_the_invocation_change_nothing(
         engine: Engine, db_url: str, tmp_path: Path, stripe_proxy: FaultProxy,
-        world: World) -> None:
+        world: World, strategy: str) -> None:
     """The brake must see every subscription before one is written: an invocation too
-    short for the reads stops before any write, and says so."""
-    _seed(engine, world)
+    short for a read chunk stops before any write.  A retrieve chunk pauses the run (the
+    next call reads it again and goes on); the list read, which must fit one invocation,
+    ends the run changing nothing, and says so."""
+    rows = _seed(engine, world)
     with engine.connect() as conn:
         before = sorted(tuple(r) for r in conn.execute(sa.select(subs_t)))
-    settings = _settings(db_url, tmp_path, stripe_proxy, world, batch_size=BATCH)
+    settings = _settings(db_url, tmp_path, stripe_proxy, world, batch_size=BATCH,
+                         stripe_sync_strategy=strategy)
     runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
 
     outcome = runner.run("subscription-sync", trigger="cli", until=time.monotonic() + 5)
 
-    assert outcome.status == RunStatus.WARNING
-    assert "nothing was changed" in outcome.message
     with engine.connect() as conn:
         assert sorted(tuple(r) for r in conn.execute(sa.select(subs_t))) == before
         assert conn.execute(sa.select(sa.func.count()).select_from(history_t)).scalar() == 0
+    if strategy == "list":
+        assert outcome.status == RunStatus.WARNING
+        assert "nothing was changed" in (outcome.message or "")
+        return
+    assert outcome.status == RunStatus.PARTIAL
+    assert (outcome.details["chunks_done"], outcome.details["chunks_total"]) == (0, 1)
+    finished = runner.run("subscription-sync", trigger="cli")
+    assert finished.run_id == outcome.run_id
+    assert finished.status == RunStatus.SUCCESS, finished.message
+    _assert_repaired(engine, world, rows, finished)

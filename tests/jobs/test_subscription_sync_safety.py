@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -20,6 +21,7 @@ from app.core.runner import Runner
 from app.models import CronJobLog, SubscriptionHistory, UserSubscription
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock, JobRun, make_settings
+from tests.support.chunk_cuts import cut_everywhere, run_to_the_end
 from tests.support.servers import free_port
 from tests.support.stripe_servers import (
     FaultProxy,
@@ -245,6 +247,40 @@ def test_stripe_unreachable_with_three_subscriptions_fails_the_run(
     # The slot is not done: the scheduler's next delivery of it runs again.
     again = runner.run("subscription-sync", trigger="vercel")
     assert again.status == "error" and again.run_id != outcome.run_id
+
+
+def test_the_brake_waits_for_every_read_chunk_however_many_calls_they_take(
+        engine: Engine, db_url: str, tmp_path: Path, stripe_shape: StripeShapeServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads cut into chunks of 7 subscriptions, one call each: the brake is asked once
+    every chunk is read, over all 30, and nothing is written before it says no."""
+    from app.jobs import subscription_sync
+
+    for n in range(30):
+        sub_id = f"sub_Brake{n:02d}"
+        _subscriber(engine, f"b{n:02d}", "premium", sub_id)
+        if n % 3:  # canceled in Stripe, the webhooks lost: 20 of 30, spread over chunks
+            _stripe(stripe_shape, sub_id, [PREMIUM_ITEM], status="canceled",
+                    canceled_at=_epoch(NOW - 3 * DAY), ended_at=_epoch(NOW - 2 * DAY))
+        else:
+            _stripe(stripe_shape, sub_id, [PREMIUM_ITEM])
+    before = _rows(engine)
+    monkeypatch.setattr(subscription_sync, "_CHUNK", 7)
+    runner = Runner(_settings(db_url, tmp_path, stripe_shape.url), engine,
+                    clock=FixedClock(NOW), sleep=lambda _s: None)
+    dry = runner.run("subscription-sync", trigger="cli", dry_run=True)
+    cut_everywhere(monkeypatch)
+
+    answers = run_to_the_end(runner, "subscription-sync", trigger="cli")
+
+    # 30 candidates in ranges of 7: four bounded ranges and the open one past them.
+    assert [a.status for a in answers] == ["partial"] * 5 + ["error"]
+    assert [a.details["chunks_done"] for a in answers[:-1]] == [1, 2, 3, 4, 5]
+    last = answers[-1]
+    assert last.message.startswith(
+        "safety brake: would cancel or downgrade subscriptions: 20 of 30 (67%)")
+    assert dry.status == "error" and dry.message == last.message
+    assert _rows(engine) == before and _sync_history(engine) == []
 
 
 def test_some_failures_are_a_warning_naming_them(
