@@ -44,7 +44,7 @@ from app.config import Settings
 from app.core import chunks, registry
 from app.core.budget import BudgetSpent
 from app.core.context import JobContext, JobResult
-from app.core.errors import JobRefused
+from app.core.errors import JobRefused, TransientError
 from app.core.heartbeat import Heartbeat
 from app.core.registry import JobSpec
 from app.core.requirements import check_job
@@ -194,9 +194,12 @@ def finish_run(settings: Settings, engine: Engine, run_id: uuid.UUID) -> bool:
             result: JobResult = job.finish(ctx, notes, chunks.totals(ctx))
             status, message = RunStatus(result.status), result.message or "done"
             details, records = dict(result.details), result.records_processed
-        except JobRefused as exc:  # a brake at a stage's gate: nothing changed
+        except JobRefused as exc:  # a brake or a stop at a stage's gate: nothing changed
             status, records, message = RunStatus.ERROR, 0, str(exc)
             details = dict(exc.details)
+        except TransientError as exc:  # e.g. Stripe answered none of the run's reads
+            status, records, message = RunStatus.ERROR, 0, str(exc)
+            details = {"transient": True}
         except Exception as exc:
             log.error("closing run %s of %s failed", run_id, spec.name, exc_info=exc)
             status, records = RunStatus.ERROR, 0
