@@ -244,9 +244,9 @@ class Settings(BaseSettings):
 
     # --- billing ------------------------------------------------------------------------
     stripe_rate_limit: OptionalFloat = Field(default=None, gt=0, le=100)
-    """Stripe requests per second this service allows itself.  Unset: 80 with a live
-    key, 20 with a test key (Stripe allows 100 and 25 per account; the rest is
-    VoyageSmart's)."""
+    """Stripe requests per second this service allows itself (in queue mode, all its
+    processes together).  Unset: 80 with a live key, 20 with a test key (Stripe allows
+    100 and 25 per account; the rest is VoyageSmart's)."""
     stripe_timeout: float = Field(default=20.0, gt=0)
     """Seconds before a Stripe request is abandoned (then retried by the SDK)."""
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)

@@ -246,6 +246,12 @@ def behind_transaction_pooler(url: str, declared: str = "auto") -> bool:
             and parsed.port == SUPAVISOR_TRANSACTION_PORT)
 
 
+def libpq_conninfo(url: str) -> str:
+    """DATABASE_URL as libpq reads it (SQLAlchemy's driver name taken out): for what
+    connects without SQLAlchemy (the queue, the fleet's rate limiter)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 @functools.lru_cache(maxsize=8)
 def engine_for(url: str, *, pooler: str = "auto", serverless: bool = False) -> Engine:
     """One engine per URL per process (Vercel functions reuse a warm process).  It never

@@ -5,7 +5,10 @@
   `STRIPE_API_BASE` when set.
 - Every HTTP request, the SDK's own retries included, first passes a client-side rate
   limiter (`STRIPE_RATE_LIMIT`, shared by all threads of the run) and is counted, so a run
-  reports exactly the calls it made.
+  reports exactly the calls it made.  In queue mode (`EXECUTION_MODE=queue`) the limit is
+  the fleet's: pyrate-limiter's PostgreSQL bucket (its table `ratelimit___stripe`, made on
+  first use) is shared by every process on DATABASE_URL, so all workers together stay
+  under it.
 - HTTP 429, which the SDK never retries, is retried here with exponential backoff and
   full jitter, honouring `Retry-After` when Stripe sends it.
 - Every request, retries included, ends within the run's time budget (app/core/budget.py): its
@@ -27,11 +30,12 @@ from typing import Any, TypeVar
 
 import stripe
 import tenacity
-from pyrate_limiter import Duration, Limiter, Rate
+from pyrate_limiter import Duration, Limiter, PostgresBucket, Rate
 
 from app.config import Settings
 from app.core.budget import Budget
 from app.core.errors import TransientError
+from app.db import behind_transaction_pooler, libpq_conninfo
 from app.observe import usage
 
 T = TypeVar("T")
@@ -91,17 +95,55 @@ class _MeteredHTTPClient(stripe.RequestsClient):
         if self._budget.spent:
             raise stripe.APIConnectionError(  # type: ignore[no-untyped-call]
                 "the run's time budget is spent; request not sent", should_retry=False)
-        self._limiter.try_acquire("stripe")
+        # Asked afresh each time rather than waiting inside the limiter: pyrate-limiter's
+        # blocking wait dates the retried request by its estimate, not by the clock, and
+        # with the fleet's shared bucket that let a few more through than the limit.
+        while not self._limiter.try_acquire("stripe", blocking=False):
+            time.sleep(_LIMIT_POLL_S)
         with self._lock:
             self.calls += 1
         usage.count(usage.Service.STRIPE, self._meter)
         return super().request(method, url, headers, post_data)
 
 
-def _limiter(requests_per_second: float) -> Limiter:
+# The fleet's limiter counts a request when it takes its place in the shared bucket; it
+# reaches Stripe a few milliseconds later, some later than others (a commit, a thread
+# switch).  Its window is this much longer, so that the requests stay under the limit
+# where Stripe counts them.
+FLEET_SLACK = 1.05
+# How often a request held back by the limiter asks again.
+_LIMIT_POLL_S = 0.02
+
+
+def _rate(requests_per_second: float, slack: float = 1.0) -> Rate:
     # pyrate-limiter counts whole requests per window: express 2.5/s as 5 per 2000 ms.
     limit = max(1, round(requests_per_second))
-    return Limiter(Rate(limit, round(Duration.SECOND * limit / requests_per_second)))
+    return Rate(limit, round(Duration.SECOND * limit * slack / requests_per_second))
+
+
+# The fleet's limiters, one per database and rate in a process (each holds a small pool).
+_FLEET: dict[tuple[str, float], Limiter] = {}
+_FLEET_LOCK = threading.Lock()
+
+
+def _limiter(settings: Settings) -> Limiter:
+    """The process's own limiter inline; in queue mode the fleet's, on DATABASE_URL."""
+    per_second = settings.stripe_requests_per_second
+    if settings.execution_mode != "queue":
+        return Limiter(_rate(per_second))
+    key = (settings.database_url, per_second)
+    with _FLEET_LOCK:
+        if key not in _FLEET:
+            from psycopg_pool import ConnectionPool
+
+            kwargs: dict[str, Any] = {"application_name": "voyagesmart-cron stripe limit"}
+            if behind_transaction_pooler(settings.database_url, settings.database_pooler):
+                kwargs["prepare_threshold"] = None  # a transaction pooler keeps none
+            pool = ConnectionPool(libpq_conninfo(settings.database_url), min_size=1,
+                                  max_size=4, kwargs=kwargs, open=True)
+            _FLEET[key] = Limiter(PostgresBucket(pool, "stripe",
+                                                 [_rate(per_second, FLEET_SLACK)]))
+        return _FLEET[key]
 
 
 def _retry_after(state: tenacity.RetryCallState) -> float | None:
@@ -119,7 +161,7 @@ class StripeGateway:
                  ) -> None:
         if settings.stripe_secret_key is None:
             raise StripeNotConfigured("STRIPE_SECRET_KEY is not set")
-        self._limiter = _limiter(settings.stripe_requests_per_second)
+        self._limiter = _limiter(settings)
         self._budget = Budget.current()  # captured here: the worker threads share it
         self._http = _MeteredHTTPClient(timeout=settings.stripe_timeout, limiter=self._limiter,
                                         budget=self._budget)

@@ -42,10 +42,10 @@ from typing import Any
 import procrastinate
 import sqlalchemy as sa
 from procrastinate import exceptions as procrastinate_errors
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.db import behind_transaction_pooler
+from app.db import behind_transaction_pooler, libpq_conninfo
 from app.queue import chunk_job
 
 log = logging.getLogger("app.queue")
@@ -81,9 +81,7 @@ def worker_name(kind: str = "worker") -> str:
 
 
 def conninfo(settings: Settings) -> str:
-    """DATABASE_URL as libpq reads it (SQLAlchemy's driver name taken out)."""
-    url = make_url(settings.database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+    return libpq_conninfo(settings.database_url)
 
 
 def pooled(settings: Settings) -> bool:

@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -272,12 +273,14 @@ class StripeShapeServer:
         self.errors: dict[str, int] = {}  # id -> HTTP status of an api_error
         self.on_retrieve: Any = None
         self.requests: list[str] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                server.arrivals.append(time.monotonic())
                 server.requests.append(self.path)
                 path, _, query = self.path.partition("?")
                 status, body = 404, {"error": {"type": "invalid_request_error",
