@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.core import chunks, registry
+from app.core import budget, chunks, registry
 from app.core.budget import BudgetSpent
 from app.core.context import JobContext, JobResult
 from app.core.errors import JobRefused, TransientError
@@ -51,6 +51,8 @@ from app.core.requirements import check_job
 from app.core.status import RunStatus
 from app.db import table_of
 from app.models import CronJobLease, CronJobLog, CronRunChunk
+from app.observe import alerts
+from app.observe.run_marks import JUDGED, mark_run
 
 log = logging.getLogger("app.queue")
 
@@ -218,7 +220,25 @@ def finish_run(settings: Settings, engine: Engine, run_id: uuid.UUID) -> bool:
                      .values(holder=None, expires_at=None))
     log.info("run %s of %s closed %s by a queue worker in %.1f s", run_id, spec.name, status,
              time.monotonic() - clock)
+    if closed:
+        _judge_and_alert(settings, engine, spec, run_id, status)
     return bool(closed)
+
+
+def _judge_and_alert(settings: Settings, engine: Engine, spec: JobSpec, run_id: uuid.UUID,
+                     status: RunStatus) -> None:
+    """What a call does after closing its run, for a run a worker closed: its anomaly
+    marks (app/observe/run_marks.py) and the alerts of every job's incident state
+    (app/observe/alerts.py, once across instances).  A failure here is logged; the run
+    stays closed as it is."""
+    try:
+        if status in JUDGED:
+            mark_run(engine, spec.name, run_id)
+        with budget.limited(settings.alert_timeout):
+            alerts.check(settings, engine,
+                         registry.scheduled(registry.JOBS, settings.schedule_mode), _utcnow())
+    except Exception as exc:
+        log.warning("after closing run %s of %s: %s", run_id, spec.name, exc, exc_info=exc)
 
 
 def _reopen(engine: Engine, task: str, run_id: uuid.UUID) -> None:

@@ -172,13 +172,14 @@ def test_a_brake_tripped_in_a_worker_closes_the_run_with_the_brakes_answer(
         engine: Engine, settings: Settings, smtp_sink: SmtpSink,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The brake is decided where the count ends: in queue mode that may be a worker.  It
-    closes the run `error` with the brake's own figures, and nothing is planned."""
+    closes the run `error` with the brake's own figures, nothing is planned, and the
+    operators are alerted of the failure as after a call's run (app/observe/alerts.py)."""
     empty_queue(engine)
     at = dt.datetime.now(dt.UTC)
     seed_travellers(engine, scheduled_reminder_day(at), at - dt.timedelta(days=30), 300)
     settings = settings.model_copy(update={
         **smtp_sink.settings, "execution_mode": "queue",
-        "trip_reminders_send_brake_count": 10})
+        "trip_reminders_send_brake_count": 10, "admin_emails": ["ops@example.com"]})
     with monkeypatch.context() as patch:
         patch.setattr(chunks, "has_room", lambda _ctx, _longest: False)
         first = Runner(settings, engine, clock=FixedClock(at)).run("trip-reminders",
@@ -196,5 +197,7 @@ def test_a_brake_tripped_in_a_worker_closes_the_run_with_the_brakes_answer(
     assert "300 of 0" in final.message
     assert final.details["brake"]["tripped"] is True
     assert final.details["closed_by"] == "queue worker"
-    assert planned == 0 and recipients(smtp_sink) == {}
-    assert spec.name == final.job_name
+    # No traveller emailed; one alert, to the operators, naming the job and the brake.
+    assert planned == 0 and recipients(smtp_sink) == {"ops@example.com": 1}
+    [alert] = smtp_sink.received
+    assert spec.name in str(alert.message["Subject"])
