@@ -133,6 +133,13 @@ class Chunked:
     finish: Callable[[JobContext, Counters, Counters], JobResult]
     prepare: Callable[[JobContext, Counters], None] | None = None
     advance: Callable[[JobContext, Counters, Counters], Plan | None] | None = None
+    # The chunks' `step`s that may run alongside the run's other chunks of that step, on
+    # several queue workers at once (app/queue/broker.py); the others go one at a time.
+    parallel: frozenset[str] = frozenset()
+
+    def alongside(self, args: Counters) -> bool:
+        """May this chunk run while others of its run do?"""
+        return str(args.get("step")) in self.parallel
 
     def __call__(self, ctx: JobContext) -> JobResult:
         if ctx.dry_run:

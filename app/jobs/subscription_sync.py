@@ -805,7 +805,10 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      status=RunStatus.WARNING if attention else RunStatus.SUCCESS, details=details)
 
 
-run = Chunked(plan=plan, work=work, finish=finish, advance=advance)
+# Its read and write chunks are independent (a range of rows each; a write re-checks its
+# row): the queue spreads them over its workers.
+run = Chunked(plan=plan, work=work, finish=finish, advance=advance,
+              parallel=frozenset({"read", "write"}))
 
 
 def restore(settings: Settings, engine: Engine, run_id: uuid.UUID, now: dt.datetime,

@@ -336,7 +336,10 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      status=RunStatus.WARNING if troubled else RunStatus.SUCCESS, details=details)
 
 
-run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance)
+# Its count and plan chunks (trip ranges) are independent: the queue spreads them; its
+# send chunks share the run's mail hand-over cursor, so they go one at a time.
+run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance,
+              parallel=frozenset({"count", "plan"}))
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

@@ -375,4 +375,7 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      else RunStatus.SUCCESS)
 
 
-run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance)
+# Its count and plan chunks (user ranges) are independent: the queue spreads them; its
+# send chunks share the run's mail hand-over cursor, so they go one at a time.
+run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance,
+              parallel=frozenset({"count", "plan"}))

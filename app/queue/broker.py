@@ -3,13 +3,15 @@
 Chunks and the fleet's upkeep go in their own queues, so upkeep never waits behind a
 long chunk:
 
-- `chunk(run_id, seq)`, queue `chunks`: one chunk (app/queue/chunk_job.py).  The chunks
-  of one run go one at a time, as a chain: a chunk's job, once its chunk is marked done,
-  defers the run's next pending chunk, which whichever worker is free takes (a listening
-  worker hears of it at once; the one that deferred it is still finishing).  So a run
-  always has one live job while it has chunks left, and `next_chunk` starts a chain only
-  for a run that has none: at its first call, or after a job failed for good.  The
-  job's queueing lock (the run id) refuses a second waiting job of a run.  Transient
+- `chunk(run_id, seq)`, queue `chunks`: one chunk (app/queue/chunk_job.py).  A chunk
+  whose step the job lets run alongside others (`Chunked.parallel`) is deferred with the
+  rest of its stage at once, its queueing lock its own (`<run>/<seq>`).  The others go
+  one at a time, as a chain: a chunk's job, once its chunk is marked done, defers the
+  run's next pending chunk, which whichever worker is free takes (a listening worker
+  hears of it at once; the one that deferred it is still finishing); their queueing lock
+  (the run id) refuses a second waiting job of a run, and their lock (the run id too)
+  a second running one.  `next_chunks` says what to defer: at a run's first call, after
+  each chunk, when a stage is planned, or after a job failed for good.  Transient
   failures are retried with exponential backoff.
 - `upkeep`, queue `upkeep`, every UPKEEP_EVERY_S seconds on the workers: the jobs of a
   worker whose heartbeat stopped (SIGKILL, OOM, a lost machine) go back to the queue, as
@@ -45,6 +47,7 @@ from procrastinate import exceptions as procrastinate_errors
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core import registry
 from app.db import behind_transaction_pooler, libpq_conninfo
 from app.queue import chunk_job
 
@@ -95,12 +98,13 @@ async def chunk(context: procrastinate.JobContext, run_id: str, seq: int) -> str
                                       worker=env.name, until=env.until)
     if outcome == chunk_job.Outcome.REQUEUE:
         env.full.set()  # a call's bounded worker: no chunk fits any more
-        await defer_chunk(context.app, run, seq)
+        alongside = (context.job is not None
+                     and context.job.queueing_lock == _lock(run, seq, True))
+        await defer_chunk(context.app, run, seq, alongside=alongside)
     elif outcome != chunk_job.Outcome.CLOSED:
         job_id = context.job.id if context.job is not None else None
-        following = await asyncio.to_thread(next_chunk, env.engine, run, job_id)
-        if following is not None:
-            await defer_chunk(context.app, run, following)
+        following = await asyncio.to_thread(next_chunks, env.engine, run, job_id)
+        await defer_chunks(context.app, run, following)
     return str(outcome)
 
 
@@ -113,10 +117,9 @@ async def upkeep_fleet(context: procrastinate.JobContext, timestamp: int) -> Non
         await manager.retry_job(job)
     for run_id in await asyncio.to_thread(chunk_job.complete_runs, env.engine):
         await asyncio.to_thread(chunk_job.finish_run, env.settings, env.engine, run_id)
-        # Closing it may have planned its next stage instead: start that chain.
-        following = await asyncio.to_thread(next_chunk, env.engine, run_id)
-        if following is not None:
-            await defer_chunk(context.app, run_id, following)
+        # Closing it may have planned its next stage instead: defer its chunks.
+        following = await asyncio.to_thread(next_chunks, env.engine, run_id)
+        await defer_chunks(context.app, run_id, following)
 
 
 async def catch_up(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -167,22 +170,73 @@ def make_app(settings: Settings, *, upkeep: bool = False, pool_size: int = 4
 LIVE = ("todo", "doing", "aborting")
 
 
-def next_chunk(engine: Engine, run_id: uuid.UUID, job_id: int | None = None) -> int | None:
-    """The chunk of run `run_id` to defer now: its first pending one, when no job of the
-    run other than `job_id` (the caller's own) is live; else None."""
+def _lock(run_id: uuid.UUID, seq: int, alongside: bool) -> str:
+    """The job's queueing lock: the run's own for its chain, the chunk's for a chunk that
+    runs alongside the others."""
+    return f"{run_id}/{seq}" if alongside else str(run_id)
+
+
+def next_chunks(engine: Engine, run_id: uuid.UUID, job_id: int | None = None
+                ) -> list[tuple[int, bool]]:
+    """The chunks of run `run_id` to defer now, each with whether it runs alongside the
+    others (`Chunked.parallel`):
+
+    - when the first pending chunk's step runs alongside others: every pending chunk of
+      that stretch of such steps that has no live job;
+    - else the first pending chunk, when no job of the run other than `job_id` (the
+      caller's own) is live: the chain.
+
+    A job whose chunk is already done does not count as live: it is only finishing."""
     with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT min(c.seq) FROM cron_run_chunk c WHERE c.run_id = :run"
-            " AND c.status <> 'done' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j"
-            " WHERE j.queueing_lock = :lock AND j.status::text = ANY(:live)"
-            " AND j.id IS DISTINCT FROM :job)"),
-            {"run": run_id, "lock": str(run_id), "live": list(LIVE), "job": job_id}
-        ).scalar()
+        task = conn.execute(sa.select(chunk_job.log_t.c.job_name)
+                            .where(chunk_job.log_t.c.run_id == run_id)).scalar()
+        pending = conn.execute(sa.select(chunk_job.chunk_t.c.seq, chunk_job.chunk_t.c.args)
+                               .where(chunk_job.chunk_t.c.run_id == run_id,
+                                      chunk_job.chunk_t.c.status != "done")
+                               .order_by(chunk_job.chunk_t.c.seq)).all()
+        live = set(conn.execute(sa.text(
+            "SELECT j.queueing_lock FROM procrastinate_jobs j WHERE j.task_name = :task"
+            " AND j.args->>'run_id' = :run AND j.status::text = ANY(:live)"
+            " AND j.id IS DISTINCT FROM :job AND NOT EXISTS (SELECT 1 FROM cron_run_chunk c"
+            " WHERE c.run_id = :run_uuid AND c.seq = (j.args->>'seq')::int"
+            " AND c.status = 'done')"),
+            {"task": TASK_CHUNK, "run": str(run_id), "run_uuid": run_id, "live": list(LIVE),
+             "job": job_id}).scalars())
+    if not pending or task not in registry.JOBS:
+        return []
+    job = chunk_job.chunked_job(registry.JOBS[task])
+    if job.alongside(dict(pending[0].args)):
+        stretch: list[tuple[int, bool]] = []
+        for seq, args in pending:
+            if not job.alongside(dict(args)):
+                break
+            if _lock(run_id, seq, True) not in live:
+                stretch.append((int(seq), True))
+        return stretch
+    return [] if live else [(int(pending[0].seq), False)]
 
 
-async def defer_chunk(app: procrastinate.App, run_id: uuid.UUID, seq: int) -> bool:
-    """Defer chunk `seq` of run `run_id`; False when the run has a job waiting already."""
-    task = app.tasks[TASK_CHUNK].configure(queueing_lock=str(run_id))
+def next_chunk(engine: Engine, run_id: uuid.UUID, job_id: int | None = None) -> int | None:
+    """The first chunk `next_chunks` would defer (None: none)."""
+    found = next_chunks(engine, run_id, job_id)
+    return found[0][0] if found else None
+
+
+async def defer_chunks(app: procrastinate.App, run_id: uuid.UUID,
+                       chunks: list[tuple[int, bool]]) -> None:
+    for seq, alongside in chunks:
+        await defer_chunk(app, run_id, seq, alongside=alongside)
+
+
+async def defer_chunk(app: procrastinate.App, run_id: uuid.UUID, seq: int, *,
+                      alongside: bool = False) -> bool:
+    """Defer chunk `seq` of run `run_id`; False when it (or, for a chain, the run) has a
+    job waiting already.  A chain's jobs also share a procrastinate `lock`, so that two
+    of them never run at once (a chunk deferred again while its job still finishes)."""
+    options: dict[str, Any] = {"queueing_lock": _lock(run_id, seq, alongside)}
+    if not alongside:
+        options["lock"] = str(run_id)
+    task = app.tasks[TASK_CHUNK].configure(**options)
     try:
         await task.defer_async(run_id=str(run_id), seq=int(seq))
     except procrastinate_errors.AlreadyEnqueued:

@@ -9,8 +9,8 @@
 3. In a call's bounded worker, a chunk that would not fit in the time left goes back to
    the queue (`REQUEUE`), untouched.
 4. The job's `prepare`, then the chunk's `work` and its `done` mark, by the same code as an
-   inline run (`Chunked.run_chunk`).  Chunks of one run go one at a time (a chain of
-   jobs, app/queue/broker.py), so a mail hand-over cursor found set here is
+   inline run (`Chunked.run_chunk`).  A mail run's send chunks go one at a time (a chain
+   of jobs, app/queue/broker.py), so a mail hand-over cursor found set here is
    the batch of a chunk whose process died: `prepare` settles it before anything is sent
    again (app/mail/delivery.py), and a message in flight in the dead process ends
    `unconfirmed`, never sent twice.

@@ -48,9 +48,8 @@ def drive(ctx: JobContext) -> bool:
 async def _drive(ctx: JobContext) -> bool:
     app = broker.make_app(ctx.settings, pool_size=2)
     async with app.open_async():
-        first = await asyncio.to_thread(broker.next_chunk, ctx.engine, ctx.run_id)
-        if first is not None:
-            await broker.defer_chunk(app, ctx.run_id, first)
+        first = await asyncio.to_thread(broker.next_chunks, ctx.engine, ctx.run_id)
+        await broker.defer_chunks(app, ctx.run_id, first)
         env = broker.Env(ctx.settings, ctx.engine, broker.worker_name("call"), ctx.until)
         waited = False
         while True:

@@ -61,17 +61,17 @@ def read(engine: Engine, now: dt.datetime) -> Fleet | None:
             {"stale": STALLED_AFTER_S}).scalar() or 0)
         rows = conn.execute(sa.text(
             # Each chunk's latest job (a chunk retried for time has had several).
-            "WITH latest AS (SELECT DISTINCT ON (queueing_lock, (args->>'seq')::int)"
-            " queueing_lock, (args->>'seq')::int AS seq, status::text AS status"
+            "WITH latest AS (SELECT DISTINCT ON (args->>'run_id', (args->>'seq')::int)"
+            " args->>'run_id' AS run, (args->>'seq')::int AS seq, status::text AS status"
             " FROM procrastinate_jobs WHERE task_name = :task"
-            " ORDER BY queueing_lock, (args->>'seq')::int, id DESC)"
+            " ORDER BY args->>'run_id', (args->>'seq')::int, id DESC)"
             " SELECT l.run_id, l.job_name, l.started_at,"
             " count(*) FILTER (WHERE c.status = 'done') AS done,"
             " count(*) FILTER (WHERE c.status <> 'done' AND j.status = 'doing') AS running,"
             " count(*) FILTER (WHERE c.status <> 'done' AND j.status = 'failed') AS failed,"
             " count(*) FILTER (WHERE c.status <> 'done') AS pending"
             " FROM cron_job_log l JOIN cron_run_chunk c ON c.run_id = l.run_id"
-            " LEFT JOIN latest j ON j.queueing_lock = l.run_id::text AND j.seq = c.seq"
+            " LEFT JOIN latest j ON j.run = l.run_id::text AND j.seq = c.seq"
             " WHERE l.status IN ('running', 'partial') AND l.chunks_total IS NOT NULL"
             " GROUP BY l.run_id, l.job_name, l.started_at ORDER BY l.started_at"),
             {"task": TASK_CHUNK}).all()

@@ -84,9 +84,9 @@ def test_a_complete_queued_run_is_closed_once_by_racing_workers(
     assert run_id is not None
     with engine.connect() as conn:
         queued = conn.execute(sa.text(
-            "SELECT args->>'seq' FROM procrastinate_jobs WHERE queueing_lock = :lock"),
+            "SELECT args->>'seq' FROM procrastinate_jobs WHERE args->>'run_id' = :lock"),
             {"lock": str(run_id)}).scalars().all()
-    assert queued == ["0"]  # the chain's first link: the run's first chunk
+    assert queued == ["0"]  # the run's first stage: one trip to count, one chunk
 
     # Workers elsewhere do every chunk of a stage; four of them then race to close the
     # run: one plans its next stage (count, plan, send), the last time one closes it.

@@ -26,6 +26,7 @@ from tests.support.notification_data import (
     recipients,
     scheduled_reminder_day,
     seed_travellers,
+    seed_trips,
 )
 from tests.support.queue_workers import (
     WorkerProcess,
@@ -92,11 +93,13 @@ def chunk_rows(engine: Engine, run_id: str) -> list[Any]:
 def test_chunks_spread_over_three_workers_and_the_run_completes_with_its_totals(
         db_url: str, engine: Engine, tmp_path: Path, sink: ScriptedSmtp,
         fleet: list[WorkerProcess]) -> None:
-    # Twelve chunks: count and plan (one trip), nine id ranges of sends, the closing sweep.
-    travellers = 1800
+    # 300 trips of 6: with ranges of 200 (tests/support/small_chunks), nine count chunks
+    # and nine plan chunks, run alongside one another, then nine id ranges of sends and the
+    # closing sweep, one at a time.
+    travellers, stage = 1800, 9
     now = dt.datetime.now(dt.UTC)
-    expected = seed_travellers(engine, scheduled_reminder_day(now),
-                               now - dt.timedelta(days=30), travellers)
+    expected = seed_trips(engine, scheduled_reminder_day(now), now - dt.timedelta(days=30),
+                          trips=300, per_trip=6)
     server = UvicornProcess(queue_env(db_url, tmp_path, sink, FUNCTION_MAX_DURATION="2"),
                             cwd=tmp_path).start()
     try:
@@ -108,12 +111,18 @@ def test_chunks_spread_over_three_workers_and_the_run_completes_with_its_totals(
         server.stop()
 
     chunks = chunk_rows(engine, run_id)
-    assert len(chunks) == 12 and {c.status for c in chunks} == {"done"}
+    total = 3 * stage + 1
+    assert len(chunks) == total and {c.status for c in chunks} == {"done"}
+    assert [c.args.get("step") for c in chunks[:2 * stage]] == (
+        ["count"] * stage + ["plan"] * stage)
     workers = {c.worker.split("@")[0] for c in chunks}
-    # Every worker took chunks (the call, working as a bounded worker, may have too).
+    # Every worker took chunks (the call, working as a bounded worker, may have too), and
+    # the count and plan stages were shared out, not worked by one worker alone.
     assert {"w1", "w2", "w3"} <= {c.worker for c in chunks}, [c.worker for c in chunks]
     assert workers <= {"w1", "w2", "w3", "call"}
-    assert (row.status, row.chunks_done, row.chunks_total) == ("success", 12, 12), row.message
+    assert len({c.worker for c in chunks[:2 * stage]}) >= 2, [c.worker for c in chunks]
+    assert (row.status, row.chunks_done, row.chunks_total) == ("success", total, total), (
+        row.message)
     assert row.records_processed == travellers
     got = recipients(sink)
     assert set(got) == expected and set(got.values()) == {1}
