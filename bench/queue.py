@@ -1,13 +1,21 @@
-"""Queue mode (EXECUTION_MODE=queue) on PostgreSQL: a call's overhead, and scale-out.
+"""Queue mode (EXECUTION_MODE=queue) on PostgreSQL: overhead, scale-out, the fleet's Stripe rate.
 
     .venv/bin/python -m bench.queue                      # both parts
     .venv/bin/python -m bench.queue --part overhead      # one small run, inline vs queue
     .venv/bin/python -m bench.queue --part scale --messages 3000
+    .venv/bin/python -m bench.queue --part stripe        # 10,000 subscriptions, 4 workers
 
 overhead: trip-reminders with a few travellers (one range chunk and the closing sweep),
 run by the runner in this process, `--rounds` times in each mode, the notification tables
 emptied between rounds; no worker, so the queued call works its chunks itself (deferring,
 its bounded worker, closing).  Target: the queued call's median within 2x the inline one.
+
+stripe: subscription-sync of `--subscriptions` (10,000) in queue mode, read by
+`--workers` (4) `voyagesmart-cron worker` processes alongside one another
+(STRIPE_SYNC_STRATEGY=retrieve: read chunks of 500), `STRIPE_RATE_LIMIT=100`, against
+bench/stripe_fake.py adding 20 ms per call.  The call only plans (FUNCTION_MAX_DURATION=1);
+the figure is the aggregate rate at the server, over the read stage (first request to
+last), and its busiest second.  Target: between 90 and 100 requests/s.
 
 scale: `--messages` reminders in chunks of 200 (tests/support/small_chunks), an SMTP sink
 that spends 5 ms per message (latency-bound, as with a real provider), one call with
@@ -159,9 +167,83 @@ def scale(messages: int) -> bool:
     return ok
 
 
+def stripe(subscriptions: int, workers: int, latency: float) -> bool:
+    import tempfile
+    import threading
+
+    from bench.stripe_fake import serve
+    from bench.subscription_sync import _fill
+    from tests.support.queue_workers import WorkerProcess, wait_for_workers
+    from tests.support.servers import free_port
+
+    limit = 100.0
+    arrivals: list[float] = []
+    port = free_port()
+    server = serve(port, subscriptions, latency, arrivals)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with bench_database("queue_stripe") as url, tempfile.TemporaryDirectory() as tmp:
+        _fill(url, subscriptions)
+        engine = make_engine(url)
+        env = {"PYTHONPATH": str(ROOT), "APP_ENV": "test", "DATABASE_URL": url,
+               "CRON_SECRET": "bench-secret-0123456789-abcdefghijkl", "DATA_DIR": tmp,
+               "CRON_CATCH_UP": "false", "EXECUTION_MODE": "queue",
+               "QUEUE_POLLING_INTERVAL": "0.5", "STRIPE_SECRET_KEY": "sk_test_bench",
+               "STRIPE_API_BASE": f"http://127.0.0.1:{port}",
+               "STRIPE_RATE_LIMIT": str(limit), "STRIPE_SYNC_STRATEGY": "retrieve",
+               "STRIPE_CONCURRENCY": "8",
+               "STRIPE_TIER_MAP": "price_bench_premium:premium,price_bench_ai:ai",
+               "SUBSCRIPTION_SYNC_DOWNGRADE_BRAKE_COUNT": "100000"}
+        fleet = [WorkerProcess(env, f"w{i}", Path(tmp)).start() for i in range(workers)]
+        try:
+            wait_for_workers(engine, workers)
+            settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()  # type: ignore[call-arg]
+                                                   if k not in ("PYTHONPATH",)})
+            first = Runner(settings, engine).run("subscription-sync", trigger="cli",
+                                                 until=time.monotonic() + 1)
+            status = first.status
+            while status not in CLOSED:
+                time.sleep(0.5)
+                with engine.connect() as conn:
+                    status = conn.execute(sa.text(
+                        "SELECT status FROM cron_job_log WHERE run_id = :run"),
+                        {"run": first.run_id}).scalar()
+            with engine.connect() as conn:
+                row = conn.execute(sa.text(
+                    "SELECT message, chunks_total FROM cron_job_log WHERE run_id = :run"),
+                    {"run": first.run_id}).one()
+                spread = conn.execute(sa.text(
+                    "SELECT split_part(worker, '@', 1), count(*) FROM cron_run_chunk"
+                    " WHERE run_id = :run GROUP BY 1 ORDER BY 1"), {"run": first.run_id}).all()
+            rss = max(_peak_rss_mb(w.proc.pid) for w in fleet if w.proc is not None)
+        finally:
+            for worker in fleet:
+                worker.stop()
+            server.shutdown()
+            engine.dispose()
+    times = sorted(arrivals)
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    rate = (len(times) - 1) / span if span else 0.0
+    busiest, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    passed = 0.9 * limit <= rate <= limit and busiest <= limit and status == RunStatus.SUCCESS
+    print(f"stripe: {subscriptions} subscriptions, {workers} workers, limit {limit:.0f}/s, "
+          f"{latency * 1000:.0f} ms per call: {len(times)} requests in {span:.1f} s = "
+          f"{rate:.1f} req/s (target 90-100), busiest second {busiest}; run {status}: "
+          f"{row.message}; {row.chunks_total} chunks by worker {dict(spread)}; peak RSS "
+          f"{rss:.0f} MB " + ("PASS" if passed else "FAIL"))
+    return passed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["overhead", "scale", "both"], default="both")
+    parser.add_argument("--part", choices=["overhead", "scale", "stripe", "both"],
+                        default="both")
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--travellers", type=int, default=50)
     parser.add_argument("--messages", type=int, default=2000)
@@ -171,6 +253,8 @@ def main() -> None:
         parts.append(lambda: overhead(args.rounds, args.travellers))
     if args.part in ("scale", "both"):
         parts.append(lambda: scale(args.messages))
+    if args.part == "stripe":
+        parts.append(lambda: stripe(args.subscriptions, args.workers, args.latency))
     results = [part() for part in parts]
     sys.exit(0 if all(results) else 1)
 

@@ -37,17 +37,22 @@ def subscription(n: int) -> dict[str, Any]:
     }
 
 
-def serve(port: int, count: int, latency: float) -> ThreadingHTTPServer:
+def serve(port: int, count: int, latency: float,
+          arrivals: list[float] | None = None) -> ThreadingHTTPServer:
+    """The server (not started); `arrivals` gets each request's time.monotonic()."""
     calls = {"n": 0}
     lock = threading.Lock()
+    arrivals = arrivals if arrivals is not None else []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
+            arrived = time.monotonic()
             time.sleep(latency)
             with lock:
                 calls["n"] += 1
+                arrivals.append(arrived)
             url = urlsplit(self.path)
             status, body = 404, {"error": {"type": "invalid_request_error",
                                            "code": "resource_missing", "message": "No such"}}

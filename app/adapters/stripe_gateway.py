@@ -183,7 +183,8 @@ class StripeGateway:
         return int(self._http.calls)
 
     def close(self) -> None:
-        self._limiter.close()
+        if self._limiter not in _FLEET.values():  # the fleet's serves the next gateway
+            self._limiter.close()
         self._http.close()  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> StripeGateway:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, make_settings
 from tests.support.stripe_servers import StripeShapeServer, subscription_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +82,27 @@ def test_three_processes_stay_under_the_fleets_stripe_rate_together(
     assert took >= (3 * CALLS - LIMIT) / LIMIT
     # Each process limited on its own: three times the rate at once.
     assert _busiest_second(alone) > 2 * LIMIT
+
+
+@ON_POSTGRESQL
+def test_the_fleets_limiter_outlives_each_gateway_of_a_worker(
+        engine: Engine, db_url: str, tmp_path: Path) -> None:
+    """A worker reads one chunk after another, each with its own gateway: closing one
+    leaves the process's share of the fleet's limiter working for the next."""
+    from app.adapters.stripe_gateway import StripeGateway
+
+    stripe = StripeShapeServer()
+    stripe.add(subscription_json("sub_load", customer="cus_load",
+                                 prices=[("price_1", "prod_1", 900)],
+                                 created=1_700_000_000, period_end=1_800_000_000))
+    stripe.thread.start()
+    settings = make_settings(db_url, tmp_path, execution_mode="queue",
+                             stripe_secret_key="sk_test_fleet", stripe_api_base=stripe.url,
+                             stripe_rate_limit=LIMIT)
+    try:
+        for _chunk in range(3):
+            with StripeGateway(settings) as gateway:
+                assert gateway.retrieve_subscription("sub_load")["id"] == "sub_load"
+    finally:
+        stripe.server.shutdown()
+    assert len(stripe.arrivals) == 3
