@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import stripe
 import tenacity
-from pyrate_limiter import Duration, Limiter, PostgresBucket, Rate
+from pyrate_limiter import Duration, Limiter, PostgresBucket, Rate, validate_rate_list
 
 from app.config import Settings
 from app.core.budget import Budget
@@ -121,6 +121,16 @@ def _rate(requests_per_second: float, slack: float = 1.0) -> Rate:
     return Rate(limit, round(Duration.SECOND * limit * slack / requests_per_second))
 
 
+def _fleet_rates(requests_per_second: float) -> list[Rate]:
+    """The fleet's limit, and a tenth of it per tenth of its window: requests spread
+    evenly rather than in a burst at each window's start, so that the spread of their
+    arrival times cannot pack one more into a second where Stripe counts them."""
+    whole = _rate(requests_per_second, FLEET_SLACK)
+    tenth = max(1, whole.limit // 10)
+    fine = Rate(tenth, max(1, round(whole.interval * tenth / whole.limit)))
+    return [fine, whole] if validate_rate_list([fine, whole]) else [whole]
+
+
 # The fleet's limiters, one per database and rate in a process (each holds a small pool).
 _FLEET: dict[tuple[str, float], Limiter] = {}
 _FLEET_LOCK = threading.Lock()
@@ -141,8 +151,7 @@ def _limiter(settings: Settings) -> Limiter:
                 kwargs["prepare_threshold"] = None  # a transaction pooler keeps none
             pool = ConnectionPool(libpq_conninfo(settings.database_url), min_size=1,
                                   max_size=4, kwargs=kwargs, open=True)
-            _FLEET[key] = Limiter(PostgresBucket(pool, "stripe",
-                                                 [_rate(per_second, FLEET_SLACK)]))
+            _FLEET[key] = Limiter(PostgresBucket(pool, "stripe", _fleet_rates(per_second)))
         return _FLEET[key]
 
 
