@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,12 +42,17 @@ def _fleet(db_url: str, tmp_path: Path, stripe: StripeShapeServer, mode: str) ->
            "STRIPE_SECRET_KEY": "sk_test_fleet", "STRIPE_API_BASE": stripe.url,
            "STRIPE_RATE_LIMIT": str(LIMIT), "STRIPE_CONCURRENCY": "4",
            "STRIPE_MAX_NETWORK_RETRIES": "0"}
-    # All three begin at the same moment, however long each takes to start.
-    start_at = str(time.time() + 8)
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.stripe_load", str(CALLS),
-                               start_at],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.stripe_load", str(CALLS)],
+                              cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    # All three begin at the same moment, however long each took to start.
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)

@@ -1,15 +1,14 @@
-"""One process of a fleet calling Stripe: `python -m tests.support.stripe_load N [AT]`.
+"""One process of a fleet calling Stripe: `python -m tests.support.stripe_load N`.
 
 Reads its settings from the environment as the service does (DATABASE_URL,
 EXECUTION_MODE, STRIPE_RATE_LIMIT, STRIPE_API_BASE, ...), then retrieves the subscription
-`sub_load` N times (from the wall-clock time AT, when given) from `STRIPE_CONCURRENCY`
-threads through the service's own gateway:
+`sub_load` N times, once told to go (a line on stdin, after it printed `ready`), from
+`STRIPE_CONCURRENCY` threads through the service's own gateway:
 what the read chunks of subscription-sync do, in as many processes as a test starts."""
 
 from __future__ import annotations
 
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from app.adapters.stripe_gateway import StripeGateway
@@ -18,11 +17,12 @@ from app.config import Settings
 
 def main() -> int:
     calls = int(sys.argv[1])
-    start_at = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # time.time() to begin at
     settings = Settings()  # type: ignore[call-arg]
     with StripeGateway(settings) as gateway, ThreadPoolExecutor(
             settings.stripe_concurrency) as pool:
-        time.sleep(max(0.0, start_at - time.time()))  # the fleet starts together
+        # The fleet starts together: ready, then wait for the test's go on stdin.
+        print("ready", flush=True)
+        sys.stdin.readline()
         list(pool.map(lambda _n: gateway.retrieve_subscription("sub_load"), range(calls)))
         print(gateway.requests, flush=True)
     return 0
