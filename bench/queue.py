@@ -175,6 +175,7 @@ def stripe(subscriptions: int, workers: int, latency: float) -> bool:
     from bench.subscription_sync import _fill
     from tests.support.queue_workers import WorkerProcess, wait_for_workers
     from tests.support.servers import free_port
+    from tests.support.stripe_servers import busiest
 
     limit = 100.0
     arrivals: list[float] = []
@@ -223,15 +224,11 @@ def stripe(subscriptions: int, workers: int, latency: float) -> bool:
     times = sorted(arrivals)
     span = times[-1] - times[0] if len(times) > 1 else 0.0
     rate = (len(times) - 1) / span if span else 0.0
-    busiest, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        busiest = max(busiest, end - start + 1)
-    passed = 0.9 * limit <= rate <= limit and busiest <= limit and status == RunStatus.SUCCESS
+    peak = busiest(times)
+    passed = 0.9 * limit <= rate <= limit and peak <= limit and status == RunStatus.SUCCESS
     print(f"stripe: {subscriptions} subscriptions, {workers} workers, limit {limit:.0f}/s, "
           f"{latency * 1000:.0f} ms per call: {len(times)} requests in {span:.1f} s = "
-          f"{rate:.1f} req/s (target 90-100), busiest second {busiest}; run {status}: "
+          f"{rate:.1f} req/s (target 90-100), busiest second {peak}; run {status}: "
           f"{row.message}; {row.chunks_total} chunks by worker {dict(spread)}; peak RSS "
           f"{rss:.0f} MB " + ("PASS" if passed else "FAIL"))
     return passed

@@ -347,3 +347,14 @@ def stripe_shape() -> Iterator[StripeShapeServer]:
     server = StripeShapeServer().start()
     yield server
     server.stop()
+
+
+def busiest(arrivals: list[float], window: float = 1.0) -> int:
+    """The most requests that arrived within any `window` seconds (arrival times)."""
+    times = sorted(arrivals)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
