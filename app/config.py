@@ -214,6 +214,10 @@ class Settings(BaseSettings):
     """How the SMTP connection is secured (ssl: implicit TLS, usually port 465)."""
     smtp_timeout: float = Field(default=30.0, gt=0)
     """Seconds one SMTP operation may wait."""
+    smtp_max_connections: int = Field(default=4, ge=1, le=100)
+    """SMTP connections open at once across the whole fleet of queue workers
+    (EXECUTION_MODE=queue): each chunk that sends mail holds one.  A process running
+    inline sends over one connection."""
     mail_from: str = "VoyageSmart <no-reply@voyagesmart.app>"
     """The From of every email."""
     admin_emails: EmailList = Field(default_factory=list)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import uvloop
 from aiosmtpd.controller import Controller
 
 
@@ -35,7 +36,10 @@ def main() -> None:
     port, path = int(sys.argv[1]), Path(sys.argv[2])
     delay_s = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     with path.open("a", encoding="utf-8") as out:
-        controller = Controller(Recorder(out, delay_s), hostname="127.0.0.1", port=port)
+        # uvloop (installed with uvicorn[standard]): the sink spends less of the machine's
+        # CPU per message, which the senders it measures need.
+        controller = Controller(Recorder(out, delay_s), hostname="127.0.0.1", port=port,
+                                loop=uvloop.new_event_loop())
         controller.start()
         try:
             signal.sigwait({signal.SIGTERM, signal.SIGINT})

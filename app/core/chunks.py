@@ -44,7 +44,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,10 +136,17 @@ class Chunked:
     # The chunks' `step`s that may run alongside the run's other chunks of that step, on
     # several queue workers at once (app/queue/broker.py); the others go one at a time.
     parallel: frozenset[str] = frozenset()
+    # The steps whose chunks hold an SMTP connection: in the queue, no more of them run at
+    # once across the fleet than SMTP_MAX_CONNECTIONS (app/queue/broker.py).
+    mailing: frozenset[str] = frozenset()
 
     def alongside(self, args: Counters) -> bool:
         """May this chunk run while others of its run do?"""
         return str(args.get("step")) in self.parallel
+
+    def mails(self, args: Counters) -> bool:
+        """Does this chunk send mail?"""
+        return str(args.get("step")) in self.mailing
 
     def __call__(self, ctx: JobContext) -> JobResult:
         if ctx.dry_run:
@@ -201,7 +208,7 @@ class Chunked:
         """Work one chunk and mark it done (whoever runs it: this run's call or a queue
         worker); the seconds it took."""
         started, clock = _utcnow(), time.monotonic()
-        counters = self.work(ctx, args)
+        counters = self.work(replace(ctx, chunk=seq), args)
         took = time.monotonic() - clock
         _done(ctx, seq, counters, started, took)
         return took

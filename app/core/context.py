@@ -40,6 +40,8 @@ class JobContext:
     until: float | None = None
     # When the run began: an earlier invocation, for a run continued (app/core/runner.py).
     origin: dt.datetime | None = None
+    # The chunk being worked (its `seq`), in a run made of chunks (app/core/chunks.py).
+    chunk: int | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("app.jobs"))
     # The runner's check of this job's tables (app/core/requirements.py), read by jobs whose
     # sources are optional; `schema_check()` makes it when a test calls a job directly.

@@ -297,8 +297,7 @@ def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
              "unreachable": screen.unreachable, "declined": screen.declined}
     if ctx.dry_run:
         return Plan([], notes)
-    # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
-    return Plan([*notify.ranges(ctx, KIND), {"first": None, "last": None}], notes)
+    return Plan(notify.send_chunks(ctx, KIND), notes)
 
 
 # Each invocation of the send stage settles stopped runs; each chunk is one of any stage.
@@ -336,10 +335,11 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      status=RunStatus.WARNING if troubled else RunStatus.SUCCESS, details=details)
 
 
-# Its count and plan chunks (trip ranges) are independent: the queue spreads them; its
-# send chunks share the run's mail hand-over cursor, so they go one at a time.
+# Its count and plan chunks (trip ranges) and its send chunks (id ranges, each with its
+# own hand-over cursor) are independent: the queue spreads them.
 run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance,
-              parallel=frozenset({"count", "plan"}))
+              parallel=frozenset({"count", "plan"}) | notify.SEND_STEPS,
+              mailing=notify.MAIL_STEPS)
 
 
 def notifications_started(today: dt.date) -> sa.ColumnElement[bool]:

@@ -315,9 +315,7 @@ def advance(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]
              "no_consent": screen.counts["no_consent"]}
     if ctx.dry_run:
         return Plan([], notes)
-    # The last chunk sends what is left anywhere: rows a run that died meanwhile released.
-    return Plan([*notify.ranges(ctx, KIND, CHUNK_EMAILS), {"first": None, "last": None}],
-                notes)
+    return Plan(notify.send_chunks(ctx, KIND, CHUNK_EMAILS), notes)
 
 
 # Each invocation of the send stage settles stopped runs; each chunk is one of any stage.
@@ -375,7 +373,8 @@ def finish(ctx: JobContext, notes: dict[str, Any], totals: dict[str, Any]) -> Jo
                      else RunStatus.SUCCESS)
 
 
-# Its count and plan chunks (user ranges) are independent: the queue spreads them; its
-# send chunks share the run's mail hand-over cursor, so they go one at a time.
+# Its count and plan chunks (user ranges) and its send chunks (id ranges, each with its
+# own hand-over cursor) are independent: the queue spreads them.
 run = Chunked(plan=plan, work=work, finish=finish, prepare=prepare, advance=advance,
-              parallel=frozenset({"count", "plan"}))
+              parallel=frozenset({"count", "plan"}) | notify.SEND_STEPS,
+              mailing=notify.MAIL_STEPS)

@@ -21,20 +21,25 @@ decides who sends what:
    unclaimed ones it claims with a conditional UPDATE on `run_id`, so racing runs get
    disjoint shares).
 3. **Send.** The batch goes one message at a time, in ascending id order, over one mail
-   connection.  Before each SMTP end-of-data mark the run writes the message's id into its
-   own `cron_job_log.mail_cursor` (the hand-over cursor, app/mail/handover.py), on the
-   condition that the run is still `running` (or `partial`, its chunks in the queue):
-   committed before the server can take the message, and refused once the runner has
-   closed the run as abandoned, so a run declared
-   dead cannot hand over one more message.  Every outcome other than a 250 (refused, reply
-   lost, not taken) is written before the cursor moves on.
+   connection.  Before each SMTP end-of-data mark the sender writes the message's id into
+   its hand-over cursor (app/mail/handover.py): the run's `cron_job_log.mail_cursor`, or,
+   for a send chunk (one id range of the run's messages; a run's chunks go side by side on
+   queue workers), that chunk's `cron_run_chunk.mail_cursor`, which only the chunk's
+   latest attempt may move (`mail_owner`).  The write is conditional on the run still
+   being `running` (or `partial`, its chunks in the queue): committed before the server
+   can take the message, and refused once the runner has closed the run as abandoned, so
+   a run declared dead cannot hand over one more message.  Every outcome other than a 250
+   (refused, reply lost, not taken) is written before the cursor moves on.
 4. **Settle.** The 250s are written for the whole batch in one statement when it ends
    (`_settle`).  A process that fails without dying (an exception, SIGTERM) settles its
    batch itself.
 
 So after a crash, a batch is read off its cursor `C`: its still-`pending` rows below `C`
-had their 250 (`sent`), `C` was in flight (`unconfirmed`: it may or may not have been
-taken), and the rows above `C` were never handed over (released and sent by the next run).
+(within the chunk's range, for a chunk's cursor) had their 250 (`sent`), `C` was in
+flight (`unconfirmed`: it may or may not have been taken), and the rows above `C` were
+never handed over (sent by the chunk's next attempt, or released and sent by the next
+run).  A chunk's next attempt reads its cursor before it sends (`_take_chunk`); the next
+run reads a dead run's cursors, its chunks' and its own (`resolve_unknown`).
 
 That is **at-most-once**: in the one ambiguous window (cursor committed, reply not yet
 read) we prefer a possibly-missing reminder, made visible, over a duplicate in a user's
@@ -66,13 +71,14 @@ from app.core.status import JobStatus, RunStatus
 from app.db import table_of
 from app.mail import ledger
 from app.mail.compose import NotificationMessages
-from app.mail.handover import Handover, handover_log
+from app.mail.handover import Handover, Lane, handover_log
 from app.mail.ledger import notifications as notifications  # the table, for callers
 from app.mail.recipients import valid_address
 from app.mail.smtp import Claim, Mailer, MailTransport
-from app.models import CronJobLog
+from app.models import CronJobLog, CronRunChunk
 
 job_log = table_of(CronJobLog)
+chunk_t = table_of(CronRunChunk)
 
 DELIVERED = ("sent", "unconfirmed")
 # Messages per batch: one claiming read and one settling write each.
@@ -206,20 +212,24 @@ def expire(ctx: JobContext, kind: str, stale: sa.ColumnElement[bool], tally: Tal
 
 def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[Any],
             sent_below: int | None, in_flight: int | None, release: bool,
-            sent_at: dt.datetime, now: dt.datetime) -> int:
+            sent_at: dt.datetime, now: dt.datetime, lane: Lane | None = None,
+            first: int | None = None) -> int:
     """Write the outcome of `run_id`'s batch (of `kind`) and clear its cursor; the number
     of rows it made `unconfirmed`.
 
-    `sent_below`: its pending rows with a lower id had their 250.  `in_flight`: that row
+    `sent_below`: its pending rows with a lower id (from `first`, the start of a send
+    chunk's range, when the batch is one chunk's) had their 250.  `in_flight`: that row
     may or may not have been taken.  `release`: the run is gone; its other pending rows
-    were never handed over and go back to any run.
+    were never handed over and go back to any run.  `lane`: a chunk's cursor (cleared
+    only while its attempt `owner` holds it) rather than the run's.
     """
     c = notifications.c
     mine = sa.and_(c.run_id == run_id, c.status == "pending")
     unconfirmed = 0
     if sent_below is not None:
         conn.execute(
-            notifications.update().where(mine, c.kind == kind, c.id < sent_below)
+            notifications.update().where(mine, c.kind == kind, c.id < sent_below,
+                                         sa.true() if first is None else c.id >= first)
             .values(status="sent", sent_at=sent_at, attempts=c.attempts + 1, updated_at=now))
     if in_flight is not None:
         unconfirmed = conn.execute(
@@ -229,8 +239,54 @@ def _settle(conn: Connection, run_id: uuid.UUID, *, kind: str | sa.ScalarSelect[
         ).rowcount
     if release:
         conn.execute(notifications.update().where(mine).values(run_id=None, updated_at=now))
-    conn.execute(job_log.update().where(job_log.c.run_id == run_id).values(mail_cursor=None))
+    if lane is None or lane.seq is None:
+        conn.execute(job_log.update().where(job_log.c.run_id == run_id)
+                     .values(mail_cursor=None))
+    else:
+        conn.execute(chunk_t.update()
+                     .where(chunk_t.c.run_id == run_id, chunk_t.c.seq == lane.seq,
+                            sa.true() if lane.owner is None
+                            else chunk_t.c.mail_owner == lane.owner)
+                     .values(mail_cursor=None))
     return unconfirmed
+
+
+def _chunk_cursors(conn: Connection, run_id: uuid.UUID, now: dt.datetime, sent_at: dt.datetime
+                   ) -> int:
+    """Settle the send chunks of a stopped run `run_id` off their own cursors, each within
+    its range; the number of rows made `unconfirmed`."""
+    unconfirmed = 0
+    c = notifications.c
+    for seq, cursor, args in conn.execute(
+            sa.select(chunk_t.c.seq, chunk_t.c.mail_cursor, chunk_t.c.args)
+            .where(chunk_t.c.run_id == run_id, chunk_t.c.mail_cursor.is_not(None))).all():
+        first = (args or {}).get("first")
+        unconfirmed += _settle(
+            conn, run_id, kind=sa.select(c.kind).where(c.id == cursor).scalar_subquery(),
+            sent_below=cursor, in_flight=cursor, release=False, sent_at=sent_at, now=now,
+            lane=Lane(run_id, int(seq)), first=None if first is None else int(first))
+    return unconfirmed
+
+
+def _take_chunk(ctx: JobContext, kind: str, seq: int, first: int | None) -> Lane:
+    """Send chunk `seq` of this run, taken by a new attempt: what an earlier attempt left
+    mid-batch (a process that died, or a worker judged stalled) is settled off the
+    chunk's cursor, and the chunk's cursor is this attempt's from now on (an earlier
+    attempt still alive can no longer hand a message over)."""
+    owner = uuid.uuid4()
+    with ctx.engine.begin() as conn:
+        cursor = conn.execute(
+            sa.select(chunk_t.c.mail_cursor)
+            .where(chunk_t.c.run_id == ctx.run_id, chunk_t.c.seq == seq)
+            .with_for_update()).scalar()
+        if cursor is not None:
+            _settle(conn, ctx.run_id, kind=kind, sent_below=cursor, in_flight=cursor,
+                    release=False, sent_at=ctx.now, now=ctx.now, lane=Lane(ctx.run_id, seq),
+                    first=first)
+        conn.execute(chunk_t.update()
+                     .where(chunk_t.c.run_id == ctx.run_id, chunk_t.c.seq == seq)
+                     .values(mail_owner=owner, mail_cursor=None))
+    return Lane(ctx.run_id, seq, owner)
 
 
 def resolve_unknown(ctx: JobContext, kind: str, tally: Tally, *, light: bool = False
@@ -271,12 +327,14 @@ def resolve_unknown(ctx: JobContext, kind: str, tally: Tally, *, light: bool = F
             ).first()
             cursor = log.mail_cursor if log is not None else None
             own = run_id == ctx.run_id
+            sent_at = log.started_at if log is not None else ctx.now
+            if not own:  # its send chunks first, within their ranges, then the rest
+                tally.unconfirmed += _chunk_cursors(conn, run_id, ctx.now, sent_at)
             if own and cursor is None:
                 continue
             batch_kind = (sa.select(c.kind).where(c.id == cursor).scalar_subquery())
             unconfirmed = _settle(conn, run_id, kind=batch_kind, sent_below=cursor,
-                                  in_flight=cursor, release=not own,
-                                  sent_at=log.started_at if log is not None else ctx.now,
+                                  in_flight=cursor, release=not own, sent_at=sent_at,
                                   now=ctx.now)
             if not own:  # this run's own rows are counted by `deliver`
                 tally.unconfirmed += unconfirmed
@@ -327,11 +385,14 @@ def _claim_batch(conn: Connection, kind: str, run_id: uuid.UUID, now: dt.datetim
 class _Batch:
     """One claimed batch on its way out: what is known of each message so far."""
 
-    def __init__(self, ctx: JobContext, kind: str, handover: Handover, tally: Tally) -> None:
+    def __init__(self, ctx: JobContext, kind: str, handover: Handover, tally: Tally,
+                 lane: Lane, first: int | None) -> None:
         self.ctx = ctx
         self.kind = kind
         self.handover = handover
         self.tally = tally
+        self.lane = lane
+        self.first = first  # a send chunk's range starts here: what it settles too
         self.last_sent: int | None = None  # the last 250; every pending row below had one
         self.current = 0
 
@@ -356,7 +417,7 @@ class _Batch:
             _settle(conn, self.ctx.run_id, kind=self.kind,
                     sent_below=None if self.last_sent is None else self.last_sent + 1,
                     in_flight=in_flight, release=False, sent_at=self.ctx.now,
-                    now=self.ctx.now)
+                    now=self.ctx.now, lane=self.lane, first=self.first)
 
 
 def _send_batch(transport: MailTransport, batch: _Batch, composer: NotificationMessages,
@@ -412,6 +473,21 @@ def ranges(ctx: JobContext, kind: str, size: int = CLAIM_BATCH) -> list[dict[str
             .group_by(group).order_by(group))]
 
 
+# A mail job's send stage: chunks of one id range each go side by side (each moves its
+# own hand-over cursor), and the closing sweep goes alone, once they are all done.
+SEND_STEPS = frozenset({"send"})
+MAIL_STEPS = frozenset({"send", "sweep"})
+
+
+def send_chunks(ctx: JobContext, kind: str, size: int | None = None) -> list[dict[str, Any]]:
+    """The send stage of a mail job's run: a chunk per id range of its pending rows
+    (`ranges`), then the closing sweep, which sends what is left anywhere (rows that a run
+    which died meanwhile released)."""
+    spans = ranges(ctx, kind) if size is None else ranges(ctx, kind, size)
+    return [*({"step": "send", **span} for span in spans),
+            {"step": "sweep", "first": None, "last": None}]
+
+
 def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
             mailer: Mailer | None = None, *, first: int | None = None,
             last: int | None = None) -> None:
@@ -433,7 +509,11 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
     after, swept = (first - 1 if first is not None else 0), False
     batch_s = 0.0  # the longest batch so far: the next one must fit in the time left
     durable = ctx.settings.mail_durable_claims
-    with mailer.connection() as transport, handover_log(ctx.engine, ctx.run_id,
+    # A send chunk of a run moves its own cursor (the run's chunks send side by side);
+    # any other sender, the run's.
+    lane = (_take_chunk(ctx, kind, ctx.chunk, first) if bounded and ctx.chunk is not None
+            else Lane(ctx.run_id))
+    with mailer.connection() as transport, handover_log(ctx.engine, lane,
                                                         durable=durable) as handover:
         while True:
             if (not bounded and budget is not None
@@ -457,7 +537,7 @@ def deliver(ctx: JobContext, kind: str, template: str, tally: Tally,
             after = top
             if not rows:
                 continue  # a racing run took these candidates
-            batch = _Batch(ctx, kind, handover, tally)
+            batch = _Batch(ctx, kind, handover, tally, lane, first)
             batch_started = time.monotonic()
             try:
                 going_on = _send_batch(transport, batch, composer, rows)

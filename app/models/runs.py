@@ -80,6 +80,10 @@ class CronRunChunk(Base):
     duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
     # The queue worker that ran it (EXECUTION_MODE=queue, app/queue/): host and process.
     worker: Mapped[str | None] = mapped_column(sa.String(200))
+    # A send chunk's mail hand-over cursor, and the attempt that may move it
+    # (app/mail/delivery.py): the chunks of one run send side by side.
+    mail_cursor: Mapped[int | None] = mapped_column(sa.BigInteger)
+    mail_owner: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
 
 
 class CronJobLease(Base):

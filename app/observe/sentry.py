@@ -136,6 +136,24 @@ class SentryCronObserver:
             scope.remove_tag(tag)
 
 
+def report_closed_by_worker(settings: Settings, spec: JobSpec, status: RunStatus,
+                            duration_s: float, anomalies: list[dict[str, Any]]) -> None:
+    """The end of a run a queue worker closed (app/queue/chunk_job.py): its last call
+    answered `partial` and closed that call's check-in as ok, so the slot's outcome reaches
+    the monitor here, as one check-in of its own (ok or error), with the run's anomalies."""
+    if not init_sentry(settings):
+        return
+    if anomalies:
+        from app.core.runner import RunOutcome
+
+        _report_anomalies(spec, RunOutcome(task=spec.name, run_id=None, status=status,
+                                           trigger="queue", anomalies=anomalies))
+    capture_checkin(monitor_slug=spec.name,
+                    status=MonitorStatus.OK if status in DONE else MonitorStatus.ERROR,
+                    duration=duration_s,
+                    monitor_config=monitor_config(spec))  # type: ignore[arg-type]
+
+
 def _report_anomalies(spec: JobSpec, outcome: RunOutcome) -> None:
     kinds = sorted({str(mark["kind"]) for mark in outcome.anomalies})
     with sentry_sdk.new_scope() as scope:

@@ -265,7 +265,7 @@ def catch_up_missed(
 def worker(
     concurrency: Annotated[int, typer.Option(
         min=1, max=32, help="Chunks worked at once by this process (chunks of one run "
-        "always go one at a time).")] = 1,
+        "that depend on one another always go one at a time).")] = 1,
     name: Annotated[str | None, typer.Option(
         help="The worker's name in logs and on the chunks it works (default: "
         "worker@host:pid).")] = None,

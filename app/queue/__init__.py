@@ -15,8 +15,9 @@ Built on procrastinate, the PostgreSQL task queue: no server but the database.
 What stays ours, not the queue's: the per-slot run record and its lease
 (app/core/runner.py), since a queueing lock holds only while a job waits; and the
 once-only mail claims (app/mail/delivery.py), since a stalled job retried runs its chunk
-twice.  The chunks of one run go one at a time, each chunk's job deferring the next once
-its chunk is done, so that consecutive chunks land on whichever worker is free: a run has
-one mail hand-over cursor (app/mail/handover.py), which two senders of one run would
-share.  The runs of different tasks go in parallel across the workers.
+twice.  The chunks of a stage the job declares independent (`Chunked.parallel`: ranges to
+count, plan or send, subscriptions to read or write) go side by side across the workers;
+a send chunk moves its own mail hand-over cursor (app/mail/handover.py).  The others go
+one at a time, each chunk's job deferring the next once its chunk is done.  The runs of
+different tasks go in parallel across the workers.
 """

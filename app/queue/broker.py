@@ -39,7 +39,7 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import procrastinate
 import sqlalchemy as sa
@@ -98,13 +98,14 @@ async def chunk(context: procrastinate.JobContext, run_id: str, seq: int) -> str
                                       worker=env.name, until=env.until)
     if outcome == chunk_job.Outcome.REQUEUE:
         env.full.set()  # a call's bounded worker: no chunk fits any more
-        alongside = (context.job is not None
-                     and context.job.queueing_lock == _lock(run, seq, True))
-        await defer_chunk(context.app, run, seq, alongside=alongside)
+        job = context.job
+        alongside = job is not None and job.queueing_lock == _lock(run, seq, True)
+        await defer_chunk(context.app, run, seq, alongside=alongside,
+                          lock=job.lock if job is not None else None)
     elif outcome != chunk_job.Outcome.CLOSED:
         job_id = context.job.id if context.job is not None else None
         following = await asyncio.to_thread(next_chunks, env.engine, run, job_id)
-        await defer_chunks(context.app, run, following)
+        await defer_chunks(context.app, run, following, env.settings)
     return str(outcome)
 
 
@@ -119,7 +120,7 @@ async def upkeep_fleet(context: procrastinate.JobContext, timestamp: int) -> Non
         await asyncio.to_thread(chunk_job.finish_run, env.settings, env.engine, run_id)
         # Closing it may have planned its next stage instead: defer its chunks.
         following = await asyncio.to_thread(next_chunks, env.engine, run_id)
-        await defer_chunks(context.app, run_id, following)
+        await defer_chunks(context.app, run_id, following, env.settings)
 
 
 async def catch_up(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -176,10 +177,25 @@ def _lock(run_id: uuid.UUID, seq: int, alongside: bool) -> str:
     return f"{run_id}/{seq}" if alongside else str(run_id)
 
 
+def smtp_lock(seq: int, settings: Settings) -> str:
+    """The lock of a chunk that sends mail: one of SMTP_MAX_CONNECTIONS, shared by every
+    run's mail chunks on every worker, so that no more chunks hold an SMTP connection at
+    once across the fleet (procrastinate runs one job of a lock at a time)."""
+    return f"vsc:smtp/{seq % settings.smtp_max_connections}"
+
+
+class Next(NamedTuple):
+    """A chunk to defer: whether it runs alongside the run's others (`Chunked.parallel`)
+    and whether it sends mail (`Chunked.mailing`)."""
+
+    seq: int
+    alongside: bool
+    mailing: bool = False
+
+
 def next_chunks(engine: Engine, run_id: uuid.UUID, job_id: int | None = None
-                ) -> list[tuple[int, bool]]:
-    """The chunks of run `run_id` to defer now, each with whether it runs alongside the
-    others (`Chunked.parallel`):
+                ) -> list[Next]:
+    """The chunks of run `run_id` to defer now:
 
     - when the first pending chunk's step runs alongside others: every pending chunk of
       that stretch of such steps that has no live job;
@@ -206,36 +222,40 @@ def next_chunks(engine: Engine, run_id: uuid.UUID, job_id: int | None = None
         return []
     job = chunk_job.chunked_job(registry.JOBS[task])
     if job.alongside(dict(pending[0].args)):
-        stretch: list[tuple[int, bool]] = []
+        stretch: list[Next] = []
         for seq, args in pending:
             if not job.alongside(dict(args)):
                 break
             if _lock(run_id, seq, True) not in live:
-                stretch.append((int(seq), True))
+                stretch.append(Next(int(seq), True, job.mails(dict(args))))
         return stretch
-    return [] if live else [(int(pending[0].seq), False)]
+    seq, args = pending[0]
+    return [] if live else [Next(int(seq), False, job.mails(dict(args)))]
 
 
 def next_chunk(engine: Engine, run_id: uuid.UUID, job_id: int | None = None) -> int | None:
     """The first chunk `next_chunks` would defer (None: none)."""
     found = next_chunks(engine, run_id, job_id)
-    return found[0][0] if found else None
+    return found[0].seq if found else None
 
 
-async def defer_chunks(app: procrastinate.App, run_id: uuid.UUID,
-                       chunks: list[tuple[int, bool]]) -> None:
-    for seq, alongside in chunks:
-        await defer_chunk(app, run_id, seq, alongside=alongside)
+async def defer_chunks(app: procrastinate.App, run_id: uuid.UUID, chunks: list[Next],
+                       settings: Settings) -> None:
+    for seq, alongside, mailing in chunks:
+        await defer_chunk(app, run_id, seq, alongside=alongside,
+                          lock=smtp_lock(seq, settings) if mailing else None)
 
 
 async def defer_chunk(app: procrastinate.App, run_id: uuid.UUID, seq: int, *,
-                      alongside: bool = False) -> bool:
+                      alongside: bool = False, lock: str | None = None) -> bool:
     """Defer chunk `seq` of run `run_id`; False when it (or, for a chain, the run) has a
     job waiting already.  A chain's jobs also share a procrastinate `lock`, so that two
-    of them never run at once (a chunk deferred again while its job still finishes)."""
+    of them never run at once (a chunk deferred again while its job still finishes),
+    unless given another: a mail chunk's SMTP slot (`smtp_lock`), which serves as well,
+    since the same chunk always takes the same slot."""
     options: dict[str, Any] = {"queueing_lock": _lock(run_id, seq, alongside)}
-    if not alongside:
-        options["lock"] = str(run_id)
+    if lock is not None or not alongside:
+        options["lock"] = lock or str(run_id)
     task = app.tasks[TASK_CHUNK].configure(**options)
     try:
         await task.defer_async(run_id=str(run_id), seq=int(seq))

@@ -9,11 +9,11 @@
 3. In a call's bounded worker, a chunk that would not fit in the time left goes back to
    the queue (`REQUEUE`), untouched.
 4. The job's `prepare`, then the chunk's `work` and its `done` mark, by the same code as an
-   inline run (`Chunked.run_chunk`).  A mail run's send chunks go one at a time (a chain
-   of jobs, app/queue/broker.py), so a mail hand-over cursor found set here is
-   the batch of a chunk whose process died: `prepare` settles it before anything is sent
-   again (app/mail/delivery.py), and a message in flight in the dead process ends
-   `unconfirmed`, never sent twice.
+   inline run (`Chunked.run_chunk`).  Each send chunk of a mail run keeps its own
+   hand-over cursor, so a cursor found set when the chunk starts is the batch of an
+   earlier attempt whose process died (or was judged stalled): the chunk settles it and
+   takes the cursor over before anything is sent again (app/mail/delivery.py), and a
+   message in flight in the dead process ends `unconfirmed`, never sent twice.
 5. When that was the run's last chunk: `finish_run`.
 
 `finish_run` first asks the job for the run's next stage (`Chunked.next_stage`): when it
@@ -53,6 +53,7 @@ from app.db import table_of
 from app.models import CronJobLease, CronJobLog, CronRunChunk
 from app.observe import alerts
 from app.observe.run_marks import JUDGED, mark_run
+from app.observe.sentry import report_closed_by_worker
 
 log = logging.getLogger("app.queue")
 
@@ -221,19 +222,20 @@ def finish_run(settings: Settings, engine: Engine, run_id: uuid.UUID) -> bool:
     log.info("run %s of %s closed %s by a queue worker in %.1f s", run_id, spec.name, status,
              time.monotonic() - clock)
     if closed:
-        _judge_and_alert(settings, engine, spec, run_id, status)
+        _judge_and_alert(settings, engine, spec, run_id, status, row.started_at)
     return bool(closed)
 
 
 def _judge_and_alert(settings: Settings, engine: Engine, spec: JobSpec, run_id: uuid.UUID,
-                     status: RunStatus) -> None:
+                     status: RunStatus, started_at: dt.datetime) -> None:
     """What a call does after closing its run, for a run a worker closed: its anomaly
-    marks (app/observe/run_marks.py) and the alerts of every job's incident state
-    (app/observe/alerts.py, once across instances).  A failure here is logged; the run
-    stays closed as it is."""
+    marks (app/observe/run_marks.py), its Sentry check-in (app/observe/sentry.py), and the
+    alerts of every job's incident state (app/observe/alerts.py, once across instances).
+    A failure here is logged; the run stays closed as it is."""
     try:
-        if status in JUDGED:
-            mark_run(engine, spec.name, run_id)
+        marks = mark_run(engine, spec.name, run_id) if status in JUDGED else []
+        report_closed_by_worker(settings, spec, status,
+                                (_utcnow() - started_at).total_seconds(), marks)
         with budget.limited(settings.alert_timeout):
             alerts.check(settings, engine,
                          registry.scheduled(registry.JOBS, settings.schedule_mode), _utcnow())

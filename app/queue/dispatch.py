@@ -49,7 +49,7 @@ async def _drive(ctx: JobContext) -> bool:
     app = broker.make_app(ctx.settings, pool_size=2)
     async with app.open_async():
         first = await asyncio.to_thread(broker.next_chunks, ctx.engine, ctx.run_id)
-        await broker.defer_chunks(app, ctx.run_id, first)
+        await broker.defer_chunks(app, ctx.run_id, first, ctx.settings)
         env = broker.Env(ctx.settings, ctx.engine, broker.worker_name("call"), ctx.until)
         waited = False
         while True:

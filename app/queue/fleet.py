@@ -4,8 +4,8 @@ Read from the database at request time (procrastinate's tables and the run's chu
 in three grouped reads, so any instance answers for the whole fleet.  A chunk is `running`
 while its job is held by a worker, `failed` once its job gave up (the next call for the
 run starts it again), `waiting` otherwise: its job waits in the queue, or it waits behind
-the run's earlier chunks (a run's chunks go one at a time).  Nothing on SQLite, or before
-`migrate` installed the queue.
+the run's earlier chunks (a chain's chunks go one at a time) or for an SMTP connection.
+Nothing on SQLite, or before `migrate` installed the queue.
 """
 
 from __future__ import annotations

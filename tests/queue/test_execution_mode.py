@@ -124,7 +124,8 @@ def test_a_complete_queued_run_is_closed_once_by_racing_workers(
                              .where(chunk_t.c.run_id == run_id)
                              .order_by(chunk_t.c.seq)).scalars().all()
     # Each stage was planned once, whoever saw the last chunk of the one before done.
-    assert steps[:2] == ["count", "plan"] and set(steps[2:]) == {None}
+    assert steps[:2] == ["count", "plan"]
+    assert steps[2:] == ["send"] * (len(steps) - 3) + ["sweep"]
     with engine.connect() as conn:
         final = conn.execute(sa.select(log_t).where(log_t.c.run_id == run_id)).one()
         holder = conn.execute(sa.text(
@@ -201,3 +202,43 @@ def test_a_brake_tripped_in_a_worker_closes_the_run_with_the_brakes_answer(
     assert planned == 0 and recipients(smtp_sink) == {"ops@example.com": 1}
     [alert] = smtp_sink.received
     assert spec.name in str(alert.message["Subject"])
+
+
+@ON_POSTGRESQL
+def test_a_run_a_worker_closes_sends_its_own_check_in_to_sentry(
+        engine: Engine, settings: Settings, smtp_sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call that paused closed its own check-in as ok; how the slot ended (here an
+    error: the brake, decided in the worker) reaches the monitor from the worker."""
+    import sentry_sdk
+
+    from tests.observe.test_sentry import _items
+    from tests.support.servers import HttpCapture
+
+    empty_queue(engine)
+    at = dt.datetime.now(dt.UTC)
+    seed_travellers(engine, scheduled_reminder_day(at), at - dt.timedelta(days=30), 300)
+    sentry_server = HttpCapture().start()
+    try:
+        dsn = f"http://publickey@127.0.0.1:{sentry_server.server.server_address[1]}/1"
+        settings = settings.model_copy(update={
+            **smtp_sink.settings, "execution_mode": "queue", "sentry_dsn": dsn,
+            "trip_reminders_send_brake_count": 10})
+        with monkeypatch.context() as patch:
+            patch.setattr(chunks, "has_room", lambda _ctx, _longest: False)
+            first = Runner(settings, engine, clock=FixedClock(at)).run("trip-reminders",
+                                                                       trigger="crontab")
+        assert first.status == RunStatus.PARTIAL and first.run_id is not None
+        assert sentry_server.requests == []  # this Runner has no observer: no check-in yet
+        assert chunk_job.run(settings, engine, first.run_id, 0,
+                             worker="w1") == chunk_job.Outcome.DONE
+        sentry_sdk.flush(timeout=5)
+        check_ins = [payload for kind, payload, _ in _items(sentry_server)
+                     if kind == "check_in"]
+    finally:
+        sentry_sdk.get_client().close(timeout=2)
+        sentry_sdk.get_global_scope().set_client(None)
+        sentry_server.stop()
+    assert [(c["monitor_slug"], c["status"]) for c in check_ins] == [
+        ("trip-reminders", "error")]
+    assert check_ins[0]["duration"] >= 0

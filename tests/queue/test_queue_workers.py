@@ -94,8 +94,8 @@ def test_chunks_spread_over_three_workers_and_the_run_completes_with_its_totals(
         db_url: str, engine: Engine, tmp_path: Path, sink: ScriptedSmtp,
         fleet: list[WorkerProcess]) -> None:
     # 300 trips of 6: with ranges of 200 (tests/support/small_chunks), nine count chunks
-    # and nine plan chunks, run alongside one another, then nine id ranges of sends and the
-    # closing sweep, one at a time.
+    # and nine plan chunks, run alongside one another, then nine id ranges of sends, side
+    # by side too but on SMTP_MAX_CONNECTIONS=2 connections at most, and the closing sweep.
     travellers, stage = 1800, 9
     now = dt.datetime.now(dt.UTC)
     expected = seed_trips(engine, scheduled_reminder_day(now), now - dt.timedelta(days=30),
@@ -121,6 +121,16 @@ def test_chunks_spread_over_three_workers_and_the_run_completes_with_its_totals(
     assert {"w1", "w2", "w3"} <= {c.worker for c in chunks}, [c.worker for c in chunks]
     assert workers <= {"w1", "w2", "w3", "call"}
     assert len({c.worker for c in chunks[:2 * stage]}) >= 2, [c.worker for c in chunks]
+    sends = chunks[2 * stage:-1]
+    assert [c.args.get("step") for c in sends] == ["send"] * stage
+    assert chunks[-1].args.get("step") == "sweep"
+    # The send chunks went side by side on several workers: their intervals overlap; and
+    # never on more connections at once than SMTP_MAX_CONNECTIONS, counted at the server.
+    assert len({c.worker for c in sends}) >= 2, [c.worker for c in sends]
+    assert any(a.started_at < b.ended_at and b.started_at < a.ended_at
+               for i, a in enumerate(sends) for b in sends[i + 1:]), [
+        (c.started_at, c.ended_at) for c in sends]
+    assert sink.most_open == 2, sink.most_open
     assert (row.status, row.chunks_done, row.chunks_total) == ("success", total, total), (
         row.message)
     assert row.records_processed == travellers

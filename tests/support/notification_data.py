@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -171,13 +172,40 @@ class ScriptedSmtp(SmtpSink):
     mails: int = 0
     datas: int = 0
     connections: int = 0
+    open_now: int = 0  # connections open at this moment
+    most_open: int = 0  # the most ever open at once
 
     def start(self) -> ScriptedSmtp:
         self.port = free_port()
-        self.controller = Controller(_ScriptedHandler(self), hostname=self.host,
-                                     port=self.port)
+        self.controller = _CountingController(self, _ScriptedHandler(self),
+                                              hostname=self.host, port=self.port)
         self.controller.start()
         return self
+
+
+class _CountingController(Controller):
+    """Counts the connections open at once, as the server sees them opened and closed."""
+
+    def __init__(self, sink: ScriptedSmtp, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sink = sink
+
+    def factory(self) -> SMTP:
+        sink = self.sink
+
+        class Counted(SMTP):
+            def connection_made(self, transport: Any) -> None:
+                with sink.lock:
+                    sink.open_now += 1
+                    sink.most_open = max(sink.most_open, sink.open_now)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                with sink.lock:
+                    sink.open_now -= 1
+                super().connection_lost(exc)
+
+        return Counted(self.handler, **self.SMTP_kwargs)
 
 
 class _ScriptedHandler:

@@ -23,14 +23,14 @@ QUEUE_TABLES = ("procrastinate_jobs", "procrastinate_workers", "procrastinate_pe
 
 def queue_env(db_url: str, tmp_path: Path, sink: SmtpSink, **extra: str) -> dict[str, str]:
     """Every process of the deployment: the app, the workers.  Mail chunks of 200 messages
-    (tests/support/small_chunks), so a run has many."""
+    (tests/support/small_chunks), so a run has many; two SMTP connections across them."""
     return {"PYTHONPATH": os.pathsep.join([str(ROOT), str(SMALL_CHUNKS)]),
             "TEST_MAIL_CHUNK": "200", "APP_ENV": "test", "DATABASE_URL": db_url,
             "CRON_SECRET": SECRET,
             "DATA_DIR": str(tmp_path / "data"), "SMTP_HOST": sink.host,
             "SMTP_PORT": str(sink.port), "SMTP_SECURITY": "none", "CRON_CATCH_UP": "false",
             "TRIP_REMINDERS_SEND_BRAKE_COUNT": "100000", "EXECUTION_MODE": "queue",
-            "QUEUE_POLLING_INTERVAL": "0.5", **extra}
+            "QUEUE_POLLING_INTERVAL": "0.5", "SMTP_MAX_CONNECTIONS": "2", **extra}
 
 
 def empty_queue(engine: Engine) -> None:
