@@ -81,9 +81,12 @@ archived = table_of(CronArchivedRow)
 REDEMPTION_EVENT = "promo_code_redemption"  # what the app's redeem route records
 CODE_STEPS = ("used_counts_raised", "codes_deleted", "codes_deactivated",
               "used_counts_lowered")
-# Codes per chunk, in batches of `BATCH_SIZE`: a chunk's transaction stays well under a
-# second (row locks on a few batches of codes), and its done-mark is paid rarely.
-CHUNK_BATCHES = 2
+# Codes per chunk, in batches of `BATCH_SIZE` (100,000 at the default 5,000): a chunk's
+# transaction stays well under a second (0.42 s at most over 1,000,000 codes in
+# bench/promo_cleanup.py), and its fixed costs (its range's index probes, its done-mark)
+# are paid rarely: 2 batches a chunk made the job 2.9x the hand-written statements, 20
+# make it 1.65x.
+CHUNK_BATCHES = 20
 _STATS = ("codes", "active", "expired", "used_up", "uses")
 
 
