@@ -51,11 +51,14 @@ def _real_table(conn: Connection, name: str) -> sa.Table:
 
 
 def archive_and_delete(conn: Connection, table: sa.Table, where: sa.ColumnElement[bool], *,
-                       run_id: uuid.UUID, job: str, now: dt.datetime) -> int:
-    """Move the rows of `table` matching `where` into the archive; the count moved."""
+                       run_id: uuid.UUID, job: str, now: dt.datetime) -> list[str]:
+    """Move the rows of `table` matching `where` into the archive; the keys moved (as
+    text).  On PostgreSQL one statement (the delete, its archive rows and the keys);
+    elsewhere the keys are read first, then the rows copied and deleted, in the caller's
+    transaction (SQLite has one writer: nothing changes between them)."""
+    key = _key_column(table)
     if conn.dialect.name == "postgresql":
         gone = table.delete().where(where).returning(*table.c).cte("gone")
-        key = _key_column(table)
         select = sa.select(
             sa.literal(run_id, archive_t.c.run_id.type), sa.literal(job),
             sa.literal(table.name), sa.cast(gone.c[key.name], sa.Text),
@@ -63,8 +66,11 @@ def archive_and_delete(conn: Connection, table: sa.Table, where: sa.ColumnElemen
         )
         moved = archive_t.insert().from_select(
             ["run_id", "job_name", "source_table", "row_key", "row_data", "archived_at"],
-            select).returning(archive_t.c.id).cte("moved")
-        return int(conn.execute(sa.select(sa.func.count()).select_from(moved)).scalar_one())
+            select).returning(archive_t.c.row_key).cte("moved")
+        return [str(k) for k in conn.execute(sa.select(moved.c.row_key)).scalars()]
+    keys = [str(k) for k in conn.execute(sa.select(table.c[key.name]).where(where)).scalars()]
+    if not keys:
+        return []
     # The columns the database has, named on `table` so `where` applies to the same rows.
     real = _real_table(conn, table.name)
     prep = conn.dialect.identifier_preparer
@@ -72,7 +78,6 @@ def archive_and_delete(conn: Connection, table: sa.Table, where: sa.ColumnElemen
     pairs: list[sa.ColumnElement[object]] = []
     for column in real.c:
         pairs += [sa.literal(column.name), sa.literal_column(f"{named}.{prep.quote(column.name)}")]
-    key = _key_column(real)
     select = sa.select(
         sa.literal(run_id, archive_t.c.run_id.type), sa.literal(job), sa.literal(table.name),
         sa.cast(table.c[key.name], sa.Text), sa.func.json_object(*pairs),
@@ -80,7 +85,8 @@ def archive_and_delete(conn: Connection, table: sa.Table, where: sa.ColumnElemen
     ).select_from(table).where(where)
     conn.execute(archive_t.insert().from_select(
         ["run_id", "job_name", "source_table", "row_key", "row_data", "archived_at"], select))
-    return conn.execute(table.delete().where(where)).rowcount
+    conn.execute(table.delete().where(where))
+    return keys
 
 
 def _archived(run_id: uuid.UUID, name: str) -> sa.ColumnElement[bool]:

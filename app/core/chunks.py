@@ -287,20 +287,41 @@ def longest_s(ctx: JobContext) -> float:
 def _done(ctx: JobContext, seq: int, counters: Counters, started: dt.datetime,
           took: float) -> None:
     """Mark the chunk done and advance the run's progress, in one transaction; a chunk
-    another process finished first is not counted twice."""
-    records = int(counters.get("records", 0) or 0)
+    another process finished first is not counted twice.  A chunk its job marked done
+    inside its own transaction (`done_within`) gets its times here."""
+    times = {"started_at": started, "ended_at": _utcnow(), "duration_ms": int(took * 1000)}
     with ctx.engine.begin() as conn:
-        marked = conn.execute(
-            chunk_t.update()
-            .where(chunk_t.c.run_id == ctx.run_id, chunk_t.c.seq == seq,
-                   chunk_t.c.status != DONE)
-            .values(status=DONE, records=records, result=counters, started_at=started,
-                    ended_at=_utcnow(), duration_ms=int(took * 1000))
-        ).rowcount
-        if marked:
-            conn.execute(log_t.update().where(log_t.c.run_id == ctx.run_id).values(
-                chunks_done=log_t.c.chunks_done + 1,
-                records_processed=log_t.c.records_processed + records))
+        if not _mark(conn, ctx.run_id, seq, counters, times):
+            conn.execute(chunk_t.update()
+                         .where(chunk_t.c.run_id == ctx.run_id, chunk_t.c.seq == seq,
+                                chunk_t.c.duration_ms.is_(None))
+                         .values(**times))
+
+
+def _mark(conn: sa.Connection, run_id: uuid.UUID, seq: int, counters: Counters,
+          times: dict[str, Any]) -> bool:
+    records = int(counters.get("records", 0) or 0)
+    marked = conn.execute(
+        chunk_t.update()
+        .where(chunk_t.c.run_id == run_id, chunk_t.c.seq == seq, chunk_t.c.status != DONE)
+        .values(status=DONE, records=records, result=counters, **times)
+    ).rowcount
+    if marked:
+        conn.execute(log_t.update().where(log_t.c.run_id == run_id).values(
+            chunks_done=log_t.c.chunks_done + 1,
+            records_processed=log_t.c.records_processed + records))
+    return bool(marked)
+
+
+def done_within(conn: sa.Connection, ctx: JobContext, counters: Counters) -> None:
+    """Mark the chunk being worked (`ctx.chunk`) done in `conn`, the job's own transaction,
+    with its counters: for a chunk whose writes are one transaction, so that they commit
+    together.  A process that died between the two would leave the writes done and the
+    chunk pending: run again, it would find nothing left to do and count nothing, and the
+    run's summary would miss what the chunk did.  (Nothing when no chunk is being worked:
+    a dry run, or a job called directly.)"""
+    if ctx.chunk is not None and not ctx.dry_run:
+        _mark(conn, ctx.run_id, ctx.chunk, counters, {})
 
 
 def totals(ctx: JobContext) -> Counters:

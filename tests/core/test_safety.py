@@ -144,7 +144,7 @@ def _archive_expired(engine: Engine, run_id: uuid.UUID) -> int:
                                               run_id=run_id, job="probe", now=NOW)
         parents = archive.archive_and_delete(conn, parent_t, parent_t.c.used >= 2,
                                              run_id=run_id, job="probe", now=NOW)
-    return children + parents
+    return len(children) + len(parents)
 
 
 def test_archive_then_restore_brings_back_every_column_exactly(probes: Engine) -> None:

@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.core import chunks
 from app.core.runner import Runner, RunOutcome
 from app.core.status import RunStatus
 from app.db import table_of
 from app.jobs import promo_cleanup
-from app.models import CronJobLog
+from app.models import CronJobLog, CronRunChunk
 from app.voyagesmart.sample_data import AppWriter
 from tests.conftest import FixedClock
 from tests.jobs.test_promo_cleanup import (
@@ -33,6 +34,7 @@ from tests.support.chunk_cuts import cut_everywhere, run_to_the_end
 pytestmark = pytest.mark.usefixtures("without_preconditions")
 
 log_t = table_of(CronJobLog)
+chunk_t = table_of(CronRunChunk)
 BATCH = 4  # codes per chunk (one batch each)
 
 
@@ -122,3 +124,35 @@ def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
     assert cut_state == whole_state
     assert cut_state["log"] == [("success", 25, ranges + 1, ranges + 1)]
     assert "HISTORY_ONLY" in {row[1] for row in cut_state["promo_codes"].values()}
+
+
+class _Killed(BaseException):
+    """The process dies: right after the chunk's transaction committed, before anything
+    else (the driver's own done-mark) is written."""
+
+
+def test_a_chunk_whose_process_dies_after_its_commit_keeps_its_counts(
+        engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings.model_copy(update={
+        "batch_size": BATCH, "promo_redemption_rows_complete": True,
+        "promo_cleanup_delete_brake_count": 1000, "promo_cleanup_deactivate_brake_count": 1000,
+        "promo_cleanup_lower_brake_count": 1000})
+    monkeypatch.setattr(promo_cleanup, "CHUNK_BATCHES", 1000)  # one range: every code
+    _world(engine)
+
+    def die(*_args: object) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(chunks, "_done", die)
+    runner = Runner(settings, engine, clock=FixedClock(NOW), sleep=lambda _s: None)
+    with pytest.raises(_Killed):
+        runner.run("promo-cleanup", trigger="cli")
+
+    # What the dead process did is on record with the chunk, as the run that takes the
+    # slot up inherits it (app/core/chunks.py `inherit`): done, with its counts.
+    with engine.connect() as conn:
+        chunk = conn.execute(sa.select(chunk_t).where(chunk_t.c.seq == 0)).one()
+        done = conn.execute(sa.select(log_t.c.chunks_done)).scalar_one()
+    assert (chunk.status, chunk.records, done) == ("done", 25, 1)
+    assert chunk.result["steps"] == {"used_counts_raised": 1, "codes_deleted": 10,
+                                     "codes_deactivated": 13, "used_counts_lowered": 1}
