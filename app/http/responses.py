@@ -37,6 +37,27 @@ class RunBody(BaseModel):
     catch_up: dict[str, Any] | None = None
 
 
+class GroupBody(BaseModel):
+    """A group's outcome (`/api/cron/daily-maintenance`, app/core/groups.py): each member's
+    run, and the worst status as its own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    group: bool
+    status: str
+    trigger: str
+    dry_run: bool
+    duration_ms: int
+    message: str
+    members: list[RunBody]
+    catch_up: dict[str, Any] | None = None
+
+
+# What a task's route answers: one run, or, for a group's name, its members' runs.
+Answer = RunBody | GroupBody
+
+
 class UnavailableBody(BaseModel):
     """503 when nothing could run: jobs disabled, or the database unreachable."""
 
@@ -61,16 +82,18 @@ def _error(description: str) -> dict[str, Any]:
 
 
 CRON_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": RunBody, "description": "done (skipped: nothing to do), or a duplicate of "
+    200: {"model": Answer, "description": "done (skipped: nothing to do), or a duplicate of "
           "a slot already done"},
+    202: {"model": Answer, "description": "partial: the run stopped for time, its chunks "
+          "done and left in `details`; the next call for the task continues it"},
     400: _error("bad query parameter (a slot the schedule does not have, or in the future) "
                 "or malformed Authorization header"),
     401: _error("missing or wrong bearer secret"),
     403: _error("the client address is not in CRON_IP_ALLOWLIST"),
     404: _error("unknown task"),
-    409: {"model": RunBody, "description": "the same task is running now"},
+    409: {"model": Answer, "description": "the same task is running now"},
     429: _error("rate limited; see Retry-After"),
-    500: {"model": RunBody, "description": "the job failed after its retries"},
+    500: {"model": Answer, "description": "the job failed after its retries"},
     503: {"model": UnavailableBody, "description": "jobs disabled or database unreachable"},
 }
 
