@@ -285,7 +285,7 @@ def _take_chunk(ctx: JobContext, kind: str, seq: int, first: int | None) -> Lane
                     first=first)
         conn.execute(chunk_t.update()
                      .where(chunk_t.c.run_id == ctx.run_id, chunk_t.c.seq == seq)
-                     .values(mail_owner=owner, mail_cursor=None))
+                     .values(mail_owner=owner))
     return Lane(ctx.run_id, seq, owner)
 
 

@@ -123,7 +123,7 @@ class SentryCronObserver:
         with self._lock:
             check_in_id = self._open.pop(outcome.run_id, None) if outcome.run_id else None
         if outcome.anomalies:
-            _report_anomalies(spec, outcome)
+            _report_anomalies(spec, outcome.run_id, outcome.anomalies)
         if check_in_id is not None:
             # A partial run closes this invocation's check-in as ok: it did its share, the
             # next call opens its own, and a run never finished is alerted by /health.
@@ -136,33 +136,31 @@ class SentryCronObserver:
             scope.remove_tag(tag)
 
 
-def report_closed_by_worker(settings: Settings, spec: JobSpec, status: RunStatus,
-                            duration_s: float, anomalies: list[dict[str, Any]]) -> None:
+def report_closed_by_worker(settings: Settings, spec: JobSpec, run_id: uuid.UUID,
+                            status: RunStatus, duration_s: float,
+                            anomalies: list[dict[str, Any]]) -> None:
     """The end of a run a queue worker closed (app/queue/chunk_job.py): its last call
     answered `partial` and closed that call's check-in as ok, so the slot's outcome reaches
     the monitor here, as one check-in of its own (ok or error), with the run's anomalies."""
     if not init_sentry(settings):
         return
     if anomalies:
-        from app.core.runner import RunOutcome
-
-        _report_anomalies(spec, RunOutcome(task=spec.name, run_id=None, status=status,
-                                           trigger="queue", anomalies=anomalies))
+        _report_anomalies(spec, run_id, anomalies)
     capture_checkin(monitor_slug=spec.name,
                     status=MonitorStatus.OK if status in DONE else MonitorStatus.ERROR,
                     duration=duration_s,
                     monitor_config=monitor_config(spec))  # type: ignore[arg-type]
 
 
-def _report_anomalies(spec: JobSpec, outcome: RunOutcome) -> None:
-    kinds = sorted({str(mark["kind"]) for mark in outcome.anomalies})
+def _report_anomalies(spec: JobSpec, run_id: uuid.UUID | None,
+                      anomalies: list[dict[str, Any]]) -> None:
+    kinds = sorted({str(mark["kind"]) for mark in anomalies})
     with sentry_sdk.new_scope() as scope:
-        scope.set_context("anomalies", {"run_id": str(outcome.run_id),
-                                        "marks": outcome.anomalies})
+        scope.set_context("anomalies", {"run_id": str(run_id), "marks": anomalies})
         scope.set_tag("anomaly", ",".join(kinds))
         # One issue per job and kind of mark, not one per run.
         scope.fingerprint = ["cron-anomaly", spec.name, *kinds]
-        reasons = "; ".join(str(mark["reason"]) for mark in outcome.anomalies)
+        reasons = "; ".join(str(mark["reason"]) for mark in anomalies)
         sentry_sdk.capture_message(f"{spec.name}: unusual run: {reasons}", level="warning")
 
 

@@ -234,7 +234,7 @@ def _judge_and_alert(settings: Settings, engine: Engine, spec: JobSpec, run_id: 
     A failure here is logged; the run stays closed as it is."""
     try:
         marks = mark_run(engine, spec.name, run_id) if status in JUDGED else []
-        report_closed_by_worker(settings, spec, status,
+        report_closed_by_worker(settings, spec, run_id, status,
                                 (_utcnow() - started_at).total_seconds(), marks)
         with budget.limited(settings.alert_timeout):
             alerts.check(settings, engine,

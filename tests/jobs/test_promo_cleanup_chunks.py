@@ -80,6 +80,14 @@ def _state(engine: Engine, run_id: Any) -> dict[str, Any]:
     return {**_tables(engine), "archive": archive, "log": logged}
 
 
+def _unbraked(settings: Settings) -> Settings:
+    """Batches of BATCH codes, complete redemption rows, brakes out of the way."""
+    return settings.model_copy(update={
+        "batch_size": BATCH, "promo_redemption_rows_complete": True,
+        "promo_cleanup_delete_brake_count": 1000, "promo_cleanup_deactivate_brake_count": 1000,
+        "promo_cleanup_lower_brake_count": 1000})
+
+
 def _report(outcome: RunOutcome) -> dict[str, Any]:
     return {"status": outcome.status, "records": outcome.records_processed,
             "message": outcome.message,
@@ -89,10 +97,7 @@ def _report(outcome: RunOutcome) -> dict[str, Any]:
 
 def test_a_run_cut_at_every_chunk_ends_as_a_whole_run(
         engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings.model_copy(update={
-        "batch_size": BATCH, "promo_redemption_rows_complete": True,
-        "promo_cleanup_delete_brake_count": 1000, "promo_cleanup_deactivate_brake_count": 1000,
-        "promo_cleanup_lower_brake_count": 1000})
+    settings = _unbraked(settings)
     monkeypatch.setattr(promo_cleanup, "CHUNK_BATCHES", 1)
     _world(engine)
     seeded = _snapshot(engine)
@@ -133,10 +138,7 @@ class _Killed(BaseException):
 
 def test_a_chunk_whose_process_dies_after_its_commit_keeps_its_counts(
         engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings.model_copy(update={
-        "batch_size": BATCH, "promo_redemption_rows_complete": True,
-        "promo_cleanup_delete_brake_count": 1000, "promo_cleanup_deactivate_brake_count": 1000,
-        "promo_cleanup_lower_brake_count": 1000})
+    settings = _unbraked(settings)
     monkeypatch.setattr(promo_cleanup, "CHUNK_BATCHES", 1000)  # one range: every code
     _world(engine)
 
